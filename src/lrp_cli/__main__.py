@@ -1,0 +1,3 @@
+from lrp_cli.cli import main
+
+main()
