@@ -1,0 +1,275 @@
+"""The public Python API the command line is built on: load a model, explain an input, save the outputs."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from lrp_cli import __version__, outputs, render
+from lrp_cli.errors import ModelLoadError, OptionError
+from lrp_cli.importers.onnx_import import import_onnx
+from lrp_cli.ir.graph import Graph
+from lrp_cli.preprocess import PreprocessConfig, Sidecar, load_input, load_sidecar, read_labels
+from lrp_cli.propagate import Propagation, conservation_error, output_scores, propagate
+from lrp_cli.rules import DEFAULT_COMPOSITE, RuleError, ZBox, assign_rules, parse_rule
+
+PRECISIONS = {"float32": np.float32, "float64": np.float64}
+#: A relative IR-vs-onnxruntime difference above this triggers a warning.
+IR_DIFF_WARNING = 1e-4
+
+
+@dataclass
+class LoadedModel:
+    """An ONNX classifier: its IR graph, its onnxruntime session and its sidecar settings."""
+
+    path: Path
+    graph: Graph
+    sidecar: Sidecar
+    sha256: str
+    session: ort.InferenceSession
+    load_seconds: float
+    kind: str = "onnx"
+    _cast: dict = field(default_factory=dict)
+
+    @property
+    def labels(self) -> list[str] | None:
+        """Returns the class labels from the sidecar (or --labels), if any."""
+        return self.sidecar.labels
+
+    def graph_for(self, precision: str) -> Graph:
+        """Returns the IR graph with parameters in the given precision (cached)."""
+        if precision not in self._cast:
+            self._cast[precision] = self.graph.astype(PRECISIONS[precision])
+        return self._cast[precision]
+
+    def run_onnxruntime(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Returns (the model's own output, the tensor the IR explains) computed by onnxruntime."""
+        results = self.session.run(None, {self.graph.input_name: x.astype(np.float32)})
+        return results[0], results[-1]
+
+
+def load_model(path: str | Path, output: str | None = None, labels: str | Path | None = None) -> LoadedModel:
+    """Returns the loaded model (IR + onnxruntime session + sidecar) of an ONNX file."""
+    start = time.perf_counter()
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: no such model file")
+    sidecar = load_sidecar(path)
+    graph = import_onnx(path, output or sidecar.output)
+    if labels is not None:
+        sidecar.labels = read_labels(Path(labels))
+    session = _session(path, graph, output or sidecar.output)
+    return LoadedModel(path, graph, sidecar, outputs.sha256_file(path), session, time.perf_counter() - start)
+
+
+def _session(path: Path, graph: Graph, output: str | None) -> ort.InferenceSession:
+    """Returns an onnxruntime session whose outputs are the chosen model output, then the IR's explained tensor."""
+    model = onnx.load(str(path))
+    chosen = output or model.graph.output[0].name
+    keep = [o for o in model.graph.output if o.name == chosen]
+    del model.graph.output[:]
+    model.graph.output.extend(keep)
+    if graph.output_name != chosen:
+        model.graph.output.append(onnx.helper.make_empty_tensor_value_info(graph.output_name))
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise ModelLoadError(f"{path}: onnxruntime cannot load the model: {exc}".splitlines()[0]) from None
+
+
+@dataclass
+class Settings:
+    """What to explain and how: method, rules, target, precision, preprocessing overrides."""
+
+    composite: str | None = None
+    rule: str | None = None
+    layer_rules: tuple[str, ...] = ()
+    target: str = "pred"
+    precision: str = "float32"
+    preprocess: dict = field(default_factory=dict)
+
+
+@dataclass
+class Explanation:
+    """One explained decision: the input, prediction, target, relevance and bookkeeping for the JSON."""
+
+    input_path: Path
+    x: np.ndarray
+    picture: object
+    model_output: np.ndarray
+    prediction: dict
+    target: dict
+    propagation: Propagation
+    rules: dict[str, str]
+    composite: str | None
+    ir_max_abs_diff: float
+    ir_diff_relative: float
+    timing: dict[str, float]
+
+    @property
+    def relevance(self) -> np.ndarray:
+        """Returns the input relevance tensor, shaped like the model input."""
+        return self.propagation.relevance
+
+
+def preprocess_config(model: LoadedModel, settings: Settings) -> PreprocessConfig:
+    """Returns the sidecar's preprocessing with the command-line overrides applied."""
+    return model.sidecar.preprocess.merged(**settings.preprocess)
+
+
+def resolve_targets(spec: str, scores: np.ndarray, labels: list[str] | None) -> list[int]:
+    """Returns the class indices a --target spec (pred, INDEX, LABEL, top:K) selects for these scores."""
+    spec = str(spec).strip()
+    count = scores.size
+    if spec == "pred":
+        return [int(np.argmax(scores))]
+    if spec.startswith("top:"):
+        k = spec[4:]
+        if not k.isdigit() or not 1 <= int(k) <= count:
+            raise OptionError(f"--target {spec}: K must be an integer from 1 to {count}")
+        return [int(i) for i in np.argsort(-scores, kind="stable")[:int(k)]]
+    if spec.lstrip("-").isdigit():
+        index = int(spec)
+        if not 0 <= index < count:
+            raise OptionError(f"--target {spec}: class index out of range (the model has {count} classes)")
+        return [index]
+    lowered = [label.lower() for label in labels or []]
+    if spec.lower() in lowered:
+        return [lowered.index(spec.lower())]
+    raise OptionError(f"--target {spec}: not 'pred', 'top:K', a class index or a known label")
+
+
+def rules_for(model: LoadedModel, settings: Settings, config: PreprocessConfig) -> dict:
+    """Returns node name -> rule object for the settings; z^B rules get the preset's input box by default."""
+    linear = [(node.name, node.layer) for node in model.graph.linear_nodes()]
+    try:
+        specs = assign_rules(linear, settings.composite or model.sidecar.composite, settings.rule,
+                             settings.layer_rules)
+        rules = {name: parse_rule(spec) for name, spec in specs.items()}
+    except RuleError as exc:
+        raise OptionError(str(exc)) from None
+    if len(model.graph.input_shape) == 4:
+        low, high = config.input_bounds(model.graph.input_shape[1])
+        rules = {name: r.with_bounds(low, high) if isinstance(r, ZBox) else r for name, r in rules.items()}
+    return rules
+
+
+def composite_name(model: LoadedModel, settings: Settings) -> str | None:
+    """Returns the composite in force (None when --rule sets one rule for every layer)."""
+    if settings.rule:
+        return None
+    return settings.composite or model.sidecar.composite or DEFAULT_COMPOSITE
+
+
+def label_of(model: LoadedModel, index: int) -> str | None:
+    """Returns the label of a class index, if the model has labels for it."""
+    labels = model.labels
+    return labels[index] if labels and index < len(labels) else None
+
+
+def _prediction(model: LoadedModel, model_output: np.ndarray) -> dict:
+    scores = output_scores(model_output)
+    top = np.argsort(-scores, kind="stable")[:5]
+    best = int(top[0])
+    return {
+        "index": best, "label": label_of(model, best), "score": float(scores[best]),
+        "top5": [{"index": int(i), "label": label_of(model, int(i)), "score": float(scores[i])} for i in top],
+    }
+
+
+def explain_array(model: LoadedModel, x: np.ndarray, settings: Settings, input_path: Path = Path("<array>"),
+                  picture=None) -> list[Explanation]:
+    """Returns the explanations of one model-input-shaped tensor, one per target the --target setting selects."""
+    if settings.precision not in PRECISIONS:
+        raise OptionError(f"--precision {settings.precision}: choose float32 or float64")
+    rules = rules_for(model, settings, preprocess_config(model, settings))
+    start = time.perf_counter()
+    model_output, ort_explained = model.run_onnxruntime(x)
+    graph = model.graph_for(settings.precision)
+    values = graph.forward(x.astype(PRECISIONS[settings.precision]))
+    forward_seconds = time.perf_counter() - start
+    ir_out = values[graph.output_name]
+    diff = float(np.abs(ir_out - ort_explained).max())
+    relative = diff / max(float(np.abs(ort_explained).max()), 1e-12)
+    explanations = []
+    for target in resolve_targets(settings.target, output_scores(ir_out), model.labels):
+        start = time.perf_counter()
+        propagation = propagate(graph, values, target, rules)
+        timing = {"load": model.load_seconds, "forward": forward_seconds, "backward": time.perf_counter() - start}
+        explanations.append(Explanation(
+            input_path, x, picture, model_output, _prediction(model, model_output),
+            {"index": target, "label": label_of(model, target)}, propagation,
+            {name: rule.spec() for name, rule in rules.items()}, composite_name(model, settings),
+            diff, relative, timing))
+    return explanations
+
+
+def explain(model: LoadedModel, input_path: str | Path, settings: Settings) -> list[Explanation]:
+    """Returns the explanations of one image or `.npy` file: one per target the --target setting selects."""
+    input_path = Path(input_path)
+    config = preprocess_config(model, settings)
+    if config.size and tuple(config.size) != tuple(model.graph.input_shape[2:]):
+        raise OptionError(f"--size {config.size[0]},{config.size[1]}: the model input is "
+                          f"{list(model.graph.input_shape)}")
+    x, picture = load_input(input_path, config, model.graph.input_shape)
+    return explain_array(model, x, settings, input_path, picture)
+
+
+def explanation_document(model: LoadedModel, expl: Explanation, paths: dict[str, Path], render_seconds: float,
+                         method: str = "lrp") -> dict:
+    """Returns the JSON document of an explanation (DESIGN §6, schema lrp-cli/explanation/1)."""
+    relevance = expl.relevance.astype(np.float64)
+    total = float(relevance.sum())
+    input_info = {"path": str(expl.input_path)}
+    if expl.input_path.is_file():
+        input_info["sha256"] = outputs.sha256_file(expl.input_path)
+    return {
+        "schema": outputs.SCHEMA,
+        "input": input_info,
+        "model": {"path": str(model.path), "sha256": model.sha256, "kind": model.kind},
+        "method": method,
+        "composite": expl.composite,
+        "rules": expl.rules,
+        "target": expl.target,
+        "prediction": expl.prediction,
+        "f_x": expl.propagation.f_x,
+        "relevance": {
+            "sum": total,
+            "positive": float(relevance[relevance > 0].sum()),
+            "negative": float(relevance[relevance < 0].sum()),
+            "abs_max": float(np.abs(relevance).max()),
+            "conservation_error": conservation_error(total, expl.propagation.f_x),
+        },
+        "layers": [vars(record) for record in expl.propagation.layers],
+        "ir_max_abs_diff": expl.ir_max_abs_diff,
+        "outputs": {key: str(path) for key, path in paths.items() if key != "json"} | {"raw": (
+            str(paths["raw"]) if "raw" in paths else None)},
+        "timing_s": {**{k: round(v, 6) for k, v in expl.timing.items()}, "render": round(render_seconds, 6)},
+        "versions": {"lrp_cli": __version__, "numpy": np.__version__, "onnx": onnx.__version__,
+                     "onnxruntime": ort.__version__},
+    }
+
+
+def save_explanation(model: LoadedModel, expl: Explanation, out_dir: Path, stem: str, cmap: str = "jet",
+                     save_raw: bool = False, scale: float | None = None) -> dict:
+    """Writes heatmap, overlay, JSON (and raw relevance) all-or-nothing; returns the JSON document."""
+    start = time.perf_counter()
+    paths = outputs.output_paths(out_dir, stem, save_raw)
+    normalized = render.normalize(render.pixel_relevance(expl.relevance), scale)
+    contents = {
+        paths["heatmap"]: outputs.png_bytes(render.colorize(normalized, cmap)),
+        paths["overlay"]: outputs.png_bytes(render.overlay(expl.picture, normalized, cmap)),
+    }
+    if save_raw:
+        contents[paths["raw"]] = outputs.npy_bytes(expl.relevance.astype(np.float32))
+    document = explanation_document(model, expl, paths, time.perf_counter() - start)
+    contents[paths["json"]] = outputs.json_bytes(document)
+    outputs.write_all(contents)
+    return document

@@ -1,0 +1,206 @@
+"""The `lrp` command: parses options and calls the API; it computes nothing itself."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+import numpy as np
+
+from lrp_cli import __version__, api, batch, render, zoo
+from lrp_cli.errors import LrpError, OptionError
+from lrp_cli.importers.onnx_import import supported_ops
+from lrp_cli.preprocess import PRESETS
+from lrp_cli.rules import COMPOSITES
+
+
+def _numbers(option: str, text: str | None, count: int | None = None, kind=float):
+    if text is None:
+        return None
+    try:
+        values = tuple(kind(v) for v in text.split(","))
+    except ValueError:
+        raise OptionError(f"{option} {text}: expected comma-separated numbers") from None
+    if count and len(values) != count:
+        raise OptionError(f"{option} {text}: expected {count} values")
+    return values
+
+
+def _fail(exc: LrpError):
+    click.echo(f"error: {exc}", err=True)
+    sys.exit(exc.exit_code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="lrp")
+def main():
+    """Explain image classifiers with Layer-wise Relevance Propagation (Bach et al. 2015)."""
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--model", "model_path", required=True, type=click.Path(path_type=Path),
+              help="ONNX model (a MODEL.lrp.toml sidecar beside it supplies defaults).")
+@click.option("--out", "out_dir", default="lrp-out", type=click.Path(path_type=Path), show_default=True,
+              help="Output folder.")
+@click.option("--method", type=click.Choice(["lrp"]), default="lrp", show_default=True)
+@click.option("--composite", type=click.Choice(list(COMPOSITES)), help="Rule composite [default: sidecar's, "
+              "else epsilon-plus-flat].")
+@click.option("--rule", help="One rule for every Conv/Dense layer, e.g. epsilon:0.01, alphabeta:2,1, zbox:-1,1.")
+@click.option("--layer-rule", "layer_rules", multiple=True, metavar="PATTERN=SPEC",
+              help="Rule for the layers whose name matches a glob (repeatable).")
+@click.option("--target", default="pred", show_default=True, help="pred, a class INDEX, a LABEL, or top:K.")
+@click.option("--output", "output_name", help="Which graph output to explain (multi-output models).")
+@click.option("--preset", type=click.Choice(list(PRESETS)), help="Input normalization preset.")
+@click.option("--size", help="Model input size H,W.")
+@click.option("--resize", type=int, help="Resize the shorter side to N, then center-crop to the input size.")
+@click.option("--mean", help="Per-channel mean a,b,c (model channel order).")
+@click.option("--std", help="Per-channel std a,b,c.")
+@click.option("--bgr/--rgb", default=None, help="Channel order of the model input.")
+@click.option("--labels", type=click.Path(path_type=Path), help="Class labels file, one per line.")
+@click.option("--cmap", type=click.Choice(render.COLORMAPS), default="jet", show_default=True)
+@click.option("--normalize", type=click.Choice(["image", "global"]), default="image", show_default=True,
+              help="Scale by each image's max |R| (Eq 35) or by the max over all inputs.")
+@click.option("--save-raw", is_flag=True, help="Also write STEM.relevance.npy (float32, model-input shape).")
+@click.option("--precision", type=click.Choice(list(api.PRECISIONS)), default="float32", show_default=True)
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Inputs explained at once.")
+@click.option("--skip-existing", is_flag=True, help="Skip inputs whose JSON output already exists.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--json-lines", is_flag=True, help="Print one JSON document per explanation instead of a line.")
+def explain(inputs, model_path, out_dir, method, composite, rule, layer_rules, target, output_name, preset, size,
+            resize, mean, std, bgr, labels, cmap, normalize, save_raw, precision, jobs, skip_existing,
+            no_progress, json_lines):
+    """Explain the prediction for each INPUT (image, .npy tensor, folder or glob)."""
+    try:
+        settings = api.Settings(composite, rule, tuple(layer_rules), target, precision, {
+            "preset": preset, "size": _numbers("--size", size, 2, int), "resize": resize,
+            "mean": _numbers("--mean", mean), "std": _numbers("--std", std), "bgr": bgr})
+        model = api.load_model(model_path, output_name, labels)
+        api.rules_for(model, settings, api.preprocess_config(model, settings))
+    except LrpError as exc:
+        _fail(exc)
+    items = batch.expand_inputs(list(inputs))
+    runner = BatchRunner(model, settings, out_dir, cmap, save_raw, normalize == "global", json_lines)
+    rows = runner.run(items, jobs, skip_existing, show_progress=not no_progress and sys.stderr.isatty())
+    if len(items) > 1 or any(Path(spec).is_dir() for spec in inputs):
+        batch.write_summary(out_dir, rows)
+    failed = [row for row in rows if row["status"] == "error"]
+    if failed:
+        click.echo(f"{len(failed)} of {len(rows)} inputs failed", err=True)
+        sys.exit(1)
+
+
+class BatchRunner:
+    """Explains a list of inputs, prints a line per explanation and collects summary rows."""
+
+    def __init__(self, model, settings, out_dir, cmap, save_raw, global_scale, json_lines):
+        self.model, self.settings, self.out_dir = model, settings, out_dir
+        self.cmap, self.save_raw, self.global_scale, self.json_lines = cmap, save_raw, global_scale, json_lines
+
+    def _compute(self, item):
+        try:
+            return item, api.explain(self.model, item.path, self.settings), None
+        except LrpError as exc:
+            return item, None, exc
+
+    def run(self, items, jobs, skip_existing, show_progress) -> list[dict]:
+        """Returns the summary rows after explaining every item (errors reported, never raised)."""
+        if skip_existing:
+            items = [i for i in items if not (self.out_dir / f"{i.stem}.json").exists()]
+        results = self._map(items, jobs, show_progress)
+        scale = None
+        if self.global_scale:
+            maps = [np.abs(render.pixel_relevance(e.relevance)).max() for _, ex, _ in results if ex for e in ex]
+            scale = max(maps, default=0.0)
+        return [row for result in results for row in self._save(*result, scale)]
+
+    def _map(self, items, jobs, show_progress):
+        if jobs > 1:
+            from joblib import Parallel, delayed
+            return Parallel(n_jobs=jobs, backend="threading")(delayed(self._compute)(i) for i in items)
+        with click.progressbar(items, label="explaining", file=sys.stderr, hidden=not show_progress) as bar:
+            return [self._compute(item) for item in bar]
+
+    def _save(self, item, explanations, error, scale) -> list[dict]:
+        if error is not None:
+            if error.exit_code != 1:
+                _fail(error)
+            click.echo(f"error: {error}", err=True)
+            return [batch.summary_row(item, error=str(error))]
+        rows = []
+        for expl in explanations:
+            stem = item.stem if len(explanations) == 1 else f"{item.stem}.class{expl.target['index']}"
+            try:
+                document = api.save_explanation(self.model, expl, self.out_dir, stem, self.cmap, self.save_raw,
+                                                scale)
+            except OSError as exc:
+                click.echo(f"error: {item.path}: cannot write outputs to {self.out_dir} ({exc})", err=True)
+                rows.append(batch.summary_row(item, error=str(exc)))
+                continue
+            self._report(item, expl, document)
+            rows.append(batch.summary_row(item, document))
+        return rows
+
+    def _report(self, item, expl, document):
+        if self.json_lines:
+            click.echo(json.dumps(document))
+            return
+        target = expl.target
+        label = f" ({target['label']})" if target["label"] else ""
+        pred = expl.prediction
+        click.echo(f"{item.path}: target {target['index']}{label}, predicted {pred['index']} score "
+                   f"{pred['score']:.4g}, f(x)={document['f_x']:.4g}, conservation error "
+                   f"{document['relevance']['conservation_error']:.2e} -> {document['outputs']['heatmap']}")
+        if expl.ir_diff_relative > api.IR_DIFF_WARNING:
+            click.echo(f"warning: {item.path}: IR output differs from onnxruntime by "
+                       f"{expl.ir_max_abs_diff:.3g} (relative {expl.ir_diff_relative:.2e})", err=True)
+
+
+@main.command()
+@click.argument("model_path", type=click.Path(path_type=Path))
+@click.option("--composite", type=click.Choice(list(COMPOSITES)), help="Show the rules of this composite.")
+@click.option("--verify", is_flag=True, help="Run the IR and onnxruntime on one input and compare.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON document instead of a table.")
+def inspect(model_path, composite, verify, as_json):
+    """Show a model's ops (with support status) and its layer IR with the rule of each layer."""
+    from lrp_cli import inspection
+    try:
+        report = inspection.inspect_model(model_path, composite, verify)
+    except LrpError as exc:
+        _fail(exc)
+    click.echo(json.dumps(report, indent=2) if as_json else inspection.format_report(report))
+    if report["unsupported_ops"]:
+        sys.exit(3)
+
+
+@main.group("zoo")
+def zoo_group():
+    """Models built from registry packages (no download at run time)."""
+
+
+@zoo_group.command("list")
+def zoo_list():
+    """List the zoo models."""
+    for name in zoo.available():
+        click.echo(name)
+
+
+@zoo_group.command("get")
+@click.argument("name")
+@click.option("--dest", default="models", type=click.Path(path_type=Path), show_default=True)
+@click.option("--force", is_flag=True, help="Rebuild even if the files exist.")
+def zoo_get(name, dest, force):
+    """Build zoo model NAME as ONNX (+ sidecar) in --dest."""
+    try:
+        path = zoo.get(name, dest, force=force)
+    except LrpError as exc:
+        _fail(exc)
+    click.echo(str(path))
+
+
+@main.command("supported-ops")
+def supported_ops_command():
+    """List the ONNX op types lrp-cli converts."""
+    click.echo("\n".join(supported_ops()))

@@ -1,0 +1,497 @@
+"""ONNX graph -> IR: one converter per op type in a registry, plus constant folding and BatchNorm folding.
+
+The graph is bound to a concrete input shape (batch 1): every tensor's shape is known once its producer is
+converted, so exporter patterns like Shape -> Gather -> Concat -> Reshape fold to constants (evaluated by ONNX's
+reference evaluator) and no shape is ever hard-coded. Identity and eval-mode Dropout become aliases; a trailing
+Softmax/LogSoftmax is stripped so that the pre-softmax score is explained.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+from lrp_cli.errors import ModelLoadError
+from lrp_cli.ir import layers as L
+from lrp_cli.ir.graph import Graph, Node
+from lrp_cli.ir.windows import Window, same_pads
+
+CONVERTERS: dict[str, Callable] = {}
+ALIAS_OPS = ("Identity", "Dropout")
+OUTPUT_STRIPPED_OPS = ("Softmax", "LogSoftmax")
+
+
+def converter(*ops: str):
+    """Returns a decorator that registers a function as the converter of the given ONNX op types."""
+    def register(fn):
+        for op in ops:
+            CONVERTERS[op] = fn
+        return fn
+    return register
+
+
+def supported_ops() -> list[str]:
+    """Returns every ONNX op type the importer accepts, sorted."""
+    return sorted(set(CONVERTERS) | set(ALIAS_OPS) | set(OUTPUT_STRIPPED_OPS) | {"Constant", "Shape", "Size"})
+
+
+def attributes(node: onnx.NodeProto) -> dict:
+    """Returns the node's attributes as a name -> Python value dict."""
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+class ImportContext:
+    """State of one conversion: constants, aliases, converted nodes and the dummy forward values (for shapes)."""
+
+    def __init__(self, path: Path, model: onnx.ModelProto, output: str | None):
+        self.path = path
+        self.model = model
+        graph = model.graph
+        self.constants = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+        self.alias: dict[str, str] = {}
+        self.nodes: list[Node] = []
+        self.values: dict[str, np.ndarray] = {}
+        self.notes: list[str] = []
+        self.used_names: set[str] = set()
+        self.output = self._choose_output(output)
+        self._resolve_aliases()
+        self.consumers = self._count_consumers()
+
+    def _choose_output(self, output: str | None) -> str:
+        names = [o.name for o in self.model.graph.output]
+        if output is None:
+            return names[0]
+        if output not in names:
+            raise ModelLoadError(f"{self.path}: --output '{output}' is not a graph output; outputs: {', '.join(names)}")
+        return output
+
+    def _resolve_aliases(self) -> None:
+        for node in self.model.graph.node:
+            if node.op_type in ALIAS_OPS:
+                self.alias[node.output[0]] = self.name(node.input[0])
+
+    def _count_consumers(self) -> Counter:
+        counts = Counter()
+        for node in self.model.graph.node:
+            if node.op_type not in ALIAS_OPS:
+                counts.update(self.name(t) for t in node.input if t)
+        counts.update(self.name(o.name) for o in self.model.graph.output)
+        return counts
+
+    def name(self, tensor: str) -> str:
+        """Returns the tensor a name stands for after Identity/Dropout aliases."""
+        while tensor in self.alias:
+            tensor = self.alias[tensor]
+        return tensor
+
+    def is_constant(self, tensor: str) -> bool:
+        """Returns True for an absent optional input or a tensor with a value known at import."""
+        return not tensor or self.name(tensor) in self.constants
+
+    def const(self, node: onnx.NodeProto, index: int, default=None):
+        """Returns input `index` of node as a constant array (default when absent); error when it is dynamic."""
+        if index >= len(node.input) or not node.input[index]:
+            return default
+        tensor = self.name(node.input[index])
+        if tensor not in self.constants:
+            raise self.error(node, f"input {index} ('{node.input[index]}') must be a constant")
+        return self.constants[tensor]
+
+    def shape(self, tensor: str) -> tuple[int, ...]:
+        """Returns the static shape of a dynamic or constant tensor."""
+        tensor = self.name(tensor)
+        return tuple(self.constants[tensor].shape if tensor in self.constants else self.values[tensor].shape)
+
+    def error(self, node: onnx.NodeProto, message: str) -> ModelLoadError:
+        """Returns a load error naming the file, the node and its op type."""
+        return ModelLoadError(f"{self.path}: node '{node.name or node.output[0]}' ({node.op_type}): {message}")
+
+    def unique_name(self, node: onnx.NodeProto) -> str:
+        """Returns the node's name, made unique and never empty."""
+        base = node.name or f"{node.op_type}_{len(self.nodes)}"
+        name, k = base, 1
+        while name in self.used_names:
+            name, k = f"{base}_{k}", k + 1
+        self.used_names.add(name)
+        return name
+
+    def add(self, node: onnx.NodeProto, layer: L.Layer, inputs: list[str] | None = None) -> Node:
+        """Returns a new IR node for layer reading `inputs` (default: node's first input) into node's output."""
+        inputs = [self.name(t) for t in (inputs if inputs is not None else node.input[:1])]
+        ir_node = Node(self.unique_name(node), layer, inputs, node.output[0], node.op_type)
+        try:
+            self.values[ir_node.output] = layer.forward(*(self.values[t] for t in inputs))
+        except (ValueError, IndexError) as exc:
+            raise self.error(node, f"cannot run on the input shapes {[self.shape(t) for t in inputs]}: {exc}")
+        self.nodes.append(ir_node)
+        return ir_node
+
+    def sole_linear_producer(self, tensor: str) -> Node | None:
+        """Returns the Conv/Dense node writing tensor when nothing else reads it (so folding into it is exact)."""
+        tensor = self.name(tensor)
+        if self.consumers[tensor] != 1:
+            return None
+        for ir_node in reversed(self.nodes):
+            if ir_node.output == tensor:
+                return ir_node if ir_node.layer.is_linear else None
+        return None
+
+
+def import_onnx(path: str | Path, output: str | None = None) -> Graph:
+    """Returns the IR graph of an ONNX classifier file, bound to batch size 1."""
+    path = Path(path)
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # onnx raises several unrelated types for a bad file
+        raise ModelLoadError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})".splitlines()[0])
+    _check_ops(path, model)
+    ctx = ImportContext(path, model, output)
+    input_name, input_shape = _data_input(ctx)
+    ctx.values[input_name] = np.zeros(input_shape, dtype=np.float32)
+    for node in model.graph.node:
+        _convert_node(ctx, node)
+    output_name = ctx.name(ctx.output)
+    if output_name in ctx.constants or output_name not in ctx.values:
+        raise ModelLoadError(f"{path}: output '{ctx.output}' does not depend on the input")
+    nodes = _prune(ctx.nodes, output_name)
+    shapes = {t: v.shape for t, v in ctx.values.items()}
+    return Graph(nodes, input_name, input_shape, output_name, shapes, ctx.notes)
+
+
+def _check_ops(path: Path, model: onnx.ModelProto) -> None:
+    known = set(supported_ops())
+    for node in model.graph.node:
+        if node.op_type not in known:
+            raise ModelLoadError(
+                f"{path}: unsupported op {node.op_type} at node '{node.name or node.output[0]}'; "
+                f"supported ops: {', '.join(supported_ops())}")
+
+
+def _data_input(ctx: ImportContext) -> tuple[str, tuple[int, ...]]:
+    """Returns the name and batch-1 shape of the one graph input that is not an initializer."""
+    inputs = [i for i in ctx.model.graph.input if i.name not in ctx.constants]
+    if len(inputs) != 1:
+        names = ", ".join(i.name for i in inputs) or "none"
+        raise ModelLoadError(f"{ctx.path}: expected exactly one data input, found: {names}")
+    dims = []
+    for k, dim in enumerate(inputs[0].type.tensor_type.shape.dim):
+        if dim.HasField("dim_value") and dim.dim_value > 0:
+            dims.append(dim.dim_value)
+        elif k == 0:
+            dims.append(1)
+        else:
+            raise ModelLoadError(f"{ctx.path}: input '{inputs[0].name}' has a symbolic dimension {k} "
+                                 f"('{dim.dim_param}'); export the model with a fixed input size")
+    return inputs[0].name, tuple(dims)
+
+
+def _convert_node(ctx: ImportContext, node: onnx.NodeProto) -> None:
+    op = node.op_type
+    if op in ALIAS_OPS:
+        return  # resolved up front in ImportContext
+    if op in ("Shape", "Size") and not ctx.is_constant(node.input[0]):
+        _fold_shape(ctx, node)
+    elif all(ctx.is_constant(t) for t in node.input):
+        _fold_constant(ctx, node)
+    elif op in OUTPUT_STRIPPED_OPS:
+        _strip_output_softmax(ctx, node)
+    else:
+        CONVERTERS[op](ctx, node)
+
+
+def _fold_constant(ctx: ImportContext, node: onnx.NodeProto) -> None:
+    feeds = {t: ctx.constants[ctx.name(t)] for t in node.input if t}
+    try:
+        opset = {o.domain: o.version for o in ctx.model.opset_import}
+        single = onnx.helper.make_model(
+            onnx.helper.make_graph([node], "fold", [_value_info(t, v) for t, v in feeds.items()],
+                                   [onnx.helper.make_tensor_value_info(o, 0, None) for o in node.output]),
+            opset_imports=[onnx.helper.make_opsetid(d, v) for d, v in opset.items()])
+        results = ReferenceEvaluator(single).run(None, feeds)
+    except Exception as exc:  # the evaluator raises many kinds for ops it cannot run
+        raise ctx.error(node, f"cannot fold constant sub-graph: {exc}".splitlines()[0])
+    for name, value in zip(node.output, results):
+        ctx.constants[name] = np.asarray(value)
+
+
+def _value_info(name: str, value: np.ndarray):
+    elem = onnx.helper.np_dtype_to_tensor_dtype(np.asarray(value).dtype)
+    return onnx.helper.make_tensor_value_info(name, elem, np.shape(value))
+
+
+def _fold_shape(ctx: ImportContext, node: onnx.NodeProto) -> None:
+    shape = np.array(ctx.shape(node.input[0]), dtype=np.int64)
+    if node.op_type == "Size":
+        ctx.constants[node.output[0]] = np.array(shape.prod(), dtype=np.int64)
+        return
+    a = attributes(node)
+    ctx.constants[node.output[0]] = shape[a.get("start", 0):a.get("end", len(shape))]
+
+
+def _strip_output_softmax(ctx: ImportContext, node: onnx.NodeProto) -> None:
+    if ctx.name(node.output[0]) != ctx.name(ctx.output):
+        raise ctx.error(node, "a Softmax inside the network has no LRP rule; only an output Softmax is supported "
+                              "(it is stripped to explain the pre-softmax score)")
+    ctx.alias[node.output[0]] = ctx.name(node.input[0])
+    ctx.notes.append(f"stripped output {node.op_type} '{node.name or node.output[0]}': explaining the "
+                     "pre-softmax score")
+
+
+def _prune(nodes: list[Node], output: str) -> list[Node]:
+    """Returns the nodes the output depends on, in their original order."""
+    needed, kept = {output}, []
+    for node in reversed(nodes):
+        if node.output in needed:
+            kept.append(node)
+            needed.update(node.inputs)
+    return kept[::-1]
+
+
+# --- converters ---------------------------------------------------------------------------------------------
+
+
+def _window(ctx: ImportContext, node: onnx.NodeProto, kernel, spatial: tuple[int, int]) -> Window:
+    a = attributes(node)
+    kernel = tuple(int(k) for k in kernel)
+    if len(kernel) != 2:
+        raise ctx.error(node, f"only 2-D windows are supported, got a {len(kernel)}-D kernel")
+    strides = tuple(a.get("strides", (1, 1)))
+    dilations = tuple(a.get("dilations", (1, 1)))
+    auto_pad = a.get("auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        pads = same_pads(spatial, kernel, strides, dilations, upper=auto_pad == "SAME_UPPER")
+    elif auto_pad in ("NOTSET", "VALID"):
+        pads = tuple(a.get("pads", (0, 0, 0, 0))) if auto_pad == "NOTSET" else (0, 0, 0, 0)
+    else:
+        raise ctx.error(node, f"unknown auto_pad {auto_pad}")
+    return Window(kernel, strides, pads, dilations, bool(a.get("ceil_mode", 0)))
+
+
+@converter("Conv")
+def _conv(ctx, node):
+    weight = ctx.const(node, 1)
+    if weight.ndim != 4:
+        raise ctx.error(node, f"only 2-D convolutions are supported (weight has {weight.ndim} dims)")
+    a = attributes(node)
+    window = _window(ctx, node, a.get("kernel_shape", weight.shape[2:]), ctx.shape(node.input[0])[2:])
+    ctx.add(node, L.Conv(weight, ctx.const(node, 2), window, int(a.get("group", 1))))
+
+
+@converter("Gemm")
+def _gemm(ctx, node):
+    a = attributes(node)
+    weight = ctx.const(node, 1)
+    weight = (weight.T if a.get("transB", 0) else weight) * a.get("alpha", 1.0)
+    bias = ctx.const(node, 2)
+    if bias is not None:
+        bias = np.broadcast_to(bias * a.get("beta", 1.0), (weight.shape[1],)).reshape(-1)
+    inputs = None
+    if a.get("transA", 0):
+        transposed = onnx.helper.make_node("Transpose", node.input[:1], [node.output[0] + "/transA"],
+                                           name=(node.name or node.output[0]) + "/transA")
+        inputs = [ctx.add(transposed, L.Transpose((1, 0))).output]
+    ctx.add(node, L.Dense(weight, bias), inputs)
+
+
+@converter("MatMul")
+def _matmul(ctx, node):
+    weight = ctx.const(node, 1)
+    if weight.ndim != 2:
+        raise ctx.error(node, "only a MatMul by a constant 2-D matrix is supported")
+    ctx.add(node, L.Dense(weight, None))
+
+
+def _channel_vector(const: np.ndarray, out_shape: tuple[int, ...], axis: int) -> np.ndarray | None:
+    """Returns const as a vector over output axis `axis` when it varies along that axis only, else None."""
+    const = np.asarray(const, dtype=np.float64)
+    if const.ndim > len(out_shape):
+        return None
+    full = (1,) * (len(out_shape) - const.ndim) + const.shape
+    if any(n != 1 for k, n in enumerate(full) if k != axis) or full[axis] not in (1, out_shape[axis]):
+        return None
+    return np.broadcast_to(const.reshape(-1), (out_shape[axis],)).copy()
+
+
+def _fold_affine(ctx, tensor: str, scale, shift) -> bool:
+    """Folds y -> y * scale + shift into the sole linear producer of tensor; returns True when it did."""
+    producer = ctx.sole_linear_producer(tensor)
+    if producer is None:
+        return False
+    out_shape = ctx.shape(tensor)
+    axis = 1 if isinstance(producer.layer, L.Conv) else len(out_shape) - 1
+    scale_vec = _channel_vector(scale, out_shape, axis)
+    shift_vec = _channel_vector(shift, out_shape, axis)
+    if scale_vec is None or shift_vec is None:
+        return False
+    producer.layer.fold_output_affine(scale_vec, shift_vec)
+    ctx.values[producer.output] = producer.layer.forward(*(ctx.values[t] for t in producer.inputs))
+    return True
+
+
+def _affine_or_fold(ctx, node, tensor: str, scale, shift) -> None:
+    if _fold_affine(ctx, tensor, scale, shift):
+        ctx.alias[node.output[0]] = ctx.name(tensor)
+    else:
+        ctx.add(node, L.Affine(scale, shift, node.op_type), [tensor])
+
+
+@converter("BatchNormalization")
+def _batchnorm(ctx, node):
+    gamma, beta, mean, var = (ctx.const(node, k).astype(np.float64) for k in range(1, 5))
+    scale = gamma / np.sqrt(var + attributes(node).get("epsilon", 1e-5))
+    shift = beta - mean * scale
+    rank = len(ctx.shape(node.input[0]))
+    shape = (-1,) + (1,) * (rank - 2)
+    _affine_or_fold(ctx, node, node.input[0], scale.reshape(shape), shift.reshape(shape))
+
+
+@converter("Add", "Sub", "Mul", "Div", "Sum")
+def _arithmetic(ctx, node):
+    dynamic = [t for t in node.input if not ctx.is_constant(t)]
+    constants = [ctx.constants[ctx.name(t)].astype(np.float64) for t in node.input if ctx.is_constant(t)]
+    if node.op_type in ("Add", "Sum"):
+        constant = sum(constants) if constants else None
+        if len(dynamic) == 1:
+            return _affine_or_fold(ctx, node, dynamic[0], 1.0, constant)
+        ctx.add(node, L.Add(constant), dynamic)
+        return
+    if len(dynamic) != 1:
+        raise ctx.error(node, "a product or difference of two activations has no LRP rule here")
+    const = constants[0]
+    first_is_dynamic = not ctx.is_constant(node.input[0])
+    if node.op_type == "Mul":
+        scale, shift = const, 0.0
+    elif node.op_type == "Div" and first_is_dynamic:
+        scale, shift = 1.0 / const, 0.0
+    elif node.op_type == "Sub":
+        scale, shift = (1.0, -const) if first_is_dynamic else (-1.0, const)
+    else:
+        raise ctx.error(node, "division of a constant by an activation has no LRP rule")
+    _affine_or_fold(ctx, node, dynamic[0], scale, shift)
+
+
+def _clip_bound(ctx, node, index: int, attr: str, default: float) -> float:
+    value = ctx.const(node, index)
+    if value is None:
+        value = attributes(node).get(attr, default)
+    return float(value)
+
+
+@converter("Clip")
+def _clip(ctx, node):
+    low = _clip_bound(ctx, node, 1, "min", -np.inf)
+    high = _clip_bound(ctx, node, 2, "max", np.inf)
+    ctx.add(node, L.Activation("Clip", lambda x: np.clip(x, low, high)))
+
+
+@converter("LeakyRelu")
+def _leaky_relu(ctx, node):
+    alpha = float(attributes(node).get("alpha", 0.01))
+    ctx.add(node, L.Activation("LeakyRelu", lambda x: np.where(x >= 0, x, alpha * x)))
+
+
+def _sigmoid(x):
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+ACTIVATIONS = {
+    "Relu": lambda x: np.maximum(x, 0),
+    "Tanh": np.tanh,
+    "Sigmoid": _sigmoid,
+}
+
+
+@converter(*ACTIVATIONS)
+def _activation(ctx, node):
+    ctx.add(node, L.Activation(node.op_type, ACTIVATIONS[node.op_type]))
+
+
+@converter("MaxPool")
+def _maxpool(ctx, node):
+    if len(node.output) > 1 and node.output[1]:
+        raise ctx.error(node, "the Indices output of MaxPool is not supported")
+    a = attributes(node)
+    ctx.add(node, L.MaxPool(_window(ctx, node, a["kernel_shape"], ctx.shape(node.input[0])[2:])))
+
+
+@converter("AveragePool")
+def _avgpool(ctx, node):
+    a = attributes(node)
+    window = _window(ctx, node, a["kernel_shape"], ctx.shape(node.input[0])[2:])
+    ctx.add(node, L.AvgPool(window, bool(a.get("count_include_pad", 0))))
+
+
+@converter("GlobalAveragePool")
+def _global_avgpool(ctx, node):
+    if len(ctx.shape(node.input[0])) != 4:
+        raise ctx.error(node, "only 4-D GlobalAveragePool is supported")
+    ctx.add(node, L.GlobalAvgPool())
+
+
+def _reshape_to(ctx, node, shape) -> None:
+    ctx.add(node, L.Reshape(tuple(int(n) for n in shape), node.op_type))
+
+
+@converter("Flatten")
+def _flatten(ctx, node):
+    shape = ctx.shape(node.input[0])
+    axis = attributes(node).get("axis", 1) % max(len(shape), 1)
+    _reshape_to(ctx, node, (int(np.prod(shape[:axis])), int(np.prod(shape[axis:]))))
+
+
+@converter("Reshape")
+def _reshape(ctx, node):
+    shape = ctx.shape(node.input[0])
+    target = [int(n) for n in ctx.const(node, 1)]
+    if not attributes(node).get("allowzero", 0):
+        target = [shape[k] if n == 0 else n for k, n in enumerate(target)]
+    try:
+        _reshape_to(ctx, node, np.empty(shape, dtype=np.int8).reshape(target).shape)
+    except ValueError:
+        raise ctx.error(node, f"cannot reshape {shape} to {target}") from None
+
+
+def _axes(ctx, node) -> list[int] | None:
+    axes = ctx.const(node, 1)
+    if axes is None:
+        axes = attributes(node).get("axes")
+    return None if axes is None else [int(a) for a in np.atleast_1d(axes)]
+
+
+@converter("Squeeze")
+def _squeeze(ctx, node):
+    shape = ctx.shape(node.input[0])
+    axes = _axes(ctx, node)
+    axes = [k for k, n in enumerate(shape) if n == 1] if axes is None else [a % len(shape) for a in axes]
+    _reshape_to(ctx, node, [n for k, n in enumerate(shape) if k not in axes])
+
+
+@converter("Unsqueeze")
+def _unsqueeze(ctx, node):
+    shape = list(ctx.shape(node.input[0]))
+    axes = _axes(ctx, node)
+    rank = len(shape) + len(axes)
+    for axis in sorted(a % rank for a in axes):
+        shape.insert(axis, 1)
+    _reshape_to(ctx, node, shape)
+
+
+@converter("Transpose")
+def _transpose(ctx, node):
+    rank = len(ctx.shape(node.input[0]))
+    ctx.add(node, L.Transpose(tuple(attributes(node).get("perm", range(rank - 1, -1, -1)))))
+
+
+@converter("Concat")
+def _concat(ctx, node):
+    axis = attributes(node)["axis"] % len(ctx.shape(node.input[0]))
+    dynamic = [t for t in node.input if not ctx.is_constant(t)]
+    parts = [ctx.constants[ctx.name(t)] if ctx.is_constant(t) else dynamic.index(t) for t in node.input]
+    ctx.add(node, L.Concat(axis, parts), dynamic)

@@ -1,0 +1,85 @@
+"""`lrp inspect`: the op support status of an ONNX file, then its IR with the rule each layer gets."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from lrp_cli import api
+from lrp_cli.errors import ModelLoadError
+from lrp_cli.importers.onnx_import import supported_ops
+
+
+def op_census(path: Path) -> list[dict]:
+    """Returns every op type of the ONNX file with its node count and whether lrp-cli supports it."""
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # onnx raises several unrelated types for a bad file
+        raise ModelLoadError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from None
+    known = set(supported_ops())
+    counts = Counter(node.op_type for node in model.graph.node)
+    return [{"op": op, "count": n, "supported": op in known} for op, n in sorted(counts.items())]
+
+
+def inspect_model(path, composite: str | None = None, verify: bool = False) -> dict:
+    """Returns the inspection report: op census, and when every op is supported the IR table (+ verification)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: no such model file")
+    ops = op_census(path)
+    report = {"model": str(path), "ops": ops, "unsupported_ops": [o["op"] for o in ops if not o["supported"]]}
+    if report["unsupported_ops"]:
+        return report
+    model = api.load_model(path)
+    settings = api.Settings(composite=composite)
+    rules = api.rules_for(model, settings, api.preprocess_config(model, settings))
+    graph = model.graph
+    report.update({
+        "input": {"name": graph.input_name, "shape": list(graph.input_shape)},
+        "output": {"name": graph.output_name, "shape": list(graph.shapes[graph.output_name])},
+        "composite": api.composite_name(model, settings),
+        "notes": graph.notes,
+        "nodes": [{
+            "name": node.name, "op": node.op, "layer": node.layer.op, "details": node.layer.describe(),
+            "inputs": [list(graph.shapes[t]) for t in node.inputs], "output": list(graph.shapes[node.output]),
+            "rule": rules[node.name].spec() if node.name in rules else None,
+        } for node in graph.nodes],
+    })
+    if verify:
+        report["verify"] = verify_model(model)
+    return report
+
+
+def verify_model(model: api.LoadedModel, seed: int = 0) -> dict:
+    """Returns the max abs difference between the IR forward and onnxruntime on a random input."""
+    x = np.random.default_rng(seed).standard_normal(model.graph.input_shape).astype(np.float32)
+    _, reference = model.run_onnxruntime(x)
+    ir_out = model.graph_for("float32").forward(x)[model.graph.output_name]
+    diff = float(np.abs(ir_out - reference).max())
+    return {"max_abs_diff": diff, "relative": diff / max(float(np.abs(reference).max()), 1e-12)}
+
+
+def format_report(report: dict) -> str:
+    """Returns the report as a human-readable table."""
+    lines = [f"model: {report['model']}", "ops:"]
+    lines += [f"  {o['op']:<24} x{o['count']:<5} {'supported' if o['supported'] else 'UNSUPPORTED'}"
+              for o in report["ops"]]
+    if report["unsupported_ops"]:
+        lines.append(f"cannot explain: unsupported ops {', '.join(report['unsupported_ops'])}")
+        return "\n".join(lines)
+    lines.append(f"input {report['input']['name']} {report['input']['shape']} -> output "
+                 f"{report['output']['name']} {report['output']['shape']}; composite {report['composite']}")
+    lines += [f"note: {note}" for note in report["notes"]]
+    header = f"{'node':<36} {'op':<20} {'input shapes':<26} {'output':<18} {'rule':<16} details"
+    lines += [header, "-" * len(header)]
+    for n in report["nodes"]:
+        shapes = " ".join("x".join(map(str, s)) for s in n["inputs"])
+        lines.append(f"{n['name'][:36]:<36} {n['op']:<20} {shapes[:26]:<26} {'x'.join(map(str, n['output'])):<18} "
+                     f"{n['rule'] or '-':<16} {n['details']}")
+    if "verify" in report:
+        v = report["verify"]
+        lines.append(f"verify: IR vs onnxruntime max abs diff {v['max_abs_diff']:.3g} (relative {v['relative']:.2e})")
+    return "\n".join(lines)

@@ -1,0 +1,376 @@
+"""Layer kinds of the IR: a NumPy forward pass and the relevance each one sends to its inputs.
+
+Parameters are stored in float64 (folding BatchNorm and biases happens once, exactly); `astype` gives the copy a
+run in float32 or float64 uses. Linear layers (Dense, Conv) hand relevance to a rule from `rules.py`; every other
+kind has one fixed behaviour (DESIGN §3).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+
+from lrp_cli.ir import windows
+from lrp_cli.ir.windows import Window
+
+#: Stabilizer of the parameter-free proportional (z) rules for Add and average pooling, as zennit's Norm.
+NORM_STABILIZER = 1e-6
+
+
+def stabilize(z: np.ndarray, epsilon: float) -> np.ndarray:
+    """Returns z moved away from zero by epsilon in the direction of its sign (sign(0) = +1)."""
+    return z + np.where(z >= 0, epsilon, -epsilon).astype(z.dtype)
+
+
+def unbroadcast(r: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Returns r summed over the axes along which an operand of the given shape was broadcast."""
+    extra = r.ndim - len(shape)
+    r = r.sum(axis=tuple(range(extra))) if extra else r
+    axes = tuple(i for i, n in enumerate(shape) if n == 1 and r.shape[i] != 1)
+    return r.sum(axis=axes, keepdims=True) if axes else r
+
+
+class Layer:
+    """Base class: a node's computation. Subclasses list their array parameters in `params`."""
+
+    op = "Layer"
+    params: tuple[str, ...] = ()
+    is_linear = False
+
+    def forward(self, *xs: np.ndarray) -> np.ndarray:
+        """Returns the output of the layer for its dynamic inputs."""
+        raise NotImplementedError
+
+    def relevance(self, xs: list[np.ndarray], y: np.ndarray, r: np.ndarray, rule) -> list[np.ndarray | None]:
+        """Returns the relevance of each dynamic input given the output relevance r (None: no relevance)."""
+        raise NotImplementedError
+
+    def astype(self, dtype) -> "Layer":
+        """Returns a copy whose array parameters have the given dtype."""
+        out = copy.copy(self)
+        for name in self.params:
+            value = getattr(self, name)
+            if value is not None:
+                setattr(out, name, np.asarray(value, dtype=dtype))
+        return out
+
+    def describe(self) -> str:
+        """Returns a short description of the layer's attributes for `lrp inspect`."""
+        return ""
+
+
+class PassThrough(Layer):
+    """Element-wise layers whose relevance passes unchanged (Eq 63: monotone activations, affine maps, LRN)."""
+
+    def relevance(self, xs, y, r, rule):
+        return [r]
+
+
+class Activation(PassThrough):
+    """An element-wise activation function."""
+
+    params = ()
+
+    def __init__(self, op: str, fn):
+        self.op = op
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+
+class Affine(PassThrough):
+    """x * scale + shift with constants broadcast against x (BatchNorm that cannot be folded, scaling ops)."""
+
+    op = "Affine"
+    params = ("scale", "shift")
+
+    def __init__(self, scale: np.ndarray, shift: np.ndarray, op: str = "Affine"):
+        self.scale = np.asarray(scale, dtype=np.float64)
+        self.shift = np.asarray(shift, dtype=np.float64)
+        self.op = op
+
+    def forward(self, x):
+        return x * self.scale + self.shift
+
+
+class Linear(Layer):
+    """A layer z = x W + b whose relevance a rule decides; subclasses define apply and apply_transposed."""
+
+    is_linear = True
+    params = ("weight", "bias")
+
+    def __init__(self, weight: np.ndarray, bias: np.ndarray | None):
+        self.weight = np.asarray(weight, dtype=np.float64)
+        self.bias = None if bias is None else np.asarray(bias, dtype=np.float64)
+
+    def forward(self, x):
+        return self.apply(x, self.weight, self.bias)
+
+    def relevance(self, xs, y, r, rule):
+        return [rule.relevance(self, xs[0], y, r)]
+
+    def apply(self, x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+        """Returns the layer's linear map of x with the given (possibly modified) weight and bias."""
+        raise NotImplementedError
+
+    def apply_transposed(self, c: np.ndarray, weight: np.ndarray, input_shape: tuple[int, ...]) -> np.ndarray:
+        """Returns the transposed linear map of output-shaped c: the gradient of (apply . c) w.r.t. the input."""
+        raise NotImplementedError
+
+    def fold_output_affine(self, scale: np.ndarray, shift: np.ndarray) -> None:
+        """Folds an affine map of the output channels (BatchNorm, bias add) into weight and bias, in place."""
+        raise NotImplementedError
+
+
+class Dense(Linear):
+    """Fully connected layer over the last axis; weight is [in, out]."""
+
+    op = "Dense"
+
+    def apply(self, x, weight, bias):
+        z = x @ weight
+        return z if bias is None else z + bias
+
+    def apply_transposed(self, c, weight, input_shape):
+        return c @ weight.T
+
+    def fold_output_affine(self, scale, shift):
+        bias = np.zeros(self.weight.shape[1]) if self.bias is None else self.bias
+        self.weight = self.weight * scale[None, :]
+        self.bias = bias * scale + shift
+
+    def describe(self):
+        return f"{self.weight.shape[0]}->{self.weight.shape[1]}"
+
+
+class Conv(Linear):
+    """2-D convolution (grouped, strided, padded, dilated); weight is [out, in/group, kh, kw]."""
+
+    op = "Conv"
+
+    def __init__(self, weight, bias, window: Window, group: int = 1):
+        super().__init__(weight, bias)
+        self.window = window
+        self.group = group
+
+    @property
+    def depthwise(self) -> bool:
+        """Returns True when every output channel reads exactly one input channel of its own."""
+        return self.group > 1 and self.weight.shape[0] == self.group and self.weight.shape[1] == 1
+
+    def apply(self, x, weight, bias):
+        out_hw = self.window.output_size(*x.shape[2:])
+        xp = windows.pad(x, self.window)
+        if self.depthwise:
+            z = self._depthwise(xp, weight, out_hw)
+        else:
+            z = self._grouped(xp, weight, out_hw)
+        return z if bias is None else z + bias[None, :, None, None]
+
+    def _depthwise(self, xp, weight, out_hw):
+        z = np.zeros(xp.shape[:2] + tuple(out_hw), dtype=xp.dtype)
+        for i, j in windows.offsets(self.window):
+            z += windows.offset_view(xp, self.window, i, j, *out_hw) * weight[None, :, 0, i, j, None, None]
+        return z
+
+    def _grouped(self, xp, weight, out_hw):
+        n, g = xp.shape[0], self.group
+        cols = windows.gather(xp, self.window, out_hw)
+        cols = cols.reshape(n, g, -1, out_hw[0] * out_hw[1])
+        w = weight.reshape(g, weight.shape[0] // g, -1)
+        z = np.matmul(w[0], cols[:, 0]) if g == 1 else np.matmul(w[None], cols)
+        return z.reshape(n, weight.shape[0], *out_hw)
+
+    def apply_transposed(self, c, weight, input_shape):
+        height, width = input_shape[2:]
+        padded_hw = self.window.padded_shape(height, width)
+        if self.depthwise:
+            xp = np.zeros(c.shape[:2] + padded_hw, dtype=c.dtype)
+            for i, j in windows.offsets(self.window):
+                windows.offset_view(xp, self.window, i, j, *c.shape[2:])[...] += (
+                    c * weight[None, :, 0, i, j, None, None])
+        else:
+            xp = windows.scatter(self._transposed_cols(c, weight, input_shape[1]), self.window, padded_hw)
+        return windows.unpad(xp, self.window, height, width)
+
+    def _transposed_cols(self, c, weight, channels):
+        n, g = c.shape[0], self.group
+        out_hw = c.shape[2:]
+        w = weight.reshape(g, weight.shape[0] // g, -1).transpose(0, 2, 1)
+        cg = c.reshape(n, g, -1, out_hw[0] * out_hw[1])
+        cols = np.matmul(w[0], cg[:, 0]) if g == 1 else np.matmul(w[None], cg)
+        return cols.reshape(n, channels, *self.window.kernel, *out_hw)
+
+    def fold_output_affine(self, scale, shift):
+        bias = np.zeros(self.weight.shape[0]) if self.bias is None else self.bias
+        self.weight = self.weight * scale[:, None, None, None]
+        self.bias = bias * scale + shift
+
+    def describe(self):
+        o, cg, kh, kw = self.weight.shape
+        w = self.window
+        text = f"{cg * self.group}->{o} k{kh}x{kw} s{w.strides[0]}x{w.strides[1]} p{','.join(map(str, w.pads))}"
+        return text + (f" g{self.group}" if self.group > 1 else "")
+
+
+class MaxPool(Layer):
+    """Max pooling; relevance goes to the winner of each window, split evenly between tied winners (Eq 32)."""
+
+    op = "MaxPool"
+
+    def __init__(self, window: Window):
+        self.window = window
+
+    def forward(self, x):
+        out_hw = self.window.output_size(*x.shape[2:])
+        xp = windows.pad(x, self.window, -np.inf)
+        views = (windows.offset_view(xp, self.window, i, j, *out_hw) for i, j in windows.offsets(self.window))
+        return np.maximum.reduce(list(views))
+
+    def relevance(self, xs, y, r, rule):
+        x = xs[0]
+        xp = windows.pad(x, self.window, -np.inf)
+        wins = windows.gather(xp, self.window, y.shape[2:]) == y[:, :, None, None]
+        share = r / wins.sum(axis=(2, 3))
+        spread = windows.scatter(wins * share[:, :, None, None], self.window, xp.shape[2:])
+        return [windows.unpad(spread, self.window, *x.shape[2:])]
+
+    def describe(self):
+        return f"k{self.window.kernel[0]}x{self.window.kernel[1]} s{self.window.strides[0]}"
+
+
+class AvgPool(Layer):
+    """Average pooling; relevance is split in proportion to each input's share of the average (z-rule)."""
+
+    op = "AveragePool"
+
+    def __init__(self, window: Window, count_include_pad: bool):
+        self.window = window
+        self.count_include_pad = count_include_pad
+
+    def _divisor(self, height: int, width: int) -> np.ndarray:
+        ones = np.ones((1, 1, height, width))
+        counted = windows.pad(ones, self.window)
+        if self.count_include_pad:
+            ph, pw = height + self.window.pads[0] + self.window.pads[2], width + self.window.pads[1] + self.window.pads[3]
+            counted[:, :, :ph, :pw] = 1.0
+        return self._window_sum(counted, self.window.output_size(height, width))
+
+    def _window_sum(self, xp, out_hw):
+        total = np.zeros(xp.shape[:2] + tuple(out_hw), dtype=xp.dtype)
+        for i, j in windows.offsets(self.window):
+            total += windows.offset_view(xp, self.window, i, j, *out_hw)
+        return total
+
+    def forward(self, x):
+        out_hw = self.window.output_size(*x.shape[2:])
+        return self._window_sum(windows.pad(x, self.window), out_hw) / self._divisor(*x.shape[2:]).astype(x.dtype)
+
+    def relevance(self, xs, y, r, rule):
+        x = xs[0]
+        c = r / stabilize(y, NORM_STABILIZER) / self._divisor(*x.shape[2:]).astype(x.dtype)
+        padded_hw = self.window.padded_shape(*x.shape[2:])
+        spread = np.zeros(x.shape[:2] + padded_hw, dtype=x.dtype)
+        for i, j in windows.offsets(self.window):
+            windows.offset_view(spread, self.window, i, j, *y.shape[2:])[...] += c
+        return [x * windows.unpad(spread, self.window, *x.shape[2:])]
+
+    def describe(self):
+        return f"k{self.window.kernel[0]}x{self.window.kernel[1]} s{self.window.strides[0]}"
+
+
+class GlobalAvgPool(Layer):
+    """Mean over the spatial axes; relevance in proportion to each input's share (z-rule)."""
+
+    op = "GlobalAveragePool"
+
+    def forward(self, x):
+        return x.mean(axis=(2, 3), keepdims=True)
+
+    def relevance(self, xs, y, r, rule):
+        x = xs[0]
+        count = x.shape[2] * x.shape[3]
+        return [x * (r / stabilize(y, NORM_STABILIZER)) / count]
+
+
+class Add(Layer):
+    """Sum of several tensors (and a constant); relevance split in proportion to each operand (z-rule)."""
+
+    op = "Add"
+    params = ("constant",)
+
+    def __init__(self, constant: np.ndarray | None = None):
+        self.constant = constant
+
+    def forward(self, *xs):
+        total = xs[0]
+        for x in xs[1:]:
+            total = total + x
+        return total if self.constant is None else total + self.constant
+
+    def relevance(self, xs, y, r, rule):
+        c = r / stabilize(y, NORM_STABILIZER)
+        return [unbroadcast(x * c, x.shape) for x in xs]
+
+
+class Concat(Layer):
+    """Concatenation along an axis; relevance is split by slice (constant parts keep theirs)."""
+
+    op = "Concat"
+    params = ()
+
+    def __init__(self, axis: int, parts: list):
+        self.axis = axis
+        self.parts = parts  # an int indexes the dynamic inputs; an array is a constant part
+
+    def forward(self, *xs):
+        return np.concatenate([xs[p] if isinstance(p, int) else p.astype(xs[0].dtype) for p in self.parts],
+                              axis=self.axis)
+
+    def relevance(self, xs, y, r, rule):
+        sizes = [(xs[p] if isinstance(p, int) else p).shape[self.axis] for p in self.parts]
+        pieces = np.split(r, np.cumsum(sizes)[:-1], axis=self.axis)
+        out = [None] * len(xs)
+        for part, piece in zip(self.parts, pieces):
+            if isinstance(part, int):
+                out[part] = piece
+        return out
+
+
+class Reshape(Layer):
+    """Any shape change that keeps element order (Reshape, Flatten, Squeeze, Unsqueeze); relevance follows."""
+
+    op = "Reshape"
+
+    def __init__(self, shape: tuple[int, ...], op: str = "Reshape"):
+        self.shape = tuple(shape)
+        self.op = op
+
+    def forward(self, x):
+        return x.reshape(self.shape)
+
+    def relevance(self, xs, y, r, rule):
+        return [r.reshape(xs[0].shape)]
+
+    def describe(self):
+        return "x".join(map(str, self.shape))
+
+
+class Transpose(Layer):
+    """Axis permutation; relevance is permuted back."""
+
+    op = "Transpose"
+
+    def __init__(self, perm: tuple[int, ...]):
+        self.perm = tuple(perm)
+
+    def forward(self, x):
+        return x.transpose(self.perm)
+
+    def relevance(self, xs, y, r, rule):
+        return [r.transpose(np.argsort(self.perm))]
+
+    def describe(self):
+        return str(self.perm)

@@ -1,0 +1,73 @@
+"""Output files: naming, encoding, and all-or-nothing writes (temporary names, then rename)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+SCHEMA = "lrp-cli/explanation/1"
+
+
+def output_paths(out_dir: Path, stem: str, save_raw: bool) -> dict[str, Path]:
+    """Returns the paths of one input's outputs: heatmap, overlay, json (and raw with --save-raw)."""
+    paths = {
+        "heatmap": out_dir / f"{stem}.heatmap.png",
+        "overlay": out_dir / f"{stem}.overlay.png",
+        "json": out_dir / f"{stem}.json",
+    }
+    if save_raw:
+        paths["raw"] = out_dir / f"{stem}.relevance.npy"
+    return paths
+
+
+def png_bytes(rgb: np.ndarray) -> bytes:
+    """Returns the PNG encoding of a uint8 [H, W, 3] image."""
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    """Returns the `.npy` encoding of an array."""
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def json_bytes(document: dict) -> bytes:
+    """Returns the indented UTF-8 JSON encoding of a document."""
+    return (json.dumps(document, indent=2, allow_nan=False) + "\n").encode("utf-8")
+
+
+def write_all(contents: dict[Path, bytes]) -> None:
+    """Writes every file or none: each goes to a temporary name in its folder, then all are renamed."""
+    temporary: list[tuple[str, Path]] = []
+    try:
+        for path, data in contents.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            temporary.append((tmp, path))
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+        for tmp, path in temporary:
+            os.replace(tmp, path)
+    finally:
+        for tmp, _ in temporary:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+
+def sha256_file(path: Path) -> str:
+    """Returns the hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

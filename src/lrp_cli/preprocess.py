@@ -1,0 +1,198 @@
+"""Image loading and model input preparation: presets, geometry, the model sidecar (`MODEL.lrp.toml`)."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from lrp_cli.errors import InputError, ModelLoadError, OptionError
+
+#: Per preset: (scale applied to 0..255 pixels, mean, std, BGR channel order); mean/std in model channel order.
+PRESETS = {
+    "imagenet": (1 / 255, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), False),
+    "caffe": (1.0, (104.0, 117.0, 123.0), (1.0, 1.0, 1.0), True),
+    "unit": (1 / 255, (0.0,), (1.0,), False),
+    "tf": (1 / 127.5, (1.0,), (1.0,), False),
+    "none": (1.0, (0.0,), (1.0,), False),
+}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
+SIDECAR_KEYS = {"preset", "size", "resize", "crop", "mean", "std", "bgr", "labels", "composite", "output", "training"}
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How an image becomes a model input: preset, size (H, W), optional shorter-side resize or crop fraction."""
+
+    preset: str = "imagenet"
+    size: tuple[int, int] | None = None
+    resize: int | None = None
+    crop: float | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    bgr: bool | None = None
+
+    def __post_init__(self):
+        if self.preset not in PRESETS:
+            raise OptionError(f"--preset: unknown preset '{self.preset}'; presets: {', '.join(PRESETS)}")
+
+    def merged(self, **overrides) -> "PreprocessConfig":
+        """Returns this config with every override that is not None applied."""
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+    def normalization(self, channels: int) -> tuple[float, np.ndarray, np.ndarray, bool]:
+        """Returns (scale, mean[C], std[C], bgr) in model channel order for a C-channel input."""
+        scale, mean, std, bgr = PRESETS[self.preset]
+        mean = np.broadcast_to(np.asarray(self.mean or mean, dtype=np.float64), (channels,))
+        std = np.broadcast_to(np.asarray(self.std or std, dtype=np.float64), (channels,))
+        return scale, mean, std, bool(bgr if self.bgr is None else self.bgr)
+
+    def input_bounds(self, channels: int) -> tuple[np.ndarray, np.ndarray]:
+        """Returns per-channel (low, high) of preprocessed pixels: the z^B box implied by the preset."""
+        scale, mean, std, _ = self.normalization(channels)
+        return (0.0 - mean) / std, (255.0 * scale - mean) / std
+
+
+@dataclass
+class Sidecar:
+    """The settings a model carries in `MODEL.lrp.toml` beside it."""
+
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    labels: list[str] | None = None
+    composite: str | None = None
+    output: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def sidecar_path(model_path: Path) -> Path:
+    """Returns where the sidecar of a model file lives: same folder, same stem, `.lrp.toml`."""
+    return model_path.with_name(model_path.stem + ".lrp.toml")
+
+
+def read_labels(path: Path) -> list[str]:
+    """Returns the class labels of a text file, one per line."""
+    try:
+        return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except OSError as exc:
+        raise OptionError(f"{path}: cannot read labels ({exc.strerror})") from None
+
+
+def load_sidecar(model_path: Path) -> Sidecar:
+    """Returns the model's sidecar settings, or defaults when it has none."""
+    path = sidecar_path(model_path)
+    if not path.exists():
+        return Sidecar()
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(f"{path}: invalid sidecar TOML ({exc})") from None
+    unknown = set(data) - SIDECAR_KEYS
+    if unknown:
+        raise ModelLoadError(f"{path}: unknown sidecar keys {sorted(unknown)}; known: {sorted(SIDECAR_KEYS)}")
+    names = {f.name for f in fields(PreprocessConfig)}
+    config = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in names}
+    labels = data.get("labels")
+    if isinstance(labels, str):
+        labels = read_labels(path.parent / labels)
+    try:
+        preprocess = PreprocessConfig(**config)
+    except OptionError as exc:
+        raise ModelLoadError(f"{path}: {exc}") from None
+    return Sidecar(preprocess, labels, data.get("composite"), data.get("output"), data.get("training", {}))
+
+
+def open_image(path: Path) -> Image.Image:
+    """Returns the decoded image (first frame of an animation), fully read so truncation shows here."""
+    try:
+        with Image.open(path) as img:
+            img.seek(0)
+            img.load()
+            return img.copy()
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except UnidentifiedImageError:
+        raise InputError(f"{path}: not an image (unrecognized format)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InputError(f"{path}: cannot decode image ({exc})") from None
+
+
+def _geometry(img: Image.Image, config: PreprocessConfig, size: tuple[int, int]) -> Image.Image:
+    """Returns the image resized/cropped to size (H, W): shorter side to `resize` then center crop, or a
+    central `crop` fraction then resize, or a plain resize."""
+    height, width = size
+    if config.crop:
+        w, h = img.size
+        cw, ch = round(w * config.crop), round(h * config.crop)
+        img = img.crop(((w - cw) // 2, (h - ch) // 2, (w - cw) // 2 + cw, (h - ch) // 2 + ch))
+    if config.resize:
+        w, h = img.size
+        factor = config.resize / min(w, h)
+        img = img.resize((max(width, round(w * factor)), max(height, round(h * factor))), Image.BILINEAR)
+        w, h = img.size
+        left, top = (w - width) // 2, (h - height) // 2
+        return img.crop((left, top, left + width, top + height))
+    return img.resize((width, height), Image.BILINEAR)
+
+
+def image_to_tensor(img: Image.Image, config: PreprocessConfig, input_shape: tuple[int, ...]) -> np.ndarray:
+    """Returns the float32 [1, C, H, W] model input of an image already at the model size."""
+    channels = input_shape[1]
+    pixels = np.asarray(img.convert("L" if channels == 1 else "RGB"), dtype=np.float64)
+    pixels = pixels[:, :, None] if pixels.ndim == 2 else pixels
+    scale, mean, std, bgr = config.normalization(channels)
+    if bgr:
+        pixels = pixels[:, :, ::-1]
+    tensor = (pixels * scale - mean) / std
+    return tensor.transpose(2, 0, 1)[None].astype(np.float32)
+
+
+def tensor_to_display(tensor: np.ndarray, config: PreprocessConfig) -> Image.Image:
+    """Returns an RGB picture of a [1, C, H, W] model input, undoing the preset's normalization."""
+    channels = tensor.shape[1]
+    scale, mean, std, bgr = config.normalization(channels)
+    pixels = (tensor[0].transpose(1, 2, 0).astype(np.float64) * std + mean) / scale
+    if bgr:
+        pixels = pixels[:, :, ::-1]
+    if not np.isfinite(pixels).all() or pixels.min() < -1 or pixels.max() > 256:
+        pixels = (pixels - pixels.min()) / max(np.ptp(pixels), 1e-12) * 255
+    pixels = np.clip(pixels, 0, 255).astype(np.uint8)
+    return Image.fromarray(pixels[:, :, 0] if channels == 1 else pixels[:, :, :3]).convert("RGB")
+
+
+def load_input(path: Path, config: PreprocessConfig, input_shape: tuple[int, ...]) -> tuple[np.ndarray, Image.Image]:
+    """Returns (model input float32 tensor, RGB picture at the model input size) for an image or `.npy` file."""
+    if path.suffix.lower() == ".npy":
+        tensor = load_tensor(path, input_shape)
+        return tensor, tensor_to_display(tensor, config)
+    if len(input_shape) != 4:
+        raise InputError(f"{path}: the model input {list(input_shape)} is not an image; give a .npy tensor")
+    img = open_image(path)
+    size = config.size or tuple(input_shape[2:])
+    img = _geometry(img.convert("RGB"), config, size)
+    return image_to_tensor(img, config, input_shape), img
+
+
+def load_tensor(path: Path, input_shape: tuple[int, ...]) -> np.ndarray:
+    """Returns a `.npy` tensor as float32 in exactly the model input shape (a missing batch axis is added)."""
+    try:
+        array = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: not a readable .npy tensor ({exc})") from None
+    if array.shape == tuple(input_shape[1:]):
+        array = array[None]
+    if array.shape != tuple(input_shape):
+        raise InputError(f"{path}: tensor shape {list(array.shape)} does not match the model input "
+                         f"{list(input_shape)}")
+    if not np.issubdtype(array.dtype, np.number) or not np.isfinite(array).all():
+        raise InputError(f"{path}: tensor must be finite numbers")
+    return array.astype(np.float32)
+
+
+def load_image(path, config: PreprocessConfig, input_shape: tuple[int, ...] = (1, 3, 224, 224)):
+    """Returns (float32 [1, C, H, W] tensor, RGB picture at that size) for an image file."""
+    return load_input(Path(path), config, input_shape)

@@ -1,0 +1,78 @@
+"""The relevance backward pass over an IR graph (DESIGN §3, Algorithm 2 of the paper).
+
+Relevance starts one-hot at the target with value f(x), the target's pre-softmax score, and walks the nodes in
+reverse topological order. A tensor read by several nodes sums what comes back from each (Eq 62); fan-in nodes
+(Add, Concat) split it among their operands. Every node's relevance sum is recorded to check conservation (Eq 2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from lrp_cli.ir.graph import Graph
+from lrp_cli.rules import Rule
+
+
+@dataclass
+class LayerRecord:
+    """The relevance a node passed to its inputs, summed, under the rule it used (None: fixed behaviour)."""
+
+    name: str
+    op: str
+    rule: str | None
+    relevance_sum: float
+
+
+@dataclass
+class Propagation:
+    """The result of a backward pass: input relevance (input-shaped), f(x) and the per-node records."""
+
+    relevance: np.ndarray
+    f_x: float
+    layers: list[LayerRecord]
+
+
+def output_scores(output: np.ndarray) -> np.ndarray:
+    """Returns the class scores of a batch-1 output tensor ([1, K] or [1, K, 1, 1]) as a flat vector."""
+    return output.reshape(output.shape[0], -1)[0]
+
+
+def initial_relevance(output: np.ndarray, target: int) -> tuple[np.ndarray, float]:
+    """Returns the output-shaped one-hot relevance at target valued f(x), and f(x)."""
+    scores = output_scores(output)
+    relevance = np.zeros_like(output).reshape(output.shape[0], -1)
+    relevance[0, target] = scores[target]
+    return relevance.reshape(output.shape), float(scores[target])
+
+
+def propagate(graph: Graph, values: dict[str, np.ndarray], target: int, rules: dict[str, Rule]) -> Propagation:
+    """Returns the input relevance for the target class given a forward pass `values` and node -> rule."""
+    start, f_x = initial_relevance(values[graph.output_name], target)
+    pending = {graph.output_name: start}
+    records = []
+    for node in reversed(graph.nodes):
+        r = pending.pop(node.output, None)
+        if r is None:
+            continue
+        rule = rules.get(node.name)
+        xs = [values[name] for name in node.inputs]
+        lower = node.layer.relevance(xs, values[node.output], r, rule)
+        total = 0.0
+        for name, r_in in zip(node.inputs, lower):
+            if r_in is None:
+                continue
+            total += float(r_in.sum(dtype=np.float64))
+            pending[name] = pending[name] + r_in if name in pending else r_in
+        records.append(LayerRecord(node.name, node.op, rule.spec() if rule else None, total))
+    relevance = pending.get(graph.input_name)
+    if relevance is None:
+        relevance = np.zeros_like(values[graph.input_name])
+    return Propagation(relevance, f_x, records)
+
+
+def conservation_error(relevance_sum: float, f_x: float) -> float:
+    """Returns |sum R - f(x)| / |f(x)| (absolute difference when f(x) is 0)."""
+    gap = abs(relevance_sum - f_x)
+    return gap / abs(f_x) if f_x != 0 else gap

@@ -1,0 +1,298 @@
+"""LRP rules for linear layers (Dense, Conv) and the composites that assign them (DESIGN §4).
+
+Every rule is written against two operations a linear layer offers: `apply(x, W, b)` (the forward map with
+modified parameters) and `apply_transposed(c, W, shape)` (its adjoint). Definitions follow zennit 1.0 term for
+term so that results agree number for number: z_j = sum_i x_i w_ij + b_j, c = R / stab(z), R_i = x_i (W^T c)_i.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+
+import numpy as np
+
+from lrp_cli.ir.layers import Conv, Dense, Linear, stabilize
+
+#: zennit's stabilizer for every rule other than Epsilon.
+STABILIZER = 1e-6
+
+
+class RuleError(ValueError):
+    """A rule specification or composite name that cannot be used."""
+
+
+def _pos(a):
+    return None if a is None else np.maximum(a, 0)
+
+
+def _neg(a):
+    return None if a is None else np.minimum(a, 0)
+
+
+def _propagate(layer: Linear, x, weight, c):
+    """Returns x * (W^T c): the relevance one (input, weight) term of a rule sends down."""
+    return x * layer.apply_transposed(c, weight, x.shape)
+
+
+class Rule:
+    """Base class: a rule turns a linear layer's output relevance into input relevance."""
+
+    name = "rule"
+
+    def relevance(self, layer: Linear, x: np.ndarray, y: np.ndarray, r: np.ndarray) -> np.ndarray:
+        """Returns the input relevance of layer for input x, output y and output relevance r."""
+        raise NotImplementedError
+
+    def spec(self) -> str:
+        """Returns the rule as a `--rule` specification string."""
+        return self.name
+
+    def __repr__(self):
+        return self.spec()
+
+
+class Epsilon(Rule):
+    """Eq 58: R_i = x_i sum_j w_ij R_j / stab(z_j); epsilon 1e-12 gives LRP-0 (Eq 56)."""
+
+    name = "epsilon"
+
+    def __init__(self, epsilon: float = 1e-6, name: str = "epsilon"):
+        self.epsilon = float(epsilon)
+        self.name = name
+
+    def relevance(self, layer, x, y, r):
+        return _propagate(layer, x, layer.weight, r / stabilize(y, self.epsilon))
+
+    def spec(self):
+        return "z" if self.name == "z" else f"epsilon:{self.epsilon:g}"
+
+
+class ZPlus(Rule):
+    """z+ rule: z = x+ W+ + x- W- + b+; R = x+ (W+^T c) + x- (W-^T c)."""
+
+    name = "zplus"
+
+    def relevance(self, layer, x, y, r):
+        w = layer.weight
+        return _signed_terms(layer, x, r, (_pos(w), _neg(w)), _pos(layer.bias))
+
+
+def _signed_terms(layer, x, r, weights, bias):
+    """Returns x+ (W_a^T c) + x- (W_b^T c), c = R / stab(x+ W_a + x- W_b + bias), the shared core of z+/alpha/gamma."""
+    w_a, w_b = weights
+    xp, xn = _pos(x), _neg(x)
+    has_negative = bool((xn < 0).any())
+    z = layer.apply(xp, w_a, bias)
+    if has_negative:
+        z = z + layer.apply(xn, w_b, None)
+    c = r / stabilize(z, STABILIZER)
+    out = _propagate(layer, xp, w_a, c)
+    return out + _propagate(layer, xn, w_b, c) if has_negative else out
+
+
+class AlphaBeta(Rule):
+    """Eq 60: alpha times the positive-contribution term minus beta times the negative one (alpha - beta = 1)."""
+
+    name = "alphabeta"
+
+    def __init__(self, alpha: float = 2.0, beta: float = 1.0):
+        if alpha < 0 or beta < 0 or abs(alpha - beta - 1.0) > 1e-12:
+            raise RuleError(f"alphabeta:{alpha:g},{beta:g}: alpha and beta must be >= 0 with alpha - beta = 1")
+        self.alpha, self.beta = float(alpha), float(beta)
+
+    def relevance(self, layer, x, y, r):
+        w, b = layer.weight, layer.bias
+        positive = _signed_terms(layer, x, r, (_pos(w), _neg(w)), _pos(b))
+        if self.beta == 0:
+            return positive
+        negative = _signed_terms(layer, x, r, (_neg(w), _pos(w)), _neg(b))
+        return self.alpha * positive - self.beta * negative
+
+    def spec(self):
+        return f"alphabeta:{self.alpha:g},{self.beta:g}"
+
+
+class Gamma(Rule):
+    """Generalized gamma rule (zennit's Gamma): positive outputs favour W + gamma W+, negative W + gamma W-."""
+
+    name = "gamma"
+
+    def __init__(self, gamma: float = 0.25):
+        self.gamma = float(gamma)
+
+    def relevance(self, layer, x, y, r):
+        w, b, g = layer.weight, layer.bias, self.gamma
+        up_w, down_w = w + g * _pos(w), w + g * _neg(w)
+        up_b = None if b is None else b + g * _pos(b)
+        down_b = None if b is None else b + g * _neg(b)
+        rising = _signed_terms(layer, x, r * (y > 0), (up_w, down_w), up_b)
+        falling = _signed_terms(layer, x, r * (y < 0), (down_w, up_w), down_b)
+        return rising + falling
+
+    def spec(self):
+        return f"gamma:{self.gamma:g}"
+
+
+class Flat(Rule):
+    """Flat rule: all inputs and weights 1, bias 0; relevance spread uniformly over the receptive field."""
+
+    name = "flat"
+
+    def relevance(self, layer, x, y, r):
+        ones = np.ones_like(layer.weight)
+        z = layer.apply(np.ones_like(x), ones, None)
+        return layer.apply_transposed(r / stabilize(z, STABILIZER), ones, x.shape)
+
+
+class WSquare(Rule):
+    """w^2 rule: R_i = sum_j w_ij^2 / (sum_i w_ij^2 + b_j^2) R_j, independent of the input."""
+
+    name = "wsquare"
+
+    def relevance(self, layer, x, y, r):
+        square = layer.weight ** 2
+        bias = None if layer.bias is None else layer.bias ** 2
+        z = layer.apply(np.ones_like(x), square, bias)
+        return layer.apply_transposed(r / stabilize(z, STABILIZER), square, x.shape)
+
+
+class ZBox(Rule):
+    """z^B rule for bounded inputs low <= x <= high: z = x W - low W+ - high W-."""
+
+    name = "zbox"
+
+    def __init__(self, low=None, high=None):
+        self.low = low
+        self.high = high
+
+    def with_bounds(self, low, high) -> "ZBox":
+        """Returns this rule with default bounds filled in where the spec gave none."""
+        return ZBox(self.low if self.low is not None else low, self.high if self.high is not None else high)
+
+    def _bound(self, value, x):
+        if value is None:
+            raise RuleError("zbox needs input bounds: give zbox:LOW,HIGH or a preset that implies them")
+        value = np.asarray(value, dtype=x.dtype)
+        if value.ndim == 1 and value.size > 1:
+            if x.ndim != 4 or x.shape[1] != value.size:
+                raise RuleError(f"zbox per-channel bounds of length {value.size} need a [N,{value.size},H,W] input")
+            value = value.reshape(1, -1, 1, 1)
+        return np.broadcast_to(value, x.shape)
+
+    def relevance(self, layer, x, y, r):
+        low, high = self._bound(self.low, x), self._bound(self.high, x)
+        w, b = layer.weight, layer.bias
+        w_pos, w_neg = _pos(w), _neg(w)
+        z = y - layer.apply(low, w_pos, _pos(b)) - layer.apply(high, w_neg, _neg(b))
+        c = r / stabilize(z, STABILIZER)
+        return _propagate(layer, x, w, c) - _propagate(layer, low, w_pos, c) - _propagate(layer, high, w_neg, c)
+
+    def spec(self):
+        if self.low is None:
+            return "zbox"
+        return f"zbox:{_format_bound(self.low)},{_format_bound(self.high)}"
+
+
+def _format_bound(value) -> str:
+    return "/".join(f"{v:g}" for v in np.atleast_1d(np.asarray(value, dtype=float)))
+
+
+def _numbers(text: str, spec: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",")] if text else []
+    except ValueError:
+        raise RuleError(f"rule '{spec}': parameters must be numbers") from None
+
+
+def _bound_value(text: str, spec: str):
+    try:
+        values = [float(v) for v in text.split("/")]
+    except ValueError:
+        raise RuleError(f"rule '{spec}': zbox bounds must be numbers or a/b/c lists") from None
+    return values[0] if len(values) == 1 else np.array(values)
+
+
+def parse_rule(spec: str) -> Rule:
+    """Returns the rule object for a specification like `epsilon:0.01`, `alphabeta:2,1` or `zbox:-1,1`."""
+    name, _, args = spec.strip().partition(":")
+    name = name.lower()
+    if name == "zbox":
+        if not args:
+            return ZBox()
+        parts = args.split(",")
+        if len(parts) != 2:
+            raise RuleError(f"rule '{spec}': zbox takes LOW,HIGH")
+        return ZBox(_bound_value(parts[0], spec), _bound_value(parts[1], spec))
+    values = _numbers(args, spec)
+    makers = {
+        "z": (0, lambda: Epsilon(1e-12, name="z")),
+        "epsilon": (1, lambda *v: Epsilon(*v)),
+        "zplus": (0, ZPlus),
+        "alphabeta": (2, lambda *v: AlphaBeta(*v)),
+        "gamma": (1, lambda *v: Gamma(*v)),
+        "flat": (0, Flat),
+        "wsquare": (0, WSquare),
+    }
+    if name not in makers:
+        raise RuleError(f"unknown rule '{spec}'; rules: {', '.join(sorted(makers) + ['zbox'])}")
+    most, make = makers[name]
+    if len(values) > most or (name == "alphabeta" and len(values) not in (0, 2)):
+        raise RuleError(f"rule '{spec}': wrong number of parameters")
+    return make(*values)
+
+
+@dataclass(frozen=True)
+class Composite:
+    """Rule specs for the first linear layer, other convolutions and other dense layers."""
+
+    first: str | None
+    conv: str
+    dense: str
+    first_kinds: tuple[type, ...] = (Conv, Dense)
+
+
+COMPOSITES = {
+    "epsilon-plus-flat": Composite("flat", "zplus", "epsilon"),
+    "epsilon-plus": Composite("zplus", "zplus", "epsilon"),
+    "epsilon-alpha2-beta1": Composite("alphabeta:2,1", "alphabeta:2,1", "epsilon"),
+    "epsilon-alpha2-beta1-flat": Composite("flat", "alphabeta:2,1", "epsilon"),
+    # As in zennit, only a first *convolution* gets z^B.
+    "epsilon-gamma-box": Composite("zbox", "gamma", "epsilon", first_kinds=(Conv,)),
+    "paper-epsilon": Composite("epsilon:0.01", "epsilon:0.01", "epsilon:0.01"),
+}
+DEFAULT_COMPOSITE = "epsilon-plus-flat"
+
+
+def composite_specs(composite: str, linear_nodes: list[tuple[str, Linear]]) -> dict[str, str]:
+    """Returns node name -> rule spec for the linear nodes (in topological order) under a composite."""
+    if composite not in COMPOSITES:
+        raise RuleError(f"unknown composite '{composite}'; composites: {', '.join(COMPOSITES)}")
+    comp = COMPOSITES[composite]
+    specs = {}
+    for index, (name, layer) in enumerate(linear_nodes):
+        if index == 0 and comp.first and isinstance(layer, comp.first_kinds):
+            specs[name] = comp.first
+        else:
+            specs[name] = comp.conv if isinstance(layer, Conv) else comp.dense
+    return specs
+
+
+def assign_rules(linear_nodes: list[tuple[str, Linear]], composite: str | None = None, rule: str | None = None,
+                 layer_rules: tuple[str, ...] = ()) -> dict[str, str]:
+    """Returns node name -> rule spec from a composite or a uniform rule, then `PATTERN=SPEC` overrides."""
+    if rule:
+        parse_rule(rule)
+        specs = {name: rule for name, _ in linear_nodes}
+    else:
+        specs = composite_specs(composite or DEFAULT_COMPOSITE, linear_nodes)
+    for override in layer_rules:
+        pattern, sep, spec = override.partition("=")
+        if not sep or not pattern or not spec:
+            raise RuleError(f"--layer-rule '{override}': expected NAME_OR_GLOB=SPEC")
+        parse_rule(spec)
+        matched = [name for name in specs if fnmatch.fnmatchcase(name, pattern)]
+        if not matched:
+            raise RuleError(f"--layer-rule '{override}': no Conv/Dense layer matches '{pattern}'")
+        specs.update(dict.fromkeys(matched, spec))
+    return specs
