@@ -171,7 +171,7 @@ def inspect(model_path, composite, verify, as_json):
     except LrpError as exc:
         _fail(exc)
     click.echo(json.dumps(report, indent=2) if as_json else inspection.format_report(report))
-    if report["unsupported_ops"]:
+    if report["error"]:
         sys.exit(3)
 
 

@@ -14,7 +14,8 @@ from lrp_cli.importers.onnx_import import supported_ops
 
 
 def op_census(path: Path) -> list[dict]:
-    """Returns every op type of the ONNX file with its node count and whether lrp-cli supports it."""
+    """Returns every op type of the ONNX file with its node count and whether lrp-cli converts it (other ops
+    are accepted only where their inputs are constants, e.g. exporters' shape arithmetic)."""
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # onnx raises several unrelated types for a bad file
@@ -29,11 +30,12 @@ def inspect_model(path, composite: str | None = None, verify: bool = False) -> d
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"{path}: no such model file")
-    ops = op_census(path)
-    report = {"model": str(path), "ops": ops, "unsupported_ops": [o["op"] for o in ops if not o["supported"]]}
-    if report["unsupported_ops"]:
+    report = {"model": str(path), "ops": op_census(path), "error": None}
+    try:
+        model = api.load_model(path)
+    except ModelLoadError as exc:
+        report["error"] = str(exc)
         return report
-    model = api.load_model(path)
     settings = api.Settings(composite=composite)
     rules = api.rules_for(model, settings, api.preprocess_config(model, settings))
     graph = model.graph
@@ -65,10 +67,10 @@ def verify_model(model: api.LoadedModel, seed: int = 0) -> dict:
 def format_report(report: dict) -> str:
     """Returns the report as a human-readable table."""
     lines = [f"model: {report['model']}", "ops:"]
-    lines += [f"  {o['op']:<24} x{o['count']:<5} {'supported' if o['supported'] else 'UNSUPPORTED'}"
+    lines += [f"  {o['op']:<24} x{o['count']:<5} {'supported' if o['supported'] else 'on constants only'}"
               for o in report["ops"]]
-    if report["unsupported_ops"]:
-        lines.append(f"cannot explain: unsupported ops {', '.join(report['unsupported_ops'])}")
+    if report["error"]:
+        lines.append(f"cannot explain: {report['error']}")
         return "\n".join(lines)
     lines.append(f"input {report['input']['name']} {report['input']['shape']} -> output "
                  f"{report['output']['name']} {report['output']['shape']}; composite {report['composite']}")

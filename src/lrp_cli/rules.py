@@ -195,7 +195,9 @@ class ZBox(Rule):
 
 
 def _format_bound(value) -> str:
-    return "/".join(f"{v:g}" for v in np.atleast_1d(np.asarray(value, dtype=float)))
+    values = np.atleast_1d(np.asarray(value, dtype=float))
+    values = values[:1] if np.all(values == values[0]) else values
+    return "/".join(f"{v:g}" for v in values)
 
 
 def _numbers(text: str, spec: str) -> list[float]:

@@ -150,7 +150,6 @@ def import_onnx(path: str | Path, output: str | None = None) -> Graph:
         model = onnx.load(str(path))
     except Exception as exc:  # onnx raises several unrelated types for a bad file
         raise ModelLoadError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})".splitlines()[0])
-    _check_ops(path, model)
     ctx = ImportContext(path, model, output)
     input_name, input_shape = _data_input(ctx)
     ctx.values[input_name] = np.zeros(input_shape, dtype=np.float32)
@@ -162,15 +161,6 @@ def import_onnx(path: str | Path, output: str | None = None) -> Graph:
     nodes = _prune(ctx.nodes, output_name)
     shapes = {t: v.shape for t, v in ctx.values.items()}
     return Graph(nodes, input_name, input_shape, output_name, shapes, ctx.notes)
-
-
-def _check_ops(path: Path, model: onnx.ModelProto) -> None:
-    known = set(supported_ops())
-    for node in model.graph.node:
-        if node.op_type not in known:
-            raise ModelLoadError(
-                f"{path}: unsupported op {node.op_type} at node '{node.name or node.output[0]}'; "
-                f"supported ops: {', '.join(supported_ops())}")
 
 
 def _data_input(ctx: ImportContext) -> tuple[str, tuple[int, ...]]:
@@ -201,8 +191,11 @@ def _convert_node(ctx: ImportContext, node: onnx.NodeProto) -> None:
         _fold_constant(ctx, node)
     elif op in OUTPUT_STRIPPED_OPS:
         _strip_output_softmax(ctx, node)
-    else:
+    elif op in CONVERTERS:
         CONVERTERS[op](ctx, node)
+    else:
+        raise ModelLoadError(f"{ctx.path}: unsupported op {op} at node '{node.name or node.output[0]}' "
+                             f"(any op is folded on constants only); supported ops: {', '.join(supported_ops())}")
 
 
 def _fold_constant(ctx: ImportContext, node: onnx.NodeProto) -> None:
@@ -291,7 +284,9 @@ def _gemm(ctx, node):
     weight = (weight.T if a.get("transB", 0) else weight) * a.get("alpha", 1.0)
     bias = ctx.const(node, 2)
     if bias is not None:
-        bias = np.broadcast_to(bias * a.get("beta", 1.0), (weight.shape[1],)).reshape(-1)
+        bias = _channel_vector(bias * a.get("beta", 1.0), (1, weight.shape[1]), 1)
+        if bias is None:
+            raise ctx.error(node, "only a Gemm bias C that is the same for every row is supported")
     inputs = None
     if a.get("transA", 0):
         transposed = onnx.helper.make_node("Transpose", node.input[:1], [node.output[0] + "/transA"],
@@ -319,8 +314,12 @@ def _channel_vector(const: np.ndarray, out_shape: tuple[int, ...], axis: int) ->
     return np.broadcast_to(const.reshape(-1), (out_shape[axis],)).copy()
 
 
-def _fold_affine(ctx, tensor: str, scale, shift) -> bool:
-    """Folds y -> y * scale + shift into the sole linear producer of tensor; returns True when it did."""
+def _fold_affine(ctx, node, tensor: str, scale, shift) -> bool:
+    """Folds y -> y * scale + shift into the sole linear producer of tensor; returns True when it did.
+
+    The producer then writes the folded node's output tensor: its own tensor no longer exists (and nothing else
+    read it), so every remaining tensor name keeps its ONNX meaning.
+    """
     producer = ctx.sole_linear_producer(tensor)
     if producer is None:
         return False
@@ -331,14 +330,14 @@ def _fold_affine(ctx, tensor: str, scale, shift) -> bool:
     if scale_vec is None or shift_vec is None:
         return False
     producer.layer.fold_output_affine(scale_vec, shift_vec)
+    del ctx.values[producer.output]
+    producer.output = node.output[0]
     ctx.values[producer.output] = producer.layer.forward(*(ctx.values[t] for t in producer.inputs))
     return True
 
 
 def _affine_or_fold(ctx, node, tensor: str, scale, shift) -> None:
-    if _fold_affine(ctx, tensor, scale, shift):
-        ctx.alias[node.output[0]] = ctx.name(tensor)
-    else:
+    if not _fold_affine(ctx, node, tensor, scale, shift):
         ctx.add(node, L.Affine(scale, shift, node.op_type), [tensor])
 
 
