@@ -56,6 +56,8 @@ def pad(x: np.ndarray, window: Window, value: float = 0.0) -> np.ndarray:
     """Returns x [N, C, H, W] padded for the window (explicit pads plus any ceil-mode overhang) with value."""
     height, width = x.shape[2:]
     full_h, full_w = window.padded_shape(height, width)
+    if (full_h, full_w) == (height, width):
+        return x
     top, left = window.pads[0], window.pads[1]
     out = np.full(x.shape[:2] + (full_h, full_w), value, dtype=x.dtype)
     out[:, :, top:top + height, left:left + width] = x
@@ -64,6 +66,8 @@ def pad(x: np.ndarray, window: Window, value: float = 0.0) -> np.ndarray:
 
 def unpad(xp: np.ndarray, window: Window, height: int, width: int) -> np.ndarray:
     """Returns the interior [N, C, height, width] of a padded array."""
+    if xp.shape[2:] == (height, width):
+        return xp
     top, left = window.pads[0], window.pads[1]
     return xp[:, :, top:top + height, left:left + width]
 
@@ -81,8 +85,15 @@ def offsets(window: Window):
     return ((i, j) for i in range(window.kernel[0]) for j in range(window.kernel[1]))
 
 
+def is_pointwise(window: Window, padded_hw, out_hw) -> bool:
+    """Returns True for a 1x1, stride-1 window whose output covers the whole padded input (no copy needed)."""
+    return window.kernel == (1, 1) and window.strides == (1, 1) and tuple(padded_hw) == tuple(out_hw)
+
+
 def gather(xp: np.ndarray, window: Window, out_hw: tuple[int, int]) -> np.ndarray:
     """Returns the window columns [N, C, kh, kw, Ho, Wo] of an already padded input."""
+    if is_pointwise(window, xp.shape[2:], out_hw):
+        return xp[:, :, None, None]
     cols = np.empty(xp.shape[:2] + window.kernel + tuple(out_hw), dtype=xp.dtype)
     for i, j in offsets(window):
         cols[:, :, i, j] = offset_view(xp, window, i, j, *out_hw)
@@ -92,6 +103,8 @@ def gather(xp: np.ndarray, window: Window, out_hw: tuple[int, int]) -> np.ndarra
 def scatter(cols: np.ndarray, window: Window, padded_hw: tuple[int, int]) -> np.ndarray:
     """Returns the padded-input-sized sum of window columns [N, C, kh, kw, Ho, Wo] (the adjoint of gather)."""
     out_hw = cols.shape[4:]
+    if is_pointwise(window, padded_hw, out_hw):
+        return cols[:, :, 0, 0]
     xp = np.zeros(cols.shape[:2] + tuple(padded_hw), dtype=cols.dtype)
     for i, j in offsets(window):
         offset_view(xp, window, i, j, *out_hw)[...] += cols[:, :, i, j]

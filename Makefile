@@ -1,0 +1,49 @@
+# Everything a fresh machine needs: `make demo` and `make test` create the virtual environment themselves.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+# Dev-only environment with PyTorch CPU, used only to (re)train the bundled models.
+MODELS_VENV ?= .venv-models
+EFFNET := models/efficientnet-lite0.onnx
+DEMO_OUT ?= demo_out
+
+.PHONY: demo test test-fast bench models lint clean
+
+$(INSTALLED): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,demo]'
+	touch $@
+
+$(EFFNET): $(INSTALLED)
+	$(BIN)/lrp zoo get efficientnet-lite0 --dest models
+
+demo: $(INSTALLED) $(EFFNET)
+	$(BIN)/lrp explain sample_images/chelsea.png sample_images/coffee.png --model $(EFFNET) --out $(DEMO_OUT)
+	$(BIN)/lrp explain sample_images/shapes --model models/shapes-cnn.onnx --out $(DEMO_OUT)/shapes
+	$(BIN)/lrp explain sample_images/digits --model models/digits-mlp.onnx --out $(DEMO_OUT)/digits
+	@echo "heatmaps written to $(DEMO_OUT)/"
+
+# The fast suite, then the slow one (real models); pytest exits 5 when a marker selects nothing.
+test: $(INSTALLED)
+	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m slow || [ $$? -eq 5 ]
+
+test-fast: $(INSTALLED)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: $(INSTALLED) $(EFFNET)
+	$(BIN)/python benchmarks/bench.py
+
+models:
+	$(PYTHON) -m venv $(MODELS_VENV)
+	$(MODELS_VENV)/bin/python -m pip install --quiet torch==2.13.0 numpy onnx onnxruntime pillow scikit-learn
+	$(MODELS_VENV)/bin/python -m pip install --quiet --no-deps -e .
+	$(MODELS_VENV)/bin/python scripts/build_models.py
+
+lint: $(INSTALLED)
+	$(BIN)/python -m pip install --quiet ruff
+	$(BIN)/python -m ruff check --select E,F,W --line-length 120 src tests scripts benchmarks
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) $(EFFNET) models/efficientnet-lite0.lrp.toml
