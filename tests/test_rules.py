@@ -8,7 +8,7 @@ obtained by pushing unit vectors through the forward pass. Tolerance: 1e-9 relat
 import numpy as np
 import pytest
 
-from lrp_cli.ir.layers import Conv, Dense
+from lrp_cli.ir.layers import Conv, ConvTranspose, Dense
 from lrp_cli.ir.windows import Window
 from lrp_cli.rules import (AlphaBeta, Epsilon, Flat, Gamma, RuleError, WSquare, ZBox, ZPlus, assign_rules,
                            composite_specs, parse_rule)
@@ -102,11 +102,17 @@ def conv_layers(rng):
     ]
 
 
+def conv_transpose_layers(rng):
+    # input 1x3x6x7, stride 2, pads (1, 0, 1, 1): output height 2*5+3-2 = 11, width 2*6+3-1 = 14
+    return [ConvTranspose(rng.standard_normal((3, 4, 3, 3)), rng.standard_normal(4),
+                          Window((3, 3), (2, 2), (1, 0, 1, 1)), 1, (11, 14))]
+
+
 @pytest.mark.parametrize("rule", RULES, ids=lambda r: r.spec())
-@pytest.mark.parametrize("kind", ["dense", "conv"])
+@pytest.mark.parametrize("kind", ["dense", "conv", "conv-transpose"])
 def test_rule_matches_brute_force(rule, kind):
     rng = np.random.default_rng(1)
-    layers = dense_layers(rng) if kind == "dense" else conv_layers(rng)
+    layers = {"dense": dense_layers, "conv": conv_layers, "conv-transpose": conv_transpose_layers}[kind](rng)
     for k, layer in enumerate(layers):
         if isinstance(rule, ZBox) and np.ndim(rule.low) and kind == "dense":
             continue

@@ -121,16 +121,22 @@ class ImportContext:
         self.used_names.add(name)
         return name
 
-    def add(self, node: onnx.NodeProto, layer: L.Layer, inputs: list[str] | None = None) -> Node:
-        """Returns a new IR node for layer reading `inputs` (default: node's first input) into node's output."""
+    def add(self, node: onnx.NodeProto, layer: L.Layer, inputs: list[str] | None = None,
+            output: str | None = None) -> Node:
+        """Returns a new IR node for layer reading `inputs` (default: node's first input) into `output`
+        (default: node's first output)."""
         inputs = [self.name(t) for t in (inputs if inputs is not None else node.input[:1])]
-        ir_node = Node(self.unique_name(node), layer, inputs, node.output[0], node.op_type)
+        ir_node = Node(self.unique_name(node), layer, inputs, output or node.output[0], node.op_type)
         try:
             self.values[ir_node.output] = layer.forward(*(self.values[t] for t in inputs))
         except (ValueError, IndexError) as exc:
             raise self.error(node, f"cannot run on the input shapes {[self.shape(t) for t in inputs]}: {exc}")
         self.nodes.append(ir_node)
         return ir_node
+
+    def producer_ops(self) -> dict[str, str]:
+        """Returns tensor name -> the ONNX op type of the node that writes it."""
+        return {n.output: n.source_op for n in self.nodes}
 
     def sole_linear_producer(self, tensor: str) -> Node | None:
         """Returns the Conv/Dense node writing tensor when nothing else reads it (so folding into it is exact)."""
@@ -198,19 +204,23 @@ def _convert_node(ctx: ImportContext, node: onnx.NodeProto) -> None:
                              f"(any op is folded on constants only); supported ops: {', '.join(supported_ops())}")
 
 
-def _fold_constant(ctx: ImportContext, node: onnx.NodeProto) -> None:
-    feeds = {t: ctx.constants[ctx.name(t)] for t in node.input if t}
+def evaluate(ctx: ImportContext, node: onnx.NodeProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Returns the outputs of one node on the given inputs, computed by ONNX's reference evaluator."""
     try:
         opset = {o.domain: o.version for o in ctx.model.opset_import}
         single = onnx.helper.make_model(
-            onnx.helper.make_graph([node], "fold", [_value_info(t, v) for t, v in feeds.items()],
+            onnx.helper.make_graph([node], "single", [_value_info(t, v) for t, v in feeds.items()],
                                    [onnx.helper.make_tensor_value_info(o, 0, None) for o in node.output]),
             opset_imports=[onnx.helper.make_opsetid(d, v) for d, v in opset.items()])
-        results = ReferenceEvaluator(single).run(None, feeds)
+        return [np.asarray(v) for v in ReferenceEvaluator(single).run(None, feeds)]
     except Exception as exc:  # the evaluator raises many kinds for ops it cannot run
-        raise ctx.error(node, f"cannot fold constant sub-graph: {exc}".splitlines()[0])
+        raise ctx.error(node, f"cannot evaluate: {exc}".splitlines()[0])
+
+
+def _fold_constant(ctx: ImportContext, node: onnx.NodeProto) -> None:
+    results = evaluate(ctx, node, {t: ctx.constants[ctx.name(t)] for t in node.input if t})
     for name, value in zip(node.output, results):
-        ctx.constants[name] = np.asarray(value)
+        ctx.constants[name] = value
 
 
 def _value_info(name: str, value: np.ndarray):
@@ -361,6 +371,8 @@ def _arithmetic(ctx, node):
             return _affine_or_fold(ctx, node, dynamic[0], 1.0, constant)
         ctx.add(node, L.Add(constant), dynamic)
         return
+    if node.op_type == "Mul" and len(dynamic) == 2:
+        return _gated_product(ctx, node)
     if len(dynamic) != 1:
         raise ctx.error(node, "a product or difference of two activations has no LRP rule here")
     const = constants[0]
@@ -400,16 +412,52 @@ def _sigmoid(x):
     return 0.5 * (1.0 + np.tanh(0.5 * x))
 
 
+def _hard_sigmoid(a):
+    alpha, beta = a.get("alpha", 0.2), a.get("beta", 0.5)
+    return lambda x: np.clip(alpha * x + beta, 0, 1)
+
+
+def _elu(a):
+    alpha = a.get("alpha", 1.0)
+    return lambda x: np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0)))
+
+
+def _selu(a):
+    alpha, gamma = a.get("alpha", 1.67326319217681884765625), a.get("gamma", 1.05070102214813232421875)
+    return lambda x: gamma * np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0)))
+
+
+def _gelu(a):
+    approximate = a.get("approximate", b"none")
+    if approximate in (b"tanh", "tanh"):
+        return lambda x: 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+    from scipy.special import erf  # scipy comes with scikit-learn
+    return lambda x: 0.5 * x * (1 + erf(x / np.sqrt(2)))
+
+
+#: Element-wise activations: op -> (attributes -> function). All pass relevance unchanged (Eq 63).
 ACTIVATIONS = {
-    "Relu": lambda x: np.maximum(x, 0),
-    "Tanh": np.tanh,
-    "Sigmoid": _sigmoid,
+    "Relu": lambda a: (lambda x: np.maximum(x, 0)),
+    "Tanh": lambda a: np.tanh,
+    "Sigmoid": lambda a: _sigmoid,
+    "HardSigmoid": _hard_sigmoid,
+    "HardSwish": lambda a: (lambda x: x * np.clip(x / 6 + 0.5, 0, 1)),
+    "Elu": _elu,
+    "Selu": _selu,
+    "Gelu": _gelu,
+    "Softplus": lambda a: (lambda x: np.logaddexp(x, 0).astype(x.dtype)),
 }
 
 
 @converter(*ACTIVATIONS)
 def _activation(ctx, node):
-    ctx.add(node, L.Activation(node.op_type, ACTIVATIONS[node.op_type]))
+    ctx.add(node, L.Activation(node.op_type, ACTIVATIONS[node.op_type](attributes(node))))
+
+
+@converter("PRelu")
+def _prelu(ctx, node):
+    slope = ctx.const(node, 1).astype(np.float64)
+    ctx.add(node, L.Activation("PRelu", lambda x: np.where(x >= 0, x, slope.astype(x.dtype) * x)))
 
 
 @converter("MaxPool")
@@ -494,3 +542,160 @@ def _concat(ctx, node):
     dynamic = [t for t in node.input if not ctx.is_constant(t)]
     parts = [ctx.constants[ctx.name(t)] if ctx.is_constant(t) else dynamic.index(t) for t in node.input]
     ctx.add(node, L.Concat(axis, parts), dynamic)
+
+
+# --- issue-3 ops: element routing, reductions, products, resizing, transposed convolution ------------------
+
+
+def _constant_feeds(ctx, node) -> dict[str, np.ndarray]:
+    return {t: ctx.constants[ctx.name(t)] for t in node.input[1:] if t}
+
+
+@converter("Slice", "Split", "Pad", "Gather", "Tile", "Expand", "DepthToSpace", "SpaceToDepth")
+def _index_map(ctx, node):
+    """Element-moving ops: run the op on the 1-based positions of the input elements; the result, minus one,
+    is each output's index map (a Pad's constant fill shows as -1)."""
+    if any(not ctx.is_constant(t) for t in node.input[1:]):
+        raise ctx.error(node, "only constant indices, sizes and pads are supported")
+    shape = ctx.shape(node.input[0])
+    feeds = _constant_feeds(ctx, node)
+    feeds[node.input[0]] = np.arange(1, int(np.prod(shape)) + 1, dtype=np.int64).reshape(shape)
+    fill = None
+    if node.op_type == "Pad":
+        node, feeds, fill = _pad_with_zero_fill(ctx, node, feeds)
+    for output, positions in zip(node.output, evaluate(ctx, node, feeds)):
+        if output:
+            index = positions.astype(np.int64) - 1
+            ctx.add(node, L.IndexMap(index, fill if (index < 0).any() else None, node.op_type), output=output)
+
+
+def _pad_with_zero_fill(ctx, node, feeds):
+    """Returns (node, feeds, fill) for tracing a Pad: its constant value replaced by 0, the real value as fill."""
+    a = attributes(node)
+    mode = a.get("mode", b"constant")
+    if (mode.decode() if isinstance(mode, bytes) else mode) != "constant":
+        return node, feeds, None
+    if "value" in a:  # opset < 11 keeps pads and value as attributes
+        return _with_attribute(node, "value", 0.0), feeds, float(a["value"])
+    value = ctx.const(node, 2)
+    if value is None:
+        return node, feeds, 0.0
+    feeds[node.input[2]] = np.zeros_like(value, dtype=np.int64)
+    return node, feeds, float(np.asarray(value).reshape(-1)[0])
+
+
+def _with_attribute(node, name, value):
+    copy = onnx.NodeProto()
+    copy.CopyFrom(node)
+    kept = [attr for attr in copy.attribute if attr.name != name]
+    del copy.attribute[:]
+    copy.attribute.extend(kept + [onnx.helper.make_attribute(name, value)])
+    return copy
+
+
+@converter("ReduceMean")
+def _reduce_mean(ctx, node):
+    shape = ctx.shape(node.input[0])
+    axes = _axes(ctx, node)
+    axes = tuple(range(len(shape))) if axes is None else tuple(sorted(a % len(shape) for a in axes))
+    keepdims = bool(attributes(node).get("keepdims", 1))
+    if axes == (2, 3) and keepdims and len(shape) == 4:
+        ctx.add(node, L.GlobalAvgPool())
+    else:
+        ctx.add(node, L.ReduceMean(axes, keepdims))
+
+
+GATE_OPS = ("Sigmoid", "HardSigmoid")
+
+
+def _gated_product(ctx, node):
+    producers = ctx.producer_ops()
+    gates = [producers.get(ctx.name(t)) in GATE_OPS for t in node.input[:2]]
+    if gates == [False, False]:
+        raise ctx.error(node, "a product of two activations has an LRP rule only when one operand is a gate "
+                              "(the output of a Sigmoid/HardSigmoid)")
+    signal = 0 if gates[1] else 1
+    ctx.add(node, L.GatedProduct(signal), list(node.input[:2]))
+
+
+def _resize_matrix(ctx, node, axis: int, size: int, feeds: dict) -> np.ndarray:
+    """Returns the [out, in] interpolation matrix of spatial axis 2 or 3, from resizing unit vectors.
+
+    The unit vectors sit on the channel axis and are constant along the other spatial axis, whose
+    interpolation rows sum to one, so any output position along it reads the matrix.
+    """
+    other = 5 - axis
+    scales = _resize_scales(ctx, node)
+    sizes_name = node.input[3] if node.op_type == "Resize" and len(node.input) > 3 and node.input[3] else None
+    other_size = 1 if sizes_name or scales is None else max(1, int(np.ceil(1.0 / scales[other])))
+    shape = [1, size, 1, 1]
+    shape[axis], shape[other] = size, other_size
+    basis = np.broadcast_to(np.eye(size, dtype=np.float32).reshape([1, size] + [size if k == axis else 1
+                                                                                 for k in (2, 3)]), shape)
+    feeds = dict(feeds, **{node.input[0]: np.ascontiguousarray(basis)})
+    if sizes_name:
+        sizes = np.ones(4, dtype=np.int64)
+        sizes[1], sizes[axis] = size, int(feeds[sizes_name][axis])
+        feeds[sizes_name] = sizes
+    out = evaluate(ctx, node, feeds)[0][0]
+    return (out[:, :, 0] if axis == 2 else out[:, 0, :]).T
+
+
+def _resize_scales(ctx, node) -> np.ndarray | None:
+    if node.op_type == "Upsample":
+        scales = ctx.const(node, 1)
+        return np.asarray(attributes(node)["scales"] if scales is None else scales, dtype=np.float64)
+    scales = ctx.const(node, 2)
+    return None if scales is None or np.size(scales) == 0 else np.asarray(scales, dtype=np.float64)
+
+
+@converter("Resize", "Upsample")
+def _resize(ctx, node):
+    shape = ctx.shape(node.input[0])
+    mode = attributes(node).get("mode", b"nearest")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    if len(shape) != 4 or mode not in ("nearest", "linear", "bilinear"):
+        raise ctx.error(node, f"only 4-D nearest/linear resizing is supported (mode {mode})")
+    feeds = _constant_feeds(ctx, node)
+    rows = _resize_matrix(ctx, node, 2, shape[2], feeds)
+    cols = _resize_matrix(ctx, node, 3, shape[3], feeds)
+    ctx.add(node, L.Resize(rows.astype(np.float64), cols.astype(np.float64)))
+
+
+@converter("ConvTranspose")
+def _conv_transpose(ctx, node):
+    weight = ctx.const(node, 1)
+    if weight.ndim != 4:
+        raise ctx.error(node, "only 2-D transposed convolutions are supported")
+    a = attributes(node)
+    if "output_shape" in a or a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+        raise ctx.error(node, "output_shape/auto_pad of ConvTranspose are not supported; give explicit pads")
+    kernel = tuple(a.get("kernel_shape", weight.shape[2:]))
+    window = Window(kernel, tuple(a.get("strides", (1, 1))), tuple(a.get("pads", (0, 0, 0, 0))),
+                    tuple(a.get("dilations", (1, 1))))
+    extra = tuple(a.get("output_padding", (0, 0)))
+    height, width = ctx.shape(node.input[0])[2:]
+    out_hw = tuple(window.strides[k] * ((height, width)[k] - 1) + extra[k] + window.extent(k)
+                   - window.pads[k] - window.pads[k + 2] for k in range(2))
+    ctx.add(node, L.ConvTranspose(weight, ctx.const(node, 2), window, int(a.get("group", 1)), out_hw))
+
+
+@converter("Cast")
+def _cast(ctx, node):
+    to = attributes(node)["to"]
+    if onnx.helper.tensor_dtype_to_np_dtype(to).kind != "f":
+        raise ctx.error(node, "a cast of an activation to a non-float type has no relevance rule")
+    ctx.alias[node.output[0]] = ctx.name(node.input[0])
+
+
+@converter("LRN")
+def _lrn(ctx, node):
+    a = attributes(node)
+    size, alpha, beta, bias = int(a["size"]), a.get("alpha", 1e-4), a.get("beta", 0.75), a.get("bias", 1.0)
+
+    def lrn(x):
+        square = np.pad(x * x, ((0, 0), ((size - 1) // 2, size // 2), (0, 0), (0, 0)))
+        window = np.cumsum(square, axis=1)
+        window = np.concatenate([window[:, size - 1:size], window[:, size:] - window[:, :-size]], axis=1)
+        return x / (bias + alpha / size * window) ** beta
+    ctx.add(node, L.Activation("LRN", lrn))

@@ -374,3 +374,121 @@ class Transpose(Layer):
 
     def describe(self):
         return str(self.perm)
+
+
+class IndexMap(Layer):
+    """Any op that only moves or copies elements (Slice, Split, Pad, Gather by constant indices, Tile...).
+
+    `index` has the output's shape and holds, for every output element, the flat input position it copies
+    (-1: the constant `fill`). Relevance follows the same map back; copies of one input sum (Eq 62).
+    """
+
+    def __init__(self, index: np.ndarray, fill: float, op: str):
+        self.index = index
+        self.fill = fill
+        self.op = op
+
+    def forward(self, x):
+        y = x.reshape(-1)[np.maximum(self.index, 0)]
+        return np.where(self.index >= 0, y, np.asarray(self.fill, dtype=x.dtype)) if self.fill is not None else y
+
+    def relevance(self, xs, y, r, rule):
+        valid = self.index >= 0
+        total = np.bincount(self.index[valid], weights=r[valid], minlength=xs[0].size)
+        return [total.reshape(xs[0].shape).astype(r.dtype)]
+
+    def describe(self):
+        return "x".join(map(str, self.index.shape))
+
+
+class ReduceMean(Layer):
+    """Mean over some axes; relevance in proportion to each input's share (z-rule), as average pooling."""
+
+    op = "ReduceMean"
+
+    def __init__(self, axes: tuple[int, ...], keepdims: bool):
+        self.axes = tuple(axes)
+        self.keepdims = keepdims
+
+    def forward(self, x):
+        return x.mean(axis=self.axes, keepdims=self.keepdims)
+
+    def relevance(self, xs, y, r, rule):
+        x = xs[0]
+        count = int(np.prod([x.shape[a] for a in self.axes]))
+        c = r / stabilize(y, NORM_STABILIZER) / count
+        return [x * (c if self.keepdims else np.expand_dims(c, self.axes))]
+
+
+class GatedProduct(Layer):
+    """a * b where one operand is a gate (it comes out of a Sigmoid/HardSigmoid): the signal takes all the
+    relevance (the signal-take-all rule for multiplicative connections, Arras et al. 2017)."""
+
+    op = "Mul"
+
+    def __init__(self, signal: int):
+        self.signal = signal
+
+    def forward(self, a, b):
+        return a * b
+
+    def relevance(self, xs, y, r, rule):
+        out = [None, None]
+        out[self.signal] = unbroadcast(r, xs[self.signal].shape)
+        return out
+
+    def describe(self):
+        return f"signal=input{self.signal}"
+
+
+class Resize(Layer):
+    """Separable nearest/linear resizing y = Mh x Mw^T; relevance split by the interpolation weights (z-rule)."""
+
+    op = "Resize"
+    params = ("rows", "cols")
+
+    def __init__(self, rows: np.ndarray, cols: np.ndarray):
+        self.rows = rows  # [Ho, H]
+        self.cols = cols  # [Wo, W]
+
+    def forward(self, x):
+        return self.rows @ x @ self.cols.T
+
+    def relevance(self, xs, y, r, rule):
+        c = r / stabilize(y, NORM_STABILIZER)
+        return [xs[0] * (self.rows.T @ c @ self.cols)]
+
+    def describe(self):
+        return f"{self.rows.shape[1]}x{self.cols.shape[1]}->{self.rows.shape[0]}x{self.cols.shape[0]}"
+
+
+class ConvTranspose(Linear):
+    """Transposed 2-D convolution; weight is [in, out/group, kh, kw]; it runs a Conv's adjoint and vice versa."""
+
+    op = "ConvTranspose"
+
+    def __init__(self, weight, bias, window: Window, group: int, output_hw: tuple[int, int]):
+        super().__init__(weight, bias)
+        self.conv = Conv(self.weight, None, window, group)
+        self.output_hw = tuple(output_hw)
+
+    def apply(self, x, weight, bias):
+        shape = (x.shape[0], weight.shape[1] * self.conv.group) + self.output_hw
+        z = self.conv.apply_transposed(x, weight, shape)
+        return z if bias is None else z + bias[None, :, None, None]
+
+    def apply_transposed(self, c, weight, input_shape):
+        return self.conv.apply(c, weight, None)[:, :, :input_shape[2], :input_shape[3]]
+
+    def fold_output_affine(self, scale, shift):
+        bias = np.zeros(self.weight.shape[1] * self.conv.group) if self.bias is None else self.bias
+        per_group = self.weight.shape[1]
+        groups = self.conv.group
+        weight = self.weight.reshape(groups, -1, per_group, *self.weight.shape[2:])
+        weight = weight * scale.reshape(groups, 1, per_group, 1, 1)
+        self.weight = weight.reshape(self.weight.shape)
+        self.conv = Conv(self.weight, None, self.conv.window, groups)
+        self.bias = bias * scale + shift
+
+    def describe(self):
+        return f"{self.weight.shape[0]}->{self.weight.shape[1] * self.conv.group} k{self.weight.shape[2]}"
