@@ -111,3 +111,26 @@ def test_layer_records_agree_with_an_independent_sum(tmp_path):
     assert result.layers[0].name == fc.name
     assert result.layers[0].relevance_sum == pytest.approx(independent, rel=1e-12)
     assert result.f_x == pytest.approx(scores[2])
+
+
+def test_gradient_methods_match_finite_differences(tmp_path):
+    rng = np.random.default_rng(7)
+    model = api.load_model(save_model(bias_free_dag(rng), tmp_path / "dag.onnx"))
+    x = rng.standard_normal((1, 3, 8, 8))
+    graph = model.graph_for("float64")
+    target = 1
+
+    def score(v):
+        return graph.forward(v)[graph.output_name][0, target]
+    step = 1e-6
+    numeric = np.zeros(x.size)
+    for k in range(x.size):
+        e = np.zeros(x.size)
+        e[k] = step
+        numeric[k] = (score(x + e.reshape(x.shape)) - score(x - e.reshape(x.shape))) / (2 * step)
+    settings = api.Settings(method="gradient", target=str(target), precision="float64")
+    gradient = api.explain_array(model, x.astype(np.float32), settings)[0].relevance
+    np.testing.assert_allclose(gradient.ravel(), numeric, rtol=1e-5, atol=1e-7)
+    settings.method = "gradient-x-input"
+    gxi = api.explain_array(model, x.astype(np.float32), settings)[0].relevance
+    np.testing.assert_allclose(gxi, gradient * x.astype(np.float32), rtol=1e-12)

@@ -14,11 +14,13 @@ from lrp_cli import __version__, outputs, render
 from lrp_cli.errors import ModelLoadError, OptionError
 from lrp_cli.importers.onnx_import import import_onnx
 from lrp_cli.ir.graph import Graph
+from lrp_cli.methods.gradient import METHODS
 from lrp_cli.preprocess import PreprocessConfig, Sidecar, load_input, load_sidecar, read_labels
 from lrp_cli.propagate import Propagation, conservation_error, output_scores, propagate
 from lrp_cli.rules import DEFAULT_COMPOSITE, RuleError, ZBox, assign_rules, parse_rule
 
 PRECISIONS = {"float32": np.float32, "float64": np.float64}
+METHOD_NAMES = ("lrp",) + tuple(METHODS)
 #: A relative IR-vs-onnxruntime difference above this triggers a warning.
 IR_DIFF_WARNING = 1e-4
 
@@ -88,6 +90,7 @@ def _session(path: Path, graph: Graph, output: str | None) -> ort.InferenceSessi
 class Settings:
     """What to explain and how: method, rules, target, precision, preprocessing overrides."""
 
+    method: str = "lrp"
     composite: str | None = None
     rule: str | None = None
     layer_rules: tuple[str, ...] = ()
@@ -112,6 +115,7 @@ class Explanation:
     ir_max_abs_diff: float
     ir_diff_relative: float
     timing: dict[str, float]
+    method: str = "lrp"
 
     @property
     def relevance(self) -> np.ndarray:
@@ -163,7 +167,7 @@ def rules_for(model: LoadedModel, settings: Settings, config: PreprocessConfig) 
 
 def composite_name(model: LoadedModel, settings: Settings) -> str | None:
     """Returns the composite in force (None when --rule sets one rule for every layer)."""
-    if settings.rule:
+    if settings.rule or settings.method != "lrp":
         return None
     return settings.composite or model.sidecar.composite or DEFAULT_COMPOSITE
 
@@ -189,7 +193,9 @@ def explain_array(model: LoadedModel, x: np.ndarray, settings: Settings, input_p
     """Returns the explanations of one model-input-shaped tensor, one per target the --target setting selects."""
     if settings.precision not in PRECISIONS:
         raise OptionError(f"--precision {settings.precision}: choose float32 or float64")
-    rules = rules_for(model, settings, preprocess_config(model, settings))
+    if settings.method not in METHOD_NAMES:
+        raise OptionError(f"--method {settings.method}: choose one of {', '.join(METHOD_NAMES)}")
+    rules = rules_for(model, settings, preprocess_config(model, settings)) if settings.method == "lrp" else {}
     start = time.perf_counter()
     model_output, ort_explained = model.run_onnxruntime(x)
     graph = model.graph_for(settings.precision)
@@ -201,14 +207,23 @@ def explain_array(model: LoadedModel, x: np.ndarray, settings: Settings, input_p
     explanations = []
     for target in resolve_targets(settings.target, output_scores(ir_out), model.labels):
         start = time.perf_counter()
-        propagation = propagate(graph, values, target, rules)
+        propagation = _backward(settings.method, graph, values, target, rules)
         timing = {"load": model.load_seconds, "forward": forward_seconds, "backward": time.perf_counter() - start}
         explanations.append(Explanation(
             input_path, x, picture, model_output, _prediction(model, model_output),
             {"index": target, "label": label_of(model, target)}, propagation,
             {name: rule.spec() for name, rule in rules.items()}, composite_name(model, settings),
-            diff, relative, timing))
+            diff, relative, timing, settings.method))
     return explanations
+
+
+def _backward(method: str, graph: Graph, values, target: int, rules) -> Propagation:
+    if method == "lrp":
+        return propagate(graph, values, target, rules)
+    try:
+        return METHODS[method](graph, values, target)
+    except NotImplementedError as exc:
+        raise OptionError(f"--method {method}: {exc}") from None
 
 
 def explain(model: LoadedModel, input_path: str | Path, settings: Settings) -> list[Explanation]:
@@ -222,8 +237,8 @@ def explain(model: LoadedModel, input_path: str | Path, settings: Settings) -> l
     return explain_array(model, x, settings, input_path, picture)
 
 
-def explanation_document(model: LoadedModel, expl: Explanation, paths: dict[str, Path], render_seconds: float,
-                         method: str = "lrp") -> dict:
+def explanation_document(model: LoadedModel, expl: Explanation, paths: dict[str, Path],
+                         render_seconds: float) -> dict:
     """Returns the JSON document of an explanation (DESIGN §6, schema lrp-cli/explanation/1)."""
     relevance = expl.relevance.astype(np.float64)
     total = float(relevance.sum())
@@ -234,7 +249,7 @@ def explanation_document(model: LoadedModel, expl: Explanation, paths: dict[str,
         "schema": outputs.SCHEMA,
         "input": input_info,
         "model": {"path": str(model.path), "sha256": model.sha256, "kind": model.kind},
-        "method": method,
+        "method": expl.method,
         "composite": expl.composite,
         "rules": expl.rules,
         "target": expl.target,

@@ -45,7 +45,8 @@ def main():
               help="ONNX model (a MODEL.lrp.toml sidecar beside it supplies defaults).")
 @click.option("--out", "out_dir", default="lrp-out", type=click.Path(path_type=Path), show_default=True,
               help="Output folder.")
-@click.option("--method", type=click.Choice(["lrp"]), default="lrp", show_default=True)
+@click.option("--method", type=click.Choice(list(api.METHOD_NAMES)), default="lrp", show_default=True,
+              help="lrp, or the plain gradient / gradient x input of the target score.")
 @click.option("--composite", type=click.Choice(list(COMPOSITES)), help="Rule composite [default: sidecar's, "
               "else epsilon-plus-flat].")
 @click.option("--rule", help="One rule for every Conv/Dense layer, e.g. epsilon:0.01, alphabeta:2,1, zbox:-1,1.")
@@ -74,7 +75,7 @@ def explain(inputs, model_path, out_dir, method, composite, rule, layer_rules, t
             no_progress, json_lines):
     """Explain the prediction for each INPUT (image, .npy tensor, folder or glob)."""
     try:
-        settings = api.Settings(composite, rule, tuple(layer_rules), target, precision, {
+        settings = api.Settings(method, composite, rule, tuple(layer_rules), target, precision, {
             "preset": preset, "size": _numbers("--size", size, 2, int), "resize": resize,
             "mean": _numbers("--mean", mean), "std": _numbers("--std", std), "bgr": bgr})
         model = api.load_model(model_path, output_name, labels)

@@ -39,36 +39,50 @@ def output_scores(output: np.ndarray) -> np.ndarray:
     return output.reshape(output.shape[0], -1)[0]
 
 
+def one_hot(output: np.ndarray, target: int) -> np.ndarray:
+    """Returns an array shaped like the output, 1 at the target class and 0 elsewhere."""
+    hot = np.zeros_like(output).reshape(output.shape[0], -1)
+    hot[0, target] = 1
+    return hot.reshape(output.shape)
+
+
 def initial_relevance(output: np.ndarray, target: int) -> tuple[np.ndarray, float]:
     """Returns the output-shaped one-hot relevance at target valued f(x), and f(x)."""
-    scores = output_scores(output)
-    relevance = np.zeros_like(output).reshape(output.shape[0], -1)
-    relevance[0, target] = scores[target]
-    return relevance.reshape(output.shape), float(scores[target])
+    score = float(output_scores(output)[target])
+    return one_hot(output, target) * output.dtype.type(score), score
 
 
-def propagate(graph: Graph, values: dict[str, np.ndarray], target: int, rules: dict[str, Rule]) -> Propagation:
-    """Returns the input relevance for the target class given a forward pass `values` and node -> rule."""
-    start, f_x = initial_relevance(values[graph.output_name], target)
+def backward(graph: Graph, values: dict[str, np.ndarray], start: np.ndarray, step,
+             rule_names: dict[str, str] | None = None) -> tuple[np.ndarray, list[LayerRecord]]:
+    """Returns (input-shaped result, per-node records) of walking `start` from the output down the graph.
+
+    `step(node, xs, y, r)` gives what each dynamic input receives; fan-out tensors sum what comes back.
+    """
     pending = {graph.output_name: start}
     records = []
     for node in reversed(graph.nodes):
         r = pending.pop(node.output, None)
         if r is None:
             continue
-        rule = rules.get(node.name)
-        xs = [values[name] for name in node.inputs]
-        lower = node.layer.relevance(xs, values[node.output], r, rule)
+        lower = step(node, [values[name] for name in node.inputs], values[node.output], r)
         total = 0.0
         for name, r_in in zip(node.inputs, lower):
             if r_in is None:
                 continue
             total += float(r_in.sum(dtype=np.float64))
             pending[name] = pending[name] + r_in if name in pending else r_in
-        records.append(LayerRecord(node.name, node.op, rule.spec() if rule else None, total))
-    relevance = pending.get(graph.input_name)
-    if relevance is None:
-        relevance = np.zeros_like(values[graph.input_name])
+        records.append(LayerRecord(node.name, node.op, (rule_names or {}).get(node.name), total))
+    result = pending.get(graph.input_name)
+    return (np.zeros_like(values[graph.input_name]) if result is None else result), records
+
+
+def propagate(graph: Graph, values: dict[str, np.ndarray], target: int, rules: dict[str, Rule]) -> Propagation:
+    """Returns the input relevance for the target class given a forward pass `values` and node -> rule."""
+    start, f_x = initial_relevance(values[graph.output_name], target)
+
+    def step(node, xs, y, r):
+        return node.layer.relevance(xs, y, r, rules.get(node.name))
+    relevance, records = backward(graph, values, start, step, {n: r.spec() for n, r in rules.items()})
     return Propagation(relevance, f_x, records)
 
 

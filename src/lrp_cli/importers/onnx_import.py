@@ -399,13 +399,14 @@ def _clip_bound(ctx, node, index: int, attr: str, default: float) -> float:
 def _clip(ctx, node):
     low = _clip_bound(ctx, node, 1, "min", -np.inf)
     high = _clip_bound(ctx, node, 2, "max", np.inf)
-    ctx.add(node, L.Activation("Clip", lambda x: np.clip(x, low, high)))
+    ctx.add(node, L.Activation("Clip", lambda x: np.clip(x, low, high), lambda x, y: (x > low) & (x < high)))
 
 
 @converter("LeakyRelu")
 def _leaky_relu(ctx, node):
     alpha = float(attributes(node).get("alpha", 0.01))
-    ctx.add(node, L.Activation("LeakyRelu", lambda x: np.where(x >= 0, x, alpha * x)))
+    ctx.add(node, L.Activation("LeakyRelu", lambda x: np.where(x >= 0, x, alpha * x),
+                               lambda x, y: np.where(x > 0, 1.0, alpha)))
 
 
 def _sigmoid(x):
@@ -414,50 +415,59 @@ def _sigmoid(x):
 
 def _hard_sigmoid(a):
     alpha, beta = a.get("alpha", 0.2), a.get("beta", 0.5)
-    return lambda x: np.clip(alpha * x + beta, 0, 1)
+    linear = lambda x: alpha * x + beta  # noqa: E731
+    return (lambda x: np.clip(linear(x), 0, 1),
+            lambda x, y: alpha * ((linear(x) > 0) & (linear(x) < 1)))
 
 
-def _elu(a):
-    alpha = a.get("alpha", 1.0)
-    return lambda x: np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0)))
+def _elu(a, gamma=1.0, default_alpha=1.0):
+    alpha = a.get("alpha", default_alpha)
+    return (lambda x: gamma * np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0))),
+            lambda x, y: gamma * np.where(x > 0, 1.0, alpha * np.exp(np.minimum(x, 0))))
 
 
 def _selu(a):
-    alpha, gamma = a.get("alpha", 1.67326319217681884765625), a.get("gamma", 1.05070102214813232421875)
-    return lambda x: gamma * np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0)))
+    return _elu(a, a.get("gamma", 1.05070102214813232421875), 1.67326319217681884765625)
 
 
 def _gelu(a):
-    approximate = a.get("approximate", b"none")
-    if approximate in (b"tanh", "tanh"):
-        return lambda x: 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
     from scipy.special import erf  # scipy comes with scikit-learn
-    return lambda x: 0.5 * x * (1 + erf(x / np.sqrt(2)))
+    if a.get("approximate", b"none") in (b"tanh", "tanh"):
+        k = np.sqrt(2 / np.pi)
+        inner = lambda x: k * (x + 0.044715 * x ** 3)  # noqa: E731
+        return (lambda x: 0.5 * x * (1 + np.tanh(inner(x))),
+                lambda x, y: 0.5 * (1 + np.tanh(inner(x)))
+                + 0.5 * x * (1 - np.tanh(inner(x)) ** 2) * k * (1 + 3 * 0.044715 * x ** 2))
+    return (lambda x: 0.5 * x * (1 + erf(x / np.sqrt(2))),
+            lambda x, y: 0.5 * (1 + erf(x / np.sqrt(2))) + x * np.exp(-0.5 * x * x) / np.sqrt(2 * np.pi))
 
 
-#: Element-wise activations: op -> (attributes -> function). All pass relevance unchanged (Eq 63).
+#: Element-wise activations: op -> (attributes -> (function, derivative(x, y))). All pass relevance unchanged
+#: (Eq 63); the derivative serves the gradient methods (zero at kinks, as PyTorch).
 ACTIVATIONS = {
-    "Relu": lambda a: (lambda x: np.maximum(x, 0)),
-    "Tanh": lambda a: np.tanh,
-    "Sigmoid": lambda a: _sigmoid,
+    "Relu": lambda a: (lambda x: np.maximum(x, 0), lambda x, y: x > 0),
+    "Tanh": lambda a: (np.tanh, lambda x, y: 1 - y * y),
+    "Sigmoid": lambda a: (_sigmoid, lambda x, y: y * (1 - y)),
     "HardSigmoid": _hard_sigmoid,
-    "HardSwish": lambda a: (lambda x: x * np.clip(x / 6 + 0.5, 0, 1)),
+    "HardSwish": lambda a: (lambda x: x * np.clip(x / 6 + 0.5, 0, 1),
+                            lambda x, y: np.where(x < -3, 0.0, np.where(x > 3, 1.0, x / 3 + 0.5))),
     "Elu": _elu,
     "Selu": _selu,
     "Gelu": _gelu,
-    "Softplus": lambda a: (lambda x: np.logaddexp(x, 0).astype(x.dtype)),
+    "Softplus": lambda a: (lambda x: np.logaddexp(x, 0).astype(x.dtype), lambda x, y: _sigmoid(x)),
 }
 
 
 @converter(*ACTIVATIONS)
 def _activation(ctx, node):
-    ctx.add(node, L.Activation(node.op_type, ACTIVATIONS[node.op_type](attributes(node))))
+    ctx.add(node, L.Activation(node.op_type, *ACTIVATIONS[node.op_type](attributes(node))))
 
 
 @converter("PRelu")
 def _prelu(ctx, node):
     slope = ctx.const(node, 1).astype(np.float64)
-    ctx.add(node, L.Activation("PRelu", lambda x: np.where(x >= 0, x, slope.astype(x.dtype) * x)))
+    ctx.add(node, L.Activation("PRelu", lambda x: np.where(x >= 0, x, slope.astype(x.dtype) * x),
+                               lambda x, y: np.where(x > 0, 1.0, slope.astype(x.dtype))))
 
 
 @converter("MaxPool")

@@ -46,6 +46,10 @@ class Layer:
         """Returns the relevance of each dynamic input given the output relevance r (None: no relevance)."""
         raise NotImplementedError
 
+    def gradient(self, xs: list[np.ndarray], y: np.ndarray, g: np.ndarray) -> list[np.ndarray | None]:
+        """Returns the gradient of the explained score w.r.t. each dynamic input, given it w.r.t. the output."""
+        raise NotImplementedError(f"{self.op} has no gradient")
+
     def astype(self, dtype) -> "Layer":
         """Returns a copy whose array parameters have the given dtype."""
         out = copy.copy(self)
@@ -67,17 +71,30 @@ class PassThrough(Layer):
         return [r]
 
 
+class Routing(Layer):
+    """Layers that only move elements: relevance and gradient both follow the same linear index map."""
+
+    def gradient(self, xs, y, g):
+        return self.relevance(xs, y, g, None)
+
+
 class Activation(PassThrough):
-    """An element-wise activation function."""
+    """An element-wise activation function; `derivative(x, y)` gives its slope for gradient methods."""
 
     params = ()
 
-    def __init__(self, op: str, fn):
+    def __init__(self, op: str, fn, derivative=None):
         self.op = op
         self.fn = fn
+        self.derivative = derivative
 
     def forward(self, x):
         return self.fn(x)
+
+    def gradient(self, xs, y, g):
+        if self.derivative is None:
+            raise NotImplementedError(f"{self.op} has no gradient")
+        return [g * self.derivative(xs[0], y)]
 
 
 class Affine(PassThrough):
@@ -93,6 +110,9 @@ class Affine(PassThrough):
 
     def forward(self, x):
         return x * self.scale + self.shift
+
+    def gradient(self, xs, y, g):
+        return [g * self.scale]
 
 
 class Linear(Layer):
@@ -110,6 +130,9 @@ class Linear(Layer):
 
     def relevance(self, xs, y, r, rule):
         return [rule.relevance(self, xs[0], y, r)]
+
+    def gradient(self, xs, y, g):
+        return [self.apply_transposed(g, self.weight, xs[0].shape)]
 
     def apply(self, x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
         """Returns the layer's linear map of x with the given (possibly modified) weight and bias."""
@@ -237,6 +260,17 @@ class MaxPool(Layer):
         spread = windows.scatter(wins * share[:, :, None, None], self.window, xp.shape[2:])
         return [windows.unpad(spread, self.window, *x.shape[2:])]
 
+    def gradient(self, xs, y, g):
+        # Like PyTorch and onnxruntime, the gradient goes to the first maximum of each window only.
+        x = xs[0]
+        xp = windows.pad(x, self.window, -np.inf)
+        cols = windows.gather(xp, self.window, y.shape[2:])
+        flat = cols.reshape(cols.shape[:2] + (-1,) + cols.shape[4:])
+        first = np.zeros_like(flat)
+        np.put_along_axis(first, flat.argmax(axis=2)[:, :, None], 1.0, axis=2)
+        first = first.reshape(cols.shape) * g[:, :, None, None]
+        return [windows.unpad(windows.scatter(first, self.window, xp.shape[2:]), self.window, *x.shape[2:])]
+
     def describe(self):
         return f"k{self.window.kernel[0]}x{self.window.kernel[1]} s{self.window.strides[0]}"
 
@@ -268,14 +302,20 @@ class AvgPool(Layer):
         out_hw = self.window.output_size(*x.shape[2:])
         return self._window_sum(windows.pad(x, self.window), out_hw) / self._divisor(*x.shape[2:]).astype(x.dtype)
 
-    def relevance(self, xs, y, r, rule):
-        x = xs[0]
-        c = r / stabilize(y, NORM_STABILIZER) / self._divisor(*x.shape[2:]).astype(x.dtype)
-        padded_hw = self.window.padded_shape(*x.shape[2:])
-        spread = np.zeros(x.shape[:2] + padded_hw, dtype=x.dtype)
+    def _transposed(self, c, x_shape):
+        """Returns the adjoint of the averaging map applied to output-shaped c."""
+        c = c / self._divisor(*x_shape[2:]).astype(c.dtype)
+        padded_hw = self.window.padded_shape(*x_shape[2:])
+        spread = np.zeros(tuple(x_shape[:2]) + padded_hw, dtype=c.dtype)
         for i, j in windows.offsets(self.window):
-            windows.offset_view(spread, self.window, i, j, *y.shape[2:])[...] += c
-        return [x * windows.unpad(spread, self.window, *x.shape[2:])]
+            windows.offset_view(spread, self.window, i, j, *c.shape[2:])[...] += c
+        return windows.unpad(spread, self.window, *x_shape[2:])
+
+    def relevance(self, xs, y, r, rule):
+        return [xs[0] * self._transposed(r / stabilize(y, NORM_STABILIZER), xs[0].shape)]
+
+    def gradient(self, xs, y, g):
+        return [self._transposed(g, xs[0].shape)]
 
     def describe(self):
         return f"k{self.window.kernel[0]}x{self.window.kernel[1]} s{self.window.strides[0]}"
@@ -293,6 +333,10 @@ class GlobalAvgPool(Layer):
         x = xs[0]
         count = x.shape[2] * x.shape[3]
         return [x * (r / stabilize(y, NORM_STABILIZER)) / count]
+
+    def gradient(self, xs, y, g):
+        x = xs[0]
+        return [np.broadcast_to(g / (x.shape[2] * x.shape[3]), x.shape)]
 
 
 class Add(Layer):
@@ -314,8 +358,11 @@ class Add(Layer):
         c = r / stabilize(y, NORM_STABILIZER)
         return [unbroadcast(x * c, x.shape) for x in xs]
 
+    def gradient(self, xs, y, g):
+        return [unbroadcast(g, x.shape) for x in xs]
 
-class Concat(Layer):
+
+class Concat(Routing):
     """Concatenation along an axis; relevance is split by slice (constant parts keep theirs)."""
 
     op = "Concat"
@@ -339,7 +386,7 @@ class Concat(Layer):
         return out
 
 
-class Reshape(Layer):
+class Reshape(Routing):
     """Any shape change that keeps element order (Reshape, Flatten, Squeeze, Unsqueeze); relevance follows."""
 
     op = "Reshape"
@@ -358,7 +405,7 @@ class Reshape(Layer):
         return "x".join(map(str, self.shape))
 
 
-class Transpose(Layer):
+class Transpose(Routing):
     """Axis permutation; relevance is permuted back."""
 
     op = "Transpose"
@@ -376,7 +423,7 @@ class Transpose(Layer):
         return str(self.perm)
 
 
-class IndexMap(Layer):
+class IndexMap(Routing):
     """Any op that only moves or copies elements (Slice, Split, Pad, Gather by constant indices, Tile...).
 
     `index` has the output's shape and holds, for every output element, the flat input position it copies
@@ -419,6 +466,11 @@ class ReduceMean(Layer):
         c = r / stabilize(y, NORM_STABILIZER) / count
         return [x * (c if self.keepdims else np.expand_dims(c, self.axes))]
 
+    def gradient(self, xs, y, g):
+        x = xs[0]
+        count = int(np.prod([x.shape[a] for a in self.axes]))
+        return [np.broadcast_to((g if self.keepdims else np.expand_dims(g, self.axes)) / count, x.shape)]
+
 
 class GatedProduct(Layer):
     """a * b where one operand is a gate (it comes out of a Sigmoid/HardSigmoid): the signal takes all the
@@ -436,6 +488,10 @@ class GatedProduct(Layer):
         out = [None, None]
         out[self.signal] = unbroadcast(r, xs[self.signal].shape)
         return out
+
+    def gradient(self, xs, y, g):
+        a, b = xs
+        return [unbroadcast(g * b, a.shape), unbroadcast(g * a, b.shape)]
 
     def describe(self):
         return f"signal=input{self.signal}"
@@ -457,6 +513,9 @@ class Resize(Layer):
     def relevance(self, xs, y, r, rule):
         c = r / stabilize(y, NORM_STABILIZER)
         return [xs[0] * (self.rows.T @ c @ self.cols)]
+
+    def gradient(self, xs, y, g):
+        return [self.rows.T @ g @ self.cols]
 
     def describe(self):
         return f"{self.rows.shape[1]}x{self.cols.shape[1]}->{self.rows.shape[0]}x{self.cols.shape[0]}"

@@ -1,0 +1,1 @@
+"""Explanation methods other than LRP, on the same IR and backward machinery."""
