@@ -201,3 +201,35 @@ def test_inspect_reports_unsupported_ops(tmp_path):
                        tmp_path / "weird.onnx")
     result = RUN.invoke(main, ["inspect", str(weird)])
     assert result.exit_code == 3 and "Einsum" in result.output and "on constants only" in result.output
+
+
+def nhwc_model(tmp_path):
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["t"], perm=[0, 3, 1, 2]),
+        helper.make_node("Conv", ["t", "w"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("ReduceMean", ["r"], ["m"], axes=[2, 3], keepdims=0),
+        helper.make_node("Gemm", ["m", "d"], ["y"], name="dense"),
+    ]
+    inits = {"w": rng.standard_normal((4, 3, 3, 3)).astype(np.float32),
+             "d": rng.standard_normal((4, 3)).astype(np.float32)}
+    return save_model(onnx_model(nodes, [1, 12, 10, 3], "y", inits), tmp_path / "nhwc.onnx")
+
+
+def test_nhwc_input_is_detected_and_relevance_keeps_the_model_layout(rgb_image, tmp_path):
+    out = tmp_path / "o"
+    result = explain(rgb_image, "--model", nhwc_model(tmp_path), "--out", out, "--save-raw", "--preset", "tf")
+    assert result.exit_code == 0, result.output
+    assert np.load(out / "img.relevance.npy").shape == (1, 12, 10, 3)
+    assert Image.open(out / "img.heatmap.png").size == (10, 12)
+    doc = json.loads((out / "img.json").read_text())
+    assert doc["ir_max_abs_diff"] < 1e-5 and doc["rules"] == {"conv": "flat", "dense": "epsilon:1e-06"}
+
+
+def test_gradient_method_from_the_command_line(tiny_cnn_path, rgb_image, tmp_path):
+    out = tmp_path / "o"
+    result = explain(rgb_image, "--model", tiny_cnn_path, "--out", out, "--method", "gradient-x-input")
+    assert result.exit_code == 0, result.output
+    doc = json.loads((out / "img.json").read_text())
+    assert doc["method"] == "gradient-x-input" and doc["rules"] == {} and doc["composite"] is None

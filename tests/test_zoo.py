@@ -161,26 +161,11 @@ def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
 
 
 def _preprocess(path: Path) -> np.ndarray:
-    """Return the 1x3x224x224 ImageNet input, via lrp_cli.preprocess when it exists."""
-    try:
-        from lrp_cli.preprocess import PreprocessConfig, load_image
-    except ImportError:
-        return _preprocess_inline(path)
-    tensor, _display = load_image(path, PreprocessConfig(preset="imagenet", size=(224, 224), resize=256))
-    return np.asarray(tensor, dtype=np.float32)
+    """Return the 1x3x224x224 ImageNet input as the zoo sidecar describes it."""
+    from lrp_cli.preprocess import PreprocessConfig, load_input
 
-
-def _preprocess_inline(path: Path) -> np.ndarray:
-    """Return shorter side -> 256 (bilinear), center crop 224, /255, ImageNet mean/std, NCHW."""
-    from PIL import Image
-
-    img = Image.open(path).convert("RGB")
-    scale = 256 / min(img.size)
-    img = img.resize((round(img.width * scale), round(img.height * scale)), Image.BILINEAR)
-    left, top = (img.width - 224) // 2, (img.height - 224) // 2
-    x = np.asarray(img.crop((left, top, left + 224, top + 224)), np.float32) / 255
-    x = (x - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
-    return x.transpose(2, 0, 1)[None].astype(np.float32)
+    config = PreprocessConfig(preset="imagenet", size=(224, 224), resize=256)
+    return load_input(path, config, (1, 3, 224, 224))[0]
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ from lrp_cli.errors import ModelLoadError, OptionError
 from lrp_cli.importers.onnx_import import import_onnx
 from lrp_cli.ir.graph import Graph
 from lrp_cli.methods.gradient import METHODS
-from lrp_cli.preprocess import PreprocessConfig, Sidecar, load_input, load_sidecar, read_labels
+from lrp_cli.preprocess import PreprocessConfig, Sidecar, load_input, load_sidecar, read_labels, to_nchw
 from lrp_cli.propagate import Propagation, conservation_error, output_scores, propagate
 from lrp_cli.rules import DEFAULT_COMPOSITE, RuleError, ZBox, assign_rules, parse_rule
 
@@ -35,6 +35,7 @@ class LoadedModel:
     sha256: str
     session: ort.InferenceSession
     load_seconds: float
+    layout: str = "nchw"
     kind: str = "onnx"
     _cast: dict = field(default_factory=dict)
 
@@ -55,7 +56,20 @@ class LoadedModel:
         return results[0], results[-1]
 
 
-def load_model(path: str | Path, output: str | None = None, labels: str | Path | None = None) -> LoadedModel:
+def detect_layout(graph: Graph) -> str:
+    """Returns "nhwc" when the image input is channels-last (read by a Transpose to NCHW, as tf2onnx emits, or
+    shaped [N, H, W, 1|3]), else "nchw"."""
+    shape = graph.input_shape
+    if len(shape) != 4:
+        return "nchw"
+    readers = [node for node in graph.nodes if graph.input_name in node.inputs]
+    if any(getattr(node.layer, "perm", None) == (0, 3, 1, 2) for node in readers):
+        return "nhwc"
+    return "nhwc" if shape[3] in (1, 3) and shape[1] not in (1, 3) else "nchw"
+
+
+def load_model(path: str | Path, output: str | None = None, labels: str | Path | None = None,
+               layout: str | None = None) -> LoadedModel:
     """Returns the loaded model (IR + onnxruntime session + sidecar) of an ONNX file."""
     start = time.perf_counter()
     path = Path(path)
@@ -66,7 +80,9 @@ def load_model(path: str | Path, output: str | None = None, labels: str | Path |
     if labels is not None:
         sidecar.labels = read_labels(Path(labels))
     session = _session(path, graph, output or sidecar.output)
-    return LoadedModel(path, graph, sidecar, outputs.sha256_file(path), session, time.perf_counter() - start)
+    layout = layout or sidecar.layout or detect_layout(graph)
+    return LoadedModel(path, graph, sidecar, outputs.sha256_file(path), session, time.perf_counter() - start,
+                       layout)
 
 
 def _session(path: Path, graph: Graph, output: str | None) -> ort.InferenceSession:
@@ -160,7 +176,7 @@ def rules_for(model: LoadedModel, settings: Settings, config: PreprocessConfig) 
     except RuleError as exc:
         raise OptionError(str(exc)) from None
     if len(model.graph.input_shape) == 4:
-        low, high = config.input_bounds(model.graph.input_shape[1])
+        low, high = config.input_bounds(to_nchw(model.graph.input_shape, model.layout)[1])
         rules = {name: r.with_bounds(low, high) if isinstance(r, ZBox) else r for name, r in rules.items()}
     return rules
 
@@ -230,10 +246,11 @@ def explain(model: LoadedModel, input_path: str | Path, settings: Settings) -> l
     """Returns the explanations of one image or `.npy` file: one per target the --target setting selects."""
     input_path = Path(input_path)
     config = preprocess_config(model, settings)
-    if config.size and tuple(config.size) != tuple(model.graph.input_shape[2:]):
+    nchw = to_nchw(model.graph.input_shape, model.layout)
+    if config.size and tuple(config.size) != tuple(nchw[2:]):
         raise OptionError(f"--size {config.size[0]},{config.size[1]}: the model input is "
                           f"{list(model.graph.input_shape)}")
-    x, picture = load_input(input_path, config, model.graph.input_shape)
+    x, picture = load_input(input_path, config, model.graph.input_shape, model.layout)
     return explain_array(model, x, settings, input_path, picture)
 
 
@@ -272,12 +289,22 @@ def explanation_document(model: LoadedModel, expl: Explanation, paths: dict[str,
     }
 
 
+def pixel_map(model: LoadedModel, expl: Explanation) -> np.ndarray:
+    """Returns the [H, W] relevance map of an explanation (channels summed)."""
+    return render.pixel_relevance(to_nchw(expl.relevance, model.layout))
+
+
+def global_scale(model: LoadedModel, explanations: list[Explanation]) -> float:
+    """Returns the max |R| over the pixel maps of all explanations (`--normalize global`)."""
+    return max((float(np.abs(pixel_map(model, e)).max()) for e in explanations), default=0.0)
+
+
 def save_explanation(model: LoadedModel, expl: Explanation, out_dir: Path, stem: str, cmap: str = "jet",
                      save_raw: bool = False, scale: float | None = None) -> dict:
     """Writes heatmap, overlay, JSON (and raw relevance) all-or-nothing; returns the JSON document."""
     start = time.perf_counter()
     paths = outputs.output_paths(out_dir, stem, save_raw)
-    normalized = render.normalize(render.pixel_relevance(expl.relevance), scale)
+    normalized = render.normalize(pixel_map(model, expl), scale)
     contents = {
         paths["heatmap"]: outputs.png_bytes(render.colorize(normalized, cmap)),
         paths["overlay"]: outputs.png_bytes(render.overlay(expl.picture, normalized, cmap)),

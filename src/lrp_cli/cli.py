@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import click
-import numpy as np
 
 from lrp_cli import __version__, api, batch, render, zoo
 from lrp_cli.errors import LrpError, OptionError
@@ -54,6 +53,8 @@ def main():
               help="Rule for the layers whose name matches a glob (repeatable).")
 @click.option("--target", default="pred", show_default=True, help="pred, a class INDEX, a LABEL, or top:K.")
 @click.option("--output", "output_name", help="Which graph output to explain (multi-output models).")
+@click.option("--layout", type=click.Choice(["nchw", "nhwc"]), help="Channel axis of the model input "
+              "[default: detected from the graph].")
 @click.option("--preset", type=click.Choice(list(PRESETS)), help="Input normalization preset.")
 @click.option("--size", help="Model input size H,W.")
 @click.option("--resize", type=int, help="Resize the shorter side to N, then center-crop to the input size.")
@@ -70,7 +71,8 @@ def main():
 @click.option("--skip-existing", is_flag=True, help="Skip inputs whose JSON output already exists.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--json-lines", is_flag=True, help="Print one JSON document per explanation instead of a line.")
-def explain(inputs, model_path, out_dir, method, composite, rule, layer_rules, target, output_name, preset, size,
+def explain(inputs, model_path, out_dir, method, composite, rule, layer_rules, target, output_name, layout, preset,
+            size,
             resize, mean, std, bgr, labels, cmap, normalize, save_raw, precision, jobs, skip_existing,
             no_progress, json_lines):
     """Explain the prediction for each INPUT (image, .npy tensor, folder or glob)."""
@@ -78,7 +80,7 @@ def explain(inputs, model_path, out_dir, method, composite, rule, layer_rules, t
         settings = api.Settings(method, composite, rule, tuple(layer_rules), target, precision, {
             "preset": preset, "size": _numbers("--size", size, 2, int), "resize": resize,
             "mean": _numbers("--mean", mean), "std": _numbers("--std", std), "bgr": bgr})
-        model = api.load_model(model_path, output_name, labels)
+        model = api.load_model(model_path, output_name, labels, layout)
         api.rules_for(model, settings, api.preprocess_config(model, settings))
     except LrpError as exc:
         _fail(exc)
@@ -113,8 +115,7 @@ class BatchRunner:
         results = self._map(items, jobs, show_progress)
         scale = None
         if self.global_scale:
-            maps = [np.abs(render.pixel_relevance(e.relevance)).max() for _, ex, _ in results if ex for e in ex]
-            scale = max(maps, default=0.0)
+            scale = api.global_scale(self.model, [e for _, ex, _ in results if ex for e in ex])
         return [row for result in results for row in self._save(*result, scale)]
 
     def _map(self, items, jobs, show_progress):

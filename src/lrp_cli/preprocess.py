@@ -20,7 +20,9 @@ PRESETS = {
     "none": (1.0, (0.0,), (1.0,), False),
 }
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
-SIDECAR_KEYS = {"preset", "size", "resize", "crop", "mean", "std", "bgr", "labels", "composite", "output", "training"}
+SIDECAR_KEYS = {"preset", "size", "resize", "crop", "mean", "std", "bgr", "labels", "composite", "output", "layout",
+                "training"}
+LAYOUTS = ("nchw", "nhwc")
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,7 @@ class Sidecar:
     labels: list[str] | None = None
     composite: str | None = None
     output: str | None = None
+    layout: str | None = None
     extra: dict = field(default_factory=dict)
 
 
@@ -101,7 +104,10 @@ def load_sidecar(model_path: Path) -> Sidecar:
         preprocess = PreprocessConfig(**config)
     except OptionError as exc:
         raise ModelLoadError(f"{path}: {exc}") from None
-    return Sidecar(preprocess, labels, data.get("composite"), data.get("output"), data.get("training", {}))
+    layout = data.get("layout")
+    if layout is not None and layout not in LAYOUTS:
+        raise ModelLoadError(f"{path}: layout must be one of {', '.join(LAYOUTS)}")
+    return Sidecar(preprocess, labels, data.get("composite"), data.get("output"), layout, data.get("training", {}))
 
 
 def open_image(path: Path) -> Image.Image:
@@ -162,17 +168,35 @@ def tensor_to_display(tensor: np.ndarray, config: PreprocessConfig) -> Image.Ima
     return Image.fromarray(pixels[:, :, 0] if channels == 1 else pixels[:, :, :3]).convert("RGB")
 
 
-def load_input(path: Path, config: PreprocessConfig, input_shape: tuple[int, ...]) -> tuple[np.ndarray, Image.Image]:
-    """Returns (model input float32 tensor, RGB picture at the model input size) for an image or `.npy` file."""
+def to_nchw(array_or_shape, layout: str):
+    """Returns an NHWC tensor (or shape) in NCHW order; NCHW ones unchanged."""
+    if layout != "nhwc":
+        return array_or_shape
+    if isinstance(array_or_shape, np.ndarray):
+        return array_or_shape.transpose(0, 3, 1, 2)
+    n, h, w, c = array_or_shape
+    return (n, c, h, w)
+
+
+def from_nchw(tensor: np.ndarray, layout: str) -> np.ndarray:
+    """Returns an NCHW tensor in the model's layout."""
+    return tensor.transpose(0, 2, 3, 1) if layout == "nhwc" else tensor
+
+
+def load_input(path: Path, config: PreprocessConfig, input_shape: tuple[int, ...],
+               layout: str = "nchw") -> tuple[np.ndarray, Image.Image]:
+    """Returns (model input float32 tensor in the model's layout, RGB picture at the model input size) for an
+    image or `.npy` file."""
     if path.suffix.lower() == ".npy":
         tensor = load_tensor(path, input_shape)
-        return tensor, tensor_to_display(tensor, config)
+        return tensor, tensor_to_display(to_nchw(tensor, layout), config) if len(input_shape) == 4 else None
     if len(input_shape) != 4:
         raise InputError(f"{path}: the model input {list(input_shape)} is not an image; give a .npy tensor")
+    nchw = to_nchw(tuple(input_shape), layout)
     img = open_image(path)
-    size = config.size or tuple(input_shape[2:])
+    size = config.size or tuple(nchw[2:])
     img = _geometry(img.convert("RGB"), config, size)
-    return image_to_tensor(img, config, input_shape), img
+    return from_nchw(image_to_tensor(img, config, nchw), layout), img
 
 
 def load_tensor(path: Path, input_shape: tuple[int, ...]) -> np.ndarray:
@@ -193,6 +217,3 @@ def load_tensor(path: Path, input_shape: tuple[int, ...]) -> np.ndarray:
     return array.astype(np.float32)
 
 
-def load_image(path, config: PreprocessConfig, input_shape: tuple[int, ...] = (1, 3, 224, 224)):
-    """Returns (float32 [1, C, H, W] tensor, RGB picture at that size) for an image file."""
-    return load_input(Path(path), config, input_shape)
