@@ -20,8 +20,10 @@ $(EFFNET): $(INSTALLED)
 
 demo: $(INSTALLED) $(EFFNET)
 	$(BIN)/lrp explain sample_images/chelsea.png sample_images/coffee.png --model $(EFFNET) --out $(DEMO_OUT)
-	$(BIN)/lrp explain sample_images/shapes --model models/shapes-cnn.onnx --out $(DEMO_OUT)/shapes
+	$(BIN)/lrp explain 'sample_images/shapes/*_[0-9].png' --model models/shapes-cnn.onnx --out $(DEMO_OUT)/shapes
 	$(BIN)/lrp explain sample_images/digits --model models/digits-mlp.onnx --out $(DEMO_OUT)/digits
+	$(BIN)/lrp explain sample_images/polygons_scene.png --model models/polygons-bow-svm.joblib --target positive \
+		--out $(DEMO_OUT)
 	@echo "heatmaps written to $(DEMO_OUT)/"
 
 # The fast suite, then the slow one (real models); pytest exits 5 when a marker selects nothing.
@@ -40,6 +42,8 @@ models:
 	$(MODELS_VENV)/bin/python -m pip install --quiet torch==2.13.0 numpy onnx onnxruntime pillow scikit-learn
 	$(MODELS_VENV)/bin/python -m pip install --quiet --no-deps -e .
 	$(MODELS_VENV)/bin/python scripts/build_models.py
+	$(MAKE) $(INSTALLED)
+	$(BIN)/python scripts/build_polygons_bow.py
 
 lint: $(INSTALLED)
 	$(BIN)/python -m pip install --quiet ruff

@@ -1,0 +1,1 @@
+"""Synthetic data sets with known object masks, for the bundled demo models and for tests."""
