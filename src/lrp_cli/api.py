@@ -15,8 +15,9 @@ from lrp_cli.errors import ModelLoadError, OptionError
 from lrp_cli.importers.onnx_import import import_onnx
 from lrp_cli.ir.graph import Graph
 from lrp_cli.methods.gradient import METHODS
-from lrp_cli.preprocess import PreprocessConfig, Sidecar, load_input, load_sidecar, read_labels, to_nchw
-from lrp_cli.propagate import Propagation, conservation_error, output_scores, propagate
+from lrp_cli.preprocess import (PreprocessConfig, Sidecar, load_input, load_sidecar, open_image, read_labels,
+                                to_nchw)
+from lrp_cli.propagate import LayerRecord, Propagation, conservation_error, output_scores, propagate
 from lrp_cli.rules import DEFAULT_COMPOSITE, RuleError, ZBox, assign_rules, parse_rule
 
 PRECISIONS = {"float32": np.float32, "float64": np.float64}
@@ -68,13 +69,32 @@ def detect_layout(graph: Graph) -> str:
     return "nhwc" if shape[3] in (1, 3) and shape[1] not in (1, 3) else "nchw"
 
 
+BOW_SUFFIXES = (".joblib", ".pkl", ".skops")
+
+
+@dataclass
+class LoadedBowModel:
+    """A scikit-learn bag-of-visual-words + kernel SVM pipeline (paper Section "Pixel-wise Decomposition for
+    Classifiers over Bag of Words Features")."""
+
+    path: Path
+    bow: object
+    sha256: str
+    load_seconds: float
+    labels: list[str] | None
+    kind: str = "sklearn-bow"
+    layout: str = "nchw"
+
+
 def load_model(path: str | Path, output: str | None = None, labels: str | Path | None = None,
-               layout: str | None = None) -> LoadedModel:
-    """Returns the loaded model (IR + onnxruntime session + sidecar) of an ONNX file."""
+               layout: str | None = None):
+    """Returns the loaded model: an ONNX classifier (IR + onnxruntime session + sidecar) or a BoW pipeline."""
     start = time.perf_counter()
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"{path}: no such model file")
+    if path.suffix.lower() in BOW_SUFFIXES:
+        return _load_bow(path, labels, start)
     sidecar = load_sidecar(path)
     graph = import_onnx(path, output or sidecar.output)
     if labels is not None:
@@ -83,6 +103,16 @@ def load_model(path: str | Path, output: str | None = None, labels: str | Path |
     layout = layout or sidecar.layout or detect_layout(graph)
     return LoadedModel(path, graph, sidecar, outputs.sha256_file(path), session, time.perf_counter() - start,
                        layout)
+
+
+def _load_bow(path: Path, labels, start: float) -> LoadedBowModel:
+    from lrp_cli.importers.sklearn_bow import BowModelError, load_bow_model
+    try:
+        bow = load_bow_model(path)
+    except BowModelError as exc:
+        raise ModelLoadError(str(exc)) from None
+    names = read_labels(Path(labels)) if labels is not None else [str(c) for c in bow.classes]
+    return LoadedBowModel(path, bow, outputs.sha256_file(path), time.perf_counter() - start, names)
 
 
 def _session(path: Path, graph: Graph, output: str | None) -> ort.InferenceSession:
@@ -113,6 +143,7 @@ class Settings:
     target: str = "pred"
     precision: str = "float32"
     preprocess: dict = field(default_factory=dict)
+    tiling: dict = field(default_factory=dict)  # BoW models: tile, tile_stride, pair
 
 
 @dataclass
@@ -132,11 +163,24 @@ class Explanation:
     ir_diff_relative: float
     timing: dict[str, float]
     method: str = "lrp"
+    extra: dict = field(default_factory=dict)
 
     @property
     def relevance(self) -> np.ndarray:
         """Returns the input relevance tensor, shaped like the model input."""
         return self.propagation.relevance
+
+
+def check_settings(model, settings: Settings) -> None:
+    """Raises OptionError when the settings do not fit the model (bad rule, options of the other model kind)."""
+    if model.kind == "sklearn-bow":
+        if settings.method != "lrp" or settings.rule or settings.composite or settings.layer_rules:
+            raise OptionError("--method/--rule/--composite/--layer-rule apply to ONNX models, not BoW pipelines")
+        return
+    if settings.tiling:
+        raise OptionError("--tile/--tile-stride/--pair apply to BoW pipelines, not ONNX models")
+    if settings.method == "lrp":
+        rules_for(model, settings, preprocess_config(model, settings))
 
 
 def preprocess_config(model: LoadedModel, settings: Settings) -> PreprocessConfig:
@@ -188,14 +232,13 @@ def composite_name(model: LoadedModel, settings: Settings) -> str | None:
     return settings.composite or model.sidecar.composite or DEFAULT_COMPOSITE
 
 
-def label_of(model: LoadedModel, index: int) -> str | None:
+def label_of(model, index: int) -> str | None:
     """Returns the label of a class index, if the model has labels for it."""
     labels = model.labels
     return labels[index] if labels and index < len(labels) else None
 
 
-def _prediction(model: LoadedModel, model_output: np.ndarray) -> dict:
-    scores = output_scores(model_output)
+def _prediction(model, scores: np.ndarray) -> dict:
     top = np.argsort(-scores, kind="stable")[:5]
     best = int(top[0])
     return {
@@ -226,7 +269,7 @@ def explain_array(model: LoadedModel, x: np.ndarray, settings: Settings, input_p
         propagation = _backward(settings.method, graph, values, target, rules)
         timing = {"load": model.load_seconds, "forward": forward_seconds, "backward": time.perf_counter() - start}
         explanations.append(Explanation(
-            input_path, x, picture, model_output, _prediction(model, model_output),
+            input_path, x, picture, model_output, _prediction(model, output_scores(model_output)),
             {"index": target, "label": label_of(model, target)}, propagation,
             {name: rule.spec() for name, rule in rules.items()}, composite_name(model, settings),
             diff, relative, timing, settings.method))
@@ -242,9 +285,11 @@ def _backward(method: str, graph: Graph, values, target: int, rules) -> Propagat
         raise OptionError(f"--method {method}: {exc}") from None
 
 
-def explain(model: LoadedModel, input_path: str | Path, settings: Settings) -> list[Explanation]:
+def explain(model, input_path: str | Path, settings: Settings) -> list[Explanation]:
     """Returns the explanations of one image or `.npy` file: one per target the --target setting selects."""
     input_path = Path(input_path)
+    if model.kind == "sklearn-bow":
+        return explain_bow_image(model, input_path, settings)
     config = preprocess_config(model, settings)
     nchw = to_nchw(model.graph.input_shape, model.layout)
     if config.size and tuple(config.size) != tuple(nchw[2:]):
@@ -252,6 +297,44 @@ def explain(model: LoadedModel, input_path: str | Path, settings: Settings) -> l
                           f"{list(model.graph.input_shape)}")
     x, picture = load_input(input_path, config, model.graph.input_shape, model.layout)
     return explain_array(model, x, settings, input_path, picture)
+
+
+def explain_bow_image(model: LoadedBowModel, input_path: Path, settings: Settings) -> list[Explanation]:
+    """Returns the explanations of one image by a BoW pipeline (Algorithm 1), tiled as Fig 6 when it is larger
+    than the training images."""
+    from lrp_cli.bow.explain import explain_bow
+    from lrp_cli.importers.sklearn_bow import BowModelError
+    picture = open_image(input_path).convert("RGB")
+    image = np.asarray(picture, dtype=np.float64) / 255.0
+    count = len(model.labels or model.bow.classes)
+    explanations = []
+    for target in _bow_targets(settings.target, count, model.labels):
+        start = time.perf_counter()
+        try:
+            result = explain_bow(model.bow, image, target, **settings.tiling)
+        except BowModelError as exc:
+            raise ModelLoadError(str(exc)) from None
+        explanations.append(_bow_explanation(model, input_path, picture, result, time.perf_counter() - start))
+    return explanations
+
+
+def _bow_targets(spec: str, count: int, labels) -> list[int | None]:
+    if spec == "pred":
+        return [None]
+    if spec.startswith("top:"):
+        raise OptionError("--target top:K is not supported for BoW models; give pred, an index or a label")
+    return resolve_targets(spec, np.zeros(count), labels)
+
+
+def _bow_explanation(model, input_path, picture, result, seconds) -> Explanation:
+    scores = np.asarray(result.scores, dtype=np.float64)
+    layers = [LayerRecord(name, "bow", None, float(total)) for name, total in result.layer_sums]
+    extra = {"conservation_error": result.conservation_error, "taylor_residual": result.taylor_residual,
+             "tiles": {"count": result.n_tiles, "tile": result.tile, "stride": result.tile_stride}}
+    return Explanation(input_path, None, picture, scores, _prediction(model, scores),
+                       {"index": int(result.target), "label": label_of(model, int(result.target))},
+                       Propagation(result.relevance, float(result.f_x), layers), {}, None, None, None,
+                       {"load": model.load_seconds, "explain": seconds}, "lrp", extra)
 
 
 def explanation_document(model: LoadedModel, expl: Explanation, paths: dict[str, Path],
@@ -277,7 +360,8 @@ def explanation_document(model: LoadedModel, expl: Explanation, paths: dict[str,
             "positive": float(relevance[relevance > 0].sum()),
             "negative": float(relevance[relevance < 0].sum()),
             "abs_max": float(np.abs(relevance).max()),
-            "conservation_error": conservation_error(total, expl.propagation.f_x),
+            "conservation_error": expl.extra.get("conservation_error",
+                                                 conservation_error(total, expl.propagation.f_x)),
         },
         "layers": [vars(record) for record in expl.propagation.layers],
         "ir_max_abs_diff": expl.ir_max_abs_diff,
@@ -286,7 +370,7 @@ def explanation_document(model: LoadedModel, expl: Explanation, paths: dict[str,
         "timing_s": {**{k: round(v, 6) for k, v in expl.timing.items()}, "render": round(render_seconds, 6)},
         "versions": {"lrp_cli": __version__, "numpy": np.__version__, "onnx": onnx.__version__,
                      "onnxruntime": ort.__version__},
-    }
+    } | {k: v for k, v in expl.extra.items() if k != "conservation_error"}
 
 
 def pixel_map(model: LoadedModel, expl: Explanation) -> np.ndarray:

@@ -71,17 +71,23 @@ def main():
 @click.option("--skip-existing", is_flag=True, help="Skip inputs whose JSON output already exists.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--json-lines", is_flag=True, help="Print one JSON document per explanation instead of a line.")
+@click.option("--tile", type=click.IntRange(min=0), help="BoW models: explain tiles of N px and average them "
+              "(Fig 6); 0 explains the whole image [default: the training image size].")
+@click.option("--tile-stride", type=click.IntRange(min=1), help="BoW models: tile stride in px.")
+@click.option("--pair", help="BoW one-vs-one models: the two classes A,B whose decision is explained.")
 def explain(inputs, model_path, out_dir, method, composite, rule, layer_rules, target, output_name, layout, preset,
             size,
             resize, mean, std, bgr, labels, cmap, normalize, save_raw, precision, jobs, skip_existing,
-            no_progress, json_lines):
+            no_progress, json_lines, tile, tile_stride, pair):
     """Explain the prediction for each INPUT (image, .npy tensor, folder or glob)."""
     try:
         settings = api.Settings(method, composite, rule, tuple(layer_rules), target, precision, {
             "preset": preset, "size": _numbers("--size", size, 2, int), "resize": resize,
-            "mean": _numbers("--mean", mean), "std": _numbers("--std", std), "bgr": bgr})
+            "mean": _numbers("--mean", mean), "std": _numbers("--std", std), "bgr": bgr},
+            {k: v for k, v in {"tile": tile, "tile_stride": tile_stride,
+                               "pair": tuple(pair.split(",")) if pair else None}.items() if v is not None})
         model = api.load_model(model_path, output_name, labels, layout)
-        api.rules_for(model, settings, api.preprocess_config(model, settings))
+        api.check_settings(model, settings)
     except LrpError as exc:
         _fail(exc)
     items = batch.expand_inputs(list(inputs))
@@ -155,7 +161,7 @@ class BatchRunner:
         click.echo(f"{item.path}: target {target['index']}{label}, predicted {pred['index']} score "
                    f"{pred['score']:.4g}, f(x)={document['f_x']:.4g}, conservation error "
                    f"{document['relevance']['conservation_error']:.2e} -> {document['outputs']['heatmap']}")
-        if expl.ir_diff_relative > api.IR_DIFF_WARNING:
+        if expl.ir_diff_relative is not None and expl.ir_diff_relative > api.IR_DIFF_WARNING:
             click.echo(f"warning: {item.path}: IR output differs from onnxruntime by "
                        f"{expl.ir_max_abs_diff:.3g} (relative {expl.ir_diff_relative:.2e})", err=True)
 
@@ -206,3 +212,47 @@ def zoo_get(name, dest, force):
 def supported_ops_command():
     """List the ONNX op types lrp-cli converts."""
     click.echo("\n".join(supported_ops()))
+
+
+def _train_option(name: str, kind: str, default, help_text: str):
+    """Returns the Click option for one entry of lrp_cli.bow.train.TRAIN_OPTIONS."""
+    flag = "--" + name.replace("_", "-")
+    if kind == "bool":
+        return click.option(f"{flag}/--no-{name.replace('_', '-')}", default=default, show_default=True,
+                            help=help_text)
+    if kind.startswith("choice:"):
+        return click.option(flag, type=click.Choice(kind[7:].split(",")), default=default, show_default=True,
+                            help=help_text)
+    types = {"int": int, "float": float, "str": str, "floats": str}
+    shown = ",".join(map(str, default)) if kind == "floats" and default else default
+    return click.option(flag, type=types[kind], default=shown, show_default=True, help=help_text)
+
+
+def _train_bow_command():
+    from lrp_cli.bow.train import TRAIN_OPTIONS
+
+    @click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+    @click.option("--out", "out_path", required=True, type=click.Path(path_type=Path),
+                  help="Model file: .joblib (pickle: loading it runs code) or .skops (safe format).")
+    def train_bow(data_dir, out_path, **options):
+        """Train a bag-of-visual-words + kernel SVM pipeline on DATA_DIR/<class>/*.png (one folder per class)."""
+        from lrp_cli.bow import train
+        kinds = {name: kind for name, kind, _, _ in TRAIN_OPTIONS}
+        try:
+            parsed = {k: _numbers(f"--{k.replace('_', '-')}", v) if kinds[k] == "floats" else v
+                      for k, v in options.items()}
+            meta = train.train_bow(data_dir, out_path, **parsed)
+        except LrpError as exc:
+            _fail(exc)
+        except ValueError as exc:
+            _fail(OptionError(str(exc)))
+        click.echo(f"{out_path}: {len(meta['classes'])} classes, cross-validated accuracy "
+                   f"{meta['cv_accuracy']:.3f}, test accuracy {meta['test_accuracy']}, "
+                   f"{meta['seconds_total']:.1f} s")
+
+    for entry in reversed(TRAIN_OPTIONS):
+        train_bow = _train_option(*entry)(train_bow)
+    return main.command("train-bow")(train_bow)
+
+
+_train_bow_command()

@@ -17,11 +17,14 @@ COLORMAPS = ("jet",) + tuple(COLORMAP_STOPS)
 
 
 def pixel_relevance(relevance: np.ndarray) -> np.ndarray:
-    """Returns the [H, W] map of an input-shaped relevance tensor: summed over channels and batch."""
+    """Returns the [H, W] map of an input-shaped relevance tensor: summed over channels and batch; a flat
+    [1, N] input is shown square when N is a square number."""
     if relevance.ndim == 4:
         return relevance.sum(axis=(0, 1))
     if relevance.ndim == 3:
         return relevance.sum(axis=0)
+    if relevance.ndim == 2 and relevance.shape[0] > 1:  # already a pixel map (BoW models)
+        return relevance
     side = int(round(np.sqrt(relevance.size)))
     if side * side == relevance.size:
         return relevance.reshape(side, side)

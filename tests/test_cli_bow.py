@@ -1,0 +1,54 @@
+"""`lrp train-bow` and `lrp explain` with a BoW pipeline, end to end from the command line."""
+
+import json
+
+import numpy as np
+from click.testing import CliRunner
+from PIL import Image
+
+from conftest import REPO
+from lrp_cli.cli import main
+from lrp_cli.synthetic.polygons import make_scene, to_uint8, write_dataset
+
+RUN = CliRunner()
+
+
+def test_train_bow_then_explain_a_scene(tmp_path):
+    data = tmp_path / "data"
+    write_dataset(data, 16, seed=3)
+    model = tmp_path / "tiny.joblib"
+    result = RUN.invoke(main, ["train-bow", str(data), "--out", str(model), "--n-words", "16", "--cv", "2",
+                               "--c-grid", "1,10", "--kernel", "hik", "--scales", "2", "--test-fraction", "0.25"])
+    assert result.exit_code == 0, result.output
+    assert "cross-validated accuracy" in result.output and model.exists()
+    image, _, _ = make_scene(np.random.default_rng(0), size=(136, 136), n_polygons=1, n_circles=1)
+    Image.fromarray(to_uint8(image)).save(tmp_path / "scene.png")
+    out = tmp_path / "out"
+    result = RUN.invoke(main, ["explain", str(tmp_path / "scene.png"), "--model", str(model), "--out", str(out),
+                               "--target", "positive", "--save-raw"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads((out / "scene.json").read_text())
+    assert doc["model"]["kind"] == "sklearn-bow" and doc["target"]["label"] == "positive"
+    assert doc["tiles"]["count"] == 4 and doc["ir_max_abs_diff"] is None
+    assert np.load(out / "scene.relevance.npy").shape == (136, 136)
+    assert Image.open(out / "scene.heatmap.png").size == (136, 136)
+    # HIK is sum-decomposable: Eq 24 is exact, so every layer carries the same relevance.
+    sums = [layer["relevance_sum"] for layer in doc["layers"]]
+    assert np.allclose(sums, sums[0], rtol=1e-9)
+
+
+def test_onnx_options_are_refused_for_bow_models(tmp_path):
+    image = tmp_path / "i.png"
+    Image.fromarray(np.zeros((102, 102), np.uint8)).save(image)
+    result = RUN.invoke(main, ["explain", str(image), "--model", str(REPO / "models" / "polygons-bow-svm.joblib"),
+                               "--rule", "epsilon", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "BoW" in result.output
+
+
+def test_not_a_pickle_is_exit_3(tmp_path):
+    bad = tmp_path / "bad.joblib"
+    bad.write_text("no pickle here")
+    image = tmp_path / "i.png"
+    Image.fromarray(np.zeros((102, 102), np.uint8)).save(image)
+    result = RUN.invoke(main, ["explain", str(image), "--model", str(bad), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 3 and "bad.joblib" in result.output
