@@ -11,15 +11,38 @@ import datetime
 import os
 import platform
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import onnx
 
+import resnet50_onnx
 from lrp_cli import api
+from lrp_cli.propagate import propagate
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = ["digits-mlp.onnx", "shapes-cnn.onnx", "efficientnet-lite0.onnx"]
+IMAGE = REPO / "sample_images" / "chelsea.png"
+PEAK_RSS = """
+import resource, sys
+from lrp_cli.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit as exit:
+    assert not exit.code, exit.code
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def peak_rss_mb(model: Path, out_dir: Path) -> float:
+    """Returns the peak resident memory (MB) of one `lrp explain` run of the photo, in a fresh process."""
+    args = ["explain", str(IMAGE), "--model", str(model), "--out", str(out_dir), "--no-progress"]
+    result = subprocess.run([sys.executable, "-c", PEAK_RSS, *args], capture_output=True, text=True, check=True)
+    return int(result.stdout.strip().splitlines()[-1]) / 1024
 
 
 def median_seconds(fn, runs: int) -> float:
@@ -33,8 +56,9 @@ def median_seconds(fn, runs: int) -> float:
     return statistics.median(times)
 
 
-def bench_model(path: Path, runs: int, precision: str) -> dict:
-    """Returns the timings of one model: onnxruntime forward, IR forward, backward pass, full explanation."""
+def bench_model(path: Path, runs: int, precision: str, name: str | None = None) -> dict:
+    """Returns the timings of one model: onnxruntime forward, IR forward, backward pass, full explanation,
+    and the peak memory of one command-line explanation."""
     model = api.load_model(path)
     x = np.random.default_rng(0).uniform(0, 1, model.graph.input_shape).astype(np.float32)
     settings = api.Settings(precision=precision)
@@ -42,9 +66,11 @@ def bench_model(path: Path, runs: int, precision: str) -> dict:
     rules = api.rules_for(model, settings, api.preprocess_config(model, settings))
     values = graph.forward(x.astype(api.PRECISIONS[precision]))
     target = int(np.argmax(values[graph.output_name]))
-    from lrp_cli.propagate import propagate
+    with tempfile.TemporaryDirectory() as out_dir:
+        rss = peak_rss_mb(path, Path(out_dir))
     return {
-        "model": path.name,
+        "model": name or path.name,
+        "peak_rss_mb": rss,
         "input": "x".join(map(str, model.graph.input_shape)),
         "ort": median_seconds(lambda: model.run_onnxruntime(x), runs),
         "ir_forward": median_seconds(lambda: graph.forward(x.astype(api.PRECISIONS[precision])), runs),
@@ -56,10 +82,11 @@ def bench_model(path: Path, runs: int, precision: str) -> dict:
 def table(rows: list[dict]) -> str:
     """Returns the timings as a Markdown table (milliseconds)."""
     lines = ["| model | input | onnxruntime forward | IR forward | relevance backward | full explanation | "
-             "explanation / ort forward |", "|---|---|---|---|---|---|---|"]
+             "explanation / ort forward | peak RSS of `lrp explain` |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['input']} | {r['ort'] * 1e3:.2f} ms | {r['ir_forward'] * 1e3:.2f} ms | "
-                     f"{r['backward'] * 1e3:.2f} ms | {r['explain'] * 1e3:.2f} ms | {r['explain'] / r['ort']:.1f}x |")
+                     f"{r['backward'] * 1e3:.2f} ms | {r['explain'] * 1e3:.2f} ms | {r['explain'] / r['ort']:.1f}x | "
+                     f"{r['peak_rss_mb']:.0f} MB |")
     return "\n".join(lines)
 
 
@@ -84,8 +111,12 @@ def main():
     args = parser.parse_args()
     rows = [bench_model(REPO / "models" / name, args.runs, args.precision)
             for name in MODELS if (REPO / "models" / name).exists()]
+    with tempfile.TemporaryDirectory() as folder:
+        resnet = Path(folder) / "resnet50.onnx"
+        onnx.save(resnet50_onnx.build(), str(resnet))
+        rows.append(bench_model(resnet, args.runs, args.precision, "ResNet-50 (random weights)"))
     text = (f"## {datetime.date.today().isoformat()}: {machine()}\n\nMedian of {args.runs} runs, batch 1, "
-            f"{args.precision}, default composite (epsilon-plus-flat).\n\n{table(rows)}\n")
+            f"{args.precision}, each model's default composite (its sidecar's, else epsilon-plus-flat).\n\n{table(rows)}\n")
     print(text)
     if args.write:
         with open(REPO / "benchmarks" / "RESULTS.md", "a", encoding="utf-8") as handle:
