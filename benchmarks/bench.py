@@ -116,7 +116,8 @@ def main():
         onnx.save(resnet50_onnx.build(), str(resnet))
         rows.append(bench_model(resnet, args.runs, args.precision, "ResNet-50 (random weights)"))
     text = (f"## {datetime.date.today().isoformat()}: {machine()}\n\nMedian of {args.runs} runs, batch 1, "
-            f"{args.precision}, each model's default composite (its sidecar's, else epsilon-plus-flat).\n\n{table(rows)}\n")
+            f"{args.precision}, each model's default composite (its sidecar's, else epsilon-plus-flat).\n\n"
+            f"{table(rows)}\n")
     print(text)
     if args.write:
         with open(REPO / "benchmarks" / "RESULTS.md", "a", encoding="utf-8") as handle:

@@ -661,13 +661,14 @@ def run_model(name, out_dir, log):
 
     # Check of the canonizer mechanics: BN folded by hand (no merge canonizer) must give the same maps.
     fold_checks = {}
-    sum_only = (lambda: [c for c in factory() if not isinstance(c, MergeBatchNorm)])
+    def sum_only():
+        return [c for c in factory() if not isinstance(c, MergeBatchNorm)]
     if pairs:
         for method in ("paper-epsilon", "epsilon-plus-flat"):
             m = fold_bn_manually(copy.deepcopy(pristine).double().eval(), pairs)
             rel, _ = lrp(m, x.double(), target, make_composite(method, sum_only(), tuple(x.shape)))
             fold_checks[method] = rel_l2(rel.numpy(), arrays[f"{method}/float64"])
-        log(f"    hand-folded BN vs zennit merge canonizer (float64 rel L2): "
+        log("    hand-folded BN vs zennit merge canonizer (float64 rel L2): "
             + ", ".join(f"{k} {v:.1e}" for k, v in fold_checks.items()))
     # Check that zennit's Pass on ReLU equals plain ReLU gradient here (they must for ReLU networks; this
     # also validates hooks on ReLU modules that torchvision's ResNet blocks reuse several times)

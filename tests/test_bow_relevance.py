@@ -60,10 +60,10 @@ def _brute_eq31(r3, m, p):
     """Return Eq 31 (Eq 27 for p = 1) computed with explicit loops."""
     n, V = m.shape
     out = np.zeros(n)
-    for l in range(n):
+    for feature in range(n):
         for d in range(V):
             total = sum(m[j, d] ** p for j in range(n))
-            out[l] += r3[d] * (m[l, d] ** p / total if total != 0 else 1.0 / n)
+            out[feature] += r3[d] * (m[feature, d] ** p / total if total != 0 else 1.0 / n)
     return out
 
 

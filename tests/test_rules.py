@@ -148,7 +148,8 @@ def test_hand_worked_zplus_example():
 @pytest.mark.parametrize("spec,expected", [
     ("z", "z"), ("epsilon", "epsilon:1e-06"), ("epsilon:0.01", "epsilon:0.01"), ("zplus", "zplus"),
     ("alphabeta", "alphabeta:2,1"), ("alphabeta:1,0", "alphabeta:1,0"), ("gamma:0.5", "gamma:0.5"),
-    ("flat", "flat"), ("wsquare", "wsquare"), ("zbox:-1,1", "zbox:-1,1"), ("zbox:-1/-2/-3,1/2/3", "zbox:-1/-2/-3,1/2/3"),
+    ("flat", "flat"), ("wsquare", "wsquare"), ("zbox:-1,1", "zbox:-1,1"),
+    ("zbox:-1/-2/-3,1/2/3", "zbox:-1/-2/-3,1/2/3"),
 ])
 def test_parse_rule_round_trips(spec, expected):
     assert parse_rule(spec).spec() == expected

@@ -288,8 +288,8 @@ class AvgPool(Layer):
         ones = np.ones((1, 1, height, width))
         counted = windows.pad(ones, self.window)
         if self.count_include_pad:
-            ph, pw = height + self.window.pads[0] + self.window.pads[2], width + self.window.pads[1] + self.window.pads[3]
-            counted[:, :, :ph, :pw] = 1.0
+            top, left, bottom, right = self.window.pads
+            counted[:, :, :top + height + bottom, :left + width + right] = 1.0
         return self._window_sum(counted, self.window.output_size(height, width))
 
     def _window_sum(self, xp, out_hw):
