@@ -137,3 +137,10 @@ def test_multiple_outputs_choose_with_output_option(tmp_path):
     assert graph.output_name == "b" and [n.op for n in graph.nodes] == ["Tanh"]
     with pytest.raises(ModelLoadError, match="--output 'c'"):
         import_onnx(path, output="c")
+
+
+def test_dropout_from_a_training_mode_export_is_removed(tmp_path):
+    nodes = [helper.make_node("Dropout", ["x", "ratio", "mode"], ["d"]), helper.make_node("Relu", ["d"], ["y"])]
+    inits = {"ratio": np.array(0.5, np.float32), "mode": np.array(False)}
+    graph = assert_matches_onnxruntime(onnx_model(nodes, [1, 6], initializers=inits), tmp_path)
+    assert [n.op for n in graph.nodes] == ["Relu"]

@@ -241,7 +241,8 @@ def _train_bow_command():
         try:
             parsed = {k: _numbers(f"--{k.replace('_', '-')}", v) if kinds[k] == "floats" else v
                       for k, v in options.items()}
-            meta = train.train_bow(data_dir, out_path, **parsed)
+            meta = train.train_bow(data_dir, out_path, progress=lambda m: click.echo(f"train-bow: {m}", err=True),
+                                   **parsed)
         except LrpError as exc:
             _fail(exc)
         except ValueError as exc:

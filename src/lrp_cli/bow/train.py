@@ -160,7 +160,7 @@ def save_model(payload: dict, out_path) -> None:
         joblib.dump(payload, out, compress=3)
 
 
-def train_bow(data_dir, out_path, **options) -> dict:
+def train_bow(data_dir, out_path, progress=None, **options) -> dict:
     """Return the metadata of a BoW kernel-SVM trained on data_dir/<class>/*.png and saved to out_path.
 
     Keyword options (see TRAIN_OPTIONS for types, defaults and help): scales, step, color, quantiles,
@@ -169,13 +169,16 @@ def train_bow(data_dir, out_path, **options) -> dict:
     classifier, multiclass, c_grid, nu_grid, cv, test_fraction, max_per_class, max_side, tile_stride,
     kmeans_samples, n_jobs, random_state. C (or nu) is chosen by stratified cross-validation on the
     training part; the metadata records cv/train/test accuracy, options, classes and input_size.
+    `progress(message)`, when given, is told as each stage starts.
     """
+    report = progress or (lambda message: None)
     unknown = set(options) - set(DEFAULTS)
     if unknown:
         raise TypeError(f"unknown train_bow options: {', '.join(sorted(unknown))}")
     opts = {**DEFAULTS, **options}
     t0 = time.perf_counter()
     paths, y, classes = list_dataset(data_dir, opts["max_per_class"])
+    report(f"loading {len(paths)} images of {len(classes)} classes")
     images = [load_image(p, opts["max_side"]) for p in paths]
     idx_train, idx_test = _split(y, opts)
     features = DenseFeatures(scales=tuple(float(s) for s in opts["scales"]), step=opts["step"],
@@ -184,12 +187,15 @@ def train_bow(data_dir, out_path, **options) -> dict:
                               rank_n=opts["rank_n"], soft_beta=opts["soft_beta"],
                               max_fit_samples=opts["kmeans_samples"], random_state=opts["random_state"])
     pooling = PMeansPooling(p=pooling_p(opts["pooling"]))
+    report("extracting local features")
     local = features.fit_transform(images)
+    report(f"fitting the codebook ({opts['n_words']} words per group, {opts['mapping']} mapping)")
     mapping.fit([local[i] for i in idx_train])
     X = pooling.fit_transform(mapping.transform(local))
     t_features = time.perf_counter() - t0
     kernel = build_kernel(opts, _blocks(mapping), X[idx_train])
     clf, grid = build_classifier(opts, kernel, len(classes))
+    report(f"cross-validating the {opts['kernel']} SVM ({opts['cv']} folds)")
     search = GridSearchCV(clf, grid, cv=StratifiedKFold(opts["cv"], shuffle=True, random_state=opts["random_state"]),
                           n_jobs=opts["n_jobs"], refit=True)
     search.fit(X[idx_train], y[idx_train])
