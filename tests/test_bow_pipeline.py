@@ -12,7 +12,8 @@ from sklearn.svm import SVC, NuSVC
 
 from lrp_cli.bow.explain import explain_bow, tile_positions
 from lrp_cli.bow.kernels import BowKernel, additive_chi2_kernel, hik_kernel, make_part
-from lrp_cli.bow.train import TRAIN_OPTIONS, list_dataset, load_image, train_bow
+from lrp_cli.bow.options import TRAIN_OPTIONS
+from lrp_cli.bow.train import list_dataset, load_image, train_bow
 from lrp_cli.importers.sklearn_bow import FORMAT, BowModelError, load_bow_model
 from lrp_cli.synthetic.polygons import make_scene, make_tile, write_dataset
 

@@ -215,7 +215,7 @@ def supported_ops_command():
 
 
 def _train_option(name: str, kind: str, default, help_text: str):
-    """Returns the Click option for one entry of lrp_cli.bow.train.TRAIN_OPTIONS."""
+    """Returns the Click option for one entry of lrp_cli.bow.options.TRAIN_OPTIONS."""
     flag = "--" + name.replace("_", "-")
     if kind == "bool":
         return click.option(f"{flag}/--no-{name.replace('_', '-')}", default=default, show_default=True,
@@ -229,7 +229,7 @@ def _train_option(name: str, kind: str, default, help_text: str):
 
 
 def _train_bow_command():
-    from lrp_cli.bow.train import TRAIN_OPTIONS
+    from lrp_cli.bow.options import TRAIN_OPTIONS
 
     @click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
     @click.option("--out", "out_path", required=True, type=click.Path(path_type=Path),

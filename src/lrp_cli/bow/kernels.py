@@ -14,7 +14,8 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import pairwise
 
-KERNEL_NAMES = ("linear", "hik", "additive_chi2", "chi2", "rbf", "poly")
+from lrp_cli.bow.options import KERNEL_NAMES
+
 DECOMPOSABLE = frozenset({"linear", "hik", "additive_chi2"})
 CHUNK_ELEMENTS = 1 << 22  # bound the (rows, cols, dims) temporaries of elementwise kernels
 
