@@ -193,3 +193,10 @@ def test_one_vs_one_needs_pair_and_ovr_multiclass(trained, tmp_path):
     exps = [explain_bow(ovr, _tile(), target=t) for t in range(3)]
     for t, e in enumerate(exps):
         assert e.f_x == pytest.approx(e.scores[t], abs=1e-10) and e.conservation_error < 1e-10
+
+
+def test_sparse_coding_pipeline_conserves(tmp_path):
+    write_dataset(tmp_path / "data", 8, seed=4)
+    train_bow(tmp_path / "data", tmp_path / "s.joblib", **dict(SMALL, mapping="sparse", n_words=8))
+    exp = explain_bow(load_bow_model(tmp_path / "s.joblib"), _tile())
+    assert exp.conservation_error < 1e-10

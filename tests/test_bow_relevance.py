@@ -186,3 +186,18 @@ def test_one_vs_one_pair_decision_matches_sklearn():
         for j in range(i + 1, 3):
             np.testing.assert_allclose(pair_decision(svc, i, j).value(X[:5]), ovo[:, k], atol=1e-10)
             k += 1
+
+
+def test_sparse_mapping_solves_the_regularized_coding_problem():
+    # Eqs 37-38 with B fixed: the codes satisfy the optimality (KKT) conditions of
+    # min_c 1/2 ||l - B c||^2 + alpha ||c||_1, c >= 0 (sklearn's scaling of the objective).
+    from lrp_cli.bow.codebook import sparse_mapping
+    centers = RNG.normal(size=(6, 10))
+    descriptors = RNG.normal(size=(4, 10))
+    alpha = 0.3
+    codes = sparse_mapping(descriptors, centers, alpha)
+    assert (codes >= 0).all() and (codes == 0).any()
+    gradient = (descriptors - codes @ centers) @ centers.T  # minus the gradient of the squared error
+    active = codes > 0
+    np.testing.assert_allclose(gradient[active], alpha, atol=1e-3)
+    assert (gradient[~active] <= alpha + 1e-3).all()

@@ -1,4 +1,5 @@
-"""Visual-word codebooks (k-means) and the local-feature mappings m(l): hard, soft (Eq 36), rank (Eq 64)."""
+"""Visual-word codebooks (k-means) and the local-feature mappings m(l): hard, soft (Eq 36), rank (Eq 64),
+sparse (regularized coding, Eqs 37-38)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,18 @@ from dataclasses import dataclass, field
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.cluster import KMeans
+from sklearn.decomposition import sparse_encode
 
-MAPPINGS = ("hard", "soft", "rank")
+MAPPINGS = ("hard", "soft", "rank", "sparse")
 BATCH = 32  # feature sets mapped per call: bounds the (descriptors, words) distance matrix
+
+
+def sparse_mapping(descriptors: np.ndarray, centers: np.ndarray, alpha: float) -> np.ndarray:
+    """Return the regularized coding of Eqs 37-38 with the codebook B fixed to the k-means centres:
+    m(l) = argmin_c ||l - B c||^2 + alpha ||c||_1 with c >= 0 (non-negative, so histogram kernels apply)."""
+    codes = sparse_encode(np.asarray(descriptors, dtype=np.float64), centers, algorithm="lasso_cd",
+                          alpha=alpha, positive=True)
+    return np.maximum(codes, 0.0)
 
 
 @dataclass
@@ -64,13 +74,14 @@ class CodebookMapping(TransformerMixin, BaseEstimator):
     max_fit_samples: k-means runs on at most this many randomly drawn descriptors per group.
     """
 
-    def __init__(self, n_words=128, mapping="rank", rank_p=2.0, rank_n=4, soft_beta=None,
+    def __init__(self, n_words=128, mapping="rank", rank_p=2.0, rank_n=4, soft_beta=None, sparse_alpha=0.05,
                  max_fit_samples=50000, random_state=0):
         self.n_words = n_words
         self.mapping = mapping
         self.rank_p = rank_p
         self.rank_n = rank_n
         self.soft_beta = soft_beta
+        self.sparse_alpha = sparse_alpha
         self.max_fit_samples = max_fit_samples
         self.random_state = random_state
 
@@ -123,6 +134,8 @@ class CodebookMapping(TransformerMixin, BaseEstimator):
             return hard_mapping(dist)
         if self.mapping == "soft":
             return soft_mapping(dist, self.betas_[gi])
+        if self.mapping == "sparse":
+            return sparse_mapping(descriptors, self.centers_[gi], self.sparse_alpha)
         return rank_mapping(dist, self.rank_p, self.rank_n)
 
     def map(self, features) -> MappedSet:

@@ -134,9 +134,8 @@ def train_bow(data_dir, out_path, progress=None, **options) -> dict:
     """Return the metadata of a BoW kernel-SVM trained on data_dir/<class>/*.png and saved to out_path.
 
     Keyword options (see lrp_cli.bow.options.TRAIN_OPTIONS for types, defaults and help): scales, step,
-    color, quantiles, n_words, mapping, rank_p, rank_n, soft_beta, pooling, kernel, multi_kernel, gamma, gamma_scale,
-    degree, coef0,
-    classifier, multiclass, c_grid, nu_grid, cv, test_fraction, max_per_class, max_side, tile_stride,
+    color, quantiles, n_words, mapping, rank_p, rank_n, soft_beta, sparse_alpha, pooling, kernel,
+    multi_kernel, gamma, gamma_scale, degree, coef0, classifier, multiclass, c_grid, nu_grid, cv, test_fraction, max_per_class, max_side, tile_stride,
     kmeans_samples, n_jobs, random_state. C (or nu) is chosen by stratified cross-validation on the
     training part; the metadata records cv/train/test accuracy, options, classes and input_size.
     `progress(message)`, when given, is told as each stage starts.
@@ -155,6 +154,7 @@ def train_bow(data_dir, out_path, progress=None, **options) -> dict:
                              color=opts["color"], quantiles=bool(opts["quantiles"]))
     mapping = CodebookMapping(n_words=opts["n_words"], mapping=opts["mapping"], rank_p=opts["rank_p"],
                               rank_n=opts["rank_n"], soft_beta=opts["soft_beta"],
+                              sparse_alpha=opts["sparse_alpha"],
                               max_fit_samples=opts["kmeans_samples"], random_state=opts["random_state"])
     pooling = PMeansPooling(p=pooling_p(opts["pooling"]))
     report("extracting local features")
