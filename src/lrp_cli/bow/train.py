@@ -135,9 +135,10 @@ def train_bow(data_dir, out_path, progress=None, **options) -> dict:
 
     Keyword options (see lrp_cli.bow.options.TRAIN_OPTIONS for types, defaults and help): scales, step,
     color, quantiles, n_words, mapping, rank_p, rank_n, soft_beta, sparse_alpha, pooling, kernel,
-    multi_kernel, gamma, gamma_scale, degree, coef0, classifier, multiclass, c_grid, nu_grid, cv, test_fraction, max_per_class, max_side, tile_stride,
-    kmeans_samples, n_jobs, random_state. C (or nu) is chosen by stratified cross-validation on the
-    training part; the metadata records cv/train/test accuracy, options, classes and input_size.
+    multi_kernel, gamma, gamma_scale, degree, coef0, classifier, multiclass, c_grid, nu_grid, cv,
+    test_fraction, max_per_class, max_side, tile_stride, kmeans_samples, n_jobs, random_state. C (or nu)
+    is chosen by stratified cross-validation on the training part; the metadata records cv/train/test
+    accuracy, options, classes and input_size.
     `progress(message)`, when given, is told as each stage starts.
     """
     report = progress or (lambda message: None)
