@@ -12,7 +12,7 @@ import onnxruntime as ort
 
 from lrp_cli import __version__, outputs, render
 from lrp_cli.errors import ModelLoadError, OptionError
-from lrp_cli.importers.onnx_import import import_onnx
+from lrp_cli.importers.onnx_import import import_onnx, load_onnx
 from lrp_cli.ir.graph import Graph
 from lrp_cli.methods.gradient import METHODS
 from lrp_cli.preprocess import (PreprocessConfig, Sidecar, load_input, load_sidecar, open_image, read_labels,
@@ -96,10 +96,11 @@ def load_model(path: str | Path, output: str | None = None, labels: str | Path |
     if path.suffix.lower() in BOW_SUFFIXES:
         return _load_bow(path, labels, start)
     sidecar = load_sidecar(path)
-    graph = import_onnx(path, output or sidecar.output)
+    proto = load_onnx(path)
+    graph = import_onnx(path, output or sidecar.output, proto)
     if labels is not None:
         sidecar.labels = read_labels(Path(labels))
-    session = _session(path, graph, output or sidecar.output)
+    session = _session(path, proto, graph, output or sidecar.output)
     layout = layout or sidecar.layout or detect_layout(graph)
     return LoadedModel(path, graph, sidecar, outputs.sha256_file(path), session, time.perf_counter() - start,
                        layout)
@@ -115,9 +116,10 @@ def _load_bow(path: Path, labels, start: float) -> LoadedBowModel:
     return LoadedBowModel(path, bow, outputs.sha256_file(path), time.perf_counter() - start, names)
 
 
-def _session(path: Path, graph: Graph, output: str | None) -> ort.InferenceSession:
-    """Returns an onnxruntime session whose outputs are the chosen model output, then the IR's explained tensor."""
-    model = onnx.load(str(path))
+def _session(path: Path, model: onnx.ModelProto, graph: Graph, output: str | None) -> ort.InferenceSession:
+    """Returns an onnxruntime session whose outputs are the chosen model output, then the IR's explained tensor.
+
+    It rewrites the graph outputs of `model` in place: the import is done with it by then."""
     chosen = output or model.graph.output[0].name
     keep = [o for o in model.graph.output if o.name == chosen]
     del model.graph.output[:]

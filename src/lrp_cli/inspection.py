@@ -6,20 +6,16 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import onnx
 
 from lrp_cli import api
 from lrp_cli.errors import ModelLoadError
-from lrp_cli.importers.onnx_import import supported_ops
+from lrp_cli.importers.onnx_import import load_onnx, supported_ops
 
 
 def op_census(path: Path) -> list[dict]:
     """Returns every op type of the ONNX file with its node count and whether lrp-cli converts it (other ops
     are accepted only where their inputs are constants, e.g. exporters' shape arithmetic)."""
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # onnx raises several unrelated types for a bad file
-        raise ModelLoadError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from None
+    model = load_onnx(path)
     known = set(supported_ops())
     counts = Counter(node.op_type for node in model.graph.node)
     return [{"op": op, "count": n, "supported": op in known} for op, n in sorted(counts.items())]

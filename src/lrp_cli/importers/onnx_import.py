@@ -149,13 +149,18 @@ class ImportContext:
         return None
 
 
-def import_onnx(path: str | Path, output: str | None = None) -> Graph:
-    """Returns the IR graph of an ONNX classifier file, bound to batch size 1."""
-    path = Path(path)
+def load_onnx(path: Path) -> onnx.ModelProto:
+    """Returns the ONNX model stored in a file (a one-line load error naming the file if it is not one)."""
     try:
-        model = onnx.load(str(path))
+        return onnx.load(str(path))
     except Exception as exc:  # onnx raises several unrelated types for a bad file
         raise ModelLoadError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})".splitlines()[0])
+
+
+def import_onnx(path: str | Path, output: str | None = None, model: onnx.ModelProto | None = None) -> Graph:
+    """Returns the IR graph of an ONNX classifier file (or of its already loaded `model`), bound to batch 1."""
+    path = Path(path)
+    model = model if model is not None else load_onnx(path)
     ctx = ImportContext(path, model, output)
     input_name, input_shape = _data_input(ctx)
     ctx.values[input_name] = np.zeros(input_shape, dtype=np.float32)
