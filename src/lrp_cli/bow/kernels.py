@@ -157,21 +157,21 @@ class BowKernel:
         """Return True when every part is sum-decomposable (Eq 23), so Eq 24 is exact."""
         return all(p["name"] in DECOMPOSABLE for p in self.parts)
 
-    def perdim(self, S: np.ndarray, x: np.ndarray) -> np.ndarray:
-        """Return the weighted per-dimension terms (n_sv, V); dims outside every part get 0."""
+    def _blockwise(self, S: np.ndarray, x: np.ndarray, per_part) -> np.ndarray:
+        """Return (n_sv, V) with each part's weighted per_part(part, S block, x block); other dims 0."""
         out = np.zeros(S.shape)
         for p in self.parts:
             sl = slice(p["start"], p["stop"])
-            out[:, sl] += p["weight"] * part_perdim(p, S[:, sl], x[sl])
+            out[:, sl] += p["weight"] * per_part(p, S[:, sl], x[sl])
         return out
+
+    def perdim(self, S: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """Return the weighted per-dimension terms (n_sv, V); dims outside every part get 0."""
+        return self._blockwise(S, x, part_perdim)
 
     def grad(self, S: np.ndarray, x0: np.ndarray) -> np.ndarray:
         """Return the weighted gradients d k(s_i, .) / d x_d at x0, as (n_sv, V)."""
-        out = np.zeros(S.shape)
-        for p in self.parts:
-            sl = slice(p["start"], p["stop"])
-            out[:, sl] += p["weight"] * part_grad(p, S[:, sl], x0[sl])
-        return out
+        return self._blockwise(S, x0, part_grad)
 
 
 _FUNCTION_KERNELS = {linear_kernel: "linear", hik_kernel: "hik", additive_chi2_kernel: "additive_chi2",
