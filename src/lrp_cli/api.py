@@ -57,6 +57,12 @@ class LoadedModel:
         return results[0], results[-1]
 
 
+def ir_difference(ir_out: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
+    """Returns (max |IR - onnxruntime|, that divided by the onnxruntime output's largest magnitude)."""
+    diff = float(np.abs(ir_out - reference).max())
+    return diff, diff / max(float(np.abs(reference).max()), 1e-12)
+
+
 def detect_layout(graph: Graph) -> str:
     """Returns "nhwc" when the image input is channels-last (read by a Transpose to NCHW, as tf2onnx emits, or
     shaped [N, H, W, 1|3]), else "nchw"."""
@@ -263,8 +269,7 @@ def explain_array(model: LoadedModel, x: np.ndarray, settings: Settings, input_p
     values = graph.forward(x.astype(PRECISIONS[settings.precision]))
     forward_seconds = time.perf_counter() - start
     ir_out = values[graph.output_name]
-    diff = float(np.abs(ir_out - ort_explained).max())
-    relative = diff / max(float(np.abs(ort_explained).max()), 1e-12)
+    diff, relative = ir_difference(ir_out, ort_explained)
     explanations = []
     for target in resolve_targets(settings.target, output_scores(ir_out), model.labels):
         start = time.perf_counter()
