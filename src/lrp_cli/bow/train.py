@@ -22,7 +22,7 @@ from lrp_cli.bow.kernels import BowKernel, make_part
 from lrp_cli.bow.options import DEFAULTS
 from lrp_cli.bow.pooling import PMeansPooling
 from lrp_cli.importers.sklearn_bow import FORMAT
-from lrp_cli.preprocess import IMAGE_SUFFIXES
+from lrp_cli.preprocess import IMAGE_SUFFIXES, open_image
 
 
 # (name, type, default, help) for every keyword option of train_bow; the CLI builds its flags from this.
@@ -30,12 +30,11 @@ from lrp_cli.preprocess import IMAGE_SUFFIXES
 
 def load_image(path, max_side=None) -> np.ndarray:
     """Return an image file as float64 HxWx3 in [0, 1], downscaled so its longer side <= max_side."""
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        if max_side and max(im.size) > max_side:
-            scale = max_side / max(im.size)
-            im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.BILINEAR)
-        return np.asarray(im, dtype=np.float64) / 255.0
+    im = open_image(Path(path)).convert("RGB")
+    if max_side and max(im.size) > max_side:
+        scale = max_side / max(im.size)
+        im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.BILINEAR)
+    return np.asarray(im, dtype=np.float64) / 255.0
 
 
 def list_dataset(data_dir, max_per_class=None) -> tuple:
