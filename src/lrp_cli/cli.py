@@ -120,16 +120,20 @@ class BatchRunner:
             items = [i for i in items if not (self.out_dir / f"{i.stem}.json").exists()]
         results = self._map(items, jobs, show_progress)
         scale = None
-        if self.global_scale:
+        if self.global_scale:  # only a shared scale needs every explanation in memory before the first write
+            results = list(results)
             scale = api.global_scale(self.model, [e for _, ex, _ in results if ex for e in ex])
         return [row for result in results for row in self._save(*result, scale)]
 
     def _map(self, items, jobs, show_progress):
+        """Yields (item, explanations, error) in input order, as they are computed."""
         if jobs > 1:
             from joblib import Parallel, delayed
-            return Parallel(n_jobs=jobs, backend="threading")(delayed(self._compute)(i) for i in items)
+            yield from Parallel(n_jobs=jobs, backend="threading", return_as="generator")(
+                delayed(self._compute)(i) for i in items)
+            return
         with click.progressbar(items, label="explaining", file=sys.stderr, hidden=not show_progress) as bar:
-            return [self._compute(item) for item in bar]
+            yield from (self._compute(item) for item in bar)
 
     def _save(self, item, explanations, error, scale) -> list[dict]:
         if error is not None:
