@@ -9,6 +9,7 @@ import onnx
 import pytest
 
 from lrp_cli import zoo
+from lrp_cli.ir.windows import Window, same_pads
 
 NAME = "efficientnet-lite0"
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -48,8 +49,10 @@ def test_missing_wheel_says_what_to_install(tmp_path, monkeypatch):
      (14, 5, 1, (2, 2, 14)), (7, 1, 1, (0, 0, 7)), (225, 3, 2, (1, 1, 113))],
 )
 def test_same_pads_match_tensorflow(size, kernel, stride, expected):
-    # TF "SAME": out = ceil(size / stride), and the odd padding pixel goes at the end.
-    assert zoo.same_pads(size, kernel, stride) == expected
+    # TF "SAME" (ONNX SAME_UPPER): out = ceil(size / stride), and the odd padding pixel goes at the end.
+    top, left, bottom, right = same_pads((size, size), (kernel, kernel), (stride, stride), (1, 1), upper=True)
+    out = Window((kernel, kernel), (stride, stride), (top, left, bottom, right)).output_size(size, size)[0]
+    assert (top, bottom, out) == expected
 
 
 @pytest.fixture(scope="module")

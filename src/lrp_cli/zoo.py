@@ -21,6 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from lrp_cli.errors import ModelLoadError
 from lrp_cli.importers.torch_state_dict import load_state_dict
+from lrp_cli.ir.windows import Window, same_pads
 
 OPSET = 13
 BN_EPS = 1e-3  # EfficientNet was trained in TensorFlow, whose BatchNorm epsilon is 1e-3
@@ -118,14 +119,6 @@ def _toml_value(value) -> str:
 # ONNX graph construction
 
 
-def same_pads(size: int, kernel: int, stride: int) -> tuple[int, int, int]:
-    """Return (pad_begin, pad_end, out_size) of TensorFlow "SAME" padding along one axis."""
-    out = -(-size // stride)
-    total = max((out - 1) * stride + kernel - size, 0)
-    # TF puts the odd pixel at the end (bottom/right); PyTorch's symmetric padding would not.
-    return total // 2, total - total // 2, out
-
-
 class _GraphBuilder:
     """Accumulates ONNX nodes and float32 initializers, tracking the spatial size for SAME pads."""
 
@@ -148,7 +141,10 @@ class _GraphBuilder:
         """Return the output of a bias-free Conv with weights prefix.weight and SAME padding."""
         w = self.sd[f"{prefix}.weight"]
         k = w.shape[-1]
-        begin, end, self.size = same_pads(self.size, k, stride)
+        # TensorFlow "SAME" = ONNX SAME_UPPER: the odd padding pixel goes at the end (bottom/right).
+        pads = same_pads((self.size, self.size), (k, k), (stride, stride), (1, 1), upper=True)
+        begin, end = pads[0], pads[2]
+        self.size = Window((k, k), (stride, stride), pads).output_size(self.size, self.size)[0]
         self.nodes.append(
             helper.make_node(
                 "Conv", [x, self.weight(f"{prefix}.weight")], [prefix], name=prefix,
