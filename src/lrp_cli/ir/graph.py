@@ -51,7 +51,3 @@ class Graph:
     def linear_nodes(self) -> list[Node]:
         """Returns the Conv/Dense nodes in topological order."""
         return [node for node in self.nodes if node.layer.is_linear]
-
-    def producers(self) -> dict[str, Node]:
-        """Returns tensor name -> the node that writes it."""
-        return {node.output: node for node in self.nodes}
