@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -11,16 +11,18 @@ import onnx
 import onnxruntime as ort
 
 from lrp_cli import __version__, outputs, render
-from lrp_cli.errors import ModelLoadError, OptionError
-from lrp_cli.importers.onnx_import import import_onnx, load_onnx
+from lrp_cli.errors import InputError, ModelLoadError, OptionError
+from lrp_cli.importers.onnx_import import SymbolicInputError, import_onnx, load_onnx
 from lrp_cli.ir.graph import Graph
 from lrp_cli.methods.gradient import METHODS
-from lrp_cli.preprocess import (PreprocessConfig, Sidecar, load_input, load_sidecar, open_image, read_labels,
-                                to_nchw)
-from lrp_cli.propagate import LayerRecord, Propagation, conservation_error, output_scores, propagate
+from lrp_cli.preprocess import (PreprocessConfig, Sidecar, load_input, load_sidecar, load_tensor, open_image,
+                                read_labels, shape_text, to_nchw)
+from lrp_cli.propagate import (LayerRecord, Propagation, conservation_error, first_non_finite, output_scores,
+                               propagate)
 from lrp_cli.rules import DEFAULT_COMPOSITE, RuleError, ZBox, assign_rules, parse_rule
 
 PRECISIONS = {"float32": np.float32, "float64": np.float64}
+
 METHOD_NAMES = ("lrp",) + tuple(METHODS)
 #: A relative IR-vs-onnxruntime difference above this triggers a warning.
 IR_DIFF_WARNING = 1e-4
@@ -39,6 +41,10 @@ class LoadedModel:
     layout: str = "nchw"
     kind: str = "onnx"
     _cast: dict = field(default_factory=dict)
+    #: Set when the input has symbolic dimensions: graph and session are None until bind_input gives a shape.
+    unbound: SymbolicInputError | None = None
+    _proto: bytes | None = None
+    _bound: dict = field(default_factory=dict)
 
     @property
     def labels(self) -> list[str] | None:
@@ -75,6 +81,41 @@ def detect_layout(graph: Graph) -> str:
     return "nhwc" if shape[3] in (1, 3) and shape[1] not in (1, 3) else "nchw"
 
 
+def shape_layout(shape: tuple) -> str:
+    """Returns "nhwc" for a 4-d input shape that ends in 1 or 3 channels and does not start with them, else
+    "nchw" (the shape may hold None for symbolic dimensions)."""
+    return "nhwc" if len(shape) == 4 and shape[3] in (1, 3) and shape[1] not in (1, 3) else "nchw"
+
+
+def bind_input(model: LoadedModel, shape: tuple[int, ...]) -> LoadedModel:
+    """Returns the model with graph and session bound to a concrete input shape (the model itself when its
+    input shape is not symbolic); bindings are cached per shape."""
+    if model.unbound is None:
+        return model
+    shape = tuple(int(d) for d in shape)
+    if shape not in model._bound:
+        proto = onnx.load_from_string(model._proto)
+        graph = import_onnx(model.path, model.sidecar.output, proto, shape)
+        session = _session(model.path, proto, graph, model.sidecar.output)
+        model._bound[shape] = replace(model, graph=graph, session=session,
+                                      _cast={}, unbound=None)
+    return model._bound[shape]
+
+
+def _open_input_shape(model: LoadedModel, input_path: Path, config: PreprocessConfig) -> tuple[int, ...]:
+    """Returns the input shape an input fixes for a model with symbolic input dimensions: a tensor's own shape,
+    or for an image the --size (or sidecar size) height and width."""
+    shape = model.unbound.shape
+    if input_path.suffix.lower() == ".npy":
+        return load_tensor(input_path, shape).shape
+    if len(shape) != 4 or not config.size:
+        raise InputError(f"{input_path}: the model input {shape_text(shape)} has symbolic dimensions; an image "
+                         "needs --size H,W (or size in the model's sidecar), a .npy tensor fixes the shape itself")
+    n, c, _, _ = to_nchw(shape, model.layout)
+    nchw = (n, c or 3, *config.size)
+    return (nchw[0], nchw[2], nchw[3], nchw[1]) if model.layout == "nhwc" else nchw
+
+
 BOW_SUFFIXES = (".joblib", ".pkl", ".skops")
 
 
@@ -103,10 +144,16 @@ def load_model(path: str | Path, output: str | None = None, labels: str | Path |
         return _load_bow(path, labels, start)
     sidecar = load_sidecar(path)
     proto = load_onnx(path)
-    graph = import_onnx(path, output or sidecar.output, proto)
     if labels is not None:
         sidecar.labels = read_labels(Path(labels))
-    session = _session(path, proto, graph, output or sidecar.output)
+    sidecar.output = output or sidecar.output
+    try:
+        graph = import_onnx(path, sidecar.output, proto)
+    except SymbolicInputError as exc:
+        return LoadedModel(path, None, sidecar, outputs.sha256_file(path), None, time.perf_counter() - start,
+                           layout or sidecar.layout or shape_layout(exc.shape), unbound=exc,
+                           _proto=proto.SerializeToString())
+    session = _session(path, proto, graph, sidecar.output)
     layout = layout or sidecar.layout or detect_layout(graph)
     return LoadedModel(path, graph, sidecar, outputs.sha256_file(path), session, time.perf_counter() - start,
                        layout)
@@ -187,7 +234,7 @@ def check_settings(model, settings: Settings) -> None:
         return
     if settings.tiling:
         raise OptionError("--tile/--tile-stride/--pair apply to BoW pipelines, not ONNX models")
-    if settings.method == "lrp":
+    if settings.method == "lrp" and model.unbound is None:  # else checked when the first input binds it
         rules_for(model, settings, preprocess_config(model, settings))
 
 
@@ -227,9 +274,10 @@ def rules_for(model: LoadedModel, settings: Settings, config: PreprocessConfig) 
         rules = {name: parse_rule(spec) for name, spec in specs.items()}
     except RuleError as exc:
         raise OptionError(str(exc)) from None
-    if len(model.graph.input_shape) == 4:
+    unbounded = [name for name, r in rules.items() if isinstance(r, ZBox) and r.low is None]
+    if unbounded and len(model.graph.input_shape) == 4:  # only z^B reads the preset's box
         low, high = config.input_bounds(to_nchw(model.graph.input_shape, model.layout)[1])
-        rules = {name: r.with_bounds(low, high) if isinstance(r, ZBox) else r for name, r in rules.items()}
+        rules |= {name: rules[name].with_bounds(low, high) for name in unbounded}
     return rules
 
 
@@ -266,21 +314,48 @@ def explain_array(model: LoadedModel, x: np.ndarray, settings: Settings, input_p
     start = time.perf_counter()
     model_output, ort_explained = model.run_onnxruntime(x)
     graph = model.graph_for(settings.precision)
-    values = graph.forward(x.astype(PRECISIONS[settings.precision]))
+    with _overflow_reported_per_node():
+        values = graph.forward(x.astype(PRECISIONS[settings.precision]))
     forward_seconds = time.perf_counter() - start
     ir_out = values[graph.output_name]
+    _check_finite_forward(graph, values, input_path)
     diff, relative = ir_difference(ir_out, ort_explained)
     explanations = []
     for target in resolve_targets(settings.target, output_scores(ir_out), model.labels):
         start = time.perf_counter()
-        propagation = _backward(settings.method, graph, values, target, rules)
+        with _overflow_reported_per_node():
+            propagation = _backward(settings.method, graph, values, target, rules)
         timing = {"load": model.load_seconds, "forward": forward_seconds, "backward": time.perf_counter() - start}
         explanations.append(Explanation(
             input_path, x, picture, model_output, _prediction(model, output_scores(model_output)),
             {"index": target, "label": label_of(model, target)}, propagation,
             {name: rule.spec() for name, rule in rules.items()}, composite_name(model, settings),
-            diff, relative, timing, settings.method))
+            diff, relative, timing, settings.method, _finiteness_warnings(propagation, settings.precision)))
     return explanations
+
+
+def _overflow_reported_per_node():
+    """Returns a context silencing NumPy's overflow warnings: non-finite values are reported per node instead."""
+    return np.errstate(over="ignore", invalid="ignore", divide="ignore")
+
+
+def _check_finite_forward(graph: Graph, values: dict[str, np.ndarray], input_path: Path) -> None:
+    """Raises InputError naming the first node whose output holds NaN or Inf when the graph output does."""
+    if np.isfinite(values[graph.output_name]).all():
+        return
+    node = next(n for n in graph.nodes if not np.isfinite(values[n.output]).all())
+    raise InputError(f"{input_path}: the forward pass is not finite from node '{node.name}' ({node.op}) on")
+
+
+def _finiteness_warnings(propagation: Propagation, precision: str) -> dict:
+    """Returns {"warnings": [...]} naming the first node (from the output down) whose relevance is not finite,
+    or {} when all of it is."""
+    bad = first_non_finite(propagation.layers)
+    if bad is None:
+        return {}
+    hint = " (try --precision float64)" if precision == "float32" else ""
+    return {"warnings": [f"relevance is not finite from node '{bad.name}' ({bad.op}, rule {bad.rule}) down; "
+                         f"non-finite numbers are null in the JSON and neutral in the heatmap{hint}"]}
 
 
 def _backward(method: str, graph: Graph, values, target: int, rules) -> Propagation:
@@ -298,6 +373,8 @@ def explain(model, input_path: str | Path, settings: Settings) -> list[Explanati
     if model.kind == "sklearn-bow":
         return explain_bow_image(model, input_path, settings)
     config = preprocess_config(model, settings)
+    if model.unbound is not None:
+        model = bind_input(model, _open_input_shape(model, input_path, config))
     nchw = to_nchw(model.graph.input_shape, model.layout)
     if config.size and tuple(config.size) != tuple(nchw[2:]):
         raise OptionError(f"--size {config.size[0]},{config.size[1]}: the model input is "
@@ -387,7 +464,8 @@ def pixel_map(model: LoadedModel, expl: Explanation) -> np.ndarray:
 
 def global_scale(model: LoadedModel, explanations: list[Explanation]) -> float:
     """Returns the max |R| over the pixel maps of all explanations (`--normalize global`)."""
-    return max((float(np.abs(pixel_map(model, e)).max()) for e in explanations), default=0.0)
+    maps = (pixel_map(model, e) for e in explanations)
+    return max((float(np.abs(np.where(np.isfinite(m), m, 0.0)).max()) for m in maps), default=0.0)
 
 
 def save_explanation(model: LoadedModel, expl: Explanation, out_dir: Path, stem: str, cmap: str = "jet",
@@ -395,6 +473,11 @@ def save_explanation(model: LoadedModel, expl: Explanation, out_dir: Path, stem:
     """Writes heatmap, overlay, JSON (and raw relevance) all-or-nothing; returns the JSON document."""
     start = time.perf_counter()
     paths = outputs.output_paths(out_dir, stem, save_raw)
+    with _overflow_reported_per_node():
+        return _save(model, expl, paths, cmap, save_raw, scale, start)
+
+
+def _save(model, expl: Explanation, paths: dict[str, Path], cmap: str, save_raw: bool, scale, start) -> dict:
     normalized = render.normalize(pixel_map(model, expl), scale)
     contents = {
         paths["heatmap"]: outputs.png_bytes(render.colorize(normalized, cmap)),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import glob
 import io
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,15 @@ def _folder_items(folder: Path) -> list[InputItem]:
     return [InputItem(p, p.relative_to(folder).with_suffix("").as_posix()) for p in files]
 
 
+def _glob_items(files: list[Path]) -> list[InputItem]:
+    """Returns the items of a glob's files, stems relative to their common folder (as a folder keeps its layout),
+    so that a/x.png and b/x.png do not write the same outputs."""
+    if not files:
+        return []
+    base = Path(os.path.commonpath([f.parent.absolute() for f in files]))
+    return [InputItem(f, f.absolute().relative_to(base).with_suffix("").as_posix()) for f in files]
+
+
 def expand_inputs(specs: list[str]) -> list[InputItem]:
     """Returns the input files named by files, folders (recursed, layout kept) and glob patterns, in order.
 
@@ -40,12 +50,28 @@ def expand_inputs(specs: list[str]) -> list[InputItem]:
             items.extend(_folder_items(path))
         elif GLOB_CHARS & set(spec) and not path.exists():
             matches = sorted(Path(m) for m in glob.glob(spec, recursive=True))
-            items.extend(InputItem(m, m.stem) for m in matches if m.is_file())
+            items.extend(_glob_items([m for m in matches if m.is_file()]))
             if not matches:
                 items.append(InputItem(path, path.stem))
         else:
             items.append(InputItem(path, path.stem))
-    return items
+    return _distinct_stems(items)
+
+
+def _distinct_stems(items: list[InputItem]) -> list[InputItem]:
+    """Returns the items with no output stem used twice: a later x.jpg beside x.png keeps its extension in the
+    stem, and inputs that still collide (x.png named in two folders) get ~2, ~3, ..."""
+    seen: set[str] = set()
+    distinct = []
+    for item in items:
+        stem, k = item.stem, 2
+        if stem in seen:
+            stem = item.stem + item.path.suffix
+        while stem in seen:
+            stem, k = f"{item.stem}~{k}", k + 1
+        seen.add(stem)
+        distinct.append(InputItem(item.path, stem))
+    return distinct
 
 
 SUMMARY_FIELDS = ["input", "status", "target", "label", "score", "f_x", "relevance_sum", "conservation_error",

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import click
 
-from lrp_cli import __version__, api, batch, render, zoo
-from lrp_cli.errors import LrpError, OptionError
+from lrp_cli import __version__, api, batch, interrupts, outputs, render, zoo
+from lrp_cli.errors import InputError, LrpError, OptionError
 from lrp_cli.importers.onnx_import import supported_ops
 from lrp_cli.preprocess import PRESETS
 from lrp_cli.rules import COMPOSITES
@@ -75,6 +75,7 @@ def main():
               "(Fig 6); 0 explains the whole image [default: the training image size].")
 @click.option("--tile-stride", type=click.IntRange(min=1), help="BoW models: tile stride in px.")
 @click.option("--pair", help="BoW one-vs-one models: the two classes A,B whose decision is explained.")
+@interrupts.exit_on_signal
 def explain(inputs, model_path, out_dir, method, composite, rule, layer_rules, target, output_name, layout, preset,
             size,
             resize, mean, std, bgr, labels, cmap, normalize, save_raw, precision, jobs, skip_existing,
@@ -94,7 +95,10 @@ def explain(inputs, model_path, out_dir, method, composite, rule, layer_rules, t
     runner = BatchRunner(model, settings, out_dir, cmap, save_raw, normalize == "global", json_lines)
     rows = runner.run(items, jobs, skip_existing, show_progress=not no_progress and sys.stderr.isatty())
     if len(items) > 1 or any(Path(spec).is_dir() for spec in inputs):
-        batch.write_summary(out_dir, rows)
+        try:
+            batch.write_summary(out_dir, rows)
+        except OSError as exc:
+            _fail(InputError(f"{out_dir}: cannot write the summary ({exc})"))
     failed = [row for row in rows if row["status"] == "error"]
     if failed:
         click.echo(f"{len(failed)} of {len(rows)} inputs failed", err=True)
@@ -156,8 +160,10 @@ class BatchRunner:
         return rows
 
     def _report(self, item, expl, document):
+        for warning in document.get("warnings", []):
+            click.echo(f"warning: {item.path}: {warning}", err=True)
         if self.json_lines:
-            click.echo(json.dumps(document))
+            click.echo(json.dumps(outputs.finite(document)))
             return
         target = expl.target
         label = f" ({target['label']})" if target["label"] else ""

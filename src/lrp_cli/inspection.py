@@ -32,6 +32,9 @@ def inspect_model(path, composite: str | None = None, verify: bool = False) -> d
     except ModelLoadError as exc:
         report["error"] = str(exc)
         return report
+    if model.unbound is not None:  # the IR exists only for a concrete input shape
+        report["error"] = str(model.unbound)
+        return report
     settings = api.Settings(composite=composite)
     rules = api.rules_for(model, settings, api.preprocess_config(model, settings))
     graph = model.graph

@@ -5,12 +5,15 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from lrp_cli import interrupts
 
 SCHEMA = "lrp-cli/explanation/1"
 
@@ -42,12 +45,29 @@ def npy_bytes(array: np.ndarray) -> bytes:
 
 
 def json_bytes(document: dict) -> bytes:
-    """Returns the indented UTF-8 JSON encoding of a document."""
-    return (json.dumps(document, indent=2, allow_nan=False) + "\n").encode("utf-8")
+    """Returns the indented UTF-8 JSON encoding of a document, NaN and Inf written as null (valid JSON)."""
+    return (json.dumps(finite(document), indent=2, allow_nan=False) + "\n").encode("utf-8")
+
+
+def finite(value):
+    """Returns a JSON-ready value with every NaN or Inf float (also inside dicts and lists) replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
 
 
 def write_all(contents: dict[Path, bytes]) -> None:
-    """Writes every file or none: each goes to a temporary name in its folder, then all are renamed."""
+    """Writes every file or none: each goes to a temporary name in its folder, then all are renamed (a stop
+    signal waits until the set is done)."""
+    with interrupts.deferred():
+        _write_renamed(contents)
+
+
+def _write_renamed(contents: dict[Path, bytes]) -> None:
     temporary: list[tuple[str, Path]] = []
     try:
         for path, data in contents.items():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tomllib
+import warnings
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
@@ -48,14 +49,25 @@ class PreprocessConfig:
     def normalization(self, channels: int) -> tuple[float, np.ndarray, np.ndarray, bool]:
         """Returns (scale, mean[C], std[C], bgr) in model channel order for a C-channel input."""
         scale, mean, std, bgr = PRESETS[self.preset]
-        mean = np.broadcast_to(np.asarray(self.mean or mean, dtype=np.float64), (channels,))
-        std = np.broadcast_to(np.asarray(self.std or std, dtype=np.float64), (channels,))
+        mean = _per_channel("--mean", self.mean or mean, channels)
+        std = _per_channel("--std", self.std or std, channels)
         return scale, mean, std, bool(bgr if self.bgr is None else self.bgr)
 
     def input_bounds(self, channels: int) -> tuple[np.ndarray, np.ndarray]:
         """Returns per-channel (low, high) of preprocessed pixels: the z^B box implied by the preset."""
         scale, mean, std, _ = self.normalization(channels)
         return (0.0 - mean) / std, (255.0 * scale - mean) / std
+
+
+def _per_channel(option: str, values, channels: int) -> np.ndarray:
+    """Returns `values` as one number per model channel: a single value is repeated, and the three RGB values
+    of a preset are averaged for a one-channel (grey) input, which the image is converted to."""
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
+    if values.size == 3 and channels == 1:
+        values = values.mean(keepdims=True)
+    if values.size not in (1, channels):
+        raise OptionError(f"{option}: {values.size} values for a model input with {channels} channels")
+    return np.broadcast_to(values, (channels,))
 
 
 @dataclass
@@ -113,12 +125,19 @@ def load_sidecar(model_path: Path) -> Sidecar:
 def open_image(path: Path) -> Image.Image:
     """Returns the decoded image (first frame of an animation), fully read so truncation shows here."""
     try:
-        with Image.open(path) as img:
-            img.seek(0)
-            img.load()
-            return img.copy()
+        with warnings.catch_warnings():
+            # Pillow only warns between its pixel limit and twice that; decoding such a file can still take
+            # gigabytes, so both are refused.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.seek(0)
+                img.load()
+                return img.copy()
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise InputError(f"{path}: image larger than Pillow's decompression-bomb limit of "
+                         f"{Image.MAX_IMAGE_PIXELS} pixels; refusing to decode it") from None
     except UnidentifiedImageError:
         raise InputError(f"{path}: not an image (unrecognized format)") from None
     except (OSError, SyntaxError, ValueError) as exc:
@@ -199,20 +218,32 @@ def load_input(path: Path, config: PreprocessConfig, input_shape: tuple[int, ...
     return from_nchw(image_to_tensor(img, config, nchw), layout), img
 
 
+def shape_text(shape: tuple) -> str:
+    """Returns a shape as "[1, 3, ?, ?]", with ? for a symbolic (None) dimension."""
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def _fits(shape: tuple[int, ...], model_shape: tuple) -> bool:
+    """Returns True when a shape equals the model's, a None (symbolic) model dimension matching any size."""
+    return len(shape) == len(model_shape) and all(m is None or m == d for d, m in zip(shape, model_shape))
+
+
 def load_tensor(path: Path, input_shape: tuple[int, ...]) -> np.ndarray:
-    """Returns a `.npy` tensor as float32 in exactly the model input shape (a missing batch axis is added)."""
+    """Returns a `.npy` tensor as float32 in exactly the model input shape (a missing batch axis is added; a
+    None dimension of the model shape takes the tensor's size)."""
     try:
         array = np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
     except (OSError, ValueError) as exc:
         raise InputError(f"{path}: not a readable .npy tensor ({exc})") from None
-    if array.shape == tuple(input_shape[1:]):
+    if _fits(array.shape, input_shape[1:]):
         array = array[None]
-    if array.shape != tuple(input_shape):
+    if not _fits(array.shape, input_shape):
         raise InputError(f"{path}: tensor shape {list(array.shape)} does not match the model input "
-                         f"{list(input_shape)}")
-    if not np.issubdtype(array.dtype, np.number) or not np.isfinite(array).all():
+                         f"{shape_text(input_shape)}")
+    real = np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)
+    if not real or not np.isfinite(array).all():
         raise InputError(f"{path}: tensor must be finite numbers")
     return array.astype(np.float32)
 

@@ -7,6 +7,7 @@ reverse topological order. A tensor read by several nodes sums what comes back f
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -90,3 +91,9 @@ def conservation_error(relevance_sum: float, f_x: float) -> float:
     """Returns |sum R - f(x)| / |f(x)| (absolute difference when f(x) is 0)."""
     gap = abs(relevance_sum - f_x)
     return gap / abs(f_x) if f_x != 0 else gap
+
+
+def first_non_finite(layers: list[LayerRecord]) -> LayerRecord | None:
+    """Returns the first record, from the output down, whose relevance sum is NaN or Inf (None if all are finite);
+    any NaN or Inf term makes the sum so."""
+    return next((record for record in layers if not math.isfinite(record.relevance_sum)), None)

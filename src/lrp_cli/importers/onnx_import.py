@@ -21,6 +21,7 @@ from lrp_cli.errors import ModelLoadError
 from lrp_cli.ir import layers as L
 from lrp_cli.ir.graph import Graph, Node
 from lrp_cli.ir.windows import Window, same_pads
+from lrp_cli.preprocess import shape_text
 
 CONVERTERS: dict[str, Callable] = {}
 ALIAS_OPS = ("Identity", "Dropout")
@@ -126,6 +127,8 @@ class ImportContext:
         """Returns a new IR node for layer reading `inputs` (default: node's first input) into `output`
         (default: node's first output)."""
         inputs = [self.name(t) for t in (inputs if inputs is not None else node.input[:1])]
+        if layer.is_linear and not all(np.isfinite(p).all() for p in (layer.weight, layer.bias) if p is not None):
+            raise self.error(node, "weights or bias hold NaN or Inf")
         ir_node = Node(self.unique_name(node), layer, inputs, output or node.output[0], node.op_type)
         try:
             self.values[ir_node.output] = layer.forward(*(self.values[t] for t in inputs))
@@ -157,12 +160,22 @@ def load_onnx(path: Path) -> onnx.ModelProto:
         raise ModelLoadError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})".splitlines()[0])
 
 
-def import_onnx(path: str | Path, output: str | None = None, model: onnx.ModelProto | None = None) -> Graph:
-    """Returns the IR graph of an ONNX classifier file (or of its already loaded `model`), bound to batch 1."""
+class SymbolicInputError(ModelLoadError):
+    """The model input has a symbolic dimension other than the batch: the graph needs a concrete input shape."""
+
+    def __init__(self, message: str, shape: tuple):
+        super().__init__(message)
+        self.shape = shape  # the input shape with None for each symbolic dimension (batch set to 1)
+
+
+def import_onnx(path: str | Path, output: str | None = None, model: onnx.ModelProto | None = None,
+                input_shape: tuple[int, ...] | None = None) -> Graph:
+    """Returns the IR graph of an ONNX classifier file (or of its already loaded `model`), bound to batch 1 and
+    to `input_shape` where the model's input has symbolic dimensions."""
     path = Path(path)
     model = model if model is not None else load_onnx(path)
     ctx = ImportContext(path, model, output)
-    input_name, input_shape = _data_input(ctx)
+    input_name, input_shape = _data_input(ctx, input_shape)
     ctx.values[input_name] = np.zeros(input_shape, dtype=np.float32)
     for node in model.graph.node:
         _convert_node(ctx, node)
@@ -174,22 +187,31 @@ def import_onnx(path: str | Path, output: str | None = None, model: onnx.ModelPr
     return Graph(nodes, input_name, input_shape, output_name, shapes, ctx.notes)
 
 
-def _data_input(ctx: ImportContext) -> tuple[str, tuple[int, ...]]:
-    """Returns the name and batch-1 shape of the one graph input that is not an initializer."""
+def _data_input(ctx: ImportContext, bound: tuple[int, ...] | None) -> tuple[str, tuple[int, ...]]:
+    """Returns the name and batch-1 shape of the one graph input that is not an initializer, its symbolic
+    dimensions taken from `bound`."""
     inputs = [i for i in ctx.model.graph.input if i.name not in ctx.constants]
     if len(inputs) != 1:
         names = ", ".join(i.name for i in inputs) or "none"
         raise ModelLoadError(f"{ctx.path}: expected exactly one data input, found: {names}")
-    dims = []
-    for k, dim in enumerate(inputs[0].type.tensor_type.shape.dim):
-        if dim.HasField("dim_value") and dim.dim_value > 0:
-            dims.append(dim.dim_value)
-        elif k == 0:
-            dims.append(1)
-        else:
-            raise ModelLoadError(f"{ctx.path}: input '{inputs[0].name}' has a symbolic dimension {k} "
-                                 f"('{dim.dim_param}'); export the model with a fixed input size")
-    return inputs[0].name, tuple(dims)
+    shape = declared_input_shape(inputs[0])
+    if bound is not None:
+        if len(bound) != len(shape) or any(d is not None and d != b for d, b in zip(shape, bound)):
+            raise ModelLoadError(f"{ctx.path}: input shape {list(bound)} does not fit the model input "
+                                 f"{shape_text(shape)}")
+        shape = tuple(bound)
+    if None in shape:
+        raise SymbolicInputError(f"{ctx.path}: input '{inputs[0].name}' {shape_text(shape)} has symbolic "
+                                 "dimensions; a .npy tensor input fixes them, an image needs --size H,W (or "
+                                 "size in the sidecar)", shape)
+    return inputs[0].name, shape
+
+
+def declared_input_shape(value_info: onnx.ValueInfoProto) -> tuple[int | None, ...]:
+    """Returns an input's declared shape with the batch set to 1 and None for every other symbolic dimension."""
+    dims = value_info.type.tensor_type.shape.dim
+    return tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (1 if k == 0 else None)
+                 for k, d in enumerate(dims))
 
 
 def _convert_node(ctx: ImportContext, node: onnx.NodeProto) -> None:
