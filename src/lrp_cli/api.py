@@ -481,7 +481,7 @@ def _save(model, expl: Explanation, paths: dict[str, Path], cmap: str, save_raw:
     normalized = render.normalize(pixel_map(model, expl), scale)
     contents = {
         paths["heatmap"]: outputs.png_bytes(render.colorize(normalized, cmap)),
-        paths["overlay"]: outputs.png_bytes(render.overlay(expl.picture, normalized, cmap)),
+        paths["overlay"]: outputs.png_bytes(render.overlay(expl.picture or render.GREY, normalized, cmap)),
     }
     if save_raw:
         contents[paths["raw"]] = outputs.npy_bytes(expl.relevance.astype(np.float32))
