@@ -372,6 +372,12 @@ def explain(model, input_path: str | Path, settings: Settings) -> list[Explanati
     input_path = Path(input_path)
     if model.kind == "sklearn-bow":
         return explain_bow_image(model, input_path, settings)
+    model, x, picture = _model_input(model, input_path, settings)
+    return explain_array(model, x, settings, input_path, picture)
+
+
+def _model_input(model: LoadedModel, input_path: Path, settings: Settings):
+    """Returns (the model bound to the input's shape, the model input tensor, the RGB picture of it)."""
     config = preprocess_config(model, settings)
     if model.unbound is not None:
         model = bind_input(model, _open_input_shape(model, input_path, config))
@@ -380,7 +386,16 @@ def explain(model, input_path: str | Path, settings: Settings) -> list[Explanati
         raise OptionError(f"--size {config.size[0]},{config.size[1]}: the model input is "
                           f"{list(model.graph.input_shape)}")
     x, picture = load_input(input_path, config, model.graph.input_shape, model.layout)
-    return explain_array(model, x, settings, input_path, picture)
+    return model, x, picture
+
+
+def model_view(model, input_path: str | Path, settings: Settings):
+    """Returns the RGB picture of an input as the model sees it (resized and cropped; a BoW model sees the
+    whole image), or None for an input that is not an image."""
+    input_path = Path(input_path)
+    if model.kind == "sklearn-bow":
+        return open_image(input_path).convert("RGB")
+    return _model_input(model, input_path, settings)[2]
 
 
 def explain_bow_image(model: LoadedBowModel, input_path: Path, settings: Settings) -> list[Explanation]:

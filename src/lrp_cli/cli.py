@@ -71,6 +71,7 @@ def main():
 @click.option("--skip-existing", is_flag=True, help="Skip inputs whose JSON output already exists.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--json-lines", is_flag=True, help="Print one JSON document per explanation instead of a line.")
+@click.option("--html", is_flag=True, help="Also write OUT/index.html: a sortable, filterable report of the batch.")
 @click.option("--tile", type=click.IntRange(min=0), help="BoW models: explain tiles of N px and average them "
               "(Fig 6); 0 explains the whole image [default: the training image size].")
 @click.option("--tile-stride", type=click.IntRange(min=1), help="BoW models: tile stride in px.")
@@ -79,7 +80,7 @@ def main():
 def explain(inputs, model_path, out_dir, method, composite, rule, layer_rules, target, output_name, layout, preset,
             size,
             resize, mean, std, bgr, labels, cmap, normalize, save_raw, precision, jobs, skip_existing,
-            no_progress, json_lines, tile, tile_stride, pair):
+            no_progress, json_lines, tile, tile_stride, pair, html):
     """Explain the prediction for each INPUT (image, .npy tensor, folder or glob)."""
     try:
         settings = api.Settings(method, composite, rule, tuple(layer_rules), target, precision, {
@@ -99,10 +100,21 @@ def explain(inputs, model_path, out_dir, method, composite, rule, layer_rules, t
             batch.write_summary(out_dir, rows)
         except OSError as exc:
             _fail(InputError(f"{out_dir}: cannot write the summary ({exc})"))
+    if html:
+        _write_html(out_dir, rows, model, settings, cmap)
     failed = [row for row in rows if row["status"] == "error"]
     if failed:
         click.echo(f"{len(failed)} of {len(rows)} inputs failed", err=True)
         sys.exit(1)
+
+
+def _write_html(out_dir, rows, model, settings, cmap):
+    from lrp_cli import report
+    try:
+        path = report.write_explain_report(out_dir, rows, model, settings, cmap)
+    except OSError as exc:
+        _fail(InputError(f"{out_dir}: cannot write the HTML report ({exc})"))
+    click.echo(f"report: {path}", err=True)
 
 
 class BatchRunner:
