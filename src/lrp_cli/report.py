@@ -1,7 +1,7 @@
 """The HTML report of a batch (`DIR/index.html`): one self-contained page, with inline CSS, JS and data and
 no network access, listing one row per input; sortable by any column, filterable, and fast with 10,000 rows
-(the table is built once from a JSON array, sorting and filtering reorder the row elements in one DOM
-update, and thumbnails load lazily)."""
+(the rows live in a JSON array; sorting and filtering reorder that array, and only the rows near the viewport
+are in the DOM, with lazily loading thumbnails)."""
 
 from __future__ import annotations
 
@@ -172,32 +172,38 @@ h1 { font-size: 16px; margin: 0; }
 #colorbar p { margin: 0; font-size: 11px; color: #666; }
 #controls label { margin-right: 12px; }
 #count { color: #666; }
-table { border-collapse: collapse; margin: 8px 16px; }
-th { position: sticky; top: 0; background: #f4f4f4; cursor: pointer; user-select: none; text-align: left;
-  padding: 4px 6px; border-bottom: 1px solid #bbb; white-space: nowrap; }
+table { border-collapse: collapse; margin: 8px 16px; table-layout: fixed; }
+th { position: sticky; top: 0; z-index: 1; background: #f4f4f4; cursor: pointer; user-select: none;
+  text-align: left; padding: 4px 6px; border-bottom: 1px solid #bbb; white-space: nowrap; overflow: hidden; }
 th[aria-sort="ascending"]::after { content: " \\25B2"; }
 th[aria-sort="descending"]::after { content: " \\25BC"; }
-td { padding: 2px 6px; border-bottom: 1px solid #eee; vertical-align: middle; }
+tbody tr.row td { height: 80px; box-sizing: border-box; padding: 2px 6px; border-bottom: 1px solid #eee;
+  white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
+tbody tr.spacer td { padding: 0; border: 0; }
 td.number { text-align: right; font-variant-numeric: tabular-nums; }
 td.image img { width: 72px; height: 72px; object-fit: contain; background: #eee; display: block; }
 tr.error td { background: #fff1f0; }
-td.error-text { color: #a00; max-width: 40em; }
+td.error-text { color: #a00; }
 """
 
 JS = r"""
 (function () {
   "use strict";
+  // Only the rows in and near the viewport are in the DOM (a virtual table): sorting and filtering are array
+  // operations, and a redraw touches some 30 rows whatever the report's length.
   var data = JSON.parse(document.getElementById("report-data").textContent);
   var columns = data.columns, rows = data.rows, n = rows.length;
-  var tbody = document.querySelector("#report tbody"), headRow = document.querySelector("#report thead tr");
+  var table = document.getElementById("report"), tbody = table.tBodies[0], headRow = table.tHead.rows[0];
+  var WIDTHS = {image: 84, number: 96, link: 56, text: 140};
   var statusAt = columns.findIndex(function (c) { return c.key === "status"; });
   var errorAt = columns.findIndex(function (c) { return c.key === "error"; });
+  var rowHeight = 80, OVERSCAN = 10;
   function esc(value) {
     return String(value).replace(/[&<>"']/g, function (ch) {
       return {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}[ch];
     });
   }
-  function cell(column, value) {
+  function cell(column, k, value) {
     if (value === null || value === undefined) return '<td class="' + column.kind + '"></td>';
     if (column.kind === "image")
       return '<td class="image"><img loading="lazy" decoding="async" alt="" src="' + esc(value) + '"></td>';
@@ -205,28 +211,52 @@ JS = r"""
     if (column.kind === "number")
       return '<td class="number" title="' + esc(value) + '">' +
         esc(Number.isInteger(value) ? value : Number(value).toPrecision(4)) + "</td>";
-    var cls = columns.indexOf(column) === errorAt ? "text error-text" : "text";
-    return '<td class="' + cls + '">' + esc(value) + "</td>";
+    return '<td class="' + (k === errorAt ? "text error-text" : "text") + '" title="' + esc(value) + '">' +
+      esc(value) + "</td>";
   }
-  var html = new Array(n);
-  for (var i = 0; i < n; i++) {
-    var row = rows[i], parts = new Array(columns.length);
-    for (var k = 0; k < columns.length; k++) parts[k] = cell(columns[k], row[k]);
-    var failed = statusAt >= 0 && row[statusAt] === "error";
-    html[i] = "<tr" + (failed ? ' class="error"' : "") + ">" + parts.join("") + "</tr>";
+  var cache = new Array(n);
+  function rowHtml(i) {
+    if (cache[i] === undefined) {
+      var row = rows[i], parts = new Array(columns.length);
+      for (var k = 0; k < columns.length; k++) parts[k] = cell(columns[k], k, row[k]);
+      var failed = statusAt >= 0 && row[statusAt] === "error";
+      cache[i] = '<tr class="row' + (failed ? " error" : "") + '" data-index="' + i + '">' + parts.join("") + "</tr>";
+    }
+    return cache[i];
   }
-  tbody.innerHTML = html.join("");
-  var elements = Array.prototype.slice.call(tbody.rows);
-  var order = elements.map(function (_, i) { return i; });
+  function spacer(height) {
+    return '<tr class="spacer"><td colspan="' + columns.length + '" style="height:' + height + 'px"></td></tr>';
+  }
+  var order = [], view = [];
+  for (var i = 0; i < n; i++) order.push(i);
   var visible = new Uint8Array(n).fill(1);
-  var shown = n;
-  function render() {
-    var fragment = document.createDocumentFragment();
-    shown = 0;
-    for (var j = 0; j < n; j++) if (visible[order[j]]) { fragment.appendChild(elements[order[j]]); shown++; }
-    tbody.replaceChildren(fragment);
-    document.getElementById("count").textContent = shown + " of " + n + " rows";
+  function draw() {
+    var offset = window.scrollY - (tbody.getBoundingClientRect().top + window.scrollY);
+    var first = Math.max(0, Math.min(view.length, Math.floor(offset / rowHeight) - OVERSCAN));
+    var last = Math.min(view.length, first + Math.ceil(window.innerHeight / rowHeight) + 2 * OVERSCAN);
+    var parts = [spacer(first * rowHeight)];
+    for (var j = first; j < last; j++) parts.push(rowHtml(view[j]));
+    parts.push(spacer((view.length - last) * rowHeight));
+    tbody.innerHTML = parts.join("");
   }
+  function render() {
+    view = order.filter(function (i) { return visible[i] === 1; });
+    draw();
+    var measured = tbody.querySelector("tr.row");
+    if (measured && Math.abs(measured.getBoundingClientRect().height - rowHeight) > 0.5) {
+      rowHeight = measured.getBoundingClientRect().height;
+      draw();
+    }
+    document.getElementById("count").textContent = view.length + " of " + n + " rows";
+    document.body.dataset.shown = view.length;
+  }
+  var pending = false;
+  window.addEventListener("scroll", function () {
+    if (pending) return;
+    pending = true;
+    requestAnimationFrame(function () { pending = false; draw(); });
+  }, {passive: true});
+  window.addEventListener("resize", draw);
   var collator = new Intl.Collator(undefined, {numeric: true});
   function compare(k, direction) {
     var numeric = columns[k].kind === "number";
@@ -238,9 +268,15 @@ JS = r"""
       return d !== 0 ? direction * d : a - b;
     };
   }
+  var colgroup = document.createElement("colgroup");
   columns.forEach(function (column, k) {
+    var col = document.createElement("col");
+    var wide = column.key === "input" || k === errorAt;
+    col.style.width = (wide ? 260 : WIDTHS[column.kind]) + "px";
+    colgroup.appendChild(col);
     var th = document.createElement("th");
     th.textContent = column.title;
+    th.title = "sort by " + column.title;
     th.dataset.key = column.key;
     th.addEventListener("click", function () {
       var direction = th.getAttribute("aria-sort") === "ascending" ? -1 : 1;
@@ -251,11 +287,13 @@ JS = r"""
     });
     headRow.appendChild(th);
   });
+  table.insertBefore(colgroup, table.tHead);
   var filters = [];
   columns.forEach(function (column, k) {
     if (!column.filter) return;
     var values = Array.from(new Set(rows.map(function (r) { return r[k]; })
-      .filter(function (v) { return v !== null && v !== undefined; }).map(String))).sort();
+      .filter(function (v) { return v !== null && v !== undefined; }).map(String)))
+      .sort(collator.compare);
     var label = document.createElement("label"), select = document.createElement("select");
     select.dataset.key = column.key;
     select.innerHTML = '<option value="">all</option>' + values.map(function (v) {
