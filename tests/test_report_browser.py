@@ -109,7 +109,8 @@ def test_ten_thousand_rows_load_sort_and_filter_in_bounded_time(browser, tmp_pat
     shutil.copy(Path(report.__file__).parents[2] / "docs" / "shapes-cnn.png", tmp_path / "thumb.png")
     rng = np.random.default_rng(0)
     rows = [{"input": f"in/{k:05d}.png", "image": "thumb.png", "heatmap": "thumb.png", "overlay": "thumb.png",
-             "target": int(k % 10), "class": f"class{k % 10}", "score": float(rng.uniform()), "f_x": float(rng.normal()),
+             "target": int(k % 10), "class": f"class{k % 10}", "score": float(rng.uniform()),
+             "f_x": float(rng.normal()),
              "conservation_error": float(rng.uniform(0, 1e-3)), "status": "error" if k % 100 == 0 else "ok",
              "error": "bad" if k % 100 == 0 else None, "json": f"{k:05d}.json"} for k in range(10_000)]
     path = tmp_path / "index.html"

@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from lrp_cli.errors import InputError, ModelLoadError, OptionError
+from lrp_cli.rules import COMPOSITES
 
 #: Per preset: (scale applied to 0..255 pixels, mean, std, BGR channel order); mean/std in model channel order.
 PRESETS = {
@@ -107,27 +108,59 @@ def load_sidecar(model_path: Path) -> Sidecar:
     unknown = set(data) - SIDECAR_KEYS
     if unknown:
         raise ModelLoadError(f"{path}: unknown sidecar keys {sorted(unknown)}; known: {sorted(SIDECAR_KEYS)}")
+    for key, value in data.items():
+        check, expected = SIDECAR_CHECKS[key]
+        if not check(value):
+            raise ModelLoadError(f"{path}: {key} = {value!r}: expected {expected}")
     names = {f.name for f in fields(PreprocessConfig)}
     config = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in names}
     labels = data.get("labels")
-    if isinstance(labels, str):
-        labels = read_labels(path.parent / labels)
     try:
+        labels = read_labels(path.parent / labels) if isinstance(labels, str) else labels
         preprocess = PreprocessConfig(**config)
     except OptionError as exc:
         raise ModelLoadError(f"{path}: {exc}") from None
-    layout = data.get("layout")
-    if layout is not None and layout not in LAYOUTS:
-        raise ModelLoadError(f"{path}: layout must be one of {', '.join(LAYOUTS)}")
-    return Sidecar(preprocess, labels, data.get("composite"), data.get("output"), layout, data.get("training", {}))
+    return Sidecar(preprocess, labels, data.get("composite"), data.get("output"), data.get("layout"),
+                   data.get("training", {}))
+
+
+def _positive_ints(value, count: int) -> bool:
+    return (isinstance(value, list) and len(value) == count
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value))
+
+
+def _numbers(value) -> list | None:
+    values = value if isinstance(value, list) else [value]
+    ok = values and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    return values if ok else None
+
+
+#: Sidecar key -> (test of its value, what the error says is expected).
+SIDECAR_CHECKS = {
+    "preset": (lambda v: isinstance(v, str) and v in PRESETS, f"one of {', '.join(PRESETS)}"),
+    "size": (lambda v: _positive_ints(v, 2), "[H, W], two positive integers"),
+    "resize": (lambda v: _positive_ints([v], 1), "a positive integer"),
+    "crop": (lambda v: bool(_numbers(v)) and not isinstance(v, list) and 0 < v <= 1, "a number in (0, 1]"),
+    "mean": (lambda v: bool(_numbers(v)), "a number or a list of numbers"),
+    "std": (lambda v: bool(_numbers(v)) and 0 not in _numbers(v), "non-zero numbers"),
+    "bgr": (lambda v: isinstance(v, bool), "true or false"),
+    "labels": (lambda v: isinstance(v, str) or (isinstance(v, list) and all(isinstance(x, str) for x in v)),
+               "a labels file beside the sidecar or a list of strings"),
+    "composite": (lambda v: isinstance(v, str) and v in COMPOSITES, f"one of {', '.join(COMPOSITES)}"),
+    "output": (lambda v: isinstance(v, str), "the name of a graph output"),
+    "layout": (lambda v: isinstance(v, str) and v in LAYOUTS, f"one of {', '.join(LAYOUTS)}"),
+    "training": (lambda v: isinstance(v, dict), "a table"),
+}
 
 
 def open_image(path: Path) -> Image.Image:
     """Returns the decoded image (first frame of an animation), fully read so truncation shows here."""
     try:
         with warnings.catch_warnings():
-            # Pillow only warns between its pixel limit and twice that; decoding such a file can still take
-            # gigabytes, so both are refused.
+            # Pillow's warnings about damaged metadata would print as multi-line Python warnings; a file that
+            # decodes is used. Between Pillow's pixel limit and twice that it only warns, but decoding such a
+            # file can still take gigabytes, so both are refused.
+            warnings.simplefilter("ignore")
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 img.seek(0)
@@ -235,16 +268,17 @@ def load_tensor(path: Path, input_shape: tuple[int, ...]) -> np.ndarray:
         array = np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: not a readable .npy tensor ({exc})") from None
+    except (OSError, ValueError, EOFError) as exc:
+        raise InputError(f"{path}: not a readable .npy tensor ({exc or type(exc).__name__})") from None
     if _fits(array.shape, input_shape[1:]):
         array = array[None]
     if not _fits(array.shape, input_shape):
         raise InputError(f"{path}: tensor shape {list(array.shape)} does not match the model input "
                          f"{shape_text(input_shape)}")
-    real = np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)
-    if not real or not np.isfinite(array).all():
-        raise InputError(f"{path}: tensor must be finite numbers")
+    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise InputError(f"{path}: tensor dtype {array.dtype} is not a real number type")
+    if not np.isfinite(array).all():
+        raise InputError(f"{path}: tensor holds NaN or Inf")
     return array.astype(np.float32)
 
 

@@ -66,6 +66,8 @@ class ImportContext:
 
     def _choose_output(self, output: str | None) -> str:
         names = [o.name for o in self.model.graph.output]
+        if not names:
+            raise ModelLoadError(f"{self.path}: the graph has no outputs")
         if output is None:
             return names[0]
         if output not in names:
@@ -218,6 +220,10 @@ def _convert_node(ctx: ImportContext, node: onnx.NodeProto) -> None:
     op = node.op_type
     if op in ALIAS_OPS:
         return  # resolved up front in ImportContext
+    unknown = [t for t in node.input if not ctx.is_constant(t) and ctx.name(t) not in ctx.values]
+    if unknown:
+        raise ctx.error(node, f"input '{unknown[0]}' is not defined before this node (no initializer, graph input "
+                              "or earlier node writes it: a missing initializer, or a cycle)")
     if op in ("Shape", "Size") and not ctx.is_constant(node.input[0]):
         _fold_shape(ctx, node)
     elif all(ctx.is_constant(t) for t in node.input):
