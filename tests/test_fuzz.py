@@ -282,15 +282,6 @@ def test_broken_tensors_in_one_batch(tmp_path):
     assert f"{len(TENSORS)} of {len(TENSORS) + 1} inputs failed" in result.output
 
 
-def corpus_size() -> int:
-    """Returns the number of broken inputs in this module's corpus."""
-    return len(image_corpus()) + len(MODELS) + len(SIDECARS) + len(pickle_corpus()) + len(TENSORS)
-
-
-def test_corpus_size():
-    assert corpus_size() == 42 + len(MODELS) + 21 + 9 + 11
-
-
 @pytest.mark.slow  # Python and onnxruntime start-up take seconds on a busy machine
 @pytest.mark.parametrize("case", ["image", "model", "sidecar"])
 def test_real_stderr_of_a_subprocess(tiny_cnn_path, tmp_path, case):

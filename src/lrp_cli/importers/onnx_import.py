@@ -157,9 +157,12 @@ class ImportContext:
 def load_onnx(path: Path) -> onnx.ModelProto:
     """Returns the ONNX model stored in a file (a one-line load error naming the file if it is not one)."""
     try:
-        return onnx.load(str(path))
+        model = onnx.load(str(path))
     except Exception as exc:  # onnx raises several unrelated types for a bad file
         raise ModelLoadError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})".splitlines()[0])
+    if not model.HasField("graph"):  # an empty file parses as an empty message
+        raise ModelLoadError(f"{path}: not an ONNX model (it holds no graph)")
+    return model
 
 
 class SymbolicInputError(ModelLoadError):
@@ -196,6 +199,8 @@ def _data_input(ctx: ImportContext, bound: tuple[int, ...] | None) -> tuple[str,
     if len(inputs) != 1:
         names = ", ".join(i.name for i in inputs) or "none"
         raise ModelLoadError(f"{ctx.path}: expected exactly one data input, found: {names}")
+    if not inputs[0].type.tensor_type.HasField("shape"):
+        raise ModelLoadError(f"{ctx.path}: input '{inputs[0].name}' declares no shape; export it with one")
     shape = declared_input_shape(inputs[0])
     if bound is not None:
         if len(bound) != len(shape) or any(d is not None and d != b for d, b in zip(shape, bound)):
