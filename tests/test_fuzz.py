@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-from conftest import REPO, onnx_model, tiny_cnn
+from conftest import REPO, tiny_cnn
 from lrp_cli.cli import main
 
 RUN = CliRunner()
