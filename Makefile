@@ -36,6 +36,7 @@ test-fast: $(INSTALLED)
 
 bench: $(INSTALLED) $(EFFNET)
 	$(BIN)/python benchmarks/bench.py
+	$(BIN)/python benchmarks/report_bench.py
 
 models:
 	$(PYTHON) -m venv $(MODELS_VENV)
