@@ -63,7 +63,10 @@ def test_html_option_writes_the_report_and_the_model_view_thumbnails(tiny_cnn_pa
     # the thumbnail is the image as the model saw it: resized to the 16 x 16 input
     expected = _geometry(Image.open(rgb_image).convert("RGB"), PreprocessConfig(preset="unit"), (16, 16))
     np.testing.assert_array_equal(np.asarray(Image.open(out / "a.input.png")), np.asarray(expected))
-    assert report.colorbar_data_uri("bwr") in page
+    assert report.colorbar_data_uri("bwr") in page and "each heatmap scaled by its own max|R|" in page
+    result = CliRunner().invoke(main, ["explain", str(data / "a.png"), "--model", str(tiny_cnn_path), "--out",
+                                       str(out), "--html", "--normalize", "global"])
+    assert result.exit_code == 0 and "max|R| over the whole batch" in (out / "index.html").read_text()
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
 
 

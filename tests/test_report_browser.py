@@ -114,7 +114,7 @@ def test_ten_thousand_rows_load_sort_and_filter_in_bounded_time(browser, tmp_pat
              "conservation_error": float(rng.uniform(0, 1e-3)), "status": "error" if k % 100 == 0 else "ok",
              "error": "bad" if k % 100 == 0 else None, "json": f"{k:05d}.json"} for k in range(10_000)]
     path = tmp_path / "index.html"
-    report.write_report(path, "synthetic", rows, report.EXPLAIN_COLUMNS, {"cmap": "jet", "scale": None})
+    report.write_report(path, "synthetic", rows, report.EXPLAIN_COLUMNS, {"cmap": "jet", "caption": "synthetic"})
     start = time.perf_counter()
     page, problems = open_page(browser, path)
     loaded = time.perf_counter() - start

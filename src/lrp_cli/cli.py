@@ -101,17 +101,17 @@ def explain(inputs, model_path, out_dir, method, composite, rule, layer_rules, t
         except OSError as exc:
             _fail(InputError(f"{out_dir}: cannot write the summary ({exc})"))
     if html:
-        _write_html(out_dir, rows, model, settings, cmap)
+        _write_html(out_dir, rows, model, settings, cmap, normalize == "global")
     failed = [row for row in rows if row["status"] == "error"]
     if failed:
         click.echo(f"{len(failed)} of {len(rows)} inputs failed", err=True)
         sys.exit(1)
 
 
-def _write_html(out_dir, rows, model, settings, cmap):
+def _write_html(out_dir, rows, model, settings, cmap, global_scale):
     from lrp_cli import report
     try:
-        path = report.write_explain_report(out_dir, rows, model, settings, cmap)
+        path = report.write_explain_report(out_dir, rows, model, settings, cmap, global_scale)
     except OSError as exc:
         _fail(InputError(f"{out_dir}: cannot write the HTML report ({exc})"))
     click.echo(f"report: {path}", err=True)

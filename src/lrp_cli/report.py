@@ -48,7 +48,7 @@ def relative_url(path: str | Path | None, base: Path) -> str | None:
 
 def render_html(title: str, rows: list[dict], columns: list[Column], colorbar: dict | None = None) -> str:
     """Returns the page: `rows` hold each column's key (image and link values already relative URLs);
-    `colorbar` is {"cmap": name, "scale": max|R| or None} for the heatmaps' colour bar."""
+    `colorbar` is {"cmap": name, "caption": text} for the heatmaps' colour bar (none without it)."""
     for column in columns:
         if column.kind not in KINDS:
             raise ValueError(f"column {column.key}: kind must be one of {', '.join(KINDS)}")
@@ -57,13 +57,10 @@ def render_html(title: str, rows: list[dict], columns: list[Column], colorbar: d
     payload = json.dumps(outputs.finite(data), separators=(",", ":")).replace("</", "<\\/")
     bar = ""
     if colorbar:
-        scale = colorbar.get("scale")
-        high = f"{scale:.3g}" if scale else "max|R|"
-        bar = (f'<figure id="colorbar"><img alt="{html.escape(colorbar["cmap"])} colour bar" '
-               f'src="{colorbar_data_uri(colorbar["cmap"])}"><figcaption><span>&minus;{high}</span><span>0</span>'
-               f'<span>+{high}</span></figcaption><p>{html.escape(colorbar["cmap"])}; '
-               f'{"one scale for all heatmaps" if scale else "each heatmap scaled by its own max|R| (Eq 35)"}'
-               '</p></figure>')
+        cmap = html.escape(colorbar["cmap"])
+        bar = (f'<figure id="colorbar"><img alt="{cmap} colour bar" src="{colorbar_data_uri(colorbar["cmap"])}">'
+               '<figcaption><span>&minus;max|R|</span><span>0</span><span>+max|R|</span></figcaption>'
+               f'<p>{cmap}; {html.escape(colorbar.get("caption", ""))}</p></figure>')
     return PAGE.format(title=html.escape(title), colorbar=bar, data=payload, css=CSS, js=JS)
 
 
@@ -131,11 +128,13 @@ def _text(value) -> str | None:
 
 
 def write_explain_report(out_dir: Path, summary_rows: list[dict], model, settings, cmap: str,
-                         scale: float | None = None) -> Path:
+                         global_scale: bool = False) -> Path:
     """Writes DIR/index.html for an `lrp explain` batch (and each input's thumbnail); returns its path."""
     path = out_dir / "index.html"
     rows = explain_rows(out_dir, summary_rows, model, settings)
-    write_report(path, f"lrp explain: {model.path.name}", rows, EXPLAIN_COLUMNS, {"cmap": cmap, "scale": scale})
+    caption = ("max|R| over the whole batch (--normalize global)" if global_scale
+               else "each heatmap scaled by its own max|R| (Eq 35)")
+    write_report(path, f"lrp explain: {model.path.name}", rows, EXPLAIN_COLUMNS, {"cmap": cmap, "caption": caption})
     return path
 
 
