@@ -172,6 +172,9 @@ class SymbolicInputError(ModelLoadError):
         super().__init__(message)
         self.shape = shape  # the input shape with None for each symbolic dimension (batch set to 1)
 
+    def __reduce__(self):  # a loaded model holding this error pickles (to worker processes)
+        return type(self), (str(self), self.shape)
+
 
 def import_onnx(path: str | Path, output: str | None = None, model: onnx.ModelProto | None = None,
                 input_shape: tuple[int, ...] | None = None) -> Graph:
