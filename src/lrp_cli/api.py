@@ -22,7 +22,6 @@ from lrp_cli.propagate import (LayerRecord, Propagation, conservation_error, fir
 from lrp_cli.rules import DEFAULT_COMPOSITE, RuleError, ZBox, assign_rules, parse_rule
 
 PRECISIONS = {"float32": np.float32, "float64": np.float64}
-
 METHOD_NAMES = ("lrp",) + tuple(METHODS)
 #: A relative IR-vs-onnxruntime difference above this triggers a warning.
 IR_DIFF_WARNING = 1e-4
@@ -78,7 +77,7 @@ def detect_layout(graph: Graph) -> str:
     readers = [node for node in graph.nodes if graph.input_name in node.inputs]
     if any(getattr(node.layer, "perm", None) == (0, 3, 1, 2) for node in readers):
         return "nhwc"
-    return "nhwc" if shape[3] in (1, 3) and shape[1] not in (1, 3) else "nchw"
+    return shape_layout(shape)
 
 
 def shape_layout(shape: tuple) -> str:
@@ -97,8 +96,7 @@ def bind_input(model: LoadedModel, shape: tuple[int, ...]) -> LoadedModel:
         proto = onnx.load_from_string(model._proto)
         graph = import_onnx(model.path, model.sidecar.output, proto, shape)
         session = _session(model.path, proto, graph, model.sidecar.output)
-        model._bound[shape] = replace(model, graph=graph, session=session,
-                                      _cast={}, unbound=None)
+        model._bound[shape] = replace(model, graph=graph, session=session, _cast={}, unbound=None)
     return model._bound[shape]
 
 
@@ -479,8 +477,7 @@ def pixel_map(model: LoadedModel, expl: Explanation) -> np.ndarray:
 
 def global_scale(model: LoadedModel, explanations: list[Explanation]) -> float:
     """Returns the max |R| over the pixel maps of all explanations (`--normalize global`)."""
-    maps = (pixel_map(model, e) for e in explanations)
-    return max((float(np.abs(np.where(np.isfinite(m), m, 0.0)).max()) for m in maps), default=0.0)
+    return max((float(np.abs(render.finite(pixel_map(model, e))).max()) for e in explanations), default=0.0)
 
 
 def save_explanation(model: LoadedModel, expl: Explanation, out_dir: Path, stem: str, cmap: str = "jet",
@@ -494,9 +491,10 @@ def save_explanation(model: LoadedModel, expl: Explanation, out_dir: Path, stem:
 
 def _save(model, expl: Explanation, paths: dict[str, Path], cmap: str, save_raw: bool, scale, start) -> dict:
     normalized = render.normalize(pixel_map(model, expl), scale)
+    picture = render.GREY if expl.picture is None else expl.picture  # a flat tensor input has no picture
     contents = {
         paths["heatmap"]: outputs.png_bytes(render.colorize(normalized, cmap)),
-        paths["overlay"]: outputs.png_bytes(render.overlay(expl.picture or render.GREY, normalized, cmap)),
+        paths["overlay"]: outputs.png_bytes(render.overlay(picture, normalized, cmap)),
     }
     if save_raw:
         contents[paths["raw"]] = outputs.npy_bytes(expl.relevance.astype(np.float32))

@@ -33,10 +33,15 @@ def pixel_relevance(relevance: np.ndarray) -> np.ndarray:
     return relevance.reshape(1, -1)
 
 
+def finite(heat: np.ndarray) -> np.ndarray:
+    """Returns the map with NaN and Inf pixels set to 0 (neutral)."""
+    return np.where(np.isfinite(heat), heat, 0.0)
+
+
 def normalize(heat: np.ndarray, scale: float | None = None) -> np.ndarray:
     """Returns heat / max|heat| (Eq 35) in [-1, 1]; `scale` replaces max|heat| for global normalization.
     NaN and Inf pixels (an overflowed relevance pass) become 0."""
-    heat = np.where(np.isfinite(heat), heat, 0.0)
+    heat = finite(heat)
     scale = float(np.abs(heat).max()) if scale is None else float(scale)
     return heat / scale if scale > 0 else np.zeros_like(heat)
 
