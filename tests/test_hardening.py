@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-from conftest import REPO, onnx_model, save_model
+from conftest import REPO, onnx_model, save_model, shared_path
 from lrp_cli.batch import expand_inputs
 from lrp_cli.cli import main
 from lrp_cli.preprocess import PreprocessConfig
@@ -115,6 +115,18 @@ def test_one_channel_model_without_sidecar(rgb_image, tmp_path, composite):
     if composite == "epsilon-gamma-box":  # z^B bounds of the grey preset: (0 - mean)/std .. (1 - mean)/std
         low, high = -0.449 / 0.226, (1 - 0.449) / 0.226
         assert doc["rules"]["conv"] == f"zbox:{low:g},{high:g}"
+
+
+def test_real_one_channel_lenet_without_sidecar(tmp_path):
+    model = shared_path("models", "lenet5_mnist.onnx")
+    digits = np.load(shared_path("images", "mnist", "mnist_test_first100_uint8.npy"))
+    Image.fromarray(np.pad(digits[0], 2)).save(tmp_path / "seven.png")  # MNIST's first test digit is a 7
+    for preset in ["imagenet", "tf"]:  # the default (grey imagenet) and the model's own preprocessing
+        out = tmp_path / preset
+        result = explain(tmp_path / "seven.png", "--model", model, "--out", out, "--preset", preset)
+        assert result.exit_code == 0, result.output
+        doc = json.loads((out / "seven.json").read_text())
+        assert doc["prediction"]["index"] == 7 and doc["ir_max_abs_diff"] < 1e-4
 
 
 def test_three_means_for_a_two_channel_input_is_a_usage_error():
