@@ -43,7 +43,7 @@ def deferred():
         yield
     finally:
         for s, handler in previous.items():
-            signal.signal(s, handler)
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)  # None: set outside Python
         if caught:
             signal.raise_signal(caught[0])
 
