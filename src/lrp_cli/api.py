@@ -14,6 +14,7 @@ from lrp_cli import __version__, outputs, render
 from lrp_cli.errors import ModelLoadError, OptionError
 from lrp_cli.importers.onnx_import import import_onnx, load_onnx
 from lrp_cli.ir.graph import Graph
+from lrp_cli.ir.layers import MaxPool
 from lrp_cli.methods.gradient import METHODS
 from lrp_cli.preprocess import (PreprocessConfig, Sidecar, load_input, load_sidecar, open_image, read_labels,
                                 to_nchw)
@@ -221,9 +222,10 @@ def resolve_targets(spec: str, scores: np.ndarray, labels: list[str] | None) -> 
 def rules_for(model: LoadedModel, settings: Settings, config: PreprocessConfig) -> dict:
     """Returns node name -> rule object for the settings; z^B rules get the preset's input box by default."""
     linear = [(node.name, node.layer) for node in model.graph.linear_nodes()]
+    pools = [(node.name, node.layer) for node in model.graph.nodes if isinstance(node.layer, MaxPool)]
     try:
         specs = assign_rules(linear, settings.composite or model.sidecar.composite, settings.rule,
-                             settings.layer_rules)
+                             settings.layer_rules, pools)
         rules = {name: parse_rule(spec) for name, spec in specs.items()}
     except RuleError as exc:
         raise OptionError(str(exc)) from None
