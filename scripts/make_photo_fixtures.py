@@ -31,9 +31,11 @@ def _stub_torchvision() -> None:
     net has none of them, so placeholder classes stand in (torchvision needs a newer torch than 2.13)."""
     import sys
     import types
-    names = {"torchvision": {}, "torchvision.ops": {"FrozenBatchNorm2d": type("FrozenBatchNorm2d", (nn.Module,), {})},
+    def placeholder(name):
+        return type(name, (nn.Module,), {})
+    names = {"torchvision": {}, "torchvision.ops": {"FrozenBatchNorm2d": placeholder("FrozenBatchNorm2d")},
              "torchvision.models": {}, "torchvision.models.resnet": {
-                 "Bottleneck": type("Bottleneck", (nn.Module,), {}), "BasicBlock": type("BasicBlock", (nn.Module,), {})}}
+                 "Bottleneck": placeholder("Bottleneck"), "BasicBlock": placeholder("BasicBlock")}}
     for name, attrs in names.items():
         sys.modules[name] = types.ModuleType(name)
         sys.modules[name].__dict__.update(attrs)
