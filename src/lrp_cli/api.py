@@ -53,9 +53,15 @@ class LoadedModel:
         return self._cast[precision]
 
     def run_onnxruntime(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Returns (the model's own output, the tensor the IR explains) computed by onnxruntime."""
-        results = self.session.run(None, {self.graph.input_name: x.astype(np.float32)})
+        """Returns (the model's own output, the tensor the IR explains) computed by onnxruntime on x cast to the
+        model's input type (float16 models take float16)."""
+        kind = next(i.type for i in self.session.get_inputs() if i.name == self.graph.input_name)
+        results = self.session.run(None, {self.graph.input_name: x.astype(ORT_INPUT_TYPES.get(kind, np.float32))})
         return results[0], results[-1]
+
+
+#: onnxruntime input types other than float32 that lrp-cli feeds (its own computation stays float32/float64).
+ORT_INPUT_TYPES = {"tensor(float16)": np.float16, "tensor(double)": np.float64}
 
 
 def ir_difference(ir_out: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
