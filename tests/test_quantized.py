@@ -63,7 +63,7 @@ def test_qdq_model_is_its_float_twin_and_reports_the_rounding(tmp_path):
     settings = api.Settings(precision="float64", target="0")
     ours = api.explain_array(model, x, settings)[0]
     twin_expl = api.explain_array(float_model, x, settings)[0]
-    # weights dequantized exactly at import, activation QDQ as identity: the same numbers as the float twin
+    # weights dequantized exactly at import, activation QDQ a clip that cuts nothing here: the float twin
     np.testing.assert_allclose(ours.relevance, twin_expl.relevance, rtol=1e-12, atol=1e-15)
     ir_out = model.graph_for("float64").forward(x.astype(np.float64))[model.graph.output_name]
     quantized = model.run_onnxruntime(x)[1]
