@@ -1,4 +1,4 @@
-"""LRP rules for linear layers (Dense, Conv) and the composites that assign them (DESIGN §4).
+"""LRP rules for linear layers (Dense, Conv), MaxPool's tie policy, and the composites that assign them (DESIGN §4).
 
 Every rule is written against two operations a linear layer offers: `apply(x, W, b)` (the forward map with
 modified parameters) and `apply_transposed(c, W, shape)` (its adjoint). Definitions follow zennit 1.0 term for
