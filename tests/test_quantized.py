@@ -7,11 +7,13 @@ import onnx
 import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
 
 from conftest import onnx_model, save_model, tiny_cnn
 from lrp_cli import api
 from lrp_cli.cli import main
 from lrp_cli.errors import ModelLoadError
+from lrp_cli.importers.onnx_import import import_onnx
 
 
 def qdq_cnn():
@@ -167,3 +169,20 @@ def test_bfloat16_initializers_load_and_cli_explains(tmp_path):
     w = numpy_helper.to_array(bf16).astype(np.float64)[2, :, 0, 0]     # the bfloat16-rounded weights
     want = x[0] * w[:, None, None] / 16     # LRP-0 of a bias-free linear map: x_i times its weight (1/16: pool)
     np.testing.assert_allclose(np.load(tmp_path / "out" / "x.relevance.npy")[0], want, rtol=1e-5)
+
+
+@pytest.mark.parametrize("attrs, scale_shape", [({"axis": 1}, (6,)), ({"axis": 0, "block_size": 2}, (2, 6)),
+                                                ({}, ())])
+def test_weight_dequantization_matches_onnx_reference_evaluator(attrs, scale_shape):
+    """Per-axis and blocked (opset 21) weight dequantization against ONNX's own evaluator of the whole graph."""
+    rng = np.random.default_rng(4)
+    inits = {"w_q": rng.integers(-127, 128, (4, 6)).astype(np.int8),
+             "w_s": rng.uniform(0.01, 0.1, scale_shape).astype(np.float32),
+             "w_z": rng.integers(-3, 4, scale_shape).astype(np.int8)}
+    nodes = [helper.make_node("DequantizeLinear", ["w_q", "w_s", "w_z"], ["w"], **attrs),
+             helper.make_node("MatMul", ["x", "w"], ["y"], name="fc")]
+    model = onnx_model(nodes, [1, 4], initializers=inits, opset=21)
+    x = unit_input((1, 4))
+    want = ReferenceEvaluator(model).run(None, {"x": x})[0]
+    graph = import_onnx("w.onnx", model=model)
+    np.testing.assert_allclose(graph.forward(x)[graph.output_name], want, rtol=1e-6)
