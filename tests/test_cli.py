@@ -36,7 +36,8 @@ def test_explain_writes_heatmap_overlay_json_and_raw(tiny_cnn_path, rgb_image, t
                 "relevance", "layers", "ir_max_abs_diff", "outputs", "timing_s", "versions"]:
         assert key in doc
     assert doc["schema"] == "lrp-cli/explanation/1" and doc["model"]["kind"] == "onnx"
-    assert doc["composite"] == "epsilon-plus-flat" and doc["rules"] == {"conv1": "flat", "fc": "epsilon:1e-06"}
+    assert doc["composite"] == "epsilon-plus-flat"
+    assert doc["rules"] == {"conv1": "flat", "pool1": "maxpool:first", "fc": "epsilon:1e-06"}
     assert doc["target"]["index"] == doc["prediction"]["index"]
     assert doc["target"]["label"] in ["ant", "bee", "cat", "dog"]
     assert doc["relevance"]["sum"] == pytest.approx(float(raw.astype(np.float64).sum()), rel=1e-5)
@@ -81,7 +82,8 @@ def test_rule_and_layer_rule_options(tiny_cnn_path, rgb_image, tmp_path):
                      "--layer-rule", "conv*=zbox:0,1", "--precision", "float64", "--cmap", "seismic")
     assert result.exit_code == 0, result.output
     doc = json.loads((out / "img.json").read_text())
-    assert doc["rules"] == {"conv1": "zbox:0,1", "fc": "epsilon:0.01"} and doc["composite"] is None
+    assert doc["rules"] == {"conv1": "zbox:0,1", "pool1": "maxpool:first", "fc": "epsilon:0.01"}
+    assert doc["composite"] is None
 
 
 def test_npy_input_used_as_is(tiny_cnn_path, tmp_path):

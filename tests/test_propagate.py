@@ -10,16 +10,20 @@ from lrp_cli.importers.onnx_import import import_onnx
 from lrp_cli.ir.layers import Add, AvgPool, Concat, GlobalAvgPool, MaxPool
 from lrp_cli.ir.windows import Window
 from lrp_cli.propagate import propagate
-from lrp_cli.rules import Epsilon
+from lrp_cli.rules import Epsilon, MaxPoolTies
 
 
-def test_maxpool_winner_takes_all_and_ties_split_evenly():
+def test_maxpool_winner_takes_all_and_ties_follow_the_policy():
     x = np.array([[[[1.0, 5.0, 2.0, 2.0],
                     [0.0, 3.0, 2.0, 2.0]]]])
     layer = MaxPool(Window((2, 2), (2, 2)))
     y = layer.forward(x)
-    got = layer.relevance([x], y, np.array([[[[8.0, 4.0]]]]), None)[0]
-    np.testing.assert_array_equal(got, [[[[0, 8, 1, 1], [0, 0, 1, 1]]]])
+    r = np.array([[[[8.0, 4.0]]]])
+    split = layer.relevance([x], y, r, MaxPoolTies("split"))[0]
+    np.testing.assert_array_equal(split, [[[[0, 8, 1, 1], [0, 0, 1, 1]]]])
+    for rule in (MaxPoolTies("first"), None):
+        first = layer.relevance([x], y, r, rule)[0]
+        np.testing.assert_array_equal(first, [[[[0, 8, 4, 0], [0, 0, 0, 0]]]])
 
 
 def test_avgpool_is_the_proportional_rule_of_its_averaging_matrix():

@@ -14,6 +14,7 @@ from lrp_cli import __version__, outputs, render
 from lrp_cli.errors import InputError, ModelLoadError, OptionError
 from lrp_cli.importers.onnx_import import SymbolicInputError, import_onnx, load_onnx
 from lrp_cli.ir.graph import Graph
+from lrp_cli.ir.layers import MaxPool
 from lrp_cli.methods.gradient import METHODS
 from lrp_cli.preprocess import (PreprocessConfig, Sidecar, load_input, load_sidecar, load_tensor, open_image,
                                 read_labels, shape_text, to_nchw)
@@ -57,9 +58,15 @@ class LoadedModel:
         return self._cast[precision]
 
     def run_onnxruntime(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Returns (the model's own output, the tensor the IR explains) computed by onnxruntime."""
-        results = self.session.run(None, {self.graph.input_name: x.astype(np.float32)})
+        """Returns (the model's own output, the tensor the IR explains) computed by onnxruntime on x cast to the
+        model's input type (float16 models take float16)."""
+        kind = next(i.type for i in self.session.get_inputs() if i.name == self.graph.input_name)
+        results = self.session.run(None, {self.graph.input_name: x.astype(ORT_INPUT_TYPES.get(kind, np.float32))})
         return results[0], results[-1]
+
+
+#: onnxruntime input types other than float32 that lrp-cli feeds (its own computation stays float32/float64).
+ORT_INPUT_TYPES = {"tensor(float16)": np.float16, "tensor(double)": np.float64}
 
 
 def ir_difference(ir_out: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
@@ -266,9 +273,10 @@ def resolve_targets(spec: str, scores: np.ndarray, labels: list[str] | None) -> 
 def rules_for(model: LoadedModel, settings: Settings, config: PreprocessConfig) -> dict:
     """Returns node name -> rule object for the settings; z^B rules get the preset's input box by default."""
     linear = [(node.name, node.layer) for node in model.graph.linear_nodes()]
+    pools = [(node.name, node.layer) for node in model.graph.nodes if isinstance(node.layer, MaxPool)]
     try:
         specs = assign_rules(linear, settings.composite or model.sidecar.composite, settings.rule,
-                             settings.layer_rules)
+                             settings.layer_rules, pools)
         rules = {name: parse_rule(spec) for name, spec in specs.items()}
     except RuleError as exc:
         raise OptionError(str(exc)) from None

@@ -1,4 +1,4 @@
-"""LRP rules for linear layers (Dense, Conv) and the composites that assign them (DESIGN §4).
+"""LRP rules for linear layers (Dense, Conv), MaxPool's tie policy, and the composites that assign them (DESIGN §4).
 
 Every rule is written against two operations a linear layer offers: `apply(x, W, b)` (the forward map with
 modified parameters) and `apply_transposed(c, W, shape)` (its adjoint). Definitions follow zennit 1.0 term for
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lrp_cli.ir.layers import Conv, Dense, Linear, stabilize
+from lrp_cli.ir.layers import Conv, Dense, Linear, MaxPool, stabilize
 
 #: zennit's stabilizer for every rule other than Epsilon.
 STABILIZER = 1e-6
@@ -39,6 +39,8 @@ class Rule:
     """Base class: a rule turns a linear layer's output relevance into input relevance."""
 
     name = "rule"
+    #: The layer kind the rule is for; `--layer-rule` globs match only nodes of that kind.
+    layer_kind: type = Linear
 
     def relevance(self, layer: Linear, x: np.ndarray, y: np.ndarray, r: np.ndarray) -> np.ndarray:
         """Returns the input relevance of layer for input x, output y and output relevance r."""
@@ -194,6 +196,26 @@ class ZBox(Rule):
         return f"zbox:{_format_bound(self.low)},{_format_bound(self.high)}"
 
 
+class MaxPoolTies(Rule):
+    """Tie policy of MaxPool: `first` routes a window's relevance to its first maximum in row-major order (zennit's
+    gradient, PyTorch's max_pool2d index), `split` shares it evenly between tied maxima (the LRP Toolbox)."""
+
+    name = "maxpool"
+    layer_kind = MaxPool
+    POLICIES = ("first", "split")
+
+    def __init__(self, policy: str = "first"):
+        if policy not in self.POLICIES:
+            raise RuleError(f"rule 'maxpool:{policy}': the tie policy is one of {', '.join(self.POLICIES)}")
+        self.policy = policy
+
+    def relevance(self, layer, x, y, r):
+        return layer.route(x, y, r, split_ties=self.policy == "split")
+
+    def spec(self):
+        return f"maxpool:{self.policy}"
+
+
 def _format_bound(value) -> str:
     values = np.atleast_1d(np.asarray(value, dtype=float))
     values = values[:1] if np.all(values == values[0]) else values
@@ -226,6 +248,8 @@ def parse_rule(spec: str) -> Rule:
         if len(parts) != 2:
             raise RuleError(f"rule '{spec}': zbox takes LOW,HIGH")
         return ZBox(_bound_value(parts[0], spec), _bound_value(parts[1], spec))
+    if name == "maxpool":
+        return MaxPoolTies(args.strip().lower() or "first")
     values = _numbers(args, spec)
     makers = {
         "z": (0, lambda: Epsilon(1e-12, name="z")),
@@ -237,7 +261,7 @@ def parse_rule(spec: str) -> Rule:
         "wsquare": (0, WSquare),
     }
     if name not in makers:
-        raise RuleError(f"unknown rule '{spec}'; rules: {', '.join(sorted(makers) + ['zbox'])}")
+        raise RuleError(f"unknown rule '{spec}'; rules: {', '.join(sorted(makers) + ['zbox', 'maxpool'])}")
     most, make = makers[name]
     if len(values) > most or (name == "alphabeta" and len(values) not in (0, 2)):
         raise RuleError(f"rule '{spec}': wrong number of parameters")
@@ -246,12 +270,13 @@ def parse_rule(spec: str) -> Rule:
 
 @dataclass(frozen=True)
 class Composite:
-    """Rule specs for the first linear layer, other convolutions and other dense layers."""
+    """Rule specs for the first linear layer, other convolutions, other dense layers and MaxPool ties."""
 
     first: str | None
     conv: str
     dense: str
     first_kinds: tuple[type, ...] = (Conv, Dense)
+    maxpool: str = "maxpool:first"
 
 
 COMPOSITES = {
@@ -264,6 +289,8 @@ COMPOSITES = {
     "paper-epsilon": Composite("epsilon:0.01", "epsilon:0.01", "epsilon:0.01"),
 }
 DEFAULT_COMPOSITE = "epsilon-plus-flat"
+#: zennit's first maximum: the composites carry zennit's names, so by default they route MaxPool ties as it does.
+DEFAULT_MAXPOOL = Composite.maxpool
 
 
 def composite_specs(composite: str, linear_nodes: list[tuple[str, Linear]]) -> dict[str, str]:
@@ -281,20 +308,27 @@ def composite_specs(composite: str, linear_nodes: list[tuple[str, Linear]]) -> d
 
 
 def assign_rules(linear_nodes: list[tuple[str, Linear]], composite: str | None = None, rule: str | None = None,
-                 layer_rules: tuple[str, ...] = ()) -> dict[str, str]:
-    """Returns node name -> rule spec from a composite or a uniform rule, then `PATTERN=SPEC` overrides."""
+                 layer_rules: tuple[str, ...] = (), pool_nodes: list[tuple[str, MaxPool]] = ()) -> dict[str, str]:
+    """Returns node name -> rule spec from a composite or a uniform rule, then `PATTERN=SPEC` overrides; an
+    override applies to the matching nodes of its rule's layer kind (Conv/Dense, or MaxPool for `maxpool:*`)."""
     if rule:
-        parse_rule(rule)
+        if parse_rule(rule).layer_kind is not Linear:
+            raise RuleError(f"--rule '{rule}' is a MaxPool tie policy: give it as --layer-rule 'GLOB={rule}'")
         specs = {name: rule for name, _ in linear_nodes}
     else:
         specs = composite_specs(composite or DEFAULT_COMPOSITE, linear_nodes)
+    pool_spec = DEFAULT_MAXPOOL if rule else COMPOSITES[composite or DEFAULT_COMPOSITE].maxpool
+    specs.update(dict.fromkeys((name for name, _ in pool_nodes), pool_spec))
+    layers = dict(list(linear_nodes) + list(pool_nodes))
     for override in layer_rules:
         pattern, sep, spec = override.partition("=")
         if not sep or not pattern or not spec:
             raise RuleError(f"--layer-rule '{override}': expected NAME_OR_GLOB=SPEC")
-        parse_rule(spec)
-        matched = [name for name in specs if fnmatch.fnmatchcase(name, pattern)]
+        kind = parse_rule(spec).layer_kind
+        matched = [name for name, layer in layers.items()
+                   if isinstance(layer, kind) and fnmatch.fnmatchcase(name, pattern)]
         if not matched:
-            raise RuleError(f"--layer-rule '{override}': no Conv/Dense layer matches '{pattern}'")
+            kinds = "MaxPool" if kind is MaxPool else "Conv/Dense"
+            raise RuleError(f"--layer-rule '{override}': no {kinds} layer matches '{pattern}'")
         specs.update(dict.fromkeys(matched, spec))
     return specs

@@ -26,6 +26,8 @@ from lrp_cli.preprocess import shape_text
 CONVERTERS: dict[str, Callable] = {}
 ALIAS_OPS = ("Identity", "Dropout")
 OUTPUT_STRIPPED_OPS = ("Softmax", "LogSoftmax")
+#: Integer-arithmetic ops (onnxruntime's QOperator format): lrp-cli computes in float, so it reads QDQ exports.
+INTEGER_OPS = ("QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "QGemm", "DynamicQuantizeLinear")
 
 
 def converter(*ops: str):
@@ -238,6 +240,10 @@ def _convert_node(ctx: ImportContext, node: onnx.NodeProto) -> None:
         _fold_constant(ctx, node)
     elif op in OUTPUT_STRIPPED_OPS:
         _strip_output_softmax(ctx, node)
+    elif op in INTEGER_OPS or op.startswith("QLinear"):
+        raise ctx.error(node, "integer-arithmetic quantized op (QOperator format) is not converted; export the model "
+                              "in QDQ format (QuantizeLinear/DequantizeLinear pairs, e.g. onnxruntime's "
+                              "quantize_static with quant_format=QuantFormat.QDQ)")
     elif op in CONVERTERS:
         CONVERTERS[op](ctx, node)
     else:
@@ -259,6 +265,9 @@ def evaluate(ctx: ImportContext, node: onnx.NodeProto, feeds: dict[str, np.ndarr
 
 
 def _fold_constant(ctx: ImportContext, node: onnx.NodeProto) -> None:
+    if node.op_type in ("QuantizeLinear", "DequantizeLinear"):  # ONNX's evaluator has them from opset 19 only
+        ctx.constants[node.output[0]] = _quantization(ctx, node)
+        return
     results = evaluate(ctx, node, {t: ctx.constants[ctx.name(t)] for t in node.input if t})
     for name, value in zip(node.output, results):
         ctx.constants[name] = value
@@ -737,6 +746,51 @@ def _cast(ctx, node):
     if onnx.helper.tensor_dtype_to_np_dtype(to).kind != "f":
         raise ctx.error(node, "a cast of an activation to a non-float type has no relevance rule")
     ctx.alias[node.output[0]] = ctx.name(node.input[0])
+
+
+def _quantization_params(ctx: ImportContext, node: onnx.NodeProto, shape) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (scale, zero point) of a Quantize/DequantizeLinear node, per tensor or stretched along its axis
+    (per axis, or in blocks of block_size) to broadcast against an input of the given shape."""
+    scale = ctx.const(node, 1).astype(np.float32)
+    default = onnx.TensorProto.UINT8 if node.op_type == "QuantizeLinear" else onnx.TensorProto.INT32
+    a = attributes(node)
+    zero = ctx.const(node, 2, np.zeros((), onnx.helper.tensor_dtype_to_np_dtype(a.get("output_dtype") or default)))
+    if not scale.ndim:
+        return scale, zero
+    axis, block = a.get("axis", 1) % len(shape), max(int(a.get("block_size", 0)), 1)
+    layout = [1] * len(shape) if scale.ndim == 1 else list(scale.shape)
+    layout[axis] = -1
+    crop = tuple(slice(0, n) if k == axis else slice(None) for k, n in enumerate(shape))
+    return tuple(np.repeat(np.reshape(v, layout), block, axis=axis)[crop] if np.ndim(v) else v
+                 for v in (scale, zero))
+
+
+def _quantization(ctx: ImportContext, node: onnx.NodeProto) -> np.ndarray:
+    """Returns QuantizeLinear/DequantizeLinear of constants (weights) as the ONNX spec defines them."""
+    x = ctx.const(node, 0)
+    scale, zero = _quantization_params(ctx, node, x.shape)
+    if node.op_type == "DequantizeLinear":
+        return ((x.astype(np.float32) - zero.astype(np.float32)) * scale).astype(np.float32)
+    info = np.iinfo(zero.dtype)
+    return np.clip(np.rint(x.astype(np.float32) / scale) + zero, info.min, info.max).astype(zero.dtype)
+
+
+@converter("QuantizeLinear", "DequantizeLinear")
+def _quantize_dequantize(ctx, node):
+    # An activation's QDQ pair rounds and saturates. lrp-cli computes in float: the pair becomes a Clip to the
+    # representable range (quantizers drop a ReLU before it, relying on that saturation), written where the
+    # DequantizeLinear writes its float output; the rounding it skips shows in ir_max_abs_diff.
+    if node.op_type == "QuantizeLinear":
+        ctx.alias[node.output[0]] = ctx.name(node.input[0])
+        return
+    scale, zero = _quantization_params(ctx, node, ctx.shape(node.input[0]))
+    info = np.iinfo(ctx.const(node, 2, np.zeros((), np.uint8)).dtype)
+    low, high = (info.min - zero.astype(np.float64)) * scale, (info.max - zero.astype(np.float64)) * scale
+    ctx.add(node, L.Activation("Clip", lambda x: np.clip(x, low.astype(x.dtype), high.astype(x.dtype)),
+                               lambda x, y: (x > low) & (x < high)))
+    note = "activation QuantizeLinear/DequantizeLinear pairs computed in float: a clip to the quantized range"
+    if note not in ctx.notes:
+        ctx.notes.append(note)
 
 
 @converter("LRN")

@@ -239,7 +239,7 @@ class Conv(Linear):
 
 
 class MaxPool(Layer):
-    """Max pooling; relevance goes to the winner of each window, split evenly between tied winners (Eq 32)."""
+    """Max pooling; relevance goes to the winner of each window (Eq 32), ties as the node's MaxPool rule says."""
 
     op = "MaxPool"
 
@@ -253,23 +253,29 @@ class MaxPool(Layer):
         return np.maximum.reduce(list(views))
 
     def relevance(self, xs, y, r, rule):
-        x = xs[0]
-        xp = windows.pad(x, self.window, -np.inf)
-        wins = windows.gather(xp, self.window, y.shape[2:]) == y[:, :, None, None]
-        share = r / wins.sum(axis=(2, 3))
-        spread = windows.scatter(wins * share[:, :, None, None], self.window, xp.shape[2:])
-        return [windows.unpad(spread, self.window, *x.shape[2:])]
+        # No rule (a direct call outside a composite): the first maximum, as zennit and the gradient.
+        if rule is None:
+            return [self.route(xs[0], y, r, split_ties=False)]
+        return [rule.relevance(self, xs[0], y, r)]
 
     def gradient(self, xs, y, g):
         # Like PyTorch and onnxruntime, the gradient goes to the first maximum of each window only.
-        x = xs[0]
+        return [self.route(xs[0], y, g, split_ties=False)]
+
+    def route(self, x: np.ndarray, y: np.ndarray, r: np.ndarray, split_ties: bool) -> np.ndarray:
+        """Returns r sent back to the maxima of each window: all to the first one in flat row-major window order
+        (PyTorch's max_pool2d index) or, with split_ties, shared evenly between all tied maxima."""
         xp = windows.pad(x, self.window, -np.inf)
         cols = windows.gather(xp, self.window, y.shape[2:])
-        flat = cols.reshape(cols.shape[:2] + (-1,) + cols.shape[4:])
-        first = np.zeros_like(flat)
-        np.put_along_axis(first, flat.argmax(axis=2)[:, :, None], 1.0, axis=2)
-        first = first.reshape(cols.shape) * g[:, :, None, None]
-        return [windows.unpad(windows.scatter(first, self.window, xp.shape[2:]), self.window, *x.shape[2:])]
+        if split_ties:
+            wins = cols == y[:, :, None, None]
+            spread = wins * (r / wins.sum(axis=(2, 3)))[:, :, None, None]
+        else:
+            flat = cols.reshape(cols.shape[:2] + (-1,) + cols.shape[4:])
+            spread = np.zeros_like(flat)
+            np.put_along_axis(spread, flat.argmax(axis=2)[:, :, None], r[:, :, None], axis=2)
+            spread = spread.reshape(cols.shape)
+        return windows.unpad(windows.scatter(spread, self.window, xp.shape[2:]), self.window, *x.shape[2:])
 
     def describe(self):
         return f"k{self.window.kernel[0]}x{self.window.kernel[1]} s{self.window.strides[0]}"
