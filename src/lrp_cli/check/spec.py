@@ -3,6 +3,7 @@ naming the spec file, the key and its TOML line where it can be found."""
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -222,7 +223,7 @@ def _region(source: _Source, table: dict, where: str, index: int) -> Region:
     if box and values.get("units", "fraction") == "fraction" and max(box) > 1:
         raise source.error(f"{where}.box", f"{list(box)}: fractions of the model input must lie in [0, 1]")
     if "mask" in values:
-        values["mask"] = str(source.path.parent / values["mask"])
+        values["mask"] = os.path.normpath(source.path.parent / values["mask"])
     values.setdefault("name", f"region{index}")
     return Region(**values)
 
@@ -232,7 +233,7 @@ def _inputs(source: _Source, patterns: list[str], where: str) -> list[batch.Inpu
         raise source.error(where, "the case has no inputs")
     items: dict[Path, batch.InputItem] = {}
     for pattern in patterns:
-        found = [i for i in batch.expand_inputs([str(source.path.parent / pattern)]) if i.path.is_file()]
+        found = [i for i in batch.expand_inputs([os.path.normpath(source.path.parent / pattern)]) if i.path.is_file()]
         if not found:
             raise source.error(where, f"'{pattern}' matches no input file")
         items.update((i.path, i) for i in found if i.path not in items)
@@ -269,7 +270,7 @@ def _read(path: Path, seen: tuple[Path, ...]) -> tuple[dict, list[Case]]:
     values = _check_table(source, data, TOP_KEYS, "")
     for key in ("model", "labels", "include"):
         if key in values:
-            values[key] = path.parent / values[key]
+            values[key] = Path(os.path.normpath(path.parent / values[key]))
     settings, cases = {}, []
     include = values.pop("include", None)
     if include is not None:
