@@ -19,6 +19,7 @@ from pathlib import Path
 from collections import OrderedDict
 
 import numpy as np
+import onnxruntime as ort
 import torch
 from PIL import Image
 from torch import nn
@@ -42,13 +43,15 @@ CHANNELS = (3, 8, 16, 32)
 HIDDEN = 32
 
 
-def build(out_dir: Path = REPO, train_images: int = 4000, epochs: int = 6) -> list[dict]:
-    """Return one summary dict per model (tag-shortcut, tag-clean) after training, exporting and verifying it."""
+def build(out_dir: Path = REPO, train_images: int = 4000, epochs: int = 6, names=tuple(NAMES)) -> list[dict]:
+    """Return one summary dict per model named (tag-shortcut, tag-clean) after training, exporting and verifying
+    it; once both ONNX files exist, (re)write the sample images and masks of examples/ci."""
     test_images, test_masks, test_labels, _ = tags.make_dataset(TEST_IMAGES, TEST_SEED, tag_fraction=1.0)
     untagged, _, _, _ = tags.make_dataset(TEST_IMAGES, TEST_SEED, tag_fraction=0.0)
     circles = test_labels == tags.TAGGED_CLASS
-    summaries, correct = [], circles.copy()
-    for name, fraction in NAMES.items():
+    summaries = []
+    for name in names:
+        fraction = NAMES[name]
         t0 = time.perf_counter()
         cnn._make_deterministic()
         images, _, labels, tagged = tags.make_dataset(train_images, TRAIN_SEED, tag_fraction=fraction)
@@ -79,10 +82,18 @@ def build(out_dir: Path = REPO, train_images: int = 4000, epochs: int = 6) -> li
         summary["problems"] = [f"tag shortcut drop {drop:.3f} < {MIN_SHORTCUT_DROP}"] if (
             fraction and drop < MIN_SHORTCUT_DROP) else []
         _write_sidecar(onnx_path.with_name(f"{name}.lrp.toml"), summary, train_images, fraction)
-        correct &= with_tag.argmax(1) == tags.TAGGED_CLASS
         summaries.append(summary)
-    _write_samples(out_dir / "examples" / "ci", test_images, test_masks, np.flatnonzero(correct)[:SAMPLES])
+    paths = [out_dir / "models" / f"{name}.onnx" for name in NAMES]
+    if all(path.exists() for path in paths):
+        correct = circles & np.logical_and.reduce([_onnx_predict(path, test_images) == tags.TAGGED_CLASS
+                                                   for path in paths])
+        _write_samples(out_dir / "examples" / "ci", test_images, test_masks, np.flatnonzero(correct)[:SAMPLES])
     return summaries
+
+
+def _onnx_predict(path: Path, images: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {"input": _tensor(images).numpy()})[0].argmax(1)
 
 
 def _network(num_classes: int) -> nn.Sequential:
@@ -130,8 +141,9 @@ def main() -> None:
     parser.add_argument("--train-images", type=int, default=4000)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--out-dir", type=Path, default=REPO, help="root for models/ and examples/ci/")
+    parser.add_argument("--only", choices=list(NAMES), action="append", help="train only this model")
     args = parser.parse_args()
-    print(json.dumps(build(args.out_dir, args.train_images, args.epochs), indent=2))
+    print(json.dumps(build(args.out_dir, args.train_images, args.epochs, args.only or tuple(NAMES)), indent=2))
 
 
 if __name__ == "__main__":

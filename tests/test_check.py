@@ -8,6 +8,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 from junitparser import Failure, JUnitXml
 from PIL import Image
@@ -155,3 +156,15 @@ def test_include_shares_cases_and_resolves_paths_per_file(tmp_path):
     other.write_text(f'include = "../{base.name}"\nmodel = "{REPO}/models/shapes-cnn.onnx"\nprecision = "float64"\n')
     result = RUN.invoke(main, ["check", str(other), "-k", "cross"])
     assert result.exit_code == 0 and result.output.splitlines()[-1] == "2 passed, 0 failed"
+
+
+@pytest.mark.slow
+def test_real_model_spec_on_efficientnet(tmp_path):
+    if not (REPO / "models" / "efficientnet-lite0.onnx").exists():
+        pytest.skip("models/efficientnet-lite0.onnx is built by `lrp zoo get efficientnet-lite0 --dest models`")
+    report = tmp_path / "r.json"
+    result = RUN.invoke(main, ["check", str(REPO / "examples" / "ci" / "real-model.toml"), "--json", str(report)])
+    assert result.exit_code == 0, result.output
+    shares = {m["name"]: m["value"] for r in json.loads(report.read_text())["specs"][0]["results"]
+              for m in r["measures"]}
+    assert shares["share[face]"] >= 0.5 and shares["share[cup]"] >= 0.5 and shares["pointing[face]"] == "inside"
