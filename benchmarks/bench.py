@@ -7,7 +7,9 @@ with the machine and the date.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
+import io
 import os
 import platform
 import statistics
@@ -79,6 +81,56 @@ def bench_model(path: Path, runs: int, precision: str, name: str | None = None) 
     }
 
 
+CHECK_SPEC = """model = "{model}"
+
+[[case]]
+name = "evidence on the object, not on the tag"
+inputs = ["images"]
+target = "pred"
+max_conservation_error = 1.0
+region = [{{name = "object", mask = "masks/{{stem}}.png", min_positive_share = 0.2, pointing_game = true}},
+          {{name = "tag", box = [52, 55, 62, 62], units = "px", max_positive_share = 0.2}}]
+"""
+
+
+def bench_check(runs: int, count: int = 100) -> dict:
+    """Returns the median wall and CPU times of `lrp check` (one case, two regions) and of `lrp explain` on the
+    same `count` tagged-shapes images with models/tag-clean.onnx, both run in this process."""
+    from PIL import Image
+
+    from lrp_cli.cli import main as lrp
+    from lrp_cli.synthetic import tags
+    model = REPO / "models" / "tag-clean.onnx"
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        images, masks, _, _ = tags.make_dataset(count, 20, tag_fraction=1.0)
+        for sub in ("images", "masks"):
+            (root / sub).mkdir()
+        for k, (image, mask) in enumerate(zip(images, masks)):
+            Image.fromarray(image).save(root / "images" / f"{k:03d}.png")
+            Image.fromarray(mask.astype(np.uint8) * 255).save(root / "masks" / f"{k:03d}.png")
+        (root / "spec.toml").write_text(CHECK_SPEC.format(model=model), encoding="utf-8")
+
+        def command(args):
+            try:
+                lrp(args, standalone_mode=False)
+            except SystemExit:  # lrp check exits 1 when a check fails: the time is what counts here
+                pass
+        check = ["check", str(root / "spec.toml"), "--json", str(root / "check.json")]
+        explain = ["explain", str(root / "images"), "--model", str(model), "--out", str(root / "out"),
+                   "--no-progress"]
+        times = {"check": [], "explain": [], "check_cpu": [], "explain_cpu": []}
+        with contextlib.redirect_stdout(io.StringIO()):
+            command(check)  # warm-up
+            for _ in range(runs):  # interleaved, so that load from other jobs falls on both alike
+                for name, args in (("check", check), ("explain", explain)):
+                    wall, cpu = time.perf_counter(), time.process_time()
+                    command(args)
+                    times[name].append(time.perf_counter() - wall)
+                    times[f"{name}_cpu"].append(time.process_time() - cpu)
+        return {"inputs": count} | {name: statistics.median(values) for name, values in times.items()}
+
+
 def table(rows: list[dict]) -> str:
     """Returns the timings as a Markdown table (milliseconds)."""
     lines = ["| model | input | onnxruntime forward | IR forward | relevance backward | full explanation | "
@@ -115,9 +167,14 @@ def main():
         resnet = Path(folder) / "resnet50.onnx"
         onnx.save(resnet50_onnx.build(), str(resnet))
         rows.append(bench_model(resnet, args.runs, args.precision, "ResNet-50 (random weights)"))
+    checked = bench_check(max(1, args.runs // 2))
     text = (f"## {datetime.date.today().isoformat()}: {machine()}\n\nMedian of {args.runs} runs, batch 1, "
             f"{args.precision}, each model's default composite (its sidecar's, else epsilon-plus-flat).\n\n"
-            f"{table(rows)}\n")
+            f"{table(rows)}\n\n`lrp check` (one case: object mask, tag box, pointing game, conservation) against "
+            f"`lrp explain` of the same {checked['inputs']} tag-clean images, median of {max(1, args.runs // 2)}: "
+            f"check {checked['check']:.2f} s, explain {checked['explain']:.2f} s wall "
+            f"({checked['check'] / checked['explain'] - 1:+.0%}); CPU {checked['check_cpu']:.2f} s against "
+            f"{checked['explain_cpu']:.2f} s ({checked['check_cpu'] / checked['explain_cpu'] - 1:+.0%}).\n")
     print(text)
     if args.write:
         with open(REPO / "benchmarks" / "RESULTS.md", "a", encoding="utf-8") as handle:

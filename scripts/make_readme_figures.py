@@ -78,6 +78,22 @@ def main_figures() -> None:
     figure("digits-mlp", "digits-mlp.onnx", digits, 96)
     figure("polygons-bow", "polygons-bow-svm.joblib", [SAMPLES / "polygons_scene.png"], 306, "--target",
            "positive")
+    tag_figure()
+
+
+def tag_figure() -> None:
+    """Writes docs/tag-models.png: per tagged circle of examples/ci, the picture, then heatmap and overlay of
+    tag-clean.onnx, then those of tag-shortcut.onnx, both explaining the class circle."""
+    inputs = sorted((ROOT / "examples" / "ci" / "images").glob("circle_*.png"))[:3]
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = [[], [], []]
+        for model in ("tag-clean.onnx", "tag-shortcut.onnx"):
+            out = Path(tmp) / model
+            explain(inputs, model, out, "--target", "circle")
+            for k, path in enumerate(inputs):
+                tiles = row(Image.open(path), out, path.stem, 160)
+                rows[k] += tiles if model == "tag-clean.onnx" else tiles[1:]  # the picture once per row
+        grid(rows).save(DOCS / "tag-models.png")
 
 
 if __name__ == "__main__":

@@ -236,6 +236,35 @@ def supported_ops_command():
     click.echo("\n".join(supported_ops()))
 
 
+@main.command()
+@click.argument("specs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--junit", type=click.Path(path_type=Path), help="Write a JUnit XML report (a testsuite per spec).")
+@click.option("--markdown", type=click.Path(path_type=Path), help="Write a Markdown summary table "
+              "(e.g. $GITHUB_STEP_SUMMARY).")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write every measured value as JSON.")
+@click.option("--evidence", type=click.Path(path_type=Path), help="Write heatmap and overlay of every failing "
+              "(case, input) here, regions outlined.")
+@click.option("--update-baselines", is_flag=True, help="(Re)write the baselines the specs name; they pass.")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Inputs explained at once.")
+@click.option("-k", "keyword", metavar="SUBSTRING", help="Run only the cases whose name contains SUBSTRING.")
+def check(specs, junit, markdown, json_path, evidence, update_baselines, jobs, keyword):
+    """Check behaviour specs (TOML): where each model looks, as a CI gate. Exit 1 when any check fails."""
+    from lrp_cli.check import reports, run_specs
+    try:
+        results = run_specs(list(specs), jobs, keyword, update_baselines, evidence)
+        for _, outcomes in results:
+            for outcome in outcomes:
+                click.echo(reports.line(outcome))
+        click.echo(reports.summary_line(results))
+        reports.write_reports(results, junit, markdown, json_path)
+    except LrpError as exc:
+        _fail(exc)
+    except OSError as exc:
+        _fail(OptionError(f"cannot write a report: {exc}"))
+    if reports.totals(results)[1]:
+        sys.exit(1)
+
+
 def _train_option(name: str, kind: str, default, help_text: str):
     """Returns the Click option for one entry of lrp_cli.bow.options.TRAIN_OPTIONS."""
     flag = "--" + name.replace("_", "-")

@@ -177,9 +177,10 @@ def open_image(path: Path) -> Image.Image:
         raise InputError(f"{path}: cannot decode image ({exc})") from None
 
 
-def _geometry(img: Image.Image, config: PreprocessConfig, size: tuple[int, int]) -> Image.Image:
+def fit_geometry(img: Image.Image, config: PreprocessConfig, size: tuple[int, int],
+                 resample: int = Image.BILINEAR) -> Image.Image:
     """Returns the image resized/cropped to size (H, W): shorter side to `resize` then center crop, or a
-    central `crop` fraction then resize, or a plain resize."""
+    central `crop` fraction then resize, or a plain resize. Masks pass Image.NEAREST to stay binary."""
     height, width = size
     if config.crop:
         w, h = img.size
@@ -188,11 +189,11 @@ def _geometry(img: Image.Image, config: PreprocessConfig, size: tuple[int, int])
     if config.resize:
         w, h = img.size
         factor = config.resize / min(w, h)
-        img = img.resize((max(width, round(w * factor)), max(height, round(h * factor))), Image.BILINEAR)
+        img = img.resize((max(width, round(w * factor)), max(height, round(h * factor))), resample)
         w, h = img.size
         left, top = (w - width) // 2, (h - height) // 2
         return img.crop((left, top, left + width, top + height))
-    return img.resize((width, height), Image.BILINEAR)
+    return img.resize((width, height), resample)
 
 
 def image_to_tensor(img: Image.Image, config: PreprocessConfig, input_shape: tuple[int, ...]) -> np.ndarray:
@@ -247,7 +248,7 @@ def load_input(path: Path, config: PreprocessConfig, input_shape: tuple[int, ...
     nchw = to_nchw(tuple(input_shape), layout)
     img = open_image(path)
     size = config.size or tuple(nchw[2:])
-    img = _geometry(img.convert("RGB"), config, size)
+    img = fit_geometry(img.convert("RGB"), config, size)
     return from_nchw(image_to_tensor(img, config, nchw), layout), img
 
 

@@ -1,0 +1,310 @@
+"""Running behaviour specs: load each model, bring masks to its input grid, explain every (input, target) once
+through lrp_cli.api and measure each case's assertions on the explanation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from lrp_cli import api, outputs, render
+from lrp_cli.batch import InputItem
+from lrp_cli.check import metrics
+from lrp_cli.check.spec import Case, Spec, SpecError, explain_settings, load_spec
+from lrp_cli.errors import InputError, OptionError
+from lrp_cli.preprocess import fit_geometry, open_image, to_nchw
+from lrp_cli.propagate import conservation_error, output_scores
+
+OUTLINE_RGB = (255, 0, 255)  # magenta: not a colour of any of the heatmap colormaps
+
+
+@dataclass
+class Measure:
+    """One assertion on one explanation: what was measured, against which limit, and the verdict."""
+
+    name: str
+    value: object
+    limit: str
+    passed: bool
+
+    def text(self) -> str:
+        """Returns e.g. `share[tag]=0.412 <= 0.2`."""
+        value = f"{self.value:.3g}" if isinstance(self.value, float) else self.value
+        return f"{self.name}={value} {self.limit}"
+
+
+@dataclass
+class Outcome:
+    """The verdict of one (case, input): its measures, or the error that kept it from being measured."""
+
+    spec: Path
+    case: str
+    input: Path
+    measures: list[Measure] = field(default_factory=list)
+    error: str | None = None
+    seconds: float = 0.0
+    evidence: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        """Returns whether the input was explained and every assertion held."""
+        return self.error is None and all(m.passed for m in self.measures)
+
+    def detail(self, failed_only: bool = False) -> str:
+        """Returns the measured values against their limits (or the error), failed ones marked, for one line."""
+        if self.error:
+            return f"error: {self.error}"
+        shown = [m for m in self.measures if not (failed_only and m.passed)]
+        return ", ".join(m.text() + ("" if m.passed or failed_only else " FAILED") for m in shown)
+
+
+@dataclass
+class Job:
+    """One (case, input) to measure, with its resolved target class and its region masks on the input grid."""
+
+    case: Case
+    item: InputItem
+    target: str
+    expect: int | None
+    masks: list[np.ndarray]
+
+
+@dataclass
+class Prepared:
+    """A spec with its model loaded and its jobs resolved, ready to run."""
+
+    spec: Spec
+    model: object
+    settings: api.Settings
+    jobs: list[Job]
+    cmap: str
+
+
+def prepare(path: Path, keyword: str | None = None) -> Prepared:
+    """Returns the loaded, validated spec with one job per (case, input) of the cases whose name has `keyword`."""
+    spec = load_spec(path)
+    settings, load_options = explain_settings(spec)
+    try:
+        model = api.load_model(spec.model, **load_options)
+    except OptionError as exc:  # the labels file; a model that cannot be loaded is a ModelLoadError (exit 3)
+        raise spec.error("labels", str(exc)) from None
+    if model.kind != "onnx":
+        raise SpecError(f"{path}: model: {spec.model} is a {model.kind} pipeline; lrp check takes ONNX models")
+    _check_settings(spec, model, settings)
+    config = api.preprocess_config(model, settings)
+    grid = tuple(to_nchw(model.graph.input_shape, model.layout)[2:])
+    if config.size and tuple(config.size) != grid:
+        raise spec.error("size", f"{list(config.size)}: the model input is {list(model.graph.input_shape)}")
+    cases = [c for c in spec.cases if keyword is None or keyword in c.name]
+    jobs = [job for case in cases for job in _case_jobs(case, model, config, grid)]
+    return Prepared(spec, model, settings, jobs, spec.settings.get("cmap", "jet"))
+
+
+def _check_settings(spec: Spec, model, settings: api.Settings) -> None:
+    """Raises the SpecError naming the rule key the model cannot take (a rule the layers cannot use)."""
+    try:
+        api.check_settings(model, settings)
+    except OptionError as exc:
+        for key, alone in (("layer_rule", {"layer_rules": ()}), ("rule", {"rule": None})):
+            try:
+                api.check_settings(model, api.Settings(**{**vars(settings), **alone}))
+            except OptionError:
+                continue
+            raise spec.error(key, str(exc)) from None
+        raise spec.error("composite" if settings.composite else "rule", str(exc)) from None
+
+
+def _class_index(case: Case, key: str, value: str, labels) -> int:
+    if value.startswith("top:"):
+        raise case.source.error(f"{case.where}.{key}", f"'{value}': a case explains one class (use expect_top)")
+    try:
+        return api.resolve_targets(value, np.zeros(len(labels) if labels else 1 << 30), labels)[0]
+    except OptionError:
+        known = "the model has no labels" if not labels else f"the model has {len(labels)} classes"
+        raise case.source.error(f"{case.where}.{key}", f"'{value}' is not a class index or label ({known})") \
+            from None
+
+
+def _case_jobs(case: Case, model, config, grid) -> list[Job]:
+    expect = _class_index(case, "expect", case.expect, model.labels) if case.expect is not None else None
+    target = case.target or ("expect" if case.expect is not None else "pred")
+    if target == "expect":
+        target = str(expect)
+    elif target != "pred":
+        target = str(_class_index(case, "target", target, model.labels))
+    return [Job(case, item, target, expect, [_region_mask(case, k, item, config, grid)
+                                             for k in range(len(case.regions))]) for item in case.inputs]
+
+
+def _region_mask(case: Case, index: int, item: InputItem, config, grid) -> np.ndarray:
+    region, where = case.regions[index], f"{case.where}.region[{index}]"
+    if region.box is not None:
+        height, width = grid
+        if region.units == "px" and (region.box[2] > width or region.box[3] > height):
+            raise case.source.error(f"{where}.box", f"{list(region.box)} lies outside the {width}x{height} px "
+                                                    "model input")
+        return metrics.box_mask(region.box, region.units, grid)
+    path = Path(region.mask.replace("{stem}", item.stem))
+    try:
+        picture = open_image(path)
+    except InputError as exc:
+        raise case.source.error(f"{where}.mask", f"unreadable mask: {exc}") from None
+    tensor = item.path.suffix.lower() == ".npy"
+    expected = grid[::-1] if tensor else _image_size(item.path)
+    if expected is None:  # an unreadable input: its explanation fails and says why
+        return np.zeros(grid, dtype=bool)
+    if picture.size != tuple(expected):
+        raise case.source.error(f"{where}.mask", f"{path} is {picture.size[0]}x{picture.size[1]} px but its input "
+                                                 f"{item.path} is {expected[0]}x{expected[1]}")
+    inside = Image.fromarray((_nonzero(picture) * 255).astype(np.uint8))
+    return np.asarray(inside if tensor else fit_geometry(inside, config, grid, Image.NEAREST)) > 0
+
+
+def _image_size(path: Path) -> tuple[int, int] | None:
+    """Returns an image's (width, height), or None when it cannot be read."""
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except (OSError, ValueError):
+        return None
+
+
+def _nonzero(picture: Image.Image) -> np.ndarray:
+    if picture.mode in ("1", "L", "I", "F", "I;16"):
+        return np.asarray(picture) != 0
+    return np.asarray(picture.convert("RGB")).any(axis=2)
+
+
+def run(prepared: Prepared, jobs: int = 1, update_baselines: bool = False,
+        evidence_dir: Path | None = None) -> list[Outcome]:
+    """Returns the outcome of every job, in spec order; each (input, target) is explained once for all cases."""
+    groups: dict[tuple[Path, str], list[int]] = {}
+    for index, job in enumerate(prepared.jobs):
+        groups.setdefault((job.item.path, job.target), []).append(index)
+
+    def measure_group(indices: list[int]) -> list[tuple[int, Outcome]]:
+        first = prepared.jobs[indices[0]]
+        settings = api.Settings(**{**vars(prepared.settings), "target": first.target})
+        try:
+            explanation = api.explain(prepared.model, first.item.path, settings)[0]
+        except InputError as exc:
+            return [(i, _outcome(prepared, prepared.jobs[i], error=str(exc))) for i in indices]
+        return [(i, _measure(prepared, prepared.jobs[i], explanation, update_baselines, evidence_dir))
+                for i in indices]
+
+    results = _parallel_map(measure_group, list(groups.values()), jobs)
+    return [outcome for _, outcome in sorted(pair for group in results for pair in group)]
+
+
+def _parallel_map(fn, items: list, jobs: int) -> list:
+    """Returns [fn(item) for item in items], computed by `jobs` threads (NumPy and onnxruntime release the GIL)."""
+    if jobs <= 1 or len(items) <= 1:
+        return [fn(item) for item in items]
+    from joblib import Parallel, delayed
+    return Parallel(n_jobs=jobs, backend="threading")(delayed(fn)(item) for item in items)
+
+
+def _outcome(prepared: Prepared, job: Job, **kwargs) -> Outcome:
+    return Outcome(prepared.spec.path, job.case.name, job.item.path, **kwargs)
+
+
+def _measure(prepared: Prepared, job: Job, expl: api.Explanation, update_baselines: bool,
+             evidence_dir: Path | None) -> Outcome:
+    heat = api.pixel_map(prepared.model, expl).astype(np.float64)
+    measures = _prediction_measures(job, expl) + _region_measures(job, heat)
+    if job.case.baseline is not None:
+        measures.append(_baseline_measure(prepared, job, expl, heat, update_baselines))
+    outcome = _outcome(prepared, job, measures=measures, seconds=sum(expl.timing.values()) - expl.timing["load"])
+    if evidence_dir is not None and not outcome.passed:
+        outcome.evidence = _write_evidence(prepared, job, expl, heat, evidence_dir)
+    return outcome
+
+
+def _prediction_measures(job: Job, expl: api.Explanation) -> list[Measure]:
+    case, prediction = job.case, expl.prediction
+    measures = []
+    if job.expect is not None:
+        ranking = np.argsort(-output_scores(expl.model_output), kind="stable")
+        within = ranking[:case.expect_top or 1]
+        shown = prediction["label"] or prediction["index"]
+        limit = f"in top {case.expect_top} for {case.expect}" if case.expect_top else f"== {case.expect}"
+        measures.append(Measure("predicted", shown, limit, job.expect in within))
+    if case.min_score is not None:
+        measures.append(Measure("score", prediction["score"], f">= {case.min_score}",
+                                prediction["score"] >= case.min_score))
+    if case.max_conservation_error is not None:
+        error = conservation_error(float(expl.relevance.astype(np.float64).sum()), expl.propagation.f_x)
+        measures.append(Measure("conservation_error", error, f"<= {case.max_conservation_error}",
+                                error <= case.max_conservation_error))
+    return measures
+
+
+def _region_measures(job: Job, heat: np.ndarray) -> list[Measure]:
+    measures = []
+    for region, mask in zip(job.case.regions, job.masks):
+        share = metrics.positive_share(heat, mask)
+        if region.min_positive_share is not None:
+            measures.append(Measure(f"share[{region.name}]", share, f">= {region.min_positive_share}",
+                                    share >= region.min_positive_share))
+        if region.max_positive_share is not None:
+            measures.append(Measure(f"share[{region.name}]", share, f"<= {region.max_positive_share}",
+                                    share <= region.max_positive_share))
+        if region.pointing_game:
+            hit = metrics.pointing_game(heat, mask)
+            measures.append(Measure(f"pointing[{region.name}]", "inside" if hit else "outside", "== inside", hit))
+    return measures
+
+
+def baseline_path(case: Case, item: InputItem) -> Path:
+    """Returns where the stored relevance of one input lives: DIR/STEM.relevance.npy (as --save-raw writes it)."""
+    return case.baseline.dir / f"{item.stem}.relevance.npy"
+
+
+def _baseline_measure(prepared: Prepared, job: Job, expl, heat: np.ndarray, update: bool) -> Measure:
+    baseline, path = job.case.baseline, baseline_path(job.case, job.item)
+    name, limit = f"{baseline.metric}[baseline]", f">= {baseline.min_similarity}"
+    if update:
+        outputs.write_all({path: outputs.npy_bytes(expl.relevance.astype(np.float32))})
+        return Measure(name, "written", f"to {path}", True)
+    try:
+        stored = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        return Measure(name, "missing", f"({path}: {reason}; run --update-baselines)", False)
+    if stored.shape != expl.relevance.shape:
+        return Measure(name, f"shape {list(stored.shape)}", f"!= {list(expl.relevance.shape)} in {path}", False)
+    stored_heat = render.pixel_relevance(to_nchw(stored, prepared.model.layout)).astype(np.float64)
+    similarity = metrics.SIMILARITIES[baseline.metric](heat, stored_heat)
+    return Measure(name, similarity, limit, similarity >= baseline.min_similarity)
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text).strip("_") or "case"
+
+
+def _write_evidence(prepared: Prepared, job: Job, expl, heat: np.ndarray, evidence_dir: Path) -> dict[str, str]:
+    """Writes the heatmap and overlay of a failed (case, input) with every region outlined; returns their paths."""
+    folder = evidence_dir / _slug(prepared.spec.path.stem) / _slug(job.case.name)
+    normalized = render.normalize(heat)
+    images = {"heatmap": render.colorize(normalized, prepared.cmap),
+              "overlay": render.overlay(expl.picture, normalized, prepared.cmap)}
+    border = np.zeros(heat.shape, dtype=bool)
+    for mask in job.masks:
+        border |= metrics.outline(mask)
+    paths = {}
+    for kind, rgb in images.items():
+        rgb[border] = OUTLINE_RGB
+        paths[kind] = folder / f"{_slug(job.item.stem)}.{kind}.png"
+    outputs.write_all({paths[kind]: outputs.png_bytes(rgb) for kind, rgb in images.items()})
+    return {kind: str(path) for kind, path in paths.items()}
+
+
+def run_specs(paths: list[Path], jobs: int = 1, keyword: str | None = None, update_baselines: bool = False,
+              evidence_dir: Path | None = None) -> list[tuple[Prepared, list[Outcome]]]:
+    """Returns (prepared spec, outcomes) per spec; every spec is validated before the first one runs."""
+    prepared = [prepare(Path(p), keyword) for p in paths]
+    if not any(p.jobs for p in prepared):
+        raise SpecError(f"-k {keyword}: no case name contains it" if keyword else "no case to run")
+    return [(p, run(p, jobs, update_baselines, evidence_dir)) for p in prepared]
