@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from lrp_cli import __version__, api, batch, render, zoo
+from lrp_cli.engines.onnx_engine import ENGINES
 from lrp_cli.errors import LrpError, OptionError
 from lrp_cli.importers.onnx_import import supported_ops
 from lrp_cli.preprocess import PRESETS
@@ -75,17 +76,22 @@ def main():
               "(Fig 6); 0 explains the whole image [default: the training image size].")
 @click.option("--tile-stride", type=click.IntRange(min=1), help="BoW models: tile stride in px.")
 @click.option("--pair", help="BoW one-vs-one models: the two classes A,B whose decision is explained.")
+@click.option("--engine", type=click.Choice(list(ENGINES)), default="auto", show_default=True,
+              help="auto: the compiled onnxruntime graph when the model compiles (float32), else NumPy.")
+@click.option("--providers", help="onnxruntime execution providers of the compiled engine, comma-separated "
+              "[default: CPUExecutionProvider].")
 def explain(inputs, model_path, out_dir, method, composite, rule, layer_rules, target, output_name, layout, preset,
             size,
             resize, mean, std, bgr, labels, cmap, normalize, save_raw, precision, jobs, skip_existing,
-            no_progress, json_lines, tile, tile_stride, pair):
+            no_progress, json_lines, tile, tile_stride, pair, engine, providers):
     """Explain the prediction for each INPUT (image, .npy tensor, folder or glob)."""
     try:
         settings = api.Settings(method, composite, rule, tuple(layer_rules), target, precision, {
             "preset": preset, "size": _numbers("--size", size, 2, int), "resize": resize,
             "mean": _numbers("--mean", mean), "std": _numbers("--std", std), "bgr": bgr},
             {k: v for k, v in {"tile": tile, "tile_stride": tile_stride,
-                               "pair": tuple(pair.split(",")) if pair else None}.items() if v is not None})
+                               "pair": tuple(pair.split(",")) if pair else None}.items() if v is not None},
+            engine=engine, providers=tuple(providers.split(",")) if providers else ())
         model = api.load_model(model_path, output_name, labels, layout)
         api.check_settings(model, settings)
     except LrpError as exc:
