@@ -13,6 +13,16 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def compiled_graph_cache(tmp_path_factory):
+    """Keeps the compiled engine's graphs in a temporary folder shared by the whole session."""
+    folder = tmp_path_factory.mktemp("lrp-cache")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("LRP_CLI_CACHE_DIR", str(folder))
+    yield folder
+    patch.undo()
+
+
 def shared_path(*parts: str) -> Path:
     """Returns a path under ../shared, skipping the test when it is absent."""
     path = SHARED.joinpath(*parts)
