@@ -305,6 +305,21 @@ def compiled_session(model, settings: Settings, rules: dict):
         raise OptionError(f"--engine onnxruntime: {model.path}: {exc}") from None
 
 
+def compile_explainer(model: LoadedModel, settings: Settings, out_path: Path) -> dict:
+    """Writes the relevance pass of the settings as a standalone ONNX file; returns its input/output summary."""
+    if model.kind != "onnx":
+        raise OptionError("lrp compile takes an ONNX model")
+    rules = rules_for(model, settings, preprocess_config(model, settings)) if settings.method == "lrp" else {}
+    compiled = onnx_engine.compile_model(model.path, model.graph, settings.method, rules,
+                                         model.session.get_outputs()[0].name)
+    try:
+        onnx_engine.save_model(compiled, Path(out_path))
+    except OSError as exc:
+        raise OptionError(f"-o {out_path}: cannot write ({exc})") from None
+    return {"path": str(out_path), "method": settings.method, "composite": composite_name(model, settings),
+            "layers": len(compiled.layers), "io": onnx_engine.io_doc(compiled)}
+
+
 def _explain_compiled(model, compiled, x, settings: Settings, rules: dict, input_path: Path, picture
                       ) -> list[Explanation]:
     """Returns the explanations of one input by the compiled engine (one onnxruntime run per target)."""

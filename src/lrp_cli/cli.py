@@ -193,6 +193,32 @@ def inspect(model_path, composite, verify, as_json):
         sys.exit(3)
 
 
+@main.command("compile")
+@click.argument("model_path", type=click.Path(path_type=Path))
+@click.option("-o", "--out", "out_path", required=True, type=click.Path(path_type=Path),
+              help="The compiled graph, e.g. MODEL.lrp.onnx.")
+@click.option("--method", type=click.Choice(list(api.METHOD_NAMES)), default="lrp", show_default=True)
+@click.option("--composite", type=click.Choice(list(COMPOSITES)), help="Rule composite [default: sidecar's, "
+              "else epsilon-plus-flat].")
+@click.option("--rule", help="One rule for every Conv/Dense layer.")
+@click.option("--layer-rule", "layer_rules", multiple=True, metavar="PATTERN=SPEC", help="Per-layer rule (repeatable).")
+@click.option("--output", "output_name", help="Which graph output to explain (multi-output models).")
+@click.option("--preset", type=click.Choice(list(PRESETS)), help="Input preset (sets the default z^B box).")
+def compile_command(model_path, out_path, method, composite, rule, layer_rules, output_name, preset):
+    """Write the relevance pass of MODEL as one ONNX graph that a plain onnxruntime session runs."""
+    try:
+        settings = api.Settings(method, composite, rule, tuple(layer_rules), preprocess={"preset": preset})
+        model = api.load_model(model_path, output_name)
+        api.check_settings(model, settings)
+        summary = api.compile_explainer(model, settings, out_path)
+    except LrpError as exc:
+        _fail(exc)
+    io = summary["io"]
+    click.echo(f"{summary['path']}: {summary['method']} ({summary['composite'] or 'no composite'}), "
+               f"{summary['layers']} nodes; inputs {io['data_input']}, target; outputs "
+               f"{', '.join(io['outputs'])}")
+
+
 @main.group("zoo")
 def zoo_group():
     """Models built from registry packages (no download at run time)."""

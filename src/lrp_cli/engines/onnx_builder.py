@@ -6,9 +6,11 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from lrp_cli.errors import ModelLoadError
 
-class CompileError(ValueError):
-    """A node (or model) whose relevance pass has no ONNX formulation here."""
+
+class CompileError(ModelLoadError):
+    """A node (or model) whose relevance pass has no ONNX formulation here (exit code 3: cannot be converted)."""
 
 
 class GraphBuilder:

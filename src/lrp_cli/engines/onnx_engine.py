@@ -89,6 +89,11 @@ def compile_model(path: Path, graph, method: str, rules: dict[str, Rule], output
     return C.compile_relevance(load_onnx(path), graph, method, rules, output)
 
 
+def io_doc(compiled: C.CompiledGraph) -> dict:
+    """Returns the documented inputs and outputs of a compiled graph (as in its metadata_props)."""
+    return json.loads(next(p.value for p in compiled.model.metadata_props if p.key == "lrp_cli.io"))
+
+
 def save_model(compiled: C.CompiledGraph, path: Path) -> None:
     """Writes a compiled graph atomically (temp name, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
