@@ -119,3 +119,31 @@ def test_engine_option_errors(tiny_cnn_path, tmp_path):
     doc_dir = tmp_path / "d"
     result = RUN.invoke(main, base[:-1] + [str(doc_dir), "--precision", "float64"])
     assert result.exit_code == 0 and json.loads((doc_dir / "x.json").read_text())["engine"] == "numpy"
+
+
+def expand_model(tmp_path):
+    """Conv -> GlobalAveragePool -> Expand (16 copies per element) -> Flatten -> MatMul: LRP compiles except the
+    Expand, whose adjoint would need 16 gathers."""
+    rng = np.random.default_rng(1)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+             helper.make_node("GlobalAveragePool", ["c"], ["g"], name="gap"),
+             helper.make_node("Expand", ["g", "shape"], ["e"], name="expand"),
+             helper.make_node("Flatten", ["e"], ["f"]), helper.make_node("MatMul", ["f", "d"], ["y"], name="fc")]
+    inits = {"w": rng.standard_normal((2, 3, 3, 3)).astype(np.float32), "shape": np.array([1, 2, 4, 4]),
+             "d": rng.standard_normal((2 * 4 * 4, 3)).astype(np.float32)}
+    return save_model(onnx_model(nodes, [1, 3, 6, 6], "y", inits), tmp_path / "expand.onnx")
+
+
+def test_inspect_shows_which_nodes_compile_and_auto_falls_back(tmp_path):
+    path = expand_model(tmp_path)
+    result = RUN.invoke(main, ["inspect", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["engine"] == "numpy"
+    assert {n["name"]: n["compiles"] for n in report["nodes"]} == {
+        "conv": True, "gap": True, "expand": False, "Flatten_3": True, "fc": True}
+    assert "copies one element 16 times" in report["compile_errors"]["expand"]
+    expl = api.explain_array(api.load_model(path), np.ones((1, 3, 6, 6), np.float32), api.Settings())[0]
+    assert expl.extra["engine"] == "numpy"
+    table = RUN.invoke(main, ["inspect", str(path)]).output
+    assert "engine under --engine auto: numpy" in table and "not compiled: cannot compile node expand" in table

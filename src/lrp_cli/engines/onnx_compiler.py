@@ -59,10 +59,21 @@ class CompiledGraph:
     layers: list[tuple[str, str, str | None]]
 
 
+def node_errors(proto: onnx.ModelProto, graph: Graph, method: str, rules: dict[str, Rule]) -> dict[str, str]:
+    """Returns node name -> why it cannot be compiled, for every such node (empty: the whole pass compiles)."""
+    errors: dict[str, str] = {}
+    try:
+        compile_relevance(proto, graph, method, rules, errors=errors)
+    except CompileError as exc:
+        errors.setdefault("<model>", str(exc))
+    return errors
+
+
 def compile_relevance(proto: onnx.ModelProto, graph: Graph, method: str, rules: dict[str, Rule],
-                      model_output: str | None = None) -> CompiledGraph:
+                      model_output: str | None = None, errors: dict | None = None) -> CompiledGraph:
     """Returns the relevance pass of `method` ("lrp", "gradient", "gradient-x-input") with per-node rules as
-    one ONNX graph built on the model's own forward graph; CompileError names a node that cannot be compiled."""
+    one ONNX graph built on the model's own forward graph; CompileError names a node that cannot be compiled
+    (or, given an `errors` dict, each such node is recorded there and sends zero relevance on)."""
     model = _forward_model(proto)
     available = {t for n in model.graph.node for t in n.output} | {i.name for i in model.graph.input}
     missing = [t for n in graph.nodes for t in n.inputs + [n.output] if t not in available]
@@ -72,7 +83,7 @@ def compile_relevance(proto: onnx.ModelProto, graph: Graph, method: str, rules: 
     params = activation_params(model, graph)
     b = GraphBuilder()
     start, target_index = _start_relevance(b, graph, method)
-    relevance, layers, sums = _walk(b, graph, method, rules, start, params)
+    relevance, layers, sums = _walk(b, graph, method, rules, start, params, errors)
     if method == "gradient-x-input":
         relevance = b.mul(relevance, graph.input_name)
     chosen = model_output or model.graph.output[0].name
@@ -123,7 +134,7 @@ def _start_relevance(b: GraphBuilder, graph: Graph, method: str) -> tuple[str, s
     return b.reshape(hot, out_shape), target
 
 
-def _walk(b: GraphBuilder, graph: Graph, method: str, rules: dict, start: str, params: dict):
+def _walk(b: GraphBuilder, graph: Graph, method: str, rules: dict, start: str, params: dict, errors: dict | None):
     """Returns (input relevance, [(name, op, rule)], [per-node sum tensors]) of the backward walk."""
     registry = RELEVANCE if method == "lrp" else GRADIENT
     nonnegative = nonnegative_tensors(graph, params)
@@ -135,7 +146,13 @@ def _walk(b: GraphBuilder, graph: Graph, method: str, rules: dict, start: str, p
             continue
         site = NodeSite(b, node, list(node.inputs), node.output, r, graph.shapes, params.get(node.name, {}),
                         nonnegative)
-        lower = _node_backward(site, registry, rules.get(node.name) if method == "lrp" else None)
+        try:
+            lower = _node_backward(site, registry, rules.get(node.name) if method == "lrp" else None)
+        except CompileError as exc:
+            if errors is None:
+                raise
+            errors[node.name] = str(exc)
+            lower = [b.const(np.zeros(shape), "zero") for shape in site.x_shapes]
         parts = []
         for name, r_in in zip(node.inputs, lower):
             if r_in is None:
