@@ -91,3 +91,22 @@ def rgb_image(tmp_path) -> Path:
     path = tmp_path / "img.png"
     Image.fromarray(pixels).save(path)
     return path
+
+
+def compiled_relevance(model: onnx.ModelProto, x: np.ndarray, method: str = "lrp", rules: dict | None = None):
+    """Returns target -> the input relevance of the compiled engine for an in-memory ONNX model and input x
+    (float32; `rules` maps a node name, or "*" for every other linear node, to a rule object)."""
+    import onnxruntime as ort
+
+    from lrp_cli.engines.onnx_compiler import compile_relevance
+    from lrp_cli.importers.onnx_import import import_onnx
+    graph = import_onnx(Path("<memory>"), model=model)
+    rules = rules or {}
+    node_rules = {n.name: rules.get(n.name, rules.get("*")) for n in graph.linear_nodes()} if method == "lrp" else {}
+    compiled = compile_relevance(model, graph, method, node_rules)
+    session = ort.InferenceSession(compiled.model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+    def relevance(target: int) -> np.ndarray:
+        feeds = {graph.input_name: x.astype(np.float32), "target": np.array([target], dtype=np.int64)}
+        return session.run(["relevance"], feeds)[0]
+    return relevance
