@@ -36,6 +36,8 @@ def window_adjoint(b: GraphBuilder, c: str, weight: str, window: Window, group: 
 class LinearOps:
     """apply(x, W, b) and apply_transposed(c, W) of one IR linear layer, emitted into a builder."""
 
+    channel_axis = 1
+
     def __init__(self, b: GraphBuilder, layer: Linear, x_shape, y_shape):
         self.b, self.layer = b, layer
         self.x_shape, self.y_shape = tuple(x_shape), tuple(y_shape)
@@ -81,6 +83,8 @@ class ConvTransposeOps(LinearOps):
 
 class DenseOps(LinearOps):
     """MatMul forward over the last axis, Gemm(transB) adjoint."""
+
+    channel_axis = -1
 
     def apply(self, x, weight, bias):
         z = self.b.op("MatMul", [x, weight])

@@ -76,17 +76,24 @@ def _epsilon(site, rule):
     return site.propagate(site.x, site.weight(site.layer.weight), c)
 
 
-def _signed_terms(site: RuleSite, r: str, weights, bias) -> str:
-    """Returns x+ (W_a^T c) + x- (W_b^T c), c = R / stab(x+ W_a + x- W_b + bias), as rules._signed_terms."""
+def _signed_terms(site: RuleSite, r: str, weights, bias, sign: int = 0) -> str:
+    """Returns x+ (W_a^T c) + x- (W_b^T c), c = R / stab(x+ W_a + x- W_b + bias), as rules._signed_terms.
+
+    sign = +1 / -1 when every term of z has that sign (z+ and the two alpha-beta terms): stab(z) is then
+    z + sign * eps, folded into the bias of the first convolution (zero where stab's sign(0) = +1 differs: z = 0
+    there only when every term x_i w_ij is 0, so that each input's share is 0 either way)."""
     b = site.b
     w_a = site.weight(weights[0])
     xp = site.x if site.nonnegative_input else b.positive(site.x)
+    if sign:
+        shift = np.full(site.ops.y_shape[1 if site.ops.channel_axis == 1 else -1], sign * STABILIZER)
+        bias = shift if bias is None else bias + shift
     z = site.ops.apply(xp, w_a, site.bias(bias))
     if not site.nonnegative_input:
         w_b = site.weight(weights[1])
         xn = b.negative(site.x)
         z = b.add(z, site.ops.apply(xn, w_b, None))
-    c = b.div(r, b.stabilize(z, STABILIZER))
+    c = b.div(r, z if sign else b.stabilize(z, STABILIZER))
     out = site.propagate(xp, w_a, c)
     return out if site.nonnegative_input else b.add(out, site.propagate(xn, w_b, c))
 
@@ -94,16 +101,16 @@ def _signed_terms(site: RuleSite, r: str, weights, bias) -> str:
 @rule_emitter(ZPlus)
 def _zplus(site, rule):
     w = site.layer.weight
-    return _signed_terms(site, site.r, (_pos(w), _neg(w)), _pos(site.layer.bias))
+    return _signed_terms(site, site.r, (_pos(w), _neg(w)), _pos(site.layer.bias), +1)
 
 
 @rule_emitter(AlphaBeta)
 def _alphabeta(site, rule):
     w, bias = site.layer.weight, site.layer.bias
-    positive = _signed_terms(site, site.r, (_pos(w), _neg(w)), _pos(bias))
+    positive = _signed_terms(site, site.r, (_pos(w), _neg(w)), _pos(bias), +1)
     if rule.beta == 0:
         return positive
-    negative = _signed_terms(site, site.r, (_neg(w), _pos(w)), _neg(bias))
+    negative = _signed_terms(site, site.r, (_neg(w), _pos(w)), _neg(bias), -1)
     b = site.b
     return b.sub(b.mul(positive, b.scalar(rule.alpha)), b.mul(negative, b.scalar(rule.beta)))
 
