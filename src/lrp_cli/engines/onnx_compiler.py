@@ -22,7 +22,7 @@ from onnx import helper, numpy_helper
 
 from lrp_cli import __version__
 from lrp_cli.engines.onnx_builder import CompileError, GraphBuilder
-from lrp_cli.engines.onnx_linear import linear_ops
+from lrp_cli.engines.onnx_linear import Weight, linear_ops
 from lrp_cli.engines.onnx_nodes import GRADIENT, RELEVANCE, NodeSite, find_emitter
 from lrp_cli.engines.onnx_rules import RuleSite, emit_rule
 from lrp_cli.ir import layers as L
@@ -176,7 +176,7 @@ def _node_backward(site: NodeSite, registry: dict, rule: Rule | None) -> list:
     if node.layer.is_linear:
         ops = linear_ops(site.b, node.layer, site.x_shapes[0], site.y_shape, f"{node.name} ({node.op})")
         if rule is None:
-            return [ops.transposed(site.r, site.b.const(node.layer.weight, "weight"))]
+            return [ops.transposed(site.r, Weight(site.b, node.layer.weight))]
         try:
             return [emit_rule(RuleSite(ops, site.xs[0], site.y, site.r, node.inputs[0] in site.nonnegative), rule)]
         except KeyError:

@@ -6,6 +6,8 @@ adjoint as Gemm by the transposed weight (transB, so no transposed copy of the w
 
 from __future__ import annotations
 
+import numpy as np
+
 from lrp_cli.engines.onnx_builder import CompileError, GraphBuilder
 from lrp_cli.ir.layers import Conv, ConvTranspose, Dense, Linear
 from lrp_cli.ir.windows import Window
@@ -33,6 +35,28 @@ def window_adjoint(b: GraphBuilder, c: str, weight: str, window: Window, group: 
     return spread
 
 
+class Weight:
+    """A (modified) weight array and the initializers made from it on demand (as is, or rearranged)."""
+
+    def __init__(self, b: GraphBuilder, value: np.ndarray):
+        self.b, self.value = b, value
+        self._names: dict[str, str] = {}
+
+    def name(self, form: str = "as_is", make=None) -> str:
+        """Returns the initializer of the weight, or of make(weight) for another form, created once."""
+        if form not in self._names:
+            self._names[form] = self.b.const(self.value if make is None else make(self.value), "weight")
+        return self._names[form]
+
+
+def flipped_adjoint_kernel(weight: np.ndarray, group: int) -> np.ndarray:
+    """Returns the kernel [C, O/g, kh, kw] whose stride-1 convolution is the adjoint of one by weight
+    [O, C/g, kh, kw]: input and output channels swapped within each group, spatially flipped."""
+    out, per_group = weight.shape[:2]
+    grouped = weight.reshape(group, out // group, per_group, *weight.shape[2:]).transpose(0, 2, 1, 3, 4)
+    return grouped.reshape(group * per_group, out // group, *weight.shape[2:])[:, :, ::-1, ::-1]
+
+
 class LinearOps:
     """apply(x, W, b) and apply_transposed(c, W) of one IR linear layer, emitted into a builder."""
 
@@ -42,25 +66,31 @@ class LinearOps:
         self.b, self.layer = b, layer
         self.x_shape, self.y_shape = tuple(x_shape), tuple(y_shape)
 
-    def apply(self, x: str, weight: str, bias: str | None) -> str:
-        """Returns the layer's map of x with the given weight and bias initializers."""
+    def apply(self, x: str, weight: Weight, bias: str | None) -> str:
+        """Returns the layer's map of x with the given weight and bias initializer."""
         raise NotImplementedError
 
-    def transposed(self, c: str, weight: str) -> str:
+    def transposed(self, c: str, weight: Weight) -> str:
         """Returns the adjoint map of output-shaped c (input-shaped)."""
         raise NotImplementedError
 
 
 class ConvOps(LinearOps):
-    """Conv forward, ConvTranspose adjoint."""
+    """Conv forward; the adjoint is a Conv by the flipped kernel for stride 1 (onnxruntime's Conv kernels are
+    faster than its ConvTranspose, depthwise above all), else ConvTranspose."""
 
     def apply(self, x, weight, bias):
-        inputs = [x, weight] + ([bias] if bias else [])
+        inputs = [x, weight.name()] + ([bias] if bias else [])
         return self.b.op("Conv", inputs, group=self.layer.group, **window_attrs(self.layer.window))
 
     def transposed(self, c, weight):
-        return window_adjoint(self.b, c, weight, self.layer.window, self.layer.group, self.y_shape[2:],
-                              self.x_shape[2:])
+        window, group = self.layer.window, self.layer.group
+        pads = [window.extent(k % 2) - 1 - window.pads[k] for k in range(4)]
+        if window.strides == (1, 1) and min(pads) >= 0:
+            attrs = window_attrs(window) | {"pads": pads}
+            kernel = weight.name("adjoint", lambda w: flipped_adjoint_kernel(w, group))
+            return self.b.op("Conv", [c, kernel], group=group, **attrs)
+        return window_adjoint(self.b, c, weight.name(), window, group, self.y_shape[2:], self.x_shape[2:])
 
 
 class ConvTransposeOps(LinearOps):
@@ -72,12 +102,12 @@ class ConvTransposeOps(LinearOps):
         full = [(self.x_shape[2 + k] - 1) * conv.window.strides[k] + conv.window.extent(k)
                 - conv.window.pads[k] - conv.window.pads[k + 2] for k in range(2)]
         attrs["output_padding"] = [self.y_shape[2 + k] - full[k] for k in range(2)]
-        inputs = [x, weight] + ([bias] if bias else [])
+        inputs = [x, weight.name()] + ([bias] if bias else [])
         return self.b.op("ConvTranspose", inputs, group=conv.group, **attrs)
 
     def transposed(self, c, weight):
         conv = self.layer.conv
-        out = self.b.op("Conv", [c, weight], group=conv.group, **window_attrs(conv.window))
+        out = self.b.op("Conv", [c, weight.name()], group=conv.group, **window_attrs(conv.window))
         return self.b.slice(out, [0, 0], list(self.x_shape[2:]), [2, 3])
 
 
@@ -87,14 +117,14 @@ class DenseOps(LinearOps):
     channel_axis = -1
 
     def apply(self, x, weight, bias):
-        z = self.b.op("MatMul", [x, weight])
+        z = self.b.op("MatMul", [x, weight.name()])
         return self.b.add(z, bias) if bias else z
 
     def transposed(self, c, weight):
         if len(self.y_shape) == 2:
-            return self.b.op("Gemm", [c, weight], transB=1)
+            return self.b.op("Gemm", [c, weight.name()], transB=1)
         flat = self.b.reshape(c, [-1, self.y_shape[-1]])
-        return self.b.reshape(self.b.op("Gemm", [flat, weight], transB=1), self.x_shape)
+        return self.b.reshape(self.b.op("Gemm", [flat, weight.name()], transB=1), self.x_shape)
 
 
 LINEAR_OPS = {Conv: ConvOps, ConvTranspose: ConvTransposeOps, Dense: DenseOps}

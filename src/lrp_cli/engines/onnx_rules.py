@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from lrp_cli.engines.onnx_linear import LinearOps
+from lrp_cli.engines.onnx_linear import LinearOps, Weight
 from lrp_cli.ir.layers import stabilize
 from lrp_cli.rules import STABILIZER, AlphaBeta, Epsilon, Flat, Gamma, Rule, WSquare, ZBox, ZPlus
 
@@ -38,15 +38,15 @@ class RuleSite:
         self.x, self.y, self.r = x, y, r
         self.nonnegative_input = nonnegative_input
 
-    def weight(self, value: np.ndarray) -> str:
-        """Returns an initializer for a (modified) weight."""
-        return self.b.const(value, "weight")
+    def weight(self, value: np.ndarray) -> Weight:
+        """Returns a (modified) weight, its initializers made when a map needs them."""
+        return Weight(self.b, value)
 
     def bias(self, value: np.ndarray | None) -> str | None:
         """Returns an initializer for a bias, None when there is none."""
         return None if value is None else self.b.const(value, "bias")
 
-    def propagate(self, x: str, weight: str, c: str) -> str:
+    def propagate(self, x: str, weight: Weight, c: str) -> str:
         """Returns x * (W^T c)."""
         return self.b.mul(x, self.ops.transposed(c, weight))
 
