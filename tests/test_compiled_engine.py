@@ -156,8 +156,9 @@ BUNDLED = ["shapes-cnn", "digits-mlp"]
                                     "paper-epsilon", "gradient"])
 @pytest.mark.parametrize("name", BUNDLED)
 def test_bundled_models_compiled_float32_match_numpy_float64(name, method):
-    """Bound: five times the float32 noise floor of this very case (||numpy32 - numpy64|| / ||numpy64||, which a
-    near-tie of a ReLU or MaxPool can raise to 1e-3 on a random input), never tighter than 1e-5."""
+    """Bound, as for the zennit fixtures: five times the float32 noise floor of this very case (||numpy32 -
+    numpy64|| / ||numpy64||, which a near-tie of a ReLU or MaxPool can raise to 1e-3 on a random input), never
+    tighter than 1e-4."""
     from conftest import REPO
     model = api.load_model(REPO / "models" / f"{name}.onnx")
     x = np.random.default_rng(2).uniform(0, 1, model.graph.input_shape).astype(np.float32)
@@ -168,4 +169,4 @@ def test_bundled_models_compiled_float32_match_numpy_float64(name, method):
     numpy32 = api.explain_array(model, x, api.Settings(engine="numpy", **settings))[0]
     assert fast.target == reference.target
     floor = relative_l2(numpy32.relevance.astype(np.float64), reference.relevance)
-    assert relative_l2(fast.relevance.astype(np.float64), reference.relevance) <= max(5 * floor, 1e-5)
+    assert relative_l2(fast.relevance.astype(np.float64), reference.relevance) <= max(5 * floor, 1e-4)

@@ -56,7 +56,7 @@ def test_imagenet_models_explain_photos(tmp_path, name, engine):
         assert doc["engine"] == engine
         if engine == "numpy":
             assert doc["ir_max_abs_diff"] < 1e-3 * abs(doc["f_x"])
-        else:  # compiled float32 vs NumPy float64: within 5x the NumPy float32 noise floor of the same photo
+        else:  # compiled float32 vs NumPy float64: the zennit tests' bound, 5x the float32 floor, never below 1e-4
             photo = shared_path("images", "photos", doc["input"]["path"].split("/")[-1])
             maps = {}
             for precision in ("float32", "float64"):
@@ -66,7 +66,7 @@ def test_imagenet_models_explain_photos(tmp_path, name, engine):
             ours = np.load(out / f"{stem}.relevance.npy").astype(np.float64)
             reference = maps["float64"]
             floor = np.linalg.norm(maps["float32"] - reference)
-            assert np.linalg.norm(ours - reference) <= max(5 * floor, 1e-5 * np.linalg.norm(reference))
+            assert np.linalg.norm(ours - reference) <= max(5 * floor, 1e-4 * np.linalg.norm(reference))
         assert np.isfinite(doc["relevance"]["conservation_error"]) and doc["relevance"]["abs_max"] > 0
         assert Image.open(doc["outputs"]["heatmap"]).size == (224, 224)
 
