@@ -13,6 +13,15 @@ class CompileError(ModelLoadError):
     """A node (or model) whose relevance pass has no ONNX formulation here (exit code 3: cannot be converted)."""
 
 
+def registrar(registry: dict, *kinds: type):
+    """Returns a decorator that registers a function in registry under each of the given classes."""
+    def register(fn):
+        for kind in kinds:
+            registry[kind] = fn
+        return fn
+    return register
+
+
 class GraphBuilder:
     """Collects the nodes and initializers appended to an ONNX graph."""
 

@@ -11,7 +11,7 @@ from typing import Callable
 
 import numpy as np
 
-from lrp_cli.engines.onnx_builder import CompileError, GraphBuilder
+from lrp_cli.engines.onnx_builder import CompileError, GraphBuilder, registrar
 from lrp_cli.engines.onnx_linear import window_adjoint
 from lrp_cli.ir import layers as L
 from lrp_cli.ir import windows
@@ -20,13 +20,8 @@ RELEVANCE: dict[type, Callable] = {}
 GRADIENT: dict[type, Callable] = {}
 
 
-def emitter(registry: dict, *kinds: type):
-    """Returns a decorator registering a backward emitter `fn(site) -> [name | None per input]` for layer kinds."""
-    def register(fn):
-        for kind in kinds:
-            registry[kind] = fn
-        return fn
-    return register
+#: Registers a backward emitter `fn(site) -> [name | None per input]` for layer kinds: @emitter(REGISTRY, *kinds).
+emitter = registrar
 
 
 class NodeSite:
@@ -187,14 +182,14 @@ def _avgpool_adjoint(site, c: str) -> str:
     return window_adjoint(b, c, ones, layer.window, channels, site.y_shape[2:], site.x_shapes[0][2:])
 
 
-@emitter(RELEVANCE, L.AvgPool)
-def _avgpool(site):
-    return [site.b.mul(site.xs[0], _avgpool_adjoint(site, _proportional(site)))]
+def proportional_kind(kind: type, adjoint) -> None:
+    """Registers a linear parameter-free layer kind given the adjoint of its map: relevance x * A^T(r / stab(y))
+    (the z-rule), gradient A^T g."""
+    RELEVANCE[kind] = lambda site: [site.b.mul(site.xs[0], adjoint(site, _proportional(site)))]
+    GRADIENT[kind] = lambda site: [adjoint(site, site.r)]
 
 
-@emitter(GRADIENT, L.AvgPool)
-def _avgpool_gradient(site):
-    return [_avgpool_adjoint(site, site.r)]
+proportional_kind(L.AvgPool, _avgpool_adjoint)
 
 
 def _maxpool_windows(site) -> tuple[str, str]:
@@ -276,14 +271,7 @@ def _resize_adjoint(site, c: str) -> str:
     return b.op("MatMul", [b.op("MatMul", [rows_t, c]), b.const(site.layer.cols, "cols")])
 
 
-@emitter(RELEVANCE, L.Resize)
-def _resize(site):
-    return [site.b.mul(site.xs[0], _resize_adjoint(site, _proportional(site)))]
-
-
-@emitter(GRADIENT, L.Resize)
-def _resize_gradient(site):
-    return [_resize_adjoint(site, site.r)]
+proportional_kind(L.Resize, _resize_adjoint)
 
 
 @emitter(GRADIENT, L.Affine)

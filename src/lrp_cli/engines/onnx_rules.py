@@ -13,6 +13,7 @@ from typing import Callable
 
 import numpy as np
 
+from lrp_cli.engines.onnx_builder import registrar
 from lrp_cli.engines.onnx_linear import LinearOps, Weight
 from lrp_cli.ir.layers import stabilize
 from lrp_cli.rules import STABILIZER, AlphaBeta, Epsilon, Flat, Gamma, Rule, WSquare, ZBox, ZPlus
@@ -22,11 +23,7 @@ RULE_EMITTERS: dict[type, Callable] = {}
 
 def rule_emitter(*kinds: type):
     """Returns a decorator registering an emitter `fn(site, rule) -> input relevance name` for rule classes."""
-    def register(fn):
-        for kind in kinds:
-            RULE_EMITTERS[kind] = fn
-        return fn
-    return register
+    return registrar(RULE_EMITTERS, *kinds)
 
 
 class RuleSite:
