@@ -56,6 +56,7 @@ def test_compiled_file_in_a_bare_session_reproduces_explain_save_raw(tiny_cnn_pa
 
 def test_cache_compiles_once_and_a_second_process_starts_warm(tiny_cnn_path, tmp_path, monkeypatch):
     monkeypatch.setenv("LRP_CLI_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(onnx_engine, "_SESSIONS", {})  # other tests' sessions of the same bytes
     model = api.load_model(tiny_cnn_path)
     x = np.random.default_rng(0).uniform(0, 1, (1, 3, 16, 16)).astype(np.float32)
     first = api.explain_array(model, x, api.Settings(engine="onnxruntime"))[0]

@@ -53,10 +53,15 @@ def test_float64_matches_zennit(name, method):
     assert relative_l2(ours(name, method, "float64"), reference) <= 1e-6
 
 
+#: onnxruntime takes seconds to start a session on the compiled graphs of these (thousands of nodes).
+SLOW_TO_COMPILE = {"densenet121", "googlenet"}
+ENGINE_CASES = [pytest.param(name, engine, marks=[pytest.mark.slow] if engine == "onnxruntime" and
+                             name in SLOW_TO_COMPILE else []) for name in MODELS for engine in ("numpy", "onnxruntime")]
+
+
 @pytest.mark.skipif(not MODELS, reason="no zennit fixtures in tests/fixtures/zennit")
-@pytest.mark.parametrize("engine", ["numpy", "onnxruntime"])
 @pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name,engine", ENGINE_CASES)
 def test_float32_is_within_the_reference_noise_floor(name, method, engine):
     golden = fixture(name)[1]
     reference = golden[f"{method}/float64"]
