@@ -97,13 +97,16 @@ def lrn_model(tmp_path):
     return save_model(onnx_model(nodes, [1, 3, 6, 6], "y", inits), tmp_path / "lrn.onnx")
 
 
-def test_what_does_not_compile_falls_back_under_auto_and_fails_under_onnxruntime(tmp_path):
+def test_what_does_not_compile_is_an_error_under_onnxruntime(tmp_path):
     path = lrn_model(tmp_path)
     model = api.load_model(path)
     x = np.ones((1, 3, 6, 6), dtype=np.float32)
     assert api.explain_array(model, x, api.Settings(method="lrp"))[0].extra["engine"] == "onnxruntime"
-    with pytest.raises(Exception, match=r"cannot compile node lrn \(LRN\)"):
-        api.explain_array(model, x, api.Settings(method="gradient", engine="onnxruntime"))
+    np.save(tmp_path / "x.npy", x)
+    result = RUN.invoke(main, ["explain", str(tmp_path / "x.npy"), "--model", str(path), "--method", "gradient",
+                               "--engine", "onnxruntime", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 3 and "cannot compile node lrn (LRN)" in result.output
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
     result = RUN.invoke(main, ["compile", str(path), "--method", "gradient", "-o", str(tmp_path / "g.onnx")])
     assert result.exit_code == 3 and "cannot compile node lrn (LRN)" in result.output
     assert not (tmp_path / "g.onnx").exists()

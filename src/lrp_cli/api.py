@@ -302,7 +302,7 @@ def compiled_session(model, settings: Settings, rules: dict):
     except CompileError as exc:
         if engine == "auto":
             return None
-        raise OptionError(f"--engine onnxruntime: {model.path}: {exc}") from None
+        raise CompileError(f"{model.path}: {exc} (--engine onnxruntime; auto would run NumPy)") from None
 
 
 def compile_explainer(model: LoadedModel, settings: Settings, out_path: Path) -> dict:
