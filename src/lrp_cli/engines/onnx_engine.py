@@ -121,6 +121,7 @@ def session_for(model, method: str, rules: dict[str, Rule], providers=()) -> Com
             _FAILURES[key] = exc
             raise
         save_model(compiled, path)
+        del compiled  # the session reads the file; the graph in memory would only add to the peak
         seconds = time.perf_counter() - start
     session = _open(path, providers)
     layers = [tuple(entry) for entry in json.loads(session.get_modelmeta().custom_metadata_map["lrp_cli.layers"])]
