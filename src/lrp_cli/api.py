@@ -326,8 +326,8 @@ def _explain_compiled(model, compiled, x, settings: Settings, rules: dict, input
     start = time.perf_counter()
     classes = int(np.prod(model.graph.shapes[model.graph.output_name]))
     spec = str(settings.target).strip()
-    first = compiled.run(x, -1 if spec in ("pred",) or spec.startswith("top:") else
-                         resolve_targets(spec, np.zeros(classes), model.labels)[0])
+    needs_scores = spec == "pred" or spec.startswith("top:")  # -1: the graph explains its own argmax
+    first = compiled.run(x, -1 if needs_scores else resolve_targets(spec, np.zeros(classes), model.labels)[0])
     runs = {first.target: first}
     for target in resolve_targets(spec, first.scores, model.labels):
         if target not in runs:
