@@ -24,10 +24,13 @@ import onnx
 
 import resnet50_onnx
 from lrp_cli import api
+from lrp_cli.engines import onnx_engine
 from lrp_cli.propagate import propagate
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = ["digits-mlp.onnx", "shapes-cnn.onnx", "efficientnet-lite0.onnx"]
+SHARED = REPO.parent / "shared" / "models"
+SHARED_MODELS = ["mobilenet_v2_1.0_224.onnx"]
 IMAGE = REPO / "sample_images" / "chelsea.png"
 PEAK_RSS = """
 import resource, sys
@@ -40,9 +43,9 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
 
-def peak_rss_mb(model: Path, out_dir: Path) -> float:
+def peak_rss_mb(model: Path, out_dir: Path, engine: str = "numpy") -> float:
     """Returns the peak resident memory (MB) of one `lrp explain` run of the photo, in a fresh process."""
-    args = ["explain", str(IMAGE), "--model", str(model), "--out", str(out_dir), "--no-progress"]
+    args = ["explain", str(IMAGE), "--model", str(model), "--out", str(out_dir), "--no-progress", "--engine", engine]
     result = subprocess.run([sys.executable, "-c", PEAK_RSS, *args], capture_output=True, text=True, check=True)
     return int(result.stdout.strip().splitlines()[-1]) / 1024
 
@@ -58,12 +61,44 @@ def median_seconds(fn, runs: int) -> float:
     return statistics.median(times)
 
 
+def interleaved_ratio(reference, fn, runs: int) -> tuple[float, float, float]:
+    """Returns (median reference seconds, median fn seconds, median of per-run fn / reference): both timed in
+    turn in this process, so that other jobs on the machine slow both alike."""
+    reference(), fn()
+    pairs = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        reference()
+        middle = time.perf_counter()
+        fn()
+        pairs.append((middle - start, time.perf_counter() - middle))
+    return (statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs),
+            statistics.median(p[1] / p[0] for p in pairs))
+
+
+def bench_compiled(path: Path, model, x: np.ndarray, rules: dict, runs: int) -> dict:
+    """Returns the compiled engine's figures: compile time (cold cache), forward + relevance time against one
+    onnxruntime forward (interleaved), and the peak memory of one warm `lrp explain --engine onnxruntime`."""
+    with tempfile.TemporaryDirectory() as cache:
+        os.environ[onnx_engine.CACHE_ENV] = cache
+        onnx_engine._SESSIONS.clear()
+        start = time.perf_counter()
+        compiled = onnx_engine.session_for(model, "lrp", rules)
+        session_seconds = time.perf_counter() - start
+        ort, fast, ratio = interleaved_ratio(lambda: model.run_onnxruntime(x), lambda: compiled.run(x, -1), runs)
+        with tempfile.TemporaryDirectory() as out_dir:
+            rss = peak_rss_mb(path, Path(out_dir), "onnxruntime")
+        onnx_engine._SESSIONS.clear()
+    return {"compile_s": compiled.compile_seconds, "session_s": session_seconds - compiled.compile_seconds,
+            "ort_interleaved": ort, "compiled": fast, "ratio": ratio, "compiled_rss_mb": rss}
+
+
 def bench_model(path: Path, runs: int, precision: str, name: str | None = None) -> dict:
     """Returns the timings of one model: onnxruntime forward, IR forward, backward pass, full explanation,
-    and the peak memory of one command-line explanation."""
+    and the peak memory of one command-line explanation (NumPy engine), then the compiled engine's."""
     model = api.load_model(path)
     x = np.random.default_rng(0).uniform(0, 1, model.graph.input_shape).astype(np.float32)
-    settings = api.Settings(precision=precision)
+    settings = api.Settings(precision=precision, engine="numpy")
     graph = model.graph_for(precision)
     rules = api.rules_for(model, settings, api.preprocess_config(model, settings))
     values = graph.forward(x.astype(api.PRECISIONS[precision]))
@@ -78,7 +113,7 @@ def bench_model(path: Path, runs: int, precision: str, name: str | None = None) 
         "ir_forward": median_seconds(lambda: graph.forward(x.astype(api.PRECISIONS[precision])), runs),
         "backward": median_seconds(lambda: propagate(graph, values, target, rules), runs),
         "explain": median_seconds(lambda: api.explain_array(model, x, settings), runs),
-    }
+    } | bench_compiled(path, model, x, rules, runs)
 
 
 CHECK_SPEC = """model = "{model}"
@@ -142,6 +177,18 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def compiled_table(rows: list[dict]) -> str:
+    """Returns the compiled engine's timings as a Markdown table."""
+    lines = ["| model | onnxruntime forward | compiled forward + relevance | ratio (median of per-run ratios) | "
+             "compile (cold cache) | session start | peak RSS, compiled / NumPy engine |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['ort_interleaved'] * 1e3:.2f} ms | {r['compiled'] * 1e3:.2f} ms | "
+                     f"{r['ratio']:.2f}x | {r['compile_s']:.2f} s | {r['session_s']:.2f} s | "
+                     f"{r['compiled_rss_mb']:.0f} / {r['peak_rss_mb']:.0f} MB |")
+    return "\n".join(lines)
+
+
 def machine() -> str:
     """Returns a one-line description of this machine."""
     cpu = platform.processor() or platform.machine()
@@ -163,6 +210,8 @@ def main():
     args = parser.parse_args()
     rows = [bench_model(REPO / "models" / name, args.runs, args.precision)
             for name in MODELS if (REPO / "models" / name).exists()]
+    rows += [bench_model(SHARED / name, args.runs, args.precision) for name in SHARED_MODELS
+             if (SHARED / name).exists()]
     with tempfile.TemporaryDirectory() as folder:
         resnet = Path(folder) / "resnet50.onnx"
         onnx.save(resnet50_onnx.build(), str(resnet))
@@ -170,7 +219,9 @@ def main():
     checked = bench_check(max(1, args.runs // 2))
     text = (f"## {datetime.date.today().isoformat()}: {machine()}\n\nMedian of {args.runs} runs, batch 1, "
             f"{args.precision}, each model's default composite (its sidecar's, else epsilon-plus-flat).\n\n"
-            f"{table(rows)}\n\n`lrp check` (one case: object mask, tag box, pointing game, conservation) against "
+            f"NumPy engine:\n\n{table(rows)}\n\nCompiled engine (`--engine onnxruntime`), timed in turn with "
+            f"the onnxruntime forward in one process:\n\n{compiled_table(rows)}\n\n"
+            f"`lrp check` (one case: object mask, tag box, pointing game, conservation) against "
             f"`lrp explain` of the same {checked['inputs']} tag-clean images, median of {max(1, args.runs // 2)}: "
             f"check {checked['check']:.2f} s, explain {checked['explain']:.2f} s wall "
             f"({checked['check'] / checked['explain'] - 1:+.0%}); CPU {checked['check_cpu']:.2f} s against "

@@ -13,6 +13,16 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def compiled_graph_cache(tmp_path_factory):
+    """Keeps the compiled engine's graphs in a temporary folder shared by the whole session."""
+    folder = tmp_path_factory.mktemp("lrp-cache")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("LRP_CLI_CACHE_DIR", str(folder))
+    yield folder
+    patch.undo()
+
+
 def shared_path(*parts: str) -> Path:
     """Returns a path under ../shared, skipping the test when it is absent."""
     path = SHARED.joinpath(*parts)
@@ -81,3 +91,25 @@ def rgb_image(tmp_path) -> Path:
     path = tmp_path / "img.png"
     Image.fromarray(pixels).save(path)
     return path
+
+
+def compiled_relevance(model: onnx.ModelProto, x: np.ndarray, method: str = "lrp", rules: dict | None = None):
+    """Returns target -> the input relevance of the compiled engine for an in-memory ONNX model and input x
+    (float32; `rules` maps a node name, or "*" for every other linear node, to a rule object; a MaxPool node
+    named in `rules` gets its tie rule)."""
+    import onnxruntime as ort
+
+    from lrp_cli.engines.onnx_compiler import compile_relevance
+    from lrp_cli.importers.onnx_import import import_onnx
+    graph = import_onnx(Path("<memory>"), model=model)
+    rules = rules or {}
+    node_rules = {n.name: rules.get(n.name, rules.get("*")) for n in graph.linear_nodes()} if method == "lrp" else {}
+    if method == "lrp":
+        node_rules |= {name: rule for name, rule in rules.items() if name != "*"}
+    compiled = compile_relevance(model, graph, method, node_rules)
+    session = ort.InferenceSession(compiled.model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+    def relevance(target: int) -> np.ndarray:
+        feeds = {graph.input_name: x.astype(np.float32), "target": np.array([target], dtype=np.int64)}
+        return session.run(["relevance"], feeds)[0]
+    return relevance

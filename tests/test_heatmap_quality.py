@@ -20,13 +20,15 @@ MODEL = REPO / "models" / "shapes-cnn.onnx"
 
 
 @pytest.mark.slow
-def test_positive_relevance_lies_on_the_object():
+@pytest.mark.parametrize("engine", ["numpy", "onnxruntime"])
+def test_positive_relevance_lies_on_the_object(engine):
     model = api.load_model(MODEL)
     images, masks, labels = make_dataset(60, seed=1)
     inside, area = [], []
     for image, mask, label in zip(images, masks, labels):
         x = image_to_tensor(Image.fromarray(image), model.sidecar.preprocess, model.graph.input_shape)
-        expl = api.explain_array(model, x, api.Settings(target=str(label)))[0]
+        expl = api.explain_array(model, x, api.Settings(target=str(label), engine=engine))[0]
+        assert expl.extra["engine"] == engine
         positive = np.maximum(expl.relevance[0].sum(axis=0), 0)
         inside.append(positive[mask].sum() / max(positive.sum(), 1e-12))
         area.append(mask.mean())

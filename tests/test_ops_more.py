@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from onnx import helper
 
-from conftest import onnx_model, save_model
+from conftest import compiled_relevance, onnx_model, save_model
 from lrp_cli import api
 from lrp_cli.errors import ModelLoadError
 from lrp_cli.importers.onnx_import import import_onnx
@@ -87,11 +87,17 @@ def test_lrn_and_cast(tmp_path):
     assert_matches_onnxruntime(onnx_model(nodes, [1, 5, 3, 3]), tmp_path)
 
 
-def test_silu_gate_sends_all_relevance_to_the_signal(tmp_path):
+@pytest.mark.parametrize("engine", ["numpy", "onnxruntime"])
+def test_silu_gate_sends_all_relevance_to_the_signal(tmp_path, engine):
     nodes = [helper.make_node("Sigmoid", ["x"], ["g"]), helper.make_node("Mul", ["x", "g"], ["y"], name="silu")]
     graph = assert_matches_onnxruntime(onnx_model(nodes, [1, 4]), tmp_path)
     layer = graph.nodes[-1].layer
     x = np.array([[1.0, -2.0, 3.0, 0.5]])
+    if engine == "onnxruntime":  # the start relevance is y at the target; the signal x takes all of it
+        y = x / (1 + np.exp(-x))
+        got = compiled_relevance(onnx_model(nodes, [1, 4]), x)(2)
+        np.testing.assert_allclose(got, [[0, 0, y[0, 2], 0]], rtol=1e-6)
+        return
     r = np.array([[1.0, 2.0, 3.0, 4.0]])
     signal, gate = layer.relevance([x, 1 / (1 + np.exp(-x))], None, r, None)
     np.testing.assert_array_equal(signal, r)
@@ -104,8 +110,16 @@ def test_product_of_two_plain_activations_is_an_error(tmp_path):
         import_onnx(save_model(onnx_model(nodes, [1, 4]), tmp_path / "m.onnx"))
 
 
-def test_pad_relevance_of_copies_sums_on_the_source(tmp_path):
+@pytest.mark.parametrize("engine", ["numpy", "onnxruntime"])
+def test_pad_relevance_of_copies_sums_on_the_source(tmp_path, engine):
     node = helper.make_node("Pad", ["x", "p"], ["y"], mode="edge")
+    if engine == "onnxruntime":  # compiled: the gradient of (pad(x) . w) sums w over the copies of each x
+        nodes = [node, helper.make_node("Flatten", ["y"], ["f"]), helper.make_node("MatMul", ["f", "w"], ["s"])]
+        model = onnx_model(nodes, [1, 1, 1, 2], "s", {"p": np.array([0, 0, 0, 2, 0, 0, 0, 1], I64),
+                                                       "w": np.arange(1, 6, dtype=np.float32).reshape(5, 1)})
+        got = compiled_relevance(model, np.array([[[[1.0, 2.0]]]]), "gradient")(0)
+        np.testing.assert_array_equal(got, [[[[6.0, 9.0]]]])
+        return
     graph = import_onnx(save_model(onnx_model([node], [1, 1, 1, 2],
                                               initializers={"p": np.array([0, 0, 0, 2, 0, 0, 0, 1], I64)}),
                                    tmp_path / "m.onnx"))
@@ -115,13 +129,19 @@ def test_pad_relevance_of_copies_sums_on_the_source(tmp_path):
     np.testing.assert_array_equal(layer.relevance([x], layer.forward(x), r, None)[0], [[[[6.0, 9.0]]]])
 
 
-def test_resize_relevance_is_conserved(tmp_path):
+@pytest.mark.parametrize("engine", ["numpy", "onnxruntime"])
+def test_resize_relevance_is_conserved(tmp_path, engine):
     node = helper.make_node("Resize", ["x", "", "sc"], ["y"], mode="linear")
-    model = api.load_model(save_model(onnx_model([node], [1, 1, 3, 3],
-                                                 initializers={"sc": np.array([1, 1, 2, 2], np.float32)}),
-                                      tmp_path / "m.onnx"))
+    proto = onnx_model([node], [1, 1, 3, 3], initializers={"sc": np.array([1, 1, 2, 2], np.float32)})
+    model = api.load_model(save_model(proto, tmp_path / "m.onnx"))
     layer = model.graph.nodes[0].layer
     x = np.random.default_rng(0).uniform(0.5, 1, (1, 1, 3, 3))
+    if engine == "onnxruntime":
+        y = layer.forward(x).ravel()
+        compiled = compiled_relevance(proto, x)
+        for target in (0, 17, 35):
+            assert compiled(target).sum() == pytest.approx(y[target], rel=1e-5)
+        return
     y = layer.forward(x)
     r = np.random.default_rng(1).uniform(0, 1, y.shape)
     assert layer.relevance([x], y, r, None)[0].sum() == pytest.approx(r.sum(), rel=1e-5)

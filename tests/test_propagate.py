@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from onnx import helper
 
-from conftest import onnx_model, save_model
+from conftest import compiled_relevance, onnx_model, save_model
 from lrp_cli import api
 from lrp_cli.importers.onnx_import import import_onnx
 from lrp_cli.ir.layers import Add, AvgPool, Concat, GlobalAvgPool, MaxPool
@@ -13,17 +13,30 @@ from lrp_cli.propagate import propagate
 from lrp_cli.rules import Epsilon, MaxPoolTies
 
 
-def test_maxpool_winner_takes_all_and_ties_follow_the_policy():
+@pytest.mark.parametrize("engine", ["numpy", "onnxruntime"])
+def test_maxpool_winner_takes_all_and_ties_follow_the_policy(engine):
     x = np.array([[[[1.0, 5.0, 2.0, 2.0],
                     [0.0, 3.0, 2.0, 2.0]]]])
-    layer = MaxPool(Window((2, 2), (2, 2)))
-    y = layer.forward(x)
-    r = np.array([[[[8.0, 4.0]]]])
-    split = layer.relevance([x], y, r, MaxPoolTies("split"))[0]
-    np.testing.assert_array_equal(split, [[[[0, 8, 1, 1], [0, 0, 1, 1]]]])
-    for rule in (MaxPoolTies("first"), None):
-        first = layer.relevance([x], y, r, rule)[0]
-        np.testing.assert_array_equal(first, [[[[0, 8, 4, 0], [0, 0, 0, 0]]]])
+    if engine == "numpy":
+        layer = MaxPool(Window((2, 2), (2, 2)))
+        y = layer.forward(x)
+        r = np.array([[[[8.0, 4.0]]]])
+        split = layer.relevance([x], y, r, MaxPoolTies("split"))[0]
+        np.testing.assert_array_equal(split, [[[[0, 8, 1, 1], [0, 0, 1, 1]]]])
+        for rule in (MaxPoolTies("first"), None):
+            first = layer.relevance([x], y, r, rule)[0]
+            np.testing.assert_array_equal(first, [[[[0, 8, 4, 0], [0, 0, 0, 0]]]])
+        return
+    # compiled: the start relevance is f(x) at the target (5 or 2); the gradient takes the first maximum only
+    model = onnx_model([helper.make_node("MaxPool", ["x"], ["y"], name="pool", kernel_shape=[2, 2],
+                                         strides=[2, 2])], [1, 1, 2, 4], "y")
+    split = compiled_relevance(model, x, rules={"pool": MaxPoolTies("split")})
+    first = compiled_relevance(model, x, rules={"pool": MaxPoolTies("first")})
+    gradient = compiled_relevance(model, x, "gradient")
+    np.testing.assert_array_equal(split(0), [[[[0, 5, 0, 0], [0, 0, 0, 0]]]])
+    np.testing.assert_array_equal(split(1), [[[[0, 0, 0.5, 0.5], [0, 0, 0.5, 0.5]]]])
+    np.testing.assert_array_equal(first(1), [[[[0, 0, 2, 0], [0, 0, 0, 0]]]])
+    np.testing.assert_array_equal(gradient(1), [[[[0, 0, 1, 0], [0, 0, 0, 0]]]])
 
 
 def test_avgpool_is_the_proportional_rule_of_its_averaging_matrix():
@@ -85,12 +98,14 @@ def bias_free_dag(rng):
     return onnx_model(nodes, [1, 3, 8, 8], "y", inits)
 
 
+@pytest.mark.parametrize("engine,precision", [("numpy", "float64"), ("onnxruntime", "float32")])
 @pytest.mark.parametrize("rule", ["z", "epsilon:1e-9"])
-def test_bias_free_network_conserves(tmp_path, rule):
+def test_bias_free_network_conserves(tmp_path, rule, engine, precision):
     rng = np.random.default_rng(5)
     model = api.load_model(save_model(bias_free_dag(rng), tmp_path / "dag.onnx"))
     x = rng.standard_normal((1, 3, 8, 8)).astype(np.float32)
-    expl = api.explain_array(model, x, api.Settings(rule=rule, precision="float64"))[0]
+    expl = api.explain_array(model, x, api.Settings(rule=rule, precision=precision, engine=engine))[0]
+    assert expl.extra["engine"] == engine
     assert expl.propagation.f_x > 0
     assert abs(expl.relevance.sum() - expl.propagation.f_x) <= 1e-5 * abs(expl.propagation.f_x)
     for record in expl.propagation.layers:
@@ -117,7 +132,9 @@ def test_layer_records_agree_with_an_independent_sum(tmp_path):
     assert result.f_x == pytest.approx(scores[2])
 
 
-def test_gradient_methods_match_finite_differences(tmp_path):
+@pytest.mark.parametrize("engine,precision,rtol,atol", [("numpy", "float64", 1e-5, 1e-7),
+                                                        ("onnxruntime", "float32", 1e-4, 1e-5)])
+def test_gradient_methods_match_finite_differences(tmp_path, engine, precision, rtol, atol):
     rng = np.random.default_rng(7)
     model = api.load_model(save_model(bias_free_dag(rng), tmp_path / "dag.onnx"))
     x = rng.standard_normal((1, 3, 8, 8))
@@ -132,9 +149,9 @@ def test_gradient_methods_match_finite_differences(tmp_path):
         e = np.zeros(x.size)
         e[k] = step
         numeric[k] = (score(x + e.reshape(x.shape)) - score(x - e.reshape(x.shape))) / (2 * step)
-    settings = api.Settings(method="gradient", target=str(target), precision="float64")
+    settings = api.Settings(method="gradient", target=str(target), precision=precision, engine=engine)
     gradient = api.explain_array(model, x.astype(np.float32), settings)[0].relevance
-    np.testing.assert_allclose(gradient.ravel(), numeric, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(gradient.ravel(), numeric, rtol=rtol, atol=atol)
     settings.method = "gradient-x-input"
     gxi = api.explain_array(model, x.astype(np.float32), settings)[0].relevance
-    np.testing.assert_allclose(gxi, gradient * x.astype(np.float32), rtol=1e-12)
+    np.testing.assert_allclose(gxi, gradient * x.astype(np.float32), rtol=1e-12 if engine == "numpy" else 1e-6)

@@ -7,7 +7,9 @@ obtained by pushing unit vectors through the forward pass. Tolerance: 1e-9 relat
 
 import numpy as np
 import pytest
+from onnx import helper
 
+from conftest import compiled_relevance, onnx_model
 from lrp_cli.ir.layers import Conv, ConvTranspose, Dense
 from lrp_cli.ir.windows import Window
 from lrp_cli.rules import (AlphaBeta, Epsilon, Flat, Gamma, RuleError, WSquare, ZBox, ZPlus, assign_rules,
@@ -108,9 +110,31 @@ def conv_transpose_layers(rng):
                           Window((3, 3), (2, 2), (1, 0, 1, 1)), 1, (11, 14))]
 
 
+def one_layer_model(layer, x_shape):
+    """Returns an ONNX model of one IR linear layer (MatMul + Add, Conv or ConvTranspose)."""
+    f32 = np.float32
+    inits = {"w": layer.weight.astype(f32)}
+    if layer.bias is not None:
+        inits["b"] = layer.bias.astype(f32)
+    if isinstance(layer, Dense):
+        nodes = [helper.make_node("MatMul", ["x", "w"], ["m" if layer.bias is not None else "y"], name="layer")]
+        nodes += [helper.make_node("Add", ["m", "b"], ["y"], name="bias")] if layer.bias is not None else []
+        return onnx_model(nodes, x_shape, "y", inits)
+    window = layer.conv.window if isinstance(layer, ConvTranspose) else layer.window
+    group = layer.conv.group if isinstance(layer, ConvTranspose) else layer.group
+    attrs = dict(kernel_shape=list(window.kernel), strides=list(window.strides), pads=list(window.pads),
+                 dilations=list(window.dilations), group=group)
+    op = "ConvTranspose" if isinstance(layer, ConvTranspose) else "Conv"
+    inputs = ["x", "w"] + (["b"] if layer.bias is not None else [])
+    return onnx_model([helper.make_node(op, inputs, ["y"], name="layer", **attrs)], x_shape, "y", inits)
+
+
+@pytest.mark.parametrize("engine", ["numpy", "onnxruntime"])
 @pytest.mark.parametrize("rule", RULES, ids=lambda r: r.spec())
 @pytest.mark.parametrize("kind", ["dense", "conv", "conv-transpose"])
-def test_rule_matches_brute_force(rule, kind):
+def test_rule_matches_brute_force(rule, kind, engine):
+    """NumPy: any output relevance, 1e-9. Compiled (float32 weights and input; the start relevance is one-hot at
+    a target valued y_target): against the brute force on the same float32-rounded numbers, 1e-4 of max |R|."""
     rng = np.random.default_rng(1)
     layers = {"dense": dense_layers, "conv": conv_layers, "conv-transpose": conv_transpose_layers}[kind](rng)
     for k, layer in enumerate(layers):
@@ -119,11 +143,22 @@ def test_rule_matches_brute_force(rule, kind):
         x = rng.standard_normal((1, 7) if kind == "dense" else (1, 3, 6, 7))
         if isinstance(rule, ZBox):
             x = np.clip(x, -0.4, 0.9)
+        if engine == "onnxruntime":
+            layer, x = layer.astype(np.float32).astype(np.float64), x.astype(np.float32).astype(np.float64)
         y = layer.forward(x)
-        r = np.random.default_rng(k).standard_normal(y.shape)
-        got = rule.relevance(layer, x, y, r).ravel()
-        want = brute_force(rule, layer, x, r)
-        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9 * np.abs(want).max())
+        if engine == "numpy":
+            r = np.random.default_rng(k).standard_normal(y.shape)
+            got = rule.relevance(layer, x, y, r).ravel()
+            want = brute_force(rule, layer, x, r)
+            np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9 * np.abs(want).max())
+            continue
+        compiled = compiled_relevance(one_layer_model(layer, x.shape), x, rules={"*": rule})
+        for target in np.random.default_rng(k).choice(y.size, 3, replace=False):
+            r = np.zeros(y.size)
+            r[target] = y.ravel()[target]
+            got = compiled(int(target)).ravel()
+            want = brute_force(rule, layer, x, r.reshape(y.shape))
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
 
 
 def test_epsilon_conserves_on_bias_free_layer():

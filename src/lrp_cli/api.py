@@ -11,6 +11,8 @@ import onnx
 import onnxruntime as ort
 
 from lrp_cli import __version__, outputs, render
+from lrp_cli.engines import numpy_engine, onnx_engine
+from lrp_cli.engines.onnx_builder import CompileError
 from lrp_cli.errors import InputError, ModelLoadError, OptionError
 from lrp_cli.importers.onnx_import import SymbolicInputError, import_onnx, load_onnx
 from lrp_cli.ir.graph import Graph
@@ -18,8 +20,7 @@ from lrp_cli.ir.layers import MaxPool
 from lrp_cli.methods.gradient import METHODS
 from lrp_cli.preprocess import (PreprocessConfig, Sidecar, load_input, load_sidecar, load_tensor, open_image,
                                 read_labels, shape_text, to_nchw)
-from lrp_cli.propagate import (LayerRecord, Propagation, conservation_error, first_non_finite, output_scores,
-                               propagate)
+from lrp_cli.propagate import LayerRecord, Propagation, conservation_error, first_non_finite, output_scores
 from lrp_cli.rules import DEFAULT_COMPOSITE, RuleError, ZBox, assign_rules, parse_rule
 
 PRECISIONS = {"float32": np.float32, "float64": np.float64}
@@ -204,6 +205,8 @@ class Settings:
     precision: str = "float32"
     preprocess: dict = field(default_factory=dict)
     tiling: dict = field(default_factory=dict)  # BoW models: tile, tile_stride, pair
+    engine: str = "auto"  # auto | onnxruntime | numpy (engines/)
+    providers: tuple[str, ...] = ()  # onnxruntime execution providers of the compiled engine
 
 
 @dataclass
@@ -233,6 +236,7 @@ class Explanation:
 
 def check_settings(model, settings: Settings) -> None:
     """Raises OptionError when the settings do not fit the model (bad rule, options of the other model kind)."""
+    onnx_engine.choose(settings.engine, settings.precision, model.kind)
     if model.kind == "sklearn-bow":
         if settings.method != "lrp" or settings.rule or settings.composite or settings.layer_rules:
             raise OptionError("--method/--rule/--composite/--layer-rule apply to ONNX models, not BoW pipelines")
@@ -317,6 +321,9 @@ def explain_array(model: LoadedModel, x: np.ndarray, settings: Settings, input_p
     if settings.method not in METHOD_NAMES:
         raise OptionError(f"--method {settings.method}: choose one of {', '.join(METHOD_NAMES)}")
     rules = rules_for(model, settings, preprocess_config(model, settings)) if settings.method == "lrp" else {}
+    compiled = compiled_session(model, settings, rules)
+    if compiled is not None:
+        return _explain_compiled(model, compiled, x, settings, rules, input_path, picture)
     start = time.perf_counter()
     model_output, ort_explained = model.run_onnxruntime(x)
     graph = model.graph_for(settings.precision)
@@ -330,13 +337,14 @@ def explain_array(model: LoadedModel, x: np.ndarray, settings: Settings, input_p
     for target in resolve_targets(settings.target, output_scores(ir_out), model.labels):
         start = time.perf_counter()
         with _overflow_reported_per_node():
-            propagation = _backward(settings.method, graph, values, target, rules)
+            propagation = numpy_engine.backward(settings.method, graph, values, target, rules)
         timing = {"load": model.load_seconds, "forward": forward_seconds, "backward": time.perf_counter() - start}
         explanations.append(Explanation(
             input_path, x, picture, model_output, _prediction(model, output_scores(model_output)),
             {"index": target, "label": label_of(model, target)}, propagation,
             {name: rule.spec() for name, rule in rules.items()}, composite_name(model, settings),
-            diff, relative, timing, settings.method, _finiteness_warnings(propagation, settings.precision)))
+            diff, relative, timing, settings.method,
+            {"engine": "numpy"} | _finiteness_warnings(propagation, settings.precision)))
     return explanations
 
 
@@ -364,13 +372,60 @@ def _finiteness_warnings(propagation: Propagation, precision: str) -> dict:
                          f"non-finite numbers are null in the JSON and neutral in the heatmap{hint}"]}
 
 
-def _backward(method: str, graph: Graph, values, target: int, rules) -> Propagation:
-    if method == "lrp":
-        return propagate(graph, values, target, rules)
+def compiled_session(model, settings: Settings, rules: dict):
+    """Returns the compiled onnxruntime session the settings call for, or None to run the NumPy engine
+    (`--engine auto` falls back to NumPy when the model does not compile; `onnxruntime` makes that an error)."""
+    engine = onnx_engine.choose(settings.engine, settings.precision, model.kind)
+    if engine == "numpy":
+        return None
     try:
-        return METHODS[method](graph, values, target)
-    except NotImplementedError as exc:
-        raise OptionError(f"--method {method}: {exc}") from None
+        return onnx_engine.session_for(model, settings.method, rules, settings.providers)
+    except CompileError as exc:
+        if engine == "auto":
+            return None
+        raise CompileError(f"{model.path}: {exc} (--engine onnxruntime; auto would run NumPy)") from None
+
+
+def compile_explainer(model: LoadedModel, settings: Settings, out_path: Path) -> dict:
+    """Writes the relevance pass of the settings as a standalone ONNX file; returns its input/output summary."""
+    if model.kind != "onnx":
+        raise OptionError("lrp compile takes an ONNX model")
+    rules = rules_for(model, settings, preprocess_config(model, settings)) if settings.method == "lrp" else {}
+    compiled = onnx_engine.compile_model(model.path, model.graph, settings.method, rules,
+                                         model.session.get_outputs()[0].name)
+    try:
+        onnx_engine.save_model(compiled, Path(out_path))
+    except OSError as exc:
+        raise OptionError(f"-o {out_path}: cannot write ({exc})") from None
+    return {"path": str(out_path), "method": settings.method, "composite": composite_name(model, settings),
+            "layers": len(compiled.layers), "io": onnx_engine.io_doc(compiled)}
+
+
+def _explain_compiled(model, compiled, x, settings: Settings, rules: dict, input_path: Path, picture
+                      ) -> list[Explanation]:
+    """Returns the explanations of one input by the compiled engine (one onnxruntime run per target)."""
+    start = time.perf_counter()
+    classes = int(np.prod(model.graph.shapes[model.graph.output_name]))
+    spec = str(settings.target).strip()
+    needs_scores = spec == "pred" or spec.startswith("top:")  # -1: the graph explains its own argmax
+    first = compiled.run(x, -1 if needs_scores else resolve_targets(spec, np.zeros(classes), model.labels)[0])
+    runs = {first.target: first}
+    for target in resolve_targets(spec, first.scores, model.labels):
+        if target not in runs:
+            runs[target] = compiled.run(x, target)
+    seconds = (time.perf_counter() - start) / len(runs)
+    explanations = []
+    for target in resolve_targets(spec, first.scores, model.labels):
+        run = runs[target]
+        propagation = Propagation(run.relevance, float(run.scores[target]), compiled.records(run.layer_sums))
+        timing = {"load": model.load_seconds, "compile": compiled.compile_seconds, "forward_backward": seconds}
+        explanations.append(Explanation(
+            input_path, x, picture, run.model_output, _prediction(model, output_scores(run.model_output)),
+            {"index": target, "label": label_of(model, target)}, propagation,
+            {name: rule.spec() for name, rule in rules.items()}, composite_name(model, settings),
+            None, None, timing, settings.method,
+            {"engine": "onnxruntime"} | _finiteness_warnings(propagation, settings.precision)))
+    return explanations
 
 
 def explain(model, input_path: str | Path, settings: Settings) -> list[Explanation]:

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from lrp_cli import __version__, api, batch, interrupts, outputs, render, zoo
+from lrp_cli.engines.onnx_engine import ENGINES
 from lrp_cli.errors import InputError, LrpError, OptionError
 from lrp_cli.importers.onnx_import import supported_ops
 from lrp_cli.preprocess import PRESETS
@@ -76,18 +77,23 @@ def main():
               "(Fig 6); 0 explains the whole image [default: the training image size].")
 @click.option("--tile-stride", type=click.IntRange(min=1), help="BoW models: tile stride in px.")
 @click.option("--pair", help="BoW one-vs-one models: the two classes A,B whose decision is explained.")
+@click.option("--engine", type=click.Choice(list(ENGINES)), default="auto", show_default=True,
+              help="auto: the compiled onnxruntime graph when the model compiles (float32), else NumPy.")
+@click.option("--providers", help="onnxruntime execution providers of the compiled engine, comma-separated "
+              "[default: CPUExecutionProvider].")
 @interrupts.exit_on_signal
 def explain(inputs, model_path, out_dir, method, composite, rule, layer_rules, target, output_name, layout, preset,
             size,
             resize, mean, std, bgr, labels, cmap, normalize, save_raw, precision, jobs, skip_existing,
-            no_progress, json_lines, tile, tile_stride, pair, html):
+            no_progress, json_lines, tile, tile_stride, pair, html, engine, providers):
     """Explain the prediction for each INPUT (image, .npy tensor, folder or glob)."""
     try:
         settings = api.Settings(method, composite, rule, tuple(layer_rules), target, precision, {
             "preset": preset, "size": _numbers("--size", size, 2, int), "resize": resize,
             "mean": _numbers("--mean", mean), "std": _numbers("--std", std), "bgr": bgr},
             {k: v for k, v in {"tile": tile, "tile_stride": tile_stride,
-                               "pair": tuple(pair.split(",")) if pair else None}.items() if v is not None})
+                               "pair": tuple(pair.split(",")) if pair else None}.items() if v is not None},
+            engine=engine, providers=tuple(providers.split(",")) if providers else ())
         model = api.load_model(model_path, output_name, labels, layout)
         api.check_settings(model, settings)
     except LrpError as exc:
@@ -203,6 +209,32 @@ def inspect(model_path, composite, verify, as_json):
     click.echo(json.dumps(report, indent=2) if as_json else inspection.format_report(report))
     if report["error"]:
         sys.exit(3)
+
+
+@main.command("compile")
+@click.argument("model_path", type=click.Path(path_type=Path))
+@click.option("-o", "--out", "out_path", required=True, type=click.Path(path_type=Path),
+              help="The compiled graph, e.g. MODEL.lrp.onnx.")
+@click.option("--method", type=click.Choice(list(api.METHOD_NAMES)), default="lrp", show_default=True)
+@click.option("--composite", type=click.Choice(list(COMPOSITES)), help="Rule composite [default: sidecar's, "
+              "else epsilon-plus-flat].")
+@click.option("--rule", help="One rule for every Conv/Dense layer.")
+@click.option("--layer-rule", "layer_rules", multiple=True, metavar="PATTERN=SPEC", help="Per-layer rule (repeatable).")
+@click.option("--output", "output_name", help="Which graph output to explain (multi-output models).")
+@click.option("--preset", type=click.Choice(list(PRESETS)), help="Input preset (sets the default z^B box).")
+def compile_command(model_path, out_path, method, composite, rule, layer_rules, output_name, preset):
+    """Write the relevance pass of MODEL as one ONNX graph that a plain onnxruntime session runs."""
+    try:
+        settings = api.Settings(method, composite, rule, tuple(layer_rules), preprocess={"preset": preset})
+        model = api.load_model(model_path, output_name)
+        api.check_settings(model, settings)
+        summary = api.compile_explainer(model, settings, out_path)
+    except LrpError as exc:
+        _fail(exc)
+    io = summary["io"]
+    click.echo(f"{summary['path']}: {summary['method']} ({summary['composite'] or 'no composite'}), "
+               f"{summary['layers']} nodes; inputs {io['data_input']}, target; outputs "
+               f"{', '.join(io['outputs'])}")
 
 
 @main.group("zoo")

@@ -38,7 +38,9 @@ def inspect_model(path, composite: str | None = None, verify: bool = False) -> d
     settings = api.Settings(composite=composite)
     rules = api.rules_for(model, settings, api.preprocess_config(model, settings))
     graph = model.graph
+    compile_errors = compiled_engine_errors(model, rules)
     report.update({
+        "engine": "numpy" if compile_errors else "onnxruntime",
         "input": {"name": graph.input_name, "shape": list(graph.input_shape)},
         "output": {"name": graph.output_name, "shape": list(graph.shapes[graph.output_name])},
         "composite": api.composite_name(model, settings),
@@ -47,11 +49,19 @@ def inspect_model(path, composite: str | None = None, verify: bool = False) -> d
             "name": node.name, "op": node.op, "layer": node.layer.op, "details": node.layer.describe(),
             "inputs": [list(graph.shapes[t]) for t in node.inputs], "output": list(graph.shapes[node.output]),
             "rule": rules[node.name].spec() if node.name in rules else None,
+            "compiles": node.name not in compile_errors,
         } for node in graph.nodes],
+        "compile_errors": compile_errors,
     })
     if verify:
         report["verify"] = verify_model(model)
     return report
+
+
+def compiled_engine_errors(model: api.LoadedModel, rules: dict) -> dict[str, str]:
+    """Returns node name -> why the LRP pass cannot be compiled for onnxruntime (empty when it compiles)."""
+    from lrp_cli.engines.onnx_compiler import node_errors
+    return node_errors(load_onnx(model.path), model.graph, "lrp", rules)
 
 
 def verify_model(model: api.LoadedModel, seed: int = 0) -> dict:
@@ -74,12 +84,14 @@ def format_report(report: dict) -> str:
     lines.append(f"input {report['input']['name']} {report['input']['shape']} -> output "
                  f"{report['output']['name']} {report['output']['shape']}; composite {report['composite']}")
     lines += [f"note: {note}" for note in report["notes"]]
-    header = f"{'node':<36} {'op':<20} {'input shapes':<26} {'output':<18} {'rule':<16} details"
+    lines.append(f"engine under --engine auto: {report['engine']}")
+    lines += [f"not compiled: {why}" for why in report["compile_errors"].values()]
+    header = f"{'node':<36} {'op':<20} {'input shapes':<26} {'output':<18} {'rule':<16} {'ort':<4} details"
     lines += [header, "-" * len(header)]
     for n in report["nodes"]:
         shapes = " ".join("x".join(map(str, s)) for s in n["inputs"])
         lines.append(f"{n['name'][:36]:<36} {n['op']:<20} {shapes[:26]:<26} {'x'.join(map(str, n['output'])):<18} "
-                     f"{n['rule'] or '-':<16} {n['details']}")
+                     f"{n['rule'] or '-':<16} {'yes' if n['compiles'] else 'no':<4} {n['details']}")
     if "verify" in report:
         v = report["verify"]
         lines.append(f"verify: IR vs onnxruntime max abs diff {v['max_abs_diff']:.3g} (relative {v['relative']:.2e})")

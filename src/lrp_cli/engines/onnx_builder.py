@@ -1,0 +1,117 @@
+"""A small ONNX graph builder (opset 13 or later): fresh tensor names, float32 initializers, element-wise helpers."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from lrp_cli.errors import ModelLoadError
+
+
+class CompileError(ModelLoadError):
+    """A node (or model) whose relevance pass has no ONNX formulation here (exit code 3: cannot be converted)."""
+
+
+def registrar(registry: dict, *kinds: type):
+    """Returns a decorator that registers a function in registry under each of the given classes."""
+    def register(fn):
+        for kind in kinds:
+            registry[kind] = fn
+        return fn
+    return register
+
+
+class GraphBuilder:
+    """Collects the nodes and initializers appended to an ONNX graph."""
+
+    def __init__(self, prefix: str = "lrp/"):
+        self.prefix = prefix
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self._count = 0
+        self._scalars: dict[tuple, str] = {}
+
+    def fresh(self, hint: str) -> str:
+        """Returns a new tensor name that no other tensor of the builder has."""
+        self._count += 1
+        return f"{self.prefix}{hint}/{self._count}"
+
+    def op(self, op_type: str, inputs: list[str], hint: str | None = None, **attrs) -> str:
+        """Returns the name of the single output of a new node."""
+        out = self.fresh(hint or op_type)
+        self.nodes.append(helper.make_node(op_type, inputs, [out], name=out, **attrs))
+        return out
+
+    def const(self, value, hint: str = "const", dtype=np.float32) -> str:
+        """Returns the name of a new initializer holding value (float32 unless dtype says otherwise)."""
+        array = np.ascontiguousarray(np.asarray(value, dtype=dtype))
+        name = self.fresh(hint)
+        self.initializers.append(numpy_helper.from_array(array, name=name))
+        return name
+
+    def scalar(self, value: float, dtype=np.float32) -> str:
+        """Returns a shared initializer for a scalar constant."""
+        key = (float(value), np.dtype(dtype).str)
+        if key not in self._scalars:
+            self._scalars[key] = self.const(np.asarray(value, dtype=dtype), "scalar", dtype)
+        return self._scalars[key]
+
+    def ints(self, values) -> str:
+        """Returns an int64 1-D initializer (shapes, axes, slice bounds)."""
+        return self.const(np.asarray(list(values), dtype=np.int64), "ints", np.int64)
+
+    # -- element-wise helpers ------------------------------------------------------------------------------
+
+    def mul(self, a: str, b: str) -> str:
+        """Returns a * b."""
+        return self.op("Mul", [a, b])
+
+    def add(self, a: str, b: str) -> str:
+        """Returns a + b."""
+        return self.op("Add", [a, b])
+
+    def sub(self, a: str, b: str) -> str:
+        """Returns a - b."""
+        return self.op("Sub", [a, b])
+
+    def div(self, a: str, b: str) -> str:
+        """Returns a / b."""
+        return self.op("Div", [a, b])
+
+    def positive(self, x: str) -> str:
+        """Returns max(x, 0)."""
+        return self.op("Relu", [x])
+
+    def negative(self, x: str) -> str:
+        """Returns min(x, 0)."""
+        return self.op("Min", [x, self.scalar(0.0)])
+
+    def stabilize(self, z: str, epsilon: float) -> str:
+        """Returns z + eps * sign(z) with sign(0) = +1, as `layers.stabilize`."""
+        shift = self.op("Where", [self.op("Less", [z, self.scalar(0.0)]), self.scalar(-epsilon),
+                                  self.scalar(epsilon)])
+        return self.add(z, shift)
+
+    def indicator(self, condition: str) -> str:
+        """Returns a boolean tensor cast to float32 (1 where true)."""
+        return self.op("Cast", [condition], to=onnx.TensorProto.FLOAT)
+
+    def reshape(self, x: str, shape) -> str:
+        """Returns x reshaped to a static shape."""
+        return self.op("Reshape", [x, self.ints(shape)])
+
+    def reduce_sum(self, x: str, axes, keepdims: bool = True) -> str:
+        """Returns the sum of x over axes."""
+        return self.op("ReduceSum", [x, self.ints(axes)], keepdims=int(keepdims))
+
+    def pad(self, x: str, pads, value: float = 0.0) -> str:
+        """Returns x padded by ONNX-order pads (all begins, then all ends) with a constant."""
+        return self.op("Pad", [x, self.ints(pads), self.scalar(value)], mode="constant")
+
+    def slice(self, x: str, starts, ends, axes, steps=None) -> str:
+        """Returns a strided slice of x."""
+        inputs = [x, self.ints(starts), self.ints(ends), self.ints(axes)]
+        if steps is not None:
+            inputs.append(self.ints(steps))
+        return self.op("Slice", inputs)

@@ -1,0 +1,151 @@
+"""The compiled engine: a relevance pass compiled once per (model bytes, method, rules, lrp-cli version), cached
+on disk, and run by onnxruntime in one session call per explanation."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from lrp_cli import __version__
+from lrp_cli.engines import onnx_compiler as C
+from lrp_cli.engines.onnx_builder import CompileError
+from lrp_cli.errors import OptionError
+from lrp_cli.importers.onnx_import import load_onnx
+from lrp_cli.propagate import LayerRecord
+from lrp_cli.rules import Rule
+
+ENGINES = ("auto", "onnxruntime", "numpy")
+CACHE_ENV = "LRP_CLI_CACHE_DIR"
+DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
+_SESSIONS: dict[tuple, "CompiledSession"] = {}
+_FAILURES: dict[str, CompileError] = {}
+
+
+@dataclass
+class CompiledRun:
+    """The outputs of one compiled run: scores, input relevance, explained class, per-node sums, model output."""
+
+    scores: np.ndarray
+    relevance: np.ndarray
+    target: int
+    layer_sums: np.ndarray
+    model_output: np.ndarray
+
+
+@dataclass
+class CompiledSession:
+    """An onnxruntime session of a compiled relevance pass, with the node records its layer sums stand for."""
+
+    session: ort.InferenceSession
+    input_name: str
+    layers: list[tuple[str, str, str | None]]
+    compile_seconds: float
+    path: Path
+
+    def run(self, x: np.ndarray, target: int) -> CompiledRun:
+        """Returns the run for input x and class target (-1: the predicted class)."""
+        scores, relevance, index, sums, output = self.session.run(
+            [C.SCORES, C.RELEVANCE_OUT, C.TARGET_INDEX, C.LAYER_SUMS, C.MODEL_OUTPUT],
+            {self.input_name: x.astype(np.float32, copy=False), C.TARGET: np.array([target], dtype=np.int64)})
+        return CompiledRun(scores[0], relevance, int(index[0]), sums, output)
+
+    def records(self, sums: np.ndarray) -> list[LayerRecord]:
+        """Returns the per-node records of a run's layer sums."""
+        return [LayerRecord(name, op, rule, float(total)) for (name, op, rule), total in zip(self.layers, sums)]
+
+
+def cache_dir() -> Path:
+    """Returns the folder of compiled graphs: $LRP_CLI_CACHE_DIR, else the user cache dir (platformdirs)."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    import platformdirs
+    return Path(platformdirs.user_cache_dir("lrp-cli")) / "compiled"
+
+
+def _rule_key(rule: Rule) -> list:
+    """Returns the exact parameters of a rule (spec() rounds z^B bounds for display)."""
+    return [type(rule).__name__] + [np.asarray(v, dtype=np.float64).tobytes().hex() if v is not None else None
+                                    for _, v in sorted(vars(rule).items()) if not isinstance(v, str)]
+
+
+def cache_key(model_sha256: str, method: str, rules: dict[str, Rule], output: str | None) -> str:
+    """Returns the content hash naming a compiled graph: model bytes, method, rules, output, lrp-cli version."""
+    content = json.dumps([__version__, model_sha256, method, output,
+                          sorted((name, _rule_key(rule)) for name, rule in rules.items())])
+    return hashlib.sha256(content.encode()).hexdigest()[:32]
+
+
+def compile_model(path: Path, graph, method: str, rules: dict[str, Rule], output: str | None = None
+                  ) -> C.CompiledGraph:
+    """Returns the compiled relevance pass of the ONNX file at path (whose IR is graph)."""
+    return C.compile_relevance(load_onnx(path), graph, method, rules, output)
+
+
+def io_doc(compiled: C.CompiledGraph) -> dict:
+    """Returns the documented inputs and outputs of a compiled graph (as in its metadata_props)."""
+    return json.loads(next(p.value for p in compiled.model.metadata_props if p.key == "lrp_cli.io"))
+
+
+def save_model(compiled: C.CompiledGraph, path: Path) -> None:
+    """Writes a compiled graph atomically (temp name, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    onnx.save(compiled.model, str(temp))
+    os.replace(temp, path)
+
+
+def session_for(model, method: str, rules: dict[str, Rule], providers=()) -> CompiledSession:
+    """Returns the (cached) compiled session of a loaded ONNX model; CompileError when it does not compile."""
+    output = model.session.get_outputs()[0].name
+    key = cache_key(model.sha256, method, rules, output)
+    providers = tuple(providers) or DEFAULT_PROVIDERS
+    if (key, providers) in _SESSIONS:
+        return _SESSIONS[(key, providers)]
+    if key in _FAILURES:
+        raise _FAILURES[key]
+    path = cache_dir() / f"{key}.lrp.onnx"
+    seconds = 0.0
+    if not path.is_file():
+        start = time.perf_counter()
+        try:
+            compiled = compile_model(model.path, model.graph, method, rules, output)
+        except CompileError as exc:
+            _FAILURES[key] = exc
+            raise
+        save_model(compiled, path)
+        del compiled  # the session reads the file; the graph in memory would only add to the peak
+        seconds = time.perf_counter() - start
+    session = _open(path, providers)
+    layers = [tuple(entry) for entry in json.loads(session.get_modelmeta().custom_metadata_map["lrp_cli.layers"])]
+    _SESSIONS[(key, providers)] = CompiledSession(session, model.graph.input_name, layers, seconds, path)
+    return _SESSIONS[(key, providers)]
+
+
+def _open(path: Path, providers) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    unknown = [p for p in providers if p not in ort.get_available_providers()]
+    if unknown:
+        raise OptionError(f"--providers {','.join(providers)}: onnxruntime has no {unknown[0]} here; available: "
+                          f"{', '.join(ort.get_available_providers())}")
+    return ort.InferenceSession(str(path), options, providers=list(providers))
+
+
+def choose(engine: str, precision: str, kind: str) -> str:
+    """Returns the engine a request may use before compiling: "numpy", "onnxruntime", or "auto" (try it)."""
+    if engine not in ENGINES:
+        raise OptionError(f"--engine {engine}: choose one of {', '.join(ENGINES)}")
+    if engine == "onnxruntime" and (precision != "float32" or kind != "onnx"):
+        raise OptionError("--engine onnxruntime runs ONNX models in float32 only; use --engine numpy for "
+                          "--precision float64 and BoW pipelines")
+    if precision != "float32" or kind != "onnx":
+        return "numpy"
+    return engine
