@@ -12,7 +12,7 @@ from PIL import Image
 
 from lrp_cli import render, report
 from lrp_cli.cli import main
-from lrp_cli.preprocess import PreprocessConfig, _geometry
+from lrp_cli.preprocess import PreprocessConfig, fit_geometry
 
 
 def embedded(page: str) -> dict:
@@ -61,7 +61,7 @@ def test_html_option_writes_the_report_and_the_model_view_thumbnails(tiny_cnn_pa
     assert good["class"] in ["ant", "bee", "cat", "dog"] and good["conservation_error"] is not None
     assert bad["status"] == "error" and "bad.png" in bad["error"] and bad["image"] is None
     # the thumbnail is the image as the model saw it: resized to the 16 x 16 input
-    expected = _geometry(Image.open(rgb_image).convert("RGB"), PreprocessConfig(preset="unit"), (16, 16))
+    expected = fit_geometry(Image.open(rgb_image).convert("RGB"), PreprocessConfig(preset="unit"), (16, 16))
     np.testing.assert_array_equal(np.asarray(Image.open(out / "a.input.png")), np.asarray(expected))
     assert report.colorbar_data_uri("bwr") in page and "each heatmap scaled by its own max|R|" in page
     result = CliRunner().invoke(main, ["explain", str(data / "a.png"), "--model", str(tiny_cnn_path), "--out",
