@@ -297,13 +297,18 @@ def explain(model, input_path: str | Path, settings: Settings) -> list[Explanati
     input_path = Path(input_path)
     if model.kind == "sklearn-bow":
         return explain_bow_image(model, input_path, settings)
+    x, picture = load_model_input(model, input_path, settings)
+    return explain_array(model, x, settings, input_path, picture)
+
+
+def load_model_input(model: LoadedModel, input_path: Path, settings: Settings) -> tuple[np.ndarray, object]:
+    """Returns (the model-input tensor, the picture at the model input size) of an image or `.npy` file."""
     config = preprocess_config(model, settings)
     nchw = to_nchw(model.graph.input_shape, model.layout)
     if config.size and tuple(config.size) != tuple(nchw[2:]):
         raise OptionError(f"--size {config.size[0]},{config.size[1]}: the model input is "
                           f"{list(model.graph.input_shape)}")
-    x, picture = load_input(input_path, config, model.graph.input_shape, model.layout)
-    return explain_array(model, x, settings, input_path, picture)
+    return load_input(input_path, config, model.graph.input_shape, model.layout)
 
 
 def explain_bow_image(model: LoadedBowModel, input_path: Path, settings: Settings) -> list[Explanation]:
