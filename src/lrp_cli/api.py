@@ -39,6 +39,7 @@ class LoadedModel:
     layout: str = "nchw"
     kind: str = "onnx"
     _cast: dict = field(default_factory=dict)
+    _batch_scorer: object = field(default=None, repr=False)  # scoring.score_batch builds it on first use
 
     @property
     def labels(self) -> list[str] | None:
