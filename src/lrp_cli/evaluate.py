@@ -270,7 +270,10 @@ def evaluate_input(model, item, variants: list[MethodVariant], flip: FlipSetting
         for expl in explanations:
             target = expl.target["index"]
             stem = item.stem if len(explanations) == 1 else f"{item.stem}.class{target}"
-            curves = flip_curves(scorer, subject, api.pixel_map(model, expl), target, flip)
+            try:
+                curves = flip_curves(scorer, subject, api.pixel_map(model, expl), target, flip)
+            except InputError as exc:
+                raise InputError(f"{item.path}: method {variant.name}: {exc}") from None
             result.runs += [run_document(item.path, variant.name, order, target, curve)
                             for order, (curve, _) in curves.items()]
             if save_maps:
@@ -343,3 +346,44 @@ def settings_document(model, variants: list[MethodVariant], flip: FlipSettings, 
         "precision": first.precision, "preprocess": {k: v for k, v in first.preprocess.items() if v is not None},
         "score": "the target's pre-softmax score f(x); AOPC = mean over steps k = 0..N of f(x_0) - f(x_k)",
     }
+
+
+def method_variants(model, base, names: list[str]) -> list[MethodVariant]:
+    """Returns one MethodVariant per method name (duplicates dropped), each checked against the model; an
+    unknown name is an OptionError naming it."""
+    from dataclasses import replace
+
+    from lrp_cli import api
+    names = list(dict.fromkeys(n.strip() for n in names if n.strip()))
+    unknown = [n for n in names if n not in api.METHOD_NAMES]
+    if unknown or not names:
+        raise OptionError(f"--methods: unknown method '{(unknown or [''])[0]}'; methods: "
+                          f"{', '.join(api.METHOD_NAMES)}")
+    variants = [MethodVariant(name, replace(base, method=name)) for name in names]
+    for variant in variants:
+        api.check_settings(model, variant.settings)
+    return variants
+
+
+def default_methods(model) -> list[str]:
+    """Returns the methods evaluated when none are named: every method for ONNX models, lrp for BoW pipelines."""
+    from lrp_cli import api
+    return ["lrp"] if model.kind == "sklearn-bow" else list(api.METHOD_NAMES)
+
+
+def run_evaluation(model, items: list, variants: list[MethodVariant], flip: FlipSettings, out_dir,
+                   strip: bool = False, save_maps: bool = False, jobs: int = 1,
+                   on_error: Callable[[object, Exception], None] = lambda item, exc: None):
+    """Returns (evaluation.json document, per-input files) for a batch, scoring with batched onnxruntime runs
+    (BoW: decision values)."""
+    from lrp_cli.evaluation_files import evaluation_document
+    from lrp_cli.scoring import score_batch
+    tiling = variants[0].settings.tiling
+
+    def scorer(batch):
+        return score_batch(model, batch, tiling=tiling)
+
+    runs, files, errors = evaluate_inputs(model, items, variants, flip, scorer, out_dir, strip, save_maps, jobs,
+                                          on_error)
+    units = "pixel" if flip.patch == 1 else f"{flip.patch}x{flip.patch} patch"
+    return evaluation_document(settings_document(model, variants, flip, units), runs, summarize(runs), errors), files
