@@ -79,6 +79,21 @@ def bench_model(path: Path, runs: int, precision: str, name: str | None = None) 
     }
 
 
+def bench_evaluate(path: Path) -> dict:
+    """Returns the wall time of one pixel-flipping evaluation of the photo: every method, MoRF and LeRF, 100 steps
+    (model loaded; the batched scoring session is built inside, as in a command-line run)."""
+    from lrp_cli import batch, evaluate
+    model = api.load_model(path)
+    variants = evaluate.method_variants(model, api.Settings(), list(api.METHOD_NAMES))
+    flip = evaluate.FlipSettings(("morf", "lerf"), "flip", 1, 100)
+    with tempfile.TemporaryDirectory() as out_dir:
+        start = time.perf_counter()
+        document, _ = evaluate.run_evaluation(model, batch.expand_inputs([str(IMAGE)]), variants, flip, Path(out_dir))
+        seconds = time.perf_counter() - start
+    return {"model": path.name, "methods": ", ".join(api.METHOD_NAMES), "curves": len(document["runs"]),
+            "seconds": seconds}
+
+
 def table(rows: list[dict]) -> str:
     """Returns the timings as a Markdown table (milliseconds)."""
     lines = ["| model | input | onnxruntime forward | IR forward | relevance backward | full explanation | "
@@ -103,21 +118,34 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, numpy {np.__version__}"
 
 
+def evaluate_text() -> str:
+    """Returns the pixel-flipping timing line (empty when EfficientNet-Lite0 has not been built)."""
+    effnet = REPO / "models" / "efficientnet-lite0.onnx"
+    if not effnet.exists():
+        return ""
+    e = bench_evaluate(effnet)
+    return (f"\n`lrp evaluate` of {IMAGE.name} ({e['model']}, 224x224): {e['curves']} curves (methods "
+            f"{e['methods']}; MoRF and LeRF; 100 steps, 101 scored inputs each) in {e['seconds']:.1f} s, one run.\n")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--precision", default="float32", choices=list(api.PRECISIONS))
     parser.add_argument("--write", action="store_true", help="Append the table to benchmarks/RESULTS.md")
+    parser.add_argument("--evaluate-only", action="store_true", help="Only time the pixel-flipping evaluation")
     args = parser.parse_args()
-    rows = [bench_model(REPO / "models" / name, args.runs, args.precision)
-            for name in MODELS if (REPO / "models" / name).exists()]
-    with tempfile.TemporaryDirectory() as folder:
-        resnet = Path(folder) / "resnet50.onnx"
-        onnx.save(resnet50_onnx.build(), str(resnet))
-        rows.append(bench_model(resnet, args.runs, args.precision, "ResNet-50 (random weights)"))
-    text = (f"## {datetime.date.today().isoformat()}: {machine()}\n\nMedian of {args.runs} runs, batch 1, "
-            f"{args.precision}, each model's default composite (its sidecar's, else epsilon-plus-flat).\n\n"
-            f"{table(rows)}\n")
+    text = f"## {datetime.date.today().isoformat()}: {machine()}\n"
+    if not args.evaluate_only:
+        rows = [bench_model(REPO / "models" / name, args.runs, args.precision)
+                for name in MODELS if (REPO / "models" / name).exists()]
+        with tempfile.TemporaryDirectory() as folder:
+            resnet = Path(folder) / "resnet50.onnx"
+            onnx.save(resnet50_onnx.build(), str(resnet))
+            rows.append(bench_model(resnet, args.runs, args.precision, "ResNet-50 (random weights)"))
+        text += (f"\nMedian of {args.runs} runs, batch 1, {args.precision}, each model's default composite (its "
+                 f"sidecar's, else epsilon-plus-flat).\n\n{table(rows)}\n")
+    text += evaluate_text()
     print(text)
     if args.write:
         with open(REPO / "benchmarks" / "RESULTS.md", "a", encoding="utf-8") as handle:
