@@ -131,6 +131,7 @@ def test_bow_pipeline_is_evaluated_with_its_decision_function(tmp_path):
     assert [(r["method"], r["order"]) for r in doc["runs"]] == [("lrp", "morf"), ("lrp", "lerf")]
     explained = RUN.invoke(main, ["explain", str(path), "--model", str(model), "--target", "positive", "--out",
                                   str(tmp_path / "e")])
+    assert explained.exit_code == 0, explained.output
     f_x = json.loads((tmp_path / "e" / "scene.json").read_text())["f_x"]
     assert doc["runs"][0]["scores"][0] == pytest.approx(f_x, rel=1e-9)  # the SVM decision value
     result = evaluate(path, "--model", model, "--methods", "gradient", "--out", tmp_path / "o2")
@@ -190,3 +191,32 @@ def test_lenet_mnist_lrp_morf_falls_faster_than_lerf(tmp_path):
         2 * (summary[("lrp", "morf")]["aopc_sem"] + summary[("lrp", "lerf")]["aopc_sem"])
     runs = json.loads((out / "evaluation.json").read_text())["runs"]
     assert all(r["predicted"][0] == r["target"] for r in runs)  # the ten digits are read right
+
+
+def test_nhwc_model_is_perturbed_in_its_own_layout(rgb_image, tmp_path):
+    from test_cli import nhwc_model
+
+    from lrp_cli import api
+    path = nhwc_model(tmp_path)
+    out = tmp_path / "out"
+    result = evaluate(rgb_image, "--model", path, "--preset", "tf", "--methods", "gradient", "--steps", "1",
+                      "--target", "0", "--out", out)
+    assert result.exit_code == 0, result.output
+    run = json.loads((out / "evaluation.json").read_text())["runs"][0]
+    model = api.load_model(path)
+    x, _ = api.load_model_input(model, rgb_image, api.Settings(preprocess={"preset": "tf"}))
+    assert x.shape == (1, 12, 10, 3)
+    # step 1 flips every pixel: x -> -x in the tf preset's range [-1, 1]
+    expected = [float(model.run_onnxruntime(v)[1].ravel()[0]) for v in (x, -x)]
+    assert run["scores"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_jobs_give_the_same_runs_as_one_at_a_time(tiny_cnn_path, two_images, tmp_path):
+    documents = []
+    for jobs in ("1", "2"):
+        out = tmp_path / f"out{jobs}"
+        result = evaluate(*two_images, "--model", tiny_cnn_path, "--methods", "lrp", "--steps", "5",
+                          "--perturbation", "uniform", "--seed", "7", "--jobs", jobs, "--out", out)
+        assert result.exit_code == 0, result.output
+        documents.append(json.loads((out / "evaluation.json").read_text()))
+    assert documents[0]["runs"] == documents[1]["runs"] and documents[0]["settings"]["seed"] == 7
