@@ -45,7 +45,7 @@ def main():
 @click.option("--out", "out_dir", default="lrp-out", type=click.Path(path_type=Path), show_default=True,
               help="Output folder.")
 @click.option("--method", type=click.Choice(list(api.METHOD_NAMES)), default="lrp", show_default=True,
-              help="lrp, or the plain gradient / gradient x input of the target score.")
+              help="lrp; gradient / gradient x input of the target score; gradcam, occlusion, lime, random.")
 @click.option("--composite", type=click.Choice(list(COMPOSITES)), help="Rule composite [default: sidecar's, "
               "else epsilon-plus-flat].")
 @click.option("--rule", help="One rule for every Conv/Dense layer, e.g. epsilon:0.01, alphabeta:2,1, zbox:-1,1.")
@@ -75,10 +75,16 @@ def main():
               "(Fig 6); 0 explains the whole image [default: the training image size].")
 @click.option("--tile-stride", type=click.IntRange(min=1), help="BoW models: tile stride in px.")
 @click.option("--pair", help="BoW one-vs-one models: the two classes A,B whose decision is explained.")
+@click.option("--layer", "cam_layer", metavar="NAME", help="gradcam: the node whose feature maps are weighted "
+              "[default: the last Conv with a spatial output].")
+@click.option("--patch", type=click.IntRange(min=1), help="occlusion: patch side in px [default: ceil(min(H,W)/14)].")
+@click.option("--stride", type=click.IntRange(min=1), help="occlusion: patch stride in px [default: half the patch].")
+@click.option("--samples", type=click.IntRange(min=2), help="lime: perturbed samples [default: 1000].")
+@click.option("--seed", type=int, help="lime, random: random seed [default: 0].")
 def explain(inputs, model_path, out_dir, method, composite, rule, layer_rules, target, output_name, layout, preset,
             size,
             resize, mean, std, bgr, labels, cmap, normalize, save_raw, precision, jobs, skip_existing,
-            no_progress, json_lines, tile, tile_stride, pair):
+            no_progress, json_lines, tile, tile_stride, pair, cam_layer, patch, stride, samples, seed):
     """Explain the prediction for each INPUT (image, .npy tensor, folder or glob)."""
     try:
         settings = api.Settings(method, composite, rule, tuple(layer_rules), target, precision, {
@@ -86,6 +92,8 @@ def explain(inputs, model_path, out_dir, method, composite, rule, layer_rules, t
             "mean": _numbers("--mean", mean), "std": _numbers("--std", std), "bgr": bgr},
             {k: v for k, v in {"tile": tile, "tile_stride": tile_stride,
                                "pair": tuple(pair.split(",")) if pair else None}.items() if v is not None})
+        settings.method_options = {k: v for k, v in {"layer": cam_layer, "patch": patch, "stride": stride,
+                                                     "samples": samples, "seed": seed}.items() if v is not None}
         model = api.load_model(model_path, output_name, labels, layout)
         api.check_settings(model, settings)
     except LrpError as exc:
