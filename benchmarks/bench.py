@@ -22,6 +22,7 @@ import onnx
 
 import resnet50_onnx
 from lrp_cli import api
+from lrp_cli.preprocess import load_input
 from lrp_cli.propagate import propagate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -105,6 +106,20 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def bench_methods(path: Path, runs: int) -> str:
+    """Returns a Markdown table of the full explanation time (forward pass included) of every method on the photo."""
+    model = api.load_model(path)
+    x, _ = load_input(IMAGE, api.preprocess_config(model, api.Settings()), model.graph.input_shape, model.layout)
+    lines = [f"| method ({path.name}, {IMAGE.name}) | options | full explanation |", "|---|---|---|"]
+    for name in api.METHOD_NAMES:
+        settings = api.Settings(method=name)
+        options = api.explain_array(model, x, settings)[0].extra.get("method_options", {})
+        seconds = median_seconds(lambda: api.explain_array(model, x, settings), runs)
+        shown = ", ".join(f"{k} {v}" for k, v in options.items()) or "-"
+        lines.append(f"| {name} | {shown} | {seconds * 1e3:.0f} ms |")
+    return "\n".join(lines)
+
+
 def machine() -> str:
     """Returns a one-line description of this machine."""
     cpu = platform.processor() or platform.machine()
@@ -133,21 +148,32 @@ def main():
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--precision", default="float32", choices=list(api.PRECISIONS))
     parser.add_argument("--write", action="store_true", help="Append the table to benchmarks/RESULTS.md")
+    parser.add_argument("--methods-only", action="store_true", help="Only the per-method table (EfficientNet)")
     parser.add_argument("--evaluate-only", action="store_true", help="Only time the pixel-flipping evaluation")
     args = parser.parse_args()
-    text = f"## {datetime.date.today().isoformat()}: {machine()}\n"
-    if not args.evaluate_only:
-        rows = [bench_model(REPO / "models" / name, args.runs, args.precision)
-                for name in MODELS if (REPO / "models" / name).exists()]
-        with tempfile.TemporaryDirectory() as folder:
-            resnet = Path(folder) / "resnet50.onnx"
-            onnx.save(resnet50_onnx.build(), str(resnet))
-            rows.append(bench_model(resnet, args.runs, args.precision, "ResNet-50 (random weights)"))
-        text += (f"\nMedian of {args.runs} runs, batch 1, {args.precision}, each model's default composite (its "
-                 f"sidecar's, else epsilon-plus-flat).\n\n{table(rows)}\n")
-    text += evaluate_text()
+    if args.evaluate_only:
+        return _emit(f"## {datetime.date.today().isoformat()}: {machine()}\n{evaluate_text()}", args.write)
+    effnet = REPO / "models" / "efficientnet-lite0.onnx"
+    methods = bench_methods(effnet, max(1, args.runs // 2)) if effnet.exists() else ""
+    if args.methods_only:
+        return _emit(f"## {datetime.date.today().isoformat()}: {machine()}\n\nMedian of {max(1, args.runs // 2)} "
+                     f"runs, one photo, float32, each method's defaults.\n\n{methods}\n", args.write)
+    rows = [bench_model(REPO / "models" / name, args.runs, args.precision)
+            for name in MODELS if (REPO / "models" / name).exists()]
+    with tempfile.TemporaryDirectory() as folder:
+        resnet = Path(folder) / "resnet50.onnx"
+        onnx.save(resnet50_onnx.build(), str(resnet))
+        rows.append(bench_model(resnet, args.runs, args.precision, "ResNet-50 (random weights)"))
+    text = (f"## {datetime.date.today().isoformat()}: {machine()}\n\nMedian of {args.runs} runs, batch 1, "
+            f"{args.precision}, each model's default composite (its sidecar's, else epsilon-plus-flat).\n\n"
+            f"{table(rows)}\n" + (f"\nEvery method, median of {max(1, args.runs // 2)} runs, each method's "
+                                  f"defaults:\n\n{methods}\n" if methods else "") + evaluate_text())
+    _emit(text, args.write)
+
+
+def _emit(text: str, write: bool) -> None:
     print(text)
-    if args.write:
+    if write:
         with open(REPO / "benchmarks" / "RESULTS.md", "a", encoding="utf-8") as handle:
             handle.write("\n" + text)
 

@@ -14,14 +14,14 @@ from lrp_cli import __version__, outputs, render
 from lrp_cli.errors import ModelLoadError, OptionError
 from lrp_cli.importers.onnx_import import import_onnx, load_onnx
 from lrp_cli.ir.graph import Graph
-from lrp_cli.methods.gradient import METHODS
+from lrp_cli.methods import METHODS, MethodInput
 from lrp_cli.preprocess import (PreprocessConfig, Sidecar, load_input, load_sidecar, open_image, read_labels,
                                 to_nchw)
-from lrp_cli.propagate import LayerRecord, Propagation, conservation_error, output_scores, propagate
+from lrp_cli.propagate import LayerRecord, Propagation, conservation_error, output_scores
 from lrp_cli.rules import DEFAULT_COMPOSITE, RuleError, ZBox, assign_rules, parse_rule
 
 PRECISIONS = {"float32": np.float32, "float64": np.float64}
-METHOD_NAMES = ("lrp",) + tuple(METHODS)
+METHOD_NAMES = tuple(METHODS)
 #: A relative IR-vs-onnxruntime difference above this triggers a warning.
 IR_DIFF_WARNING = 1e-4
 
@@ -153,6 +153,7 @@ class Settings:
     precision: str = "float32"
     preprocess: dict = field(default_factory=dict)
     tiling: dict = field(default_factory=dict)  # BoW models: tile, tile_stride, pair
+    method_options: dict = field(default_factory=dict)  # given options of the method: layer, patch, seed, ...
 
 
 @dataclass
@@ -182,6 +183,8 @@ class Explanation:
 
 def check_settings(model, settings: Settings) -> None:
     """Raises OptionError when the settings do not fit the model (bad rule, options of the other model kind)."""
+    method = METHODS.get(settings.method)
+    options = method.resolve(settings.method_options) if method else {}
     if model.kind == "sklearn-bow":
         if settings.method != "lrp" or settings.rule or settings.composite or settings.layer_rules:
             raise OptionError("--method/--rule/--composite/--layer-rule apply to ONNX models, not BoW pipelines")
@@ -190,6 +193,8 @@ def check_settings(model, settings: Settings) -> None:
         raise OptionError("--tile/--tile-stride/--pair apply to BoW pipelines, not ONNX models")
     if settings.method == "lrp":
         rules_for(model, settings, preprocess_config(model, settings))
+    if method:
+        method.check(model, options)
 
 
 def preprocess_config(model: LoadedModel, settings: Settings) -> PreprocessConfig:
@@ -263,7 +268,9 @@ def explain_array(model: LoadedModel, x: np.ndarray, settings: Settings, input_p
         raise OptionError(f"--precision {settings.precision}: choose float32 or float64")
     if settings.method not in METHOD_NAMES:
         raise OptionError(f"--method {settings.method}: choose one of {', '.join(METHOD_NAMES)}")
-    rules = rules_for(model, settings, preprocess_config(model, settings)) if settings.method == "lrp" else {}
+    config = preprocess_config(model, settings)
+    rules = rules_for(model, settings, config) if settings.method == "lrp" else {}
+    method = METHODS[settings.method]
     start = time.perf_counter()
     model_output, ort_explained = model.run_onnxruntime(x)
     graph = model.graph_for(settings.precision)
@@ -271,26 +278,26 @@ def explain_array(model: LoadedModel, x: np.ndarray, settings: Settings, input_p
     forward_seconds = time.perf_counter() - start
     ir_out = values[graph.output_name]
     diff, relative = ir_difference(ir_out, ort_explained)
+    job = MethodInput(model, graph, values, rules, config, method.resolve(settings.method_options))
+    extra = {"method_options": method.options_for(job)} if method.defaults else {}
     explanations = []
     for target in resolve_targets(settings.target, output_scores(ir_out), model.labels):
         start = time.perf_counter()
-        propagation = _backward(settings.method, graph, values, target, rules)
+        propagation = _backward(method, job, target)
         timing = {"load": model.load_seconds, "forward": forward_seconds, "backward": time.perf_counter() - start}
         explanations.append(Explanation(
             input_path, x, picture, model_output, _prediction(model, output_scores(model_output)),
             {"index": target, "label": label_of(model, target)}, propagation,
             {name: rule.spec() for name, rule in rules.items()}, composite_name(model, settings),
-            diff, relative, timing, settings.method))
+            diff, relative, timing, settings.method, dict(extra)))
     return explanations
 
 
-def _backward(method: str, graph: Graph, values, target: int, rules) -> Propagation:
-    if method == "lrp":
-        return propagate(graph, values, target, rules)
+def _backward(method, job: MethodInput, target: int) -> Propagation:
     try:
-        return METHODS[method](graph, values, target)
+        return method.explain(job, target)
     except NotImplementedError as exc:
-        raise OptionError(f"--method {method}: {exc}") from None
+        raise OptionError(f"--method {method.name}: {exc}") from None
 
 
 def explain(model, input_path: str | Path, settings: Settings) -> list[Explanation]:

@@ -96,7 +96,7 @@ def main():
 @click.option("--out", "out_dir", default="lrp-out", type=click.Path(path_type=Path), show_default=True,
               help="Output folder.")
 @click.option("--method", type=click.Choice(list(api.METHOD_NAMES)), default="lrp", show_default=True,
-              help="lrp, or the plain gradient / gradient x input of the target score.")
+              help="lrp; gradient / gradient x input of the target score; gradcam, occlusion, lime, random.")
 @_model_options
 @click.option("--cmap", type=click.Choice(render.COLORMAPS), default="jet", show_default=True)
 @click.option("--normalize", type=click.Choice(["image", "global"]), default="image", show_default=True,
@@ -106,11 +106,19 @@ def main():
 @click.option("--skip-existing", is_flag=True, help="Skip inputs whose JSON output already exists.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--json-lines", is_flag=True, help="Print one JSON document per explanation instead of a line.")
+@click.option("--layer", "cam_layer", metavar="NAME", help="gradcam: the node whose feature maps are weighted "
+              "[default: the last Conv with a spatial output].")
+@click.option("--patch", type=click.IntRange(min=1), help="occlusion: patch side in px [default: ceil(min(H,W)/14)].")
+@click.option("--stride", type=click.IntRange(min=1), help="occlusion: patch stride in px [default: half the patch].")
+@click.option("--samples", type=click.IntRange(min=2), help="lime: perturbed samples [default: 1000].")
+@click.option("--seed", type=int, help="lime, random: random seed [default: 0].")
 def explain(inputs, model_path, out_dir, method, cmap, normalize, save_raw, jobs, skip_existing, no_progress,
-            json_lines, **shared):
+            json_lines, cam_layer, patch, stride, samples, seed, **shared):
     """Explain the prediction for each INPUT (image, .npy tensor, folder or glob)."""
     try:
         settings = _settings(method, shared)
+        settings.method_options = {k: v for k, v in {"layer": cam_layer, "patch": patch, "stride": stride,
+                                                     "samples": samples, "seed": seed}.items() if v is not None}
         model = _load_model(model_path, shared)
         api.check_settings(model, settings)
     except LrpError as exc:
@@ -211,7 +219,8 @@ class BatchRunner:
               help="Perturb P x P patches (relevance summed over the patch) instead of single pixels.")
 @click.option("--steps", type=click.IntRange(min=1), default=100, show_default=True,
               help="N equal fractions of all units from 0 to 100 %.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the uniform perturbation.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the uniform perturbation and of lime and random.")
 @click.option("--out", "out_dir", default="lrp-eval", type=click.Path(path_type=Path), show_default=True,
               help="Output folder.")
 @click.option("--save-maps", is_flag=True, help="Also write STEM.METHOD.relevance.npy.")
@@ -228,7 +237,7 @@ def evaluate_command(inputs, model_path, methods, orders, perturbation, blur_sig
         base = _settings("lrp", shared)
         model = _load_model(model_path, shared)
         names = methods.split(",") if methods is not None else evaluate.default_methods(model)
-        variants = evaluate.method_variants(model, base, names)
+        variants = evaluate.method_variants(model, base, names, {"seed": seed})
         items = batch.expand_inputs(list(inputs))
         document, files = evaluate.run_evaluation(model, items, variants, flip, out_dir, strip, save_maps, jobs,
                                                   lambda item, exc: click.echo(f"error: {exc}", err=True))

@@ -340,7 +340,8 @@ def settings_document(model, variants: list[MethodVariant], flip: FlipSettings, 
     return {
         "model": {"path": str(model.path), "sha256": model.sha256, "kind": model.kind},
         "methods": [{"name": v.name, "method": v.settings.method, "composite": v.settings.composite,
-                     "rule": v.settings.rule, "layer_rules": list(v.settings.layer_rules)} for v in variants],
+                     "rule": v.settings.rule, "layer_rules": list(v.settings.layer_rules),
+                     "options": v.settings.method_options} for v in variants],
         "orders": list(flip.orders), "perturbation": flip.perturbation, "patch": flip.patch, "units": units,
         "steps": flip.steps, "seed": flip.seed, "blur_sigma": flip.blur_sigma, "target": first.target,
         "precision": first.precision, "preprocess": {k: v for k, v in first.preprocess.items() if v is not None},
@@ -348,18 +349,20 @@ def settings_document(model, variants: list[MethodVariant], flip: FlipSettings, 
     }
 
 
-def method_variants(model, base, names: list[str]) -> list[MethodVariant]:
-    """Returns one MethodVariant per method name (duplicates dropped), each checked against the model; an
-    unknown name is an OptionError naming it."""
+def method_variants(model, base, names: list[str], options: dict | None = None) -> list[MethodVariant]:
+    """Returns one MethodVariant per method name (duplicates dropped), each given those of `options` (e.g. seed)
+    that it takes and checked against the model; an unknown name is an OptionError naming it."""
     from dataclasses import replace
 
     from lrp_cli import api
+    from lrp_cli.methods import METHODS
     names = list(dict.fromkeys(n.strip() for n in names if n.strip()))
     unknown = [n for n in names if n not in api.METHOD_NAMES]
     if unknown or not names:
         raise OptionError(f"--methods: unknown method '{(unknown or [''])[0]}'; methods: "
                           f"{', '.join(api.METHOD_NAMES)}")
-    variants = [MethodVariant(name, replace(base, method=name)) for name in names]
+    variants = [MethodVariant(name, replace(base, method=name, method_options={
+        k: v for k, v in (options or {}).items() if k in METHODS[name].defaults})) for name in names]
     for variant in variants:
         api.check_settings(model, variant.settings)
     return variants
