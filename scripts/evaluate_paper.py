@@ -1,7 +1,7 @@
 """Rerun the README's pixel-flipping measurements (paper section "Pixel flipping experiments", Fig 22).
 
     .venv/bin/python scripts/evaluate_paper.py mnist     # LeNet-5 from ../shared on the 100 MNIST test digits
-    .venv/bin/python scripts/evaluate_paper.py photos    # EfficientNet-Lite0 (make demo builds it), 8x8 patches
+    .venv/bin/python scripts/evaluate_paper.py photos    # EfficientNet-Lite0 on the demo photos, 8x8 patches
 
 Every method lrp-cli knows is evaluated (whatever `api.METHOD_NAMES` holds when it runs), LRP three times: the
 paper's epsilon = 0.01 everywhere, z everywhere, and the default composite. Writes evaluation.json/.csv and
@@ -51,13 +51,12 @@ def mnist_inputs(folder: Path) -> tuple[Path, list]:
     return model, batch.expand_inputs([str(folder / "digit*.png")])
 
 
-def photo_inputs() -> tuple[Path, list]:
-    """Returns (EfficientNet-Lite0, the demo photos in sample_images/ and the photos in ../shared/images)."""
+def photo_inputs(extra: list[str]) -> tuple[Path, list]:
+    """Returns (EfficientNet-Lite0, the demo photos in sample_images/ and any further photo files or folders)."""
     model = REPO / "models" / "efficientnet-lite0.onnx"
     if not model.exists():
         sys.exit(f"error: {model} is missing; build it with `.venv/bin/lrp zoo get efficientnet-lite0 --dest models`")
-    specs = [str(REPO / "sample_images" / "chelsea.png"), str(REPO / "sample_images" / "coffee.png"),
-             str(SHARED / "images" / "photos")]
+    specs = [str(REPO / "sample_images" / "chelsea.png"), str(REPO / "sample_images" / "coffee.png"), *extra]
     return model, batch.expand_inputs(specs)
 
 
@@ -78,6 +77,7 @@ def main():
     parser.add_argument("--out", type=Path, help="Output folder [default: eval-EXPERIMENT]")
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--photos", nargs="*", default=[], help="photos: more images or folders to evaluate")
     parser.add_argument("--no-docs", action="store_true", help="Do not copy the figures into docs/")
     args = parser.parse_args()
     out = args.out or Path(f"eval-{args.experiment}")
@@ -86,7 +86,7 @@ def main():
             model_path, items = mnist_inputs(Path(folder))
             flip = evaluate.FlipSettings(("morf", "lerf"), "flip", 1, args.steps)
         else:
-            model_path, items = photo_inputs()
+            model_path, items = photo_inputs(args.photos)
             flip = evaluate.FlipSettings(("morf", "lerf"), "flip", 8, args.steps)
         model = api.load_model(model_path)
         chosen = variants(model, api.Settings())
