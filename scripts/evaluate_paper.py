@@ -60,14 +60,26 @@ def photo_inputs(extra: list[str]) -> tuple[Path, list]:
     return model, batch.expand_inputs(specs)
 
 
-def markdown(summary: list[dict], orders: list[str]) -> str:
-    """Returns the summary as a Markdown table: a row per method, AOPC mean +- sem per order."""
-    cells = {(s["method"], s["order"]): s for s in summary}
-    methods = list(dict.fromkeys(s["method"] for s in summary))
-    lines = ["| method | " + " | ".join(f"AOPC {o}" for o in orders) + " |", "|---" * (len(orders) + 1) + "|"]
+def first_change(run: dict) -> float | None:
+    """Returns the fraction perturbed at which the prediction first leaves the target (None: it never does)."""
+    changed = [f for f, p in zip(run["fractions"], run["predicted"]) if p != run["target"]]
+    return changed[0] if changed else None
+
+
+def markdown(document: dict, orders: list[str]) -> str:
+    """Returns a Markdown table: per method the AOPC mean +- sem per order, then per order the median fraction
+    perturbed until the prediction changes (Fig 23's stopping point; a curve that never changes counts as 100 %)."""
+    cells = {(s["method"], s["order"]): s for s in document["summary"]}
+    methods = list(dict.fromkeys(s["method"] for s in document["summary"]))
+    lines = ["| method | " + " | ".join(f"AOPC {o}" for o in orders) + " | " +
+             " | ".join(f"{o}: median % until the prediction changes" for o in orders) + " |",
+             "|---" * (2 * len(orders) + 1) + "|"]
     for m in methods:
-        values = [cells[(m, o)] for o in orders]
-        lines.append(f"| {m} | " + " | ".join(f"{v['aopc_mean']:.3f} ± {v['aopc_sem']:.3f}" for v in values) + " |")
+        aopc = [f"{cells[(m, o)]['aopc_mean']:.3f} ± {cells[(m, o)]['aopc_sem']:.3f}" for o in orders]
+        change = [np.median([c if c is not None else 1.0 for c in
+                             (first_change(r) for r in document["runs"] if (r["method"], r["order"]) == (m, o))])
+                  for o in orders]
+        lines.append(f"| {m} | " + " | ".join(aopc) + " | " + " | ".join(f"{100 * c:.1f}" for c in change) + " |")
     return "\n".join(lines)
 
 
@@ -101,7 +113,7 @@ def main():
     agree = sum(r["predicted"][0] == r["target"] for r in runs) / len(runs)
     print(f"{len(items)} inputs, {len(chosen)} methods, {len(flip.orders)} orders, {args.steps} steps, "
           f"{seconds:.0f} s; runs whose unperturbed prediction is the target: {agree:.0%}")
-    print(markdown(document["summary"], list(flip.orders)))
+    print(markdown(document, list(flip.orders)))
     if not args.no_docs:
         shutil.copy(out / "curves.png", REPO / "docs" / f"evaluate-{args.experiment}-curves.png")
         shutil.copy(next(out.glob("*.lrp.strip.png")), REPO / "docs" / f"evaluate-{args.experiment}-strip.png")
