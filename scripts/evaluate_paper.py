@@ -88,6 +88,7 @@ def main():
     parser.add_argument("experiment", choices=["mnist", "photos"])
     parser.add_argument("--out", type=Path, help="Output folder [default: eval-EXPERIMENT]")
     parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--perturbation", default="flip", choices=list(evaluate.PERTURBATIONS))
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--photos", nargs="*", default=[], help="photos: more images or folders to evaluate")
     parser.add_argument("--no-docs", action="store_true", help="Do not copy the figures into docs/")
@@ -96,10 +97,10 @@ def main():
     with tempfile.TemporaryDirectory() as folder:
         if args.experiment == "mnist":
             model_path, items = mnist_inputs(Path(folder))
-            flip = evaluate.FlipSettings(("morf", "lerf"), "flip", 1, args.steps)
+            flip = evaluate.FlipSettings(("morf", "lerf"), args.perturbation, 1, args.steps)
         else:
             model_path, items = photo_inputs(args.photos)
-            flip = evaluate.FlipSettings(("morf", "lerf"), "flip", 8, args.steps)
+            flip = evaluate.FlipSettings(("morf", "lerf"), args.perturbation, 8, args.steps)
         model = api.load_model(model_path)
         chosen = variants(model, api.Settings())
         start = time.perf_counter()
