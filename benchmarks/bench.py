@@ -110,13 +110,16 @@ def bench_methods(path: Path, runs: int) -> str:
     """Returns a Markdown table of the full explanation time (forward pass included) of every method on the photo."""
     model = api.load_model(path)
     x, _ = load_input(IMAGE, api.preprocess_config(model, api.Settings()), model.graph.input_shape, model.layout)
-    lines = [f"| method ({path.name}, {IMAGE.name}) | options | full explanation |", "|---|---|---|"]
+    forward = median_seconds(lambda: model.run_onnxruntime(x), 5)
+    lines = [f"| method ({path.name}, {IMAGE.name}) | options | full explanation | / one onnxruntime forward "
+             f"({forward * 1e3:.1f} ms) |", "|---|---|---|---|"]
     for name in api.METHOD_NAMES:
         settings = api.Settings(method=name)
-        options = api.explain_array(model, x, settings)[0].extra.get("method_options", {})
-        seconds = median_seconds(lambda: api.explain_array(model, x, settings), runs)
+        results = []
+        seconds = median_seconds(lambda: results.append(api.explain_array(model, x, settings)[0]), runs)
+        options = results[-1].extra.get("method_options", {})
         shown = ", ".join(f"{k} {v}" for k, v in options.items()) or "-"
-        lines.append(f"| {name} | {shown} | {seconds * 1e3:.0f} ms |")
+        lines.append(f"| {name} | {shown} | {seconds * 1e3:.0f} ms | {seconds / forward:.0f}x |")
     return "\n".join(lines)
 
 
@@ -157,7 +160,8 @@ def main():
     methods = bench_methods(effnet, max(1, args.runs // 2)) if effnet.exists() else ""
     if args.methods_only:
         return _emit(f"## {datetime.date.today().isoformat()}: {machine()}\n\nMedian of {max(1, args.runs // 2)} "
-                     f"runs, one photo, float32, each method's defaults.\n\n{methods}\n", args.write)
+                     f"runs, one photo, float32, each method's defaults; load average "
+                     f"{os.getloadavg()[0]:.1f} at the end.\n\n{methods}\n", args.write)
     rows = [bench_model(REPO / "models" / name, args.runs, args.precision)
             for name in MODELS if (REPO / "models" / name).exists()]
     with tempfile.TemporaryDirectory() as folder:

@@ -289,3 +289,43 @@ def test_cli_option_errors_are_one_line_exit_2(tiny_cnn_path, rgb_image, tmp_pat
         assert result.output.strip().splitlines() == [f"error: {result.output.strip()[7:]}"]
         assert fragment in result.output
         assert not (tmp_path / "o").exists()
+
+
+def test_channels_last_models_get_relevance_in_their_layout(tmp_path):
+    from test_cli import nhwc_model
+    model = api.load_model(nhwc_model(tmp_path))
+    assert model.layout == "nhwc"
+    x = np.random.default_rng(8).uniform(-1, 1, (1, 12, 10, 3)).astype(np.float32)
+    for method, options in [("gradcam", {}), ("lime", {"samples": 20}), ("random", {})]:
+        assert explain_with(model, x, method, **options).relevance.shape == (1, 12, 10, 3)
+    expl = explain_with(model, x, "occlusion", patch=3, stride=2)
+    target = expl.target["index"]
+    base = model.run_onnxruntime(x)[1].reshape(-1)[target]
+    total, count = np.zeros((12, 10)), np.zeros((12, 10))
+    for top, left in patch_origins(12, 10, 3, 2):
+        occluded = x.copy()
+        occluded[0, top:top + 3, left:left + 3, :] = 0
+        total[top:top + 3, left:left + 3] += base - model.run_onnxruntime(occluded)[1].reshape(-1)[target]
+        count[top:top + 3, left:left + 3] += 1
+    np.testing.assert_allclose(expl.relevance.sum(axis=(0, 3)), total / count, rtol=1e-5, atol=1e-5)
+
+
+def test_every_method_on_the_shared_lenet5():
+    from conftest import shared_path
+    model = api.load_model(shared_path("models", "lenet5_mnist.onnx"))
+    digit = np.load(shared_path("images", "mnist", "mnist_test_first100_uint8.npy"))[0]
+    x = (np.pad(digit, 2).astype(np.float32) / 127.5 - 1)[None, None]
+    for method, options, recorded in [("gradcam", {}, None), ("occlusion", {}, {"patch": 3, "stride": 2}),
+                                      ("lime", {"samples": 100}, {"samples": 100, "seed": 0}),
+                                      ("random", {}, {"seed": 0})]:
+        settings = api.Settings(method=method, preprocess={"preset": "tf"}, method_options=options)
+        expl = api.explain_array(model, x, settings)[0]
+        assert expl.relevance.shape == (1, 1, 32, 32) and np.isfinite(expl.relevance).all()
+        assert np.abs(expl.relevance).max() > 0
+        if recorded:
+            assert expl.extra["method_options"] == recorded
+    assert model._batch_scorer.batched
+    convs = [n for n in model.graph.nodes if n.op == "Conv"]
+    assert model.graph.shapes[convs[-1].output][2:] == (1, 1)  # LeNet-5's C5 is a Conv with a 1x1 output ...
+    chosen = api.explain_array(model, x, api.Settings(method="gradcam"))[0].extra["method_options"]["layer"]
+    assert chosen == convs[-2].name  # ... so Grad-CAM takes the Conv before it (10x10 maps)

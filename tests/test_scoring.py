@@ -77,3 +77,20 @@ def test_squeezenet_fixed_batch_and_softmax_output():
     model = api.load_model(shared_path("models", "squeezenet1.1.onnx"))
     xs = np.random.default_rng(6).uniform(-100, 100, (3, 3, 224, 224)).astype(np.float32)
     np.testing.assert_allclose(score_batch(model, xs), per_item(model, xs), rtol=1e-4, atol=1e-3)
+
+
+def test_bow_scores_are_the_decision_values_explain_reports():
+    """BoW pipelines: per-class decision values, tile means as `explain` (here 102 px tiles of a 136 px scene)."""
+    from conftest import REPO
+    from lrp_cli.bow.explain import explain_bow
+    from lrp_cli.synthetic.polygons import make_scene
+    model = api.load_model(REPO / "models" / "polygons-bow-svm.joblib")
+    rng = np.random.default_rng(0)
+    images = np.stack([make_scene(rng, size=(136, 136), n_polygons=1, n_circles=1)[0] for _ in range(2)])
+    scores = score_batch(model, images)
+    assert scores.shape == (2, 2) and not np.allclose(scores[0], scores[1])
+    result = explain_bow(model.bow, images[1])
+    assert result.n_tiles > 1
+    np.testing.assert_allclose(scores[1], result.scores, rtol=1e-12)
+    single = score_batch(model, images[:1, :102, :102], tiling={"tile": 0})
+    np.testing.assert_allclose(single[0], explain_bow(model.bow, images[0, :102, :102], tile=0).scores, rtol=1e-12)

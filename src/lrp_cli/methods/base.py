@@ -54,7 +54,7 @@ class MethodInput:
     def spread(self, pixel_map: np.ndarray) -> np.ndarray:
         """Returns a [H, W] map as a model-input-shaped tensor: each channel holds map / C, so the channel sum
         (the heatmap) is the map itself."""
-        channels = self.image_shape("spread")[0]
+        channels = self.nchw(self.x).shape[1]
         per_channel = np.repeat(pixel_map[None, None] / channels, channels, axis=1)
         return self.model_layout(per_channel).astype(self.x.dtype)
 

@@ -38,7 +38,8 @@ def find_layer(graph: Graph, name: str | None) -> Node:
                                   "a [1, C, H, W] feature map")
             return node
     spatial = [node.name for node in graph.nodes if isinstance(node.layer, Conv) and is_spatial(graph, node)]
-    raise OptionError(f"--layer {name}: no such node; the last spatial Conv layers are {', '.join(spatial[-3:])}")
+    known = f"the last spatial Conv layers are {', '.join(spatial[-3:])}" if spatial else "no Conv has a spatial output"
+    raise OptionError(f"--layer {name}: no such node; {known}")
 
 
 def bilinear_matrix(n_out: int, n_in: int) -> np.ndarray:

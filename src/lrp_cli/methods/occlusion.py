@@ -24,8 +24,8 @@ def default_patch(height: int, width: int) -> int:
 
 def patch_origins(height: int, width: int, patch: int, stride: int) -> list[tuple[int, int]]:
     """Returns the (top, left) of every patch: every `stride` px, plus one flush with the far border."""
-    return [(top, left) for top in tile_positions(height, patch, stride) for left in tile_positions(width, patch,
-                                                                                                    stride)]
+    rows, cols = tile_positions(height, patch, stride), tile_positions(width, patch, stride)
+    return [(top, left) for top in rows for left in cols]
 
 
 def occlusion_map(score, x: np.ndarray, fill: np.ndarray, patch: int, stride: int) -> np.ndarray:
