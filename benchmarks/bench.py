@@ -82,9 +82,12 @@ def bench_model(path: Path, runs: int, precision: str, name: str | None = None) 
 
 def bench_evaluate(path: Path) -> dict:
     """Returns the wall time of one pixel-flipping evaluation of the photo: every method, MoRF and LeRF, 100 steps
-    (model loaded; the batched scoring session is built inside, as in a command-line run)."""
+    (model loaded; the batched scoring session is built inside, as in a command-line run), and one batch-1
+    onnxruntime forward measured in the same run (the unit that survives a loaded machine)."""
     from lrp_cli import batch, evaluate
     model = api.load_model(path)
+    x, _ = load_input(IMAGE, api.preprocess_config(model, api.Settings()), model.graph.input_shape, model.layout)
+    forward = median_seconds(lambda: model.run_onnxruntime(x), 5)
     variants = evaluate.method_variants(model, api.Settings(), list(api.METHOD_NAMES))
     flip = evaluate.FlipSettings(("morf", "lerf"), "flip", 1, 100)
     with tempfile.TemporaryDirectory() as out_dir:
@@ -92,7 +95,7 @@ def bench_evaluate(path: Path) -> dict:
         document, _ = evaluate.run_evaluation(model, batch.expand_inputs([str(IMAGE)]), variants, flip, Path(out_dir))
         seconds = time.perf_counter() - start
     return {"model": path.name, "methods": ", ".join(api.METHOD_NAMES), "curves": len(document["runs"]),
-            "seconds": seconds}
+            "seconds": seconds, "forward": forward, "load": os.getloadavg()[0]}
 
 
 def table(rows: list[dict]) -> str:
@@ -143,7 +146,9 @@ def evaluate_text() -> str:
         return ""
     e = bench_evaluate(effnet)
     return (f"\n`lrp evaluate` of {IMAGE.name} ({e['model']}, 224x224): {e['curves']} curves (methods "
-            f"{e['methods']}; MoRF and LeRF; 100 steps, 101 scored inputs each) in {e['seconds']:.1f} s, one run.\n")
+            f"{e['methods']}; MoRF and LeRF; 100 steps, 101 scored inputs each) in {e['seconds']:.1f} s, one run; "
+            f"{e['seconds'] / e['forward']:.0f} times one batch-1 onnxruntime forward ({e['forward'] * 1e3:.1f} ms "
+            f"in the same run); load average {e['load']:.1f} at the end.\n")
 
 
 def main():
