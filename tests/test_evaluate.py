@@ -197,3 +197,17 @@ def test_batched_curve_equals_a_loop_of_single_runs(tmp_path, patch, perturbatio
             assert curve.predicted[k] == int(np.argmax(scores))
         assert curve.fractions.tolist() == [k / 7 for k in range(8)]
         assert curve.aopc == pytest.approx(np.mean(curve.scores[0] - curve.scores))
+
+
+def test_strip_frames_are_the_perturbed_inputs_with_the_predicted_label_and_scores():
+    class Labelled:
+        labels = ["ant", "bee", "cat"]
+
+    curve = evaluate.Curve(np.arange(5) / 4, np.array([3.0, 2.0, 1.0, 0.5, 0.25]),
+                           np.array([0.9, 0.8, 0.5, 0.4, 0.3]), np.array([2, 2, 0, 1, 1]))
+    batch = np.arange(5.0)[:, None, None, None] * np.ones((5, 1, 2, 2))
+    rows = evaluate._strip_rows(Labelled, {"morf": (curve, batch)}, lambda t: float(t[0, 0, 0, 0]), 4)
+    assert evaluate.strip_steps(4) == [0, 1, 2, 3, 4] and evaluate.strip_steps(100)[:3] == [0, 10, 20]
+    (order, frames), = rows
+    assert order == "morf" and [f[1] for f in frames] == [0.0, 1.0, 2.0, 3.0, 4.0]  # the k-th perturbed input
+    assert frames[2][2] == "0 (ant)\nyp=1 y=0.50" and frames[4][2].startswith("1 (bee)")
