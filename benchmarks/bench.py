@@ -25,6 +25,7 @@ import onnx
 import resnet50_onnx
 from lrp_cli import api
 from lrp_cli.engines import onnx_engine
+from lrp_cli.preprocess import load_input
 from lrp_cli.propagate import propagate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -166,6 +167,24 @@ def bench_check(runs: int, count: int = 100) -> dict:
         return {"inputs": count} | {name: statistics.median(values) for name, values in times.items()}
 
 
+def bench_evaluate(path: Path) -> dict:
+    """Returns the wall time of one pixel-flipping evaluation of the photo: every method, MoRF and LeRF, 100 steps
+    (model loaded; the batched scoring session is built inside, as in a command-line run), and one batch-1
+    onnxruntime forward measured in the same run (the unit that survives a loaded machine)."""
+    from lrp_cli import batch, evaluate
+    model = api.load_model(path)
+    x, _ = load_input(IMAGE, api.preprocess_config(model, api.Settings()), model.graph.input_shape, model.layout)
+    forward = median_seconds(lambda: model.run_onnxruntime(x), 5)
+    variants = evaluate.method_variants(model, api.Settings(), list(api.METHOD_NAMES))
+    flip = evaluate.FlipSettings(("morf", "lerf"), "flip", 1, 100)
+    with tempfile.TemporaryDirectory() as out_dir:
+        start = time.perf_counter()
+        document, _ = evaluate.run_evaluation(model, batch.expand_inputs([str(IMAGE)]), variants, flip, Path(out_dir))
+        seconds = time.perf_counter() - start
+    return {"model": path.name, "methods": ", ".join(api.METHOD_NAMES), "curves": len(document["runs"]),
+            "seconds": seconds, "forward": forward, "load": os.getloadavg()[0]}
+
+
 def table(rows: list[dict]) -> str:
     """Returns the timings as a Markdown table (milliseconds)."""
     lines = ["| model | input | onnxruntime forward | IR forward | relevance backward | full explanation | "
@@ -186,6 +205,20 @@ def compiled_table(rows: list[dict]) -> str:
         lines.append(f"| {r['model']} | {r['ort_interleaved'] * 1e3:.2f} ms | {r['compiled'] * 1e3:.2f} ms | "
                      f"{r['ratio']:.2f}x | {r['compile_s']:.2f} s | {r['session_s']:.2f} s | "
                      f"{r['compiled_rss_mb']:.0f} / {r['peak_rss_mb']:.0f} MB |")
+def bench_methods(path: Path, runs: int) -> str:
+    """Returns a Markdown table of the full explanation time (forward pass included) of every method on the photo."""
+    model = api.load_model(path)
+    x, _ = load_input(IMAGE, api.preprocess_config(model, api.Settings()), model.graph.input_shape, model.layout)
+    forward = median_seconds(lambda: model.run_onnxruntime(x), 5)
+    lines = [f"| method ({path.name}, {IMAGE.name}) | options | full explanation | / one onnxruntime forward "
+             f"({forward * 1e3:.1f} ms) |", "|---|---|---|---|"]
+    for name in api.METHOD_NAMES:
+        settings = api.Settings(method=name)
+        results = []
+        seconds = median_seconds(lambda: results.append(api.explain_array(model, x, settings)[0]), runs)
+        options = results[-1].extra.get("method_options", {})
+        shown = ", ".join(f"{k} {v}" for k, v in options.items()) or "-"
+        lines.append(f"| {name} | {shown} | {seconds * 1e3:.0f} ms | {seconds / forward:.0f}x |")
     return "\n".join(lines)
 
 
@@ -202,12 +235,34 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, numpy {np.__version__}"
 
 
+def evaluate_text() -> str:
+    """Returns the pixel-flipping timing line (empty when EfficientNet-Lite0 has not been built)."""
+    effnet = REPO / "models" / "efficientnet-lite0.onnx"
+    if not effnet.exists():
+        return ""
+    e = bench_evaluate(effnet)
+    return (f"\n`lrp evaluate` of {IMAGE.name} ({e['model']}, 224x224): {e['curves']} curves (methods "
+            f"{e['methods']}; MoRF and LeRF; 100 steps, 101 scored inputs each) in {e['seconds']:.1f} s, one run; "
+            f"{e['seconds'] / e['forward']:.0f} times one batch-1 onnxruntime forward ({e['forward'] * 1e3:.1f} ms "
+            f"in the same run); load average {e['load']:.1f} at the end.\n")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--precision", default="float32", choices=list(api.PRECISIONS))
     parser.add_argument("--write", action="store_true", help="Append the table to benchmarks/RESULTS.md")
+    parser.add_argument("--methods-only", action="store_true", help="Only the per-method table (EfficientNet)")
+    parser.add_argument("--evaluate-only", action="store_true", help="Only time the pixel-flipping evaluation")
     args = parser.parse_args()
+    if args.evaluate_only:
+        return _emit(f"## {datetime.date.today().isoformat()}: {machine()}\n{evaluate_text()}", args.write)
+    effnet = REPO / "models" / "efficientnet-lite0.onnx"
+    methods = bench_methods(effnet, max(1, args.runs // 2)) if effnet.exists() else ""
+    if args.methods_only:
+        return _emit(f"## {datetime.date.today().isoformat()}: {machine()}\n\nMedian of {max(1, args.runs // 2)} "
+                     f"runs, one photo, float32, each method's defaults; load average "
+                     f"{os.getloadavg()[0]:.1f} at the end.\n\n{methods}\n", args.write)
     rows = [bench_model(REPO / "models" / name, args.runs, args.precision)
             for name in MODELS if (REPO / "models" / name).exists()]
     rows += [bench_model(SHARED / name, args.runs, args.precision) for name in SHARED_MODELS
@@ -225,9 +280,15 @@ def main():
             f"`lrp explain` of the same {checked['inputs']} tag-clean images, median of {max(1, args.runs // 2)}: "
             f"check {checked['check']:.2f} s, explain {checked['explain']:.2f} s wall "
             f"({checked['check'] / checked['explain'] - 1:+.0%}); CPU {checked['check_cpu']:.2f} s against "
-            f"{checked['explain_cpu']:.2f} s ({checked['check_cpu'] / checked['explain_cpu'] - 1:+.0%}).\n")
+            f"{checked['explain_cpu']:.2f} s ({checked['check_cpu'] / checked['explain_cpu'] - 1:+.0%}).\n"
+            + (f"\nEvery method, median of {max(1, args.runs // 2)} runs, each method's "
+               f"defaults:\n\n{methods}\n" if methods else "") + evaluate_text())
+    _emit(text, args.write)
+
+
+def _emit(text: str, write: bool) -> None:
     print(text)
-    if args.write:
+    if write:
         with open(REPO / "benchmarks" / "RESULTS.md", "a", encoding="utf-8") as handle:
             handle.write("\n" + text)
 

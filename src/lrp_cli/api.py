@@ -17,14 +17,14 @@ from lrp_cli.errors import InputError, ModelLoadError, OptionError
 from lrp_cli.importers.onnx_import import SymbolicInputError, import_onnx, load_onnx
 from lrp_cli.ir.graph import Graph
 from lrp_cli.ir.layers import MaxPool
-from lrp_cli.methods.gradient import METHODS
+from lrp_cli.methods import METHODS, MethodInput
 from lrp_cli.preprocess import (PreprocessConfig, Sidecar, load_input, load_sidecar, load_tensor, open_image,
                                 read_labels, shape_text, to_nchw)
 from lrp_cli.propagate import LayerRecord, Propagation, conservation_error, first_non_finite, output_scores
 from lrp_cli.rules import DEFAULT_COMPOSITE, RuleError, ZBox, assign_rules, parse_rule
 
 PRECISIONS = {"float32": np.float32, "float64": np.float64}
-METHOD_NAMES = ("lrp",) + tuple(METHODS)
+METHOD_NAMES = tuple(METHODS)
 #: A relative IR-vs-onnxruntime difference above this triggers a warning.
 IR_DIFF_WARNING = 1e-4
 
@@ -46,6 +46,7 @@ class LoadedModel:
     unbound: SymbolicInputError | None = None
     _proto: bytes | None = None
     _bound: dict = field(default_factory=dict)
+    _batch_scorer: object = field(default=None, repr=False)  # scoring.score_batch builds it on first use
 
     @property
     def labels(self) -> list[str] | None:
@@ -207,6 +208,7 @@ class Settings:
     tiling: dict = field(default_factory=dict)  # BoW models: tile, tile_stride, pair
     engine: str = "auto"  # auto | onnxruntime | numpy (engines/)
     providers: tuple[str, ...] = ()  # onnxruntime execution providers of the compiled engine
+    method_options: dict = field(default_factory=dict)  # given options of the method: layer, patch, seed, ...
 
 
 @dataclass
@@ -236,7 +238,9 @@ class Explanation:
 
 def check_settings(model, settings: Settings) -> None:
     """Raises OptionError when the settings do not fit the model (bad rule, options of the other model kind)."""
-    onnx_engine.choose(settings.engine, settings.precision, model.kind)
+    onnx_engine.choose(settings.engine, settings.precision, model.kind, settings.method)
+    method = METHODS.get(settings.method)
+    options = method.resolve(settings.method_options) if method else {}
     if model.kind == "sklearn-bow":
         if settings.method != "lrp" or settings.rule or settings.composite or settings.layer_rules:
             raise OptionError("--method/--rule/--composite/--layer-rule apply to ONNX models, not BoW pipelines")
@@ -245,6 +249,8 @@ def check_settings(model, settings: Settings) -> None:
         raise OptionError("--tile/--tile-stride/--pair apply to BoW pipelines, not ONNX models")
     if settings.method == "lrp" and model.unbound is None:  # else checked when the first input binds it
         rules_for(model, settings, preprocess_config(model, settings))
+    if method:
+        method.check(model, options)
 
 
 def preprocess_config(model: LoadedModel, settings: Settings) -> PreprocessConfig:
@@ -320,10 +326,12 @@ def explain_array(model: LoadedModel, x: np.ndarray, settings: Settings, input_p
         raise OptionError(f"--precision {settings.precision}: choose float32 or float64")
     if settings.method not in METHOD_NAMES:
         raise OptionError(f"--method {settings.method}: choose one of {', '.join(METHOD_NAMES)}")
-    rules = rules_for(model, settings, preprocess_config(model, settings)) if settings.method == "lrp" else {}
+    config = preprocess_config(model, settings)
+    rules = rules_for(model, settings, config) if settings.method == "lrp" else {}
     compiled = compiled_session(model, settings, rules)
     if compiled is not None:
         return _explain_compiled(model, compiled, x, settings, rules, input_path, picture)
+    method = METHODS[settings.method]
     start = time.perf_counter()
     model_output, ort_explained = model.run_onnxruntime(x)
     graph = model.graph_for(settings.precision)
@@ -333,18 +341,20 @@ def explain_array(model: LoadedModel, x: np.ndarray, settings: Settings, input_p
     ir_out = values[graph.output_name]
     _check_finite_forward(graph, values, input_path)
     diff, relative = ir_difference(ir_out, ort_explained)
+    job = MethodInput(model, graph, values, rules, config, method.resolve(settings.method_options))
+    extra = {"method_options": method.options_for(job)} if method.defaults else {}
     explanations = []
     for target in resolve_targets(settings.target, output_scores(ir_out), model.labels):
         start = time.perf_counter()
         with _overflow_reported_per_node():
-            propagation = numpy_engine.backward(settings.method, graph, values, target, rules)
+            propagation = numpy_engine.backward(method, job, target)
         timing = {"load": model.load_seconds, "forward": forward_seconds, "backward": time.perf_counter() - start}
         explanations.append(Explanation(
             input_path, x, picture, model_output, _prediction(model, output_scores(model_output)),
             {"index": target, "label": label_of(model, target)}, propagation,
             {name: rule.spec() for name, rule in rules.items()}, composite_name(model, settings),
             diff, relative, timing, settings.method,
-            {"engine": "numpy"} | _finiteness_warnings(propagation, settings.precision)))
+            {"engine": "numpy"} | extra | _finiteness_warnings(propagation, settings.precision)))
     return explanations
 
 
@@ -375,7 +385,7 @@ def _finiteness_warnings(propagation: Propagation, precision: str) -> dict:
 def compiled_session(model, settings: Settings, rules: dict):
     """Returns the compiled onnxruntime session the settings call for, or None to run the NumPy engine
     (`--engine auto` falls back to NumPy when the model does not compile; `onnxruntime` makes that an error)."""
-    engine = onnx_engine.choose(settings.engine, settings.precision, model.kind)
+    engine = onnx_engine.choose(settings.engine, settings.precision, model.kind, settings.method)
     if engine == "numpy":
         return None
     try:
@@ -433,12 +443,13 @@ def explain(model, input_path: str | Path, settings: Settings) -> list[Explanati
     input_path = Path(input_path)
     if model.kind == "sklearn-bow":
         return explain_bow_image(model, input_path, settings)
-    model, x, picture = _model_input(model, input_path, settings)
+    model, x, picture = load_model_input(model, input_path, settings)
     return explain_array(model, x, settings, input_path, picture)
 
 
-def _model_input(model: LoadedModel, input_path: Path, settings: Settings):
-    """Returns (the model bound to the input's shape, the model input tensor, the RGB picture of it)."""
+def load_model_input(model: LoadedModel, input_path: Path, settings: Settings):
+    """Returns (the model bound to the input's shape, the model-input tensor, the picture at the model input
+    size) of an image or `.npy` file."""
     config = preprocess_config(model, settings)
     if model.unbound is not None:
         model = bind_input(model, _open_input_shape(model, input_path, config))
@@ -456,7 +467,7 @@ def model_view(model, input_path: str | Path, settings: Settings):
     input_path = Path(input_path)
     if model.kind == "sklearn-bow":
         return open_image(input_path).convert("RGB")
-    return _model_input(model, input_path, settings)[2]
+    return load_model_input(model, input_path, settings)[2]
 
 
 def explain_bow_image(model: LoadedBowModel, input_path: Path, settings: Settings) -> list[Explanation]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from lrp_cli import __version__, api, batch, interrupts, outputs, render, zoo
+from lrp_cli import __version__, api, batch, evaluate, interrupts, outputs, render, zoo
 from lrp_cli.engines.onnx_engine import ENGINES
 from lrp_cli.errors import InputError, LrpError, OptionError
 from lrp_cli.importers.onnx_import import supported_ops
@@ -33,6 +33,63 @@ def _fail(exc: LrpError):
     sys.exit(exc.exit_code)
 
 
+#: The options `explain` and `evaluate` share: rules, target, model output and layout, preprocessing, labels,
+#: precision, the BoW tiling and the engine.
+MODEL_OPTIONS = [
+    click.option("--composite", type=click.Choice(list(COMPOSITES)), help="Rule composite [default: sidecar's, "
+                 "else epsilon-plus-flat]."),
+    click.option("--rule", help="One rule for every Conv/Dense layer, e.g. epsilon:0.01, alphabeta:2,1, zbox:-1,1."),
+    click.option("--layer-rule", "layer_rules", multiple=True, metavar="PATTERN=SPEC",
+                 help="Rule for the layers whose name matches a glob (repeatable)."),
+    click.option("--target", default="pred", show_default=True, help="pred, a class INDEX, a LABEL, or top:K."),
+    click.option("--output", "output_name", help="Which graph output to explain (multi-output models)."),
+    click.option("--layout", type=click.Choice(["nchw", "nhwc"]), help="Channel axis of the model input "
+                 "[default: detected from the graph]."),
+    click.option("--preset", type=click.Choice(list(PRESETS)), help="Input normalization preset."),
+    click.option("--size", help="Model input size H,W."),
+    click.option("--resize", type=int, help="Resize the shorter side to N, then center-crop to the input size."),
+    click.option("--mean", help="Per-channel mean a,b,c (model channel order)."),
+    click.option("--std", help="Per-channel std a,b,c."),
+    click.option("--bgr/--rgb", default=None, help="Channel order of the model input."),
+    click.option("--labels", type=click.Path(path_type=Path), help="Class labels file, one per line."),
+    click.option("--precision", type=click.Choice(list(api.PRECISIONS)), default="float32", show_default=True),
+    click.option("--tile", type=click.IntRange(min=0), help="BoW models: explain tiles of N px and average them "
+                 "(Fig 6); 0 explains the whole image [default: the training image size]."),
+    click.option("--tile-stride", type=click.IntRange(min=1), help="BoW models: tile stride in px."),
+    click.option("--pair", help="BoW one-vs-one models: the two classes A,B whose decision is explained."),
+    click.option("--engine", type=click.Choice(list(ENGINES)), default="auto", show_default=True,
+                 help="auto: the compiled onnxruntime graph when the model compiles (float32), else NumPy."),
+    click.option("--providers", help="onnxruntime execution providers of the compiled engine, comma-separated "
+                 "[default: CPUExecutionProvider]."),
+]
+
+
+def _model_options(command):
+    """Returns the command with the MODEL_OPTIONS added."""
+    for option in reversed(MODEL_OPTIONS):
+        command = option(command)
+    return command
+
+
+def _settings(method: str, shared: dict) -> api.Settings:
+    """Returns the api.Settings of a method and the MODEL_OPTIONS values."""
+    pair = shared["pair"]
+    return api.Settings(method, shared["composite"], shared["rule"], tuple(shared["layer_rules"]), shared["target"],
+                        shared["precision"], {
+                            "preset": shared["preset"], "size": _numbers("--size", shared["size"], 2, int),
+                            "resize": shared["resize"], "mean": _numbers("--mean", shared["mean"]),
+                            "std": _numbers("--std", shared["std"]), "bgr": shared["bgr"]},
+                        {k: v for k, v in {"tile": shared["tile"], "tile_stride": shared["tile_stride"],
+                                           "pair": tuple(pair.split(",")) if pair else None}.items() if v is not None},
+                        engine=shared["engine"],
+                        providers=tuple(shared["providers"].split(",")) if shared["providers"] else ())
+
+
+def _load_model(model_path: Path, shared: dict):
+    """Returns the loaded model with the --output, --labels and --layout of the MODEL_OPTIONS."""
+    return api.load_model(model_path, shared["output_name"], shared["labels"], shared["layout"])
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="lrp")
 def main():
@@ -46,55 +103,32 @@ def main():
 @click.option("--out", "out_dir", default="lrp-out", type=click.Path(path_type=Path), show_default=True,
               help="Output folder.")
 @click.option("--method", type=click.Choice(list(api.METHOD_NAMES)), default="lrp", show_default=True,
-              help="lrp, or the plain gradient / gradient x input of the target score.")
-@click.option("--composite", type=click.Choice(list(COMPOSITES)), help="Rule composite [default: sidecar's, "
-              "else epsilon-plus-flat].")
-@click.option("--rule", help="One rule for every Conv/Dense layer, e.g. epsilon:0.01, alphabeta:2,1, zbox:-1,1.")
-@click.option("--layer-rule", "layer_rules", multiple=True, metavar="PATTERN=SPEC",
-              help="Rule for the layers whose name matches a glob (repeatable).")
-@click.option("--target", default="pred", show_default=True, help="pred, a class INDEX, a LABEL, or top:K.")
-@click.option("--output", "output_name", help="Which graph output to explain (multi-output models).")
-@click.option("--layout", type=click.Choice(["nchw", "nhwc"]), help="Channel axis of the model input "
-              "[default: detected from the graph].")
-@click.option("--preset", type=click.Choice(list(PRESETS)), help="Input normalization preset.")
-@click.option("--size", help="Model input size H,W.")
-@click.option("--resize", type=int, help="Resize the shorter side to N, then center-crop to the input size.")
-@click.option("--mean", help="Per-channel mean a,b,c (model channel order).")
-@click.option("--std", help="Per-channel std a,b,c.")
-@click.option("--bgr/--rgb", default=None, help="Channel order of the model input.")
-@click.option("--labels", type=click.Path(path_type=Path), help="Class labels file, one per line.")
+              help="lrp; gradient / gradient x input of the target score; gradcam, occlusion, lime, random.")
+@_model_options
 @click.option("--cmap", type=click.Choice(render.COLORMAPS), default="jet", show_default=True)
 @click.option("--normalize", type=click.Choice(["image", "global"]), default="image", show_default=True,
               help="Scale by each image's max |R| (Eq 35) or by the max over all inputs.")
 @click.option("--save-raw", is_flag=True, help="Also write STEM.relevance.npy (float32, model-input shape).")
-@click.option("--precision", type=click.Choice(list(api.PRECISIONS)), default="float32", show_default=True)
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Inputs explained at once.")
 @click.option("--skip-existing", is_flag=True, help="Skip inputs whose JSON output already exists.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--json-lines", is_flag=True, help="Print one JSON document per explanation instead of a line.")
 @click.option("--html", is_flag=True, help="Also write OUT/index.html: a sortable, filterable report of the batch.")
-@click.option("--tile", type=click.IntRange(min=0), help="BoW models: explain tiles of N px and average them "
-              "(Fig 6); 0 explains the whole image [default: the training image size].")
-@click.option("--tile-stride", type=click.IntRange(min=1), help="BoW models: tile stride in px.")
-@click.option("--pair", help="BoW one-vs-one models: the two classes A,B whose decision is explained.")
-@click.option("--engine", type=click.Choice(list(ENGINES)), default="auto", show_default=True,
-              help="auto: the compiled onnxruntime graph when the model compiles (float32), else NumPy.")
-@click.option("--providers", help="onnxruntime execution providers of the compiled engine, comma-separated "
-              "[default: CPUExecutionProvider].")
+@click.option("--layer", "cam_layer", metavar="NAME", help="gradcam: the node whose feature maps are weighted "
+              "[default: the last Conv with a spatial output].")
+@click.option("--patch", type=click.IntRange(min=1), help="occlusion: patch side in px [default: ceil(min(H,W)/14)].")
+@click.option("--stride", type=click.IntRange(min=1), help="occlusion: patch stride in px [default: half the patch].")
+@click.option("--samples", type=click.IntRange(min=2), help="lime: perturbed samples [default: 1000].")
+@click.option("--seed", type=int, help="lime, random: random seed [default: 0].")
 @interrupts.exit_on_signal
-def explain(inputs, model_path, out_dir, method, composite, rule, layer_rules, target, output_name, layout, preset,
-            size,
-            resize, mean, std, bgr, labels, cmap, normalize, save_raw, precision, jobs, skip_existing,
-            no_progress, json_lines, tile, tile_stride, pair, html, engine, providers):
+def explain(inputs, model_path, out_dir, method, cmap, normalize, save_raw, jobs, skip_existing, no_progress,
+            json_lines, html, cam_layer, patch, stride, samples, seed, **shared):
     """Explain the prediction for each INPUT (image, .npy tensor, folder or glob)."""
     try:
-        settings = api.Settings(method, composite, rule, tuple(layer_rules), target, precision, {
-            "preset": preset, "size": _numbers("--size", size, 2, int), "resize": resize,
-            "mean": _numbers("--mean", mean), "std": _numbers("--std", std), "bgr": bgr},
-            {k: v for k, v in {"tile": tile, "tile_stride": tile_stride,
-                               "pair": tuple(pair.split(",")) if pair else None}.items() if v is not None},
-            engine=engine, providers=tuple(providers.split(",")) if providers else ())
-        model = api.load_model(model_path, output_name, labels, layout)
+        settings = _settings(method, shared)
+        settings.method_options = {k: v for k, v in {"layer": cam_layer, "patch": patch, "stride": stride,
+                                                     "samples": samples, "seed": seed}.items() if v is not None}
+        model = _load_model(model_path, shared)
         api.check_settings(model, settings)
     except LrpError as exc:
         _fail(exc)
@@ -192,6 +226,62 @@ class BatchRunner:
         if expl.ir_diff_relative is not None and expl.ir_diff_relative > api.IR_DIFF_WARNING:
             click.echo(f"warning: {item.path}: IR output differs from onnxruntime by "
                        f"{expl.ir_max_abs_diff:.3g} (relative {expl.ir_diff_relative:.2e})", err=True)
+
+
+@main.command("evaluate")
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--model", "model_path", required=True, type=click.Path(path_type=Path),
+              help="ONNX model (a MODEL.lrp.toml sidecar beside it supplies defaults) or BoW .joblib/.skops.")
+@click.option("--methods", help="Comma-separated methods to compare [default: every method; lrp for BoW].")
+@_model_options
+@click.option("--order", "orders", default="morf,lerf", show_default=True,
+              help="Comma-separated orders: morf (most relevant first), lerf (|R| closest to 0 first), negative.")
+@click.option("--perturbation", type=click.Choice(list(evaluate.PERTURBATIONS)), default="flip", show_default=True,
+              help="flip: lo + hi - x in the preset's range; mean: the preset's mean; uniform: seeded U(lo, hi); "
+              "blur: Gaussian.")
+@click.option("--blur-sigma", type=float, help="Blur std in pixels [default: max(H, W) / 32].")
+@click.option("--patch", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Perturb P x P patches (relevance summed over the patch) instead of single pixels.")
+@click.option("--steps", type=click.IntRange(min=1), default=100, show_default=True,
+              help="N equal fractions of all units from 0 to 100 %.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the uniform perturbation and of lime and random.")
+@click.option("--out", "out_dir", default="lrp-eval", type=click.Path(path_type=Path), show_default=True,
+              help="Output folder.")
+@click.option("--save-maps", is_flag=True, help="Also write STEM.METHOD.relevance.npy.")
+@click.option("--strip", is_flag=True, help="Also write STEM.METHOD.strip.png (the image as units are perturbed).")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Inputs evaluated at once.")
+def evaluate_command(inputs, model_path, methods, orders, perturbation, blur_sigma, patch, steps, seed, out_dir,
+                     save_maps, strip, jobs, **shared):
+    """Pixel flipping (paper Figs 18-24): perturb each INPUT in the order of each method's relevance and record
+    the target score; writes evaluation.json/.csv, curves.png and prints AOPC per method and order."""
+    from lrp_cli import evaluation_files
+    try:
+        flip = evaluate.FlipSettings(tuple(o.strip() for o in orders.split(",")), perturbation, patch, steps, seed,
+                                     blur_sigma)
+        base = _settings("lrp", shared)
+        model = _load_model(model_path, shared)
+        names = methods.split(",") if methods is not None else evaluate.default_methods(model)
+        variants = evaluate.method_variants(model, base, names, {"seed": seed})
+        items = batch.expand_inputs(list(inputs))
+        document, files = evaluate.run_evaluation(model, items, variants, flip, out_dir, strip, save_maps, jobs,
+                                                  lambda item, exc: click.echo(f"error: {exc}", err=True))
+    except LrpError as exc:
+        _fail(exc)
+    if not document["runs"]:
+        click.echo(f"error: none of the {len(items)} inputs could be evaluated; nothing written", err=True)
+        sys.exit(1)
+    try:
+        paths = evaluation_files.write_evaluation(out_dir, document, files)
+    except OSError as exc:
+        click.echo(f"error: cannot write outputs to {out_dir} ({exc})", err=True)
+        sys.exit(1)
+    click.echo(evaluation_files.summary_table(document["summary"]))
+    extra = f" and {len(files)} per-input files" if files else ""
+    click.echo(f"wrote {', '.join(map(str, paths))}{extra} in {out_dir}")
+    if document["errors"]:
+        click.echo(f"{len(document['errors'])} of {len(items)} inputs failed", err=True)
+        sys.exit(1)
 
 
 @main.command()

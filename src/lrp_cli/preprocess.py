@@ -54,6 +54,14 @@ class PreprocessConfig:
         std = _per_channel("--std", self.std or std, channels)
         return scale, mean, std, bool(bgr if self.bgr is None else self.bgr)
 
+    def mean_pixel(self, channels: int) -> np.ndarray:
+        """Returns the per-channel model-input value of the preset's mean pixel (mean / scale in 0..255 units).
+
+        It is 0 up to rounding for every preset, since normalization subtracts that mean; it is computed so that
+        the fill of occlusion and of pixel flipping stays the mean pixel whatever --mean/--std say."""
+        scale, mean, std, _ = self.normalization(channels)
+        return ((mean / scale) * scale - mean) / std
+
     def input_bounds(self, channels: int) -> tuple[np.ndarray, np.ndarray]:
         """Returns per-channel (low, high) of preprocessed pixels: the z^B box implied by the preset."""
         scale, mean, std, _ = self.normalization(channels)

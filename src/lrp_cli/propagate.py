@@ -54,14 +54,19 @@ def initial_relevance(output: np.ndarray, target: int) -> tuple[np.ndarray, floa
 
 
 def backward(graph: Graph, values: dict[str, np.ndarray], start: np.ndarray, step,
-             rule_names: dict[str, str] | None = None) -> tuple[np.ndarray, list[LayerRecord]]:
+             rule_names: dict[str, str] | None = None, until: str | None = None
+             ) -> tuple[np.ndarray, list[LayerRecord]]:
     """Returns (input-shaped result, per-node records) of walking `start` from the output down the graph.
 
     `step(node, xs, y, r)` gives what each dynamic input receives; fan-out tensors sum what comes back.
+    `until` names another tensor to stop at (default: the input); the result is then shaped like it.
     """
+    until = until or graph.input_name
     pending = {graph.output_name: start}
     records = []
     for node in reversed(graph.nodes):
+        if node.output == until:  # topological order: every reader of `until` has been walked by now
+            break
         r = pending.pop(node.output, None)
         if r is None:
             continue
@@ -73,8 +78,8 @@ def backward(graph: Graph, values: dict[str, np.ndarray], start: np.ndarray, ste
             total += float(r_in.sum(dtype=np.float64))
             pending[name] = pending[name] + r_in if name in pending else r_in
         records.append(LayerRecord(node.name, node.op, (rule_names or {}).get(node.name), total))
-    result = pending.get(graph.input_name)
-    return (np.zeros_like(values[graph.input_name]) if result is None else result), records
+    result = pending.get(until)
+    return (np.zeros_like(values[until]) if result is None else result), records
 
 
 def propagate(graph: Graph, values: dict[str, np.ndarray], target: int, rules: dict[str, Rule]) -> Propagation:

@@ -59,6 +59,10 @@ class CompiledGraph:
     layers: list[tuple[str, str, str | None]]
 
 
+#: The methods the compiler writes as a graph; the others (perturbation and CAM methods) run on NumPy.
+COMPILED_METHODS = ("lrp", "gradient", "gradient-x-input")
+
+
 def node_errors(proto: onnx.ModelProto, graph: Graph, method: str, rules: dict[str, Rule]) -> dict[str, str]:
     """Returns node name -> why it cannot be compiled, for every such node (empty: the whole pass compiles)."""
     errors: dict[str, str] = {}

@@ -139,13 +139,16 @@ def _open(path: Path, providers) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), options, providers=list(providers))
 
 
-def choose(engine: str, precision: str, kind: str) -> str:
+def choose(engine: str, precision: str, kind: str, method: str = "lrp") -> str:
     """Returns the engine a request may use before compiling: "numpy", "onnxruntime", or "auto" (try it)."""
     if engine not in ENGINES:
         raise OptionError(f"--engine {engine}: choose one of {', '.join(ENGINES)}")
     if engine == "onnxruntime" and (precision != "float32" or kind != "onnx"):
         raise OptionError("--engine onnxruntime runs ONNX models in float32 only; use --engine numpy for "
                           "--precision float64 and BoW pipelines")
-    if precision != "float32" or kind != "onnx":
+    if engine == "onnxruntime" and method not in C.COMPILED_METHODS:
+        raise OptionError(f"--engine onnxruntime compiles --method {', '.join(C.COMPILED_METHODS)}; "
+                          f"--method {method} runs on NumPy")
+    if precision != "float32" or kind != "onnx" or method not in C.COMPILED_METHODS:
         return "numpy"
     return engine

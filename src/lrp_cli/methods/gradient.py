@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from lrp_cli.ir.graph import Graph
-from lrp_cli.propagate import Propagation, backward, one_hot, output_scores
+from lrp_cli.methods.base import Method, MethodInput
+from lrp_cli.propagate import LayerRecord, Propagation, backward, one_hot, output_scores
 
 
 def _gradient_step(node, xs, y, g):
@@ -15,11 +16,16 @@ def _gradient_step(node, xs, y, g):
         raise NotImplementedError(f"node '{node.name}' ({node.op}): {exc}") from None
 
 
+def tensor_gradient(graph: Graph, values: dict[str, np.ndarray], target: int,
+                    tensor: str | None = None) -> tuple[np.ndarray, list[LayerRecord]]:
+    """Returns (d score[target] / d tensor, per-node records) for any tensor of the graph (default: the input)."""
+    return backward(graph, values, one_hot(values[graph.output_name], target), _gradient_step, until=tensor)
+
+
 def input_gradient(graph: Graph, values: dict[str, np.ndarray], target: int) -> Propagation:
     """Returns the gradient of the target's score w.r.t. the input (as a Propagation; f_x is the score)."""
-    output = values[graph.output_name]
-    gradient, records = backward(graph, values, one_hot(output, target), _gradient_step)
-    return Propagation(gradient, float(output_scores(output)[target]), records)
+    gradient, records = tensor_gradient(graph, values, target)
+    return Propagation(gradient, float(output_scores(values[graph.output_name])[target]), records)
 
 
 def gradient_x_input(graph: Graph, values: dict[str, np.ndarray], target: int) -> Propagation:
@@ -28,4 +34,21 @@ def gradient_x_input(graph: Graph, values: dict[str, np.ndarray], target: int) -
     return Propagation(result.relevance * values[graph.input_name], result.f_x, result.layers)
 
 
-METHODS = {"gradient": input_gradient, "gradient-x-input": gradient_x_input}
+class Gradient(Method):
+    """The gradient of the target score w.r.t. the input (sensitivity, paper Section "Sensitivity analysis")."""
+
+    name = "gradient"
+
+    def explain(self, job: MethodInput, target: int) -> Propagation:
+        """Returns the input gradient of the target score."""
+        return input_gradient(job.graph, job.values, target)
+
+
+class GradientXInput(Method):
+    """Input times gradient of the target score."""
+
+    name = "gradient-x-input"
+
+    def explain(self, job: MethodInput, target: int) -> Propagation:
+        """Returns input * gradient of the target score."""
+        return gradient_x_input(job.graph, job.values, target)

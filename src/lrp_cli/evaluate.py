@@ -1,0 +1,394 @@
+"""Pixel flipping (paper section "Pixel flipping experiments", Figs 18-24) and AOPC (Samek et al. 2017).
+
+A relevance map orders the input's units (pixels with all their channels, or P x P patches with the map summed
+over the patch); the first k/N of the units in that order are replaced by a perturbation, for k = 0..N, and the
+model scores every perturbed input in one batched run. The curve of the target's pre-softmax score f(x_k) shows
+how fast the explanation finds what the model needs; AOPC = mean_k (f(x_0) - f(x_k)) sums it up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from lrp_cli.errors import InputError, OptionError
+
+#: Sort keys per order; a stable ascending argsort of the key puts equal keys in flat-index order.
+ORDER_KEYS = {
+    "morf": lambda r: -r,  # most relevant first (Figs 18/19)
+    "lerf": np.abs,  # |R| closest to zero first (Fig 20)
+    "negative": lambda r: r,  # most negative first (Figs 21/24)
+}
+PERTURBATIONS = ("flip", "mean", "uniform", "blur")
+#: Scores a stack of model inputs [N, ...] (model layout): returns [N, classes] pre-softmax scores.
+Scorer = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass
+class Subject:
+    """One input as pixel flipping sees it: the NCHW tensor, its per-channel value range and mean fill, and how
+    to hand a perturbed NCHW stack to the model (its layout and dtype)."""
+
+    x: np.ndarray  # [1, C, H, W]
+    low: np.ndarray  # [C]
+    high: np.ndarray  # [C]
+    mean: np.ndarray  # [C]
+    to_model: Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class FlipSettings:
+    """How to perturb: the orders, the perturbation, the unit size, the number of steps, the seed, blur width."""
+
+    orders: tuple[str, ...] = ("morf", "lerf")
+    perturbation: str = "flip"
+    patch: int = 1
+    steps: int = 100
+    seed: int = 0
+    blur_sigma: float | None = None
+
+    def __post_init__(self):
+        unknown = [o for o in self.orders if o not in ORDER_KEYS]
+        if unknown or not self.orders:
+            raise OptionError(f"--order {','.join(self.orders)}: unknown order '{(unknown or [''])[0]}'; "
+                              f"orders: {', '.join(ORDER_KEYS)}")
+        if self.perturbation not in PERTURBATIONS:
+            raise OptionError(f"--perturbation {self.perturbation}: choose one of {', '.join(PERTURBATIONS)}")
+        if self.patch < 1 or self.steps < 1:
+            raise OptionError(f"--patch {self.patch} / --steps {self.steps}: both must be at least 1")
+        if self.blur_sigma is not None and not self.blur_sigma > 0:
+            raise OptionError(f"--blur-sigma {self.blur_sigma}: must be positive")
+
+
+@dataclass
+class Curve:
+    """One pixel-flipping curve: per step the fraction of units perturbed, the target's pre-softmax score, its
+    softmax probability and the predicted class; and its AOPC."""
+
+    fractions: np.ndarray
+    scores: np.ndarray
+    probabilities: np.ndarray
+    predicted: np.ndarray
+    aopc: float = field(init=False)
+
+    def __post_init__(self):
+        self.aopc = aopc(self.scores)
+
+
+def aopc(scores: np.ndarray) -> float:
+    """Returns the area over the perturbation curve: the mean over steps k = 0..N of f(x_0) - f(x_k)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    return float(np.mean(scores[0] - scores))
+
+
+def unit_relevance(pixel_map: np.ndarray, patch: int) -> np.ndarray:
+    """Returns the [ceil(H/P), ceil(W/P)] map of relevance summed over each P x P patch (edge patches smaller)."""
+    height, width = pixel_map.shape
+    rows, cols = -(-height // patch), -(-width // patch)
+    padded = np.zeros((rows * patch, cols * patch), dtype=np.float64)
+    padded[:height, :width] = pixel_map
+    return padded.reshape(rows, patch, cols, patch).sum(axis=(1, 3))
+
+
+def unit_order(units: np.ndarray, order: str) -> np.ndarray:
+    """Returns the flat unit indices in perturbation order; ties keep the lower flat index first."""
+    return np.argsort(ORDER_KEYS[order](units.ravel()), kind="stable")
+
+
+def flip_counts(units: int, steps: int) -> np.ndarray:
+    """Returns how many units are perturbed at steps k = 0..N: floor(k * units / N), from 0 to all of them."""
+    return np.arange(steps + 1) * units // steps
+
+
+def pixel_ranks(order: np.ndarray, unit_shape: tuple[int, int], patch: int,
+                image_shape: tuple[int, int]) -> np.ndarray:
+    """Returns the [H, W] position in the perturbation order of the unit each pixel belongs to."""
+    ranks = np.empty(order.size, dtype=np.int64)
+    ranks[order] = np.arange(order.size)
+    grid = ranks.reshape(unit_shape)
+    return np.repeat(np.repeat(grid, patch, axis=0), patch, axis=1)[:image_shape[0], :image_shape[1]]
+
+
+def fill_values(subject: Subject, settings: FlipSettings) -> np.ndarray:
+    """Returns the [1, C, H, W] values a perturbed pixel takes: flipped in its channel's range (lo + hi - x),
+    the mean, seeded uniform noise in [lo, hi], or the Gaussian-blurred input."""
+    x = subject.x.astype(np.float64)
+    low, high = subject.low[:, None, None], subject.high[:, None, None]
+    if settings.perturbation == "flip":
+        return low + high - x
+    if settings.perturbation == "mean":
+        return np.broadcast_to(subject.mean[:, None, None], x.shape).copy()
+    if settings.perturbation == "uniform":
+        return np.random.default_rng(settings.seed).uniform(low, high, size=x.shape)
+    from scipy.ndimage import gaussian_filter
+    return gaussian_filter(x, sigma=(0, 0) + (blur_sigma(settings, x.shape[2:]),) * 2, mode="nearest")
+
+
+def blur_sigma(settings: FlipSettings, image_shape: tuple[int, int]) -> float:
+    """Returns the Gaussian blur's standard deviation in pixels: --blur-sigma, else max(H, W) / 32."""
+    return settings.blur_sigma if settings.blur_sigma is not None else max(image_shape) / 32
+
+
+def perturbed_inputs(x: np.ndarray, fill: np.ndarray, ranks: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Returns the [N+1, C, H, W] stack whose k-th input has the pixels of rank < counts[k] taken from `fill`."""
+    masks = ranks[None, None] < counts[:, None, None, None]
+    return np.where(masks, fill, x)
+
+
+def softmax(scores: np.ndarray) -> np.ndarray:
+    """Returns the softmax over the last axis."""
+    shifted = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+def score_curve(scorer: Scorer, subject: Subject, batch: np.ndarray, target: int, steps: int) -> Curve:
+    """Returns the curve of a perturbed stack, scored by one batched scorer call."""
+    scores = np.asarray(scorer(subject.to_model(batch)), dtype=np.float64).reshape(len(batch), -1)
+    return Curve(np.arange(steps + 1) / steps, scores[:, target], softmax(scores)[:, target],
+                 scores.argmax(axis=1))
+
+
+def flip_stack(subject: Subject, pixel_map: np.ndarray, order: str, settings: FlipSettings,
+               fill: np.ndarray) -> np.ndarray:
+    """Returns the [N+1, C, H, W] inputs perturbed unit by unit in the order the map gives."""
+    if pixel_map.shape != subject.x.shape[2:]:
+        raise InputError(f"relevance map {list(pixel_map.shape)} does not match the input "
+                         f"{list(subject.x.shape[2:])}")
+    if not np.isfinite(pixel_map).all():
+        raise InputError("the relevance map is not finite")
+    units = unit_relevance(pixel_map, settings.patch)
+    ranks = pixel_ranks(unit_order(units, order), units.shape, settings.patch, pixel_map.shape)
+    return perturbed_inputs(subject.x, fill, ranks, flip_counts(units.size, settings.steps))
+
+
+def flip_curves(scorer: Scorer, subject: Subject, pixel_map: np.ndarray, target: int,
+                settings: FlipSettings) -> dict[str, tuple[Curve, np.ndarray]]:
+    """Returns order -> (curve, perturbed stack) for one relevance map: one batched scoring run per order."""
+    fill = fill_values(subject, settings).astype(subject.x.dtype)
+    result = {}
+    for order in settings.orders:
+        batch = flip_stack(subject, pixel_map, order, settings, fill)
+        result[order] = (score_curve(scorer, subject, batch, target, settings.steps), batch)
+    return result
+
+
+def summarize(runs: list[dict]) -> list[dict]:
+    """Returns per (method, order), in first-seen order: the number of curves, their mean AOPC and its standard
+    error (sample std / sqrt(n); None for a single curve)."""
+    groups: dict[tuple[str, str], list[float]] = {}
+    for run in runs:
+        groups.setdefault((run["method"], run["order"]), []).append(run["aopc"])
+    summary = []
+    for (method, order), values in groups.items():
+        values = np.asarray(values)
+        sem = float(values.std(ddof=1) / np.sqrt(values.size)) if values.size > 1 else None
+        summary.append({"method": method, "order": order, "n": int(values.size), "aopc_mean": float(values.mean()),
+                        "aopc_sem": sem})
+    return summary
+
+
+@dataclass
+class MethodVariant:
+    """An explanation method under the name its curves carry (e.g. lrp with one rule set, or gradient)."""
+
+    name: str
+    settings: object  # api.Settings
+
+
+@dataclass
+class InputEvaluation:
+    """The curves of one input (as run documents) and its per-input files (strips, relevance maps)."""
+
+    runs: list[dict]
+    files: dict = field(default_factory=dict)
+
+
+def onnx_subject(model, x: np.ndarray, config, input_path) -> Subject:
+    """Returns the Subject of a model input: [lo, hi] from the preset's pixel values 0 and 255 (for a `.npy` with
+    preset none, the tensor's own per-channel min and max), the mean fill 0 (the preset's mean pixel)."""
+    from lrp_cli.preprocess import from_nchw, to_nchw
+    if len(model.graph.input_shape) != 4:
+        raise OptionError(f"{model.path}: lrp evaluate needs an image model (4-D input), the input is "
+                          f"{list(model.graph.input_shape)}")
+    nchw = to_nchw(x, model.layout)
+    channels = nchw.shape[1]
+    if str(input_path).lower().endswith(".npy") and config.preset == "none":
+        low, high = nchw.min(axis=(0, 2, 3)).astype(np.float64), nchw.max(axis=(0, 2, 3)).astype(np.float64)
+    else:
+        low, high = config.input_bounds(channels)
+    return Subject(nchw, np.asarray(low, np.float64), np.asarray(high, np.float64), np.zeros(channels),
+                   lambda batch: from_nchw(batch, model.layout).astype(np.float32))
+
+
+def bow_subject(image: np.ndarray) -> Subject:
+    """Returns the Subject of an RGB image in [0, 1] for a BoW pipeline: range [0, 1], mean fill mid-grey."""
+    x = image.transpose(2, 0, 1)[None].astype(np.float64)
+    return Subject(x, np.zeros(3), np.ones(3), np.full(3, 0.5), lambda batch: batch.transpose(0, 2, 3, 1))
+
+
+def strip_steps(steps: int, columns: int = 11) -> list[int]:
+    """Returns the steps a strip shows: about `columns` evenly spaced from 0 to N."""
+    return sorted({int(round(k)) for k in np.linspace(0, steps, min(columns, steps + 1))})
+
+
+def run_document(input_path, method: str, order: str, target: int, curve: Curve) -> dict:
+    """Returns one run of evaluation.json: the input, method, order, target and the curve's values."""
+    return {"input": str(input_path), "method": method, "order": order, "target": int(target),
+            "fractions": curve.fractions.tolist(), "scores": curve.scores.tolist(),
+            "probabilities": curve.probabilities.tolist(), "predicted": curve.predicted.astype(int).tolist(),
+            "aopc": curve.aopc}
+
+
+def _load_subject(model, path, settings):
+    """Returns (Subject, picture of an NCHW [1, C, H, W] tensor, model input or None for BoW) of one input."""
+    from PIL import Image
+
+    from lrp_cli import api
+    from lrp_cli.preprocess import open_image, tensor_to_display
+    if model.kind == "sklearn-bow":
+        image = np.asarray(open_image(path).convert("RGB"), dtype=np.float64) / 255.0
+        return bow_subject(image), lambda t: Image.fromarray(
+            np.clip(np.round(t[0].transpose(1, 2, 0) * 255), 0, 255).astype(np.uint8)), None
+    _, x, _ = api.load_model_input(model, path, settings)
+    config = api.preprocess_config(model, settings)
+    return onnx_subject(model, x, config, path), lambda t: tensor_to_display(t, config), x
+
+
+def evaluate_input(model, item, variants: list[MethodVariant], flip: FlipSettings, scorer: Scorer, out_dir,
+                   strip: bool = False, save_maps: bool = False) -> InputEvaluation:
+    """Returns the curves of every method, target and order for one input, with its strips and maps (as bytes,
+    keyed by path) when asked."""
+    from lrp_cli import api, outputs
+    from lrp_cli.evaluation_files import strip_png
+    subject, display, x = _load_subject(model, item.path, variants[0].settings)
+    result = InputEvaluation([])
+    for variant in variants:
+        explanations = (api.explain(model, item.path, variant.settings) if x is None else
+                        api.explain_array(model, x, variant.settings, item.path))
+        for expl in explanations:
+            target = expl.target["index"]
+            stem = item.stem if len(explanations) == 1 else f"{item.stem}.class{target}"
+            try:
+                curves = flip_curves(scorer, subject, api.pixel_map(model, expl), target, flip)
+            except InputError as exc:
+                raise InputError(f"{item.path}: method {variant.name}: {exc}") from None
+            result.runs += [run_document(item.path, variant.name, order, target, curve)
+                            for order, (curve, _) in curves.items()]
+            if save_maps:
+                result.files[out_dir / f"{stem}.{variant.name}.relevance.npy"] = outputs.npy_bytes(
+                    np.asarray(expl.relevance, dtype=np.float32))
+            if strip:
+                title = f"{item.path.name}: {variant.name}, target {_label(model, target)}, {flip.perturbation}"
+                result.files[out_dir / f"{stem}.{variant.name}.strip.png"] = strip_png(
+                    title, _strip_rows(model, curves, display, flip.steps))
+    return result
+
+
+def _label(model, index: int) -> str:
+    from lrp_cli.api import label_of
+    label = label_of(model, int(index))
+    return f"{index} ({label})" if label and label != str(index) else str(index)
+
+
+def _strip_rows(model, curves: dict, display, steps: int) -> list[tuple[str, list]]:
+    """Returns per order the strip's frames: (fraction, picture, caption with predicted label, y_p and y)."""
+    rows = []
+    for order, (curve, batch) in curves.items():
+        frames = [(curve.fractions[k], display(batch[k:k + 1]),
+                   f"{_label(model, curve.predicted[k])}\nyp={curve.scores[k]:.3g} y={curve.probabilities[k]:.2f}")
+                  for k in strip_steps(steps)]
+        rows.append((order, frames))
+    return rows
+
+
+def evaluate_inputs(model, items: list, variants: list[MethodVariant], flip: FlipSettings, scorer: Scorer, out_dir,
+                    strip: bool = False, save_maps: bool = False, jobs: int = 1,
+                    on_error: Callable[[object, Exception], None] = lambda item, exc: None):
+    """Returns (runs, per-input files, errors) over a batch: an input that fails with an InputError is reported
+    to `on_error` and listed in errors, the rest goes on; other errors (usage, model) are raised."""
+    from lrp_cli.errors import LrpError
+
+    def one(item):
+        try:
+            return item, evaluate_input(model, item, variants, flip, scorer, out_dir, strip, save_maps), None
+        except LrpError as exc:
+            if exc.exit_code != 1:
+                raise
+            return item, None, exc
+
+    if jobs > 1:
+        from joblib import Parallel, delayed
+        results = Parallel(n_jobs=jobs, backend="threading")(delayed(one)(item) for item in items)
+    else:
+        results = map(one, items)
+    runs, files, errors = [], {}, []
+    for item, evaluation, error in results:
+        if error is not None:
+            on_error(item, error)
+            errors.append({"input": str(item.path), "error": str(error)})
+            continue
+        runs += evaluation.runs
+        files.update(evaluation.files)
+    return runs, files, errors
+
+
+def settings_document(model, variants: list[MethodVariant], flip: FlipSettings, units: str) -> dict:
+    """Returns the `settings` of evaluation.json: model, methods (with their rules), flipping settings."""
+    first = variants[0].settings
+    return {
+        "model": {"path": str(model.path), "sha256": model.sha256, "kind": model.kind},
+        "methods": [{"name": v.name, "method": v.settings.method, "composite": v.settings.composite,
+                     "rule": v.settings.rule, "layer_rules": list(v.settings.layer_rules),
+                     "options": v.settings.method_options} for v in variants],
+        "orders": list(flip.orders), "perturbation": flip.perturbation, "patch": flip.patch, "units": units,
+        "steps": flip.steps, "seed": flip.seed, "blur_sigma": flip.blur_sigma, "target": first.target,
+        "precision": first.precision, "preprocess": {k: v for k, v in first.preprocess.items() if v is not None},
+        "score": "the target's pre-softmax score f(x); AOPC = mean over steps k = 0..N of f(x_0) - f(x_k)",
+    }
+
+
+def method_variants(model, base, names: list[str], options: dict | None = None) -> list[MethodVariant]:
+    """Returns one MethodVariant per method name (duplicates dropped), each given those of `options` (e.g. seed)
+    that it takes and checked against the model; an unknown name is an OptionError naming it."""
+    from dataclasses import replace
+
+    from lrp_cli import api
+    from lrp_cli.methods import METHODS
+    names = list(dict.fromkeys(n.strip() for n in names if n.strip()))
+    unknown = [n for n in names if n not in api.METHOD_NAMES]
+    if unknown or not names:
+        raise OptionError(f"--methods: unknown method '{(unknown or [''])[0]}'; methods: "
+                          f"{', '.join(api.METHOD_NAMES)}")
+    variants = [MethodVariant(name, replace(base, method=name, method_options={
+        k: v for k, v in (options or {}).items() if k in METHODS[name].defaults})) for name in names]
+    for variant in variants:
+        api.check_settings(model, variant.settings)
+    return variants
+
+
+def default_methods(model) -> list[str]:
+    """Returns the methods evaluated when none are named: every method for ONNX models, lrp for BoW pipelines."""
+    from lrp_cli import api
+    return ["lrp"] if model.kind == "sklearn-bow" else list(api.METHOD_NAMES)
+
+
+def run_evaluation(model, items: list, variants: list[MethodVariant], flip: FlipSettings, out_dir,
+                   strip: bool = False, save_maps: bool = False, jobs: int = 1,
+                   on_error: Callable[[object, Exception], None] = lambda item, exc: None):
+    """Returns (evaluation.json document, per-input files) for a batch, scoring with batched onnxruntime runs
+    (BoW: decision values)."""
+    from lrp_cli.evaluation_files import evaluation_document
+    from lrp_cli.scoring import score_batch
+    if getattr(model, "unbound", None) is not None:  # one batched session needs one input shape
+        raise OptionError(f"{model.path}: lrp evaluate needs a model with a fixed input size ({model.unbound})")
+    tiling = variants[0].settings.tiling
+
+    def scorer(batch):
+        return score_batch(model, batch, tiling=tiling)
+
+    runs, files, errors = evaluate_inputs(model, items, variants, flip, scorer, out_dir, strip, save_maps, jobs,
+                                          on_error)
+    units = "pixel" if flip.patch == 1 else f"{flip.patch}x{flip.patch} patch"
+    return evaluation_document(settings_document(model, variants, flip, units), runs, summarize(runs), errors), files
