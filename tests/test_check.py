@@ -56,7 +56,7 @@ def _expected_share(stem: str, target: str, box=None) -> float:
     """The share computed here from `lrp_cli.api` directly, as an independent path to the same number."""
     model = api.load_model(REPO / "models" / "shapes-cnn.onnx")
     expl = api.explain(model, SHAPES / f"{stem}.png", api.Settings(target=target))[0]
-    heat = api.pixel_map(model, expl)
+    heat = api.pixel_map(model, expl).astype(np.float64)  # the check sums in float64, as here
     mask = (np.asarray(Image.open(SHAPES / f"{stem}.mask.png")) > 0 if box is None
             else metrics.box_mask(box, "fraction", heat.shape))
     return float(np.maximum(heat, 0)[mask].sum() / np.maximum(heat, 0).sum())

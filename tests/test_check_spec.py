@@ -77,7 +77,7 @@ CORPUS = [
     ("type-model", _swap(f'model = "{MODEL}"', "model = 3"), "model"),
     ("type-composite", HEAD + "composite = 1\n" + CASE, "composite"),
     ("choice-composite", HEAD + 'composite = "epsilon-minus"\n' + CASE, "composite"),
-    ("choice-method", HEAD + 'method = "gradcam"\n' + CASE, "method"),
+    ("choice-method", HEAD + 'method = "saliency"\n' + CASE, "method"),
     ("choice-precision", HEAD + 'precision = "float16"\n' + CASE, "precision"),
     ("choice-preset", HEAD + 'preset = "vgg"\n' + CASE, "preset"),
     ("choice-layout", HEAD + 'layout = "chw"\n' + CASE, "layout"),

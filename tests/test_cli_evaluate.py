@@ -204,7 +204,7 @@ def test_nhwc_model_is_perturbed_in_its_own_layout(rgb_image, tmp_path):
     assert result.exit_code == 0, result.output
     run = json.loads((out / "evaluation.json").read_text())["runs"][0]
     model = api.load_model(path)
-    x, _ = api.load_model_input(model, rgb_image, api.Settings(preprocess={"preset": "tf"}))
+    _, x, _ = api.load_model_input(model, rgb_image, api.Settings(preprocess={"preset": "tf"}))
     assert x.shape == (1, 12, 10, 3)
     # step 1 flips every pixel: x -> -x in the tf preset's range [-1, 1]
     expected = [float(model.run_onnxruntime(v)[1].ravel()[0]) for v in (x, -x)]

@@ -123,7 +123,8 @@ def test_real_one_channel_lenet_without_sidecar(tmp_path):
     Image.fromarray(np.pad(digits[0], 2)).save(tmp_path / "seven.png")  # MNIST's first test digit is a 7
     for preset in ["imagenet", "tf"]:  # the default (grey imagenet) and the model's own preprocessing
         out = tmp_path / preset
-        result = explain(tmp_path / "seven.png", "--model", model, "--out", out, "--preset", preset)
+        result = explain(tmp_path / "seven.png", "--model", model, "--out", out, "--preset", preset,
+                         "--engine", "numpy")  # ir_max_abs_diff compares the NumPy IR with onnxruntime
         assert result.exit_code == 0, result.output
         doc = json.loads((out / "seven.json").read_text())
         assert doc["prediction"]["index"] == 7 and doc["ir_max_abs_diff"] < 1e-4
@@ -139,14 +140,15 @@ def test_symbolic_height_width_bound_by_the_tensor_or_by_size(rgb_image, tmp_pat
     tensor = np.random.default_rng(0).uniform(-1, 1, (1, 1, 20, 24)).astype(np.float32)
     np.save(tmp_path / "t.npy", tensor)
     out = tmp_path / "o"
-    result = explain(tmp_path / "t.npy", "--model", model, "--out", out, "--save-raw")
+    result = explain(tmp_path / "t.npy", "--model", model, "--out", out, "--save-raw", "--engine", "numpy")
     assert result.exit_code == 0, result.output
     assert np.load(out / "t.relevance.npy").shape == (1, 1, 20, 24)
     assert json.loads((out / "t.json").read_text())["ir_max_abs_diff"] < 1e-5
     fixed = tmp_path / "fixed"
     fixed.mkdir()
     fixed_model = mnist_like(fixed, shape=[1, 1, 20, 24])
-    assert explain(tmp_path / "t.npy", "--model", fixed_model, "--out", fixed, "--save-raw").exit_code == 0
+    assert explain(tmp_path / "t.npy", "--model", fixed_model, "--out", fixed, "--save-raw",
+                   "--engine", "numpy").exit_code == 0
     np.testing.assert_array_equal(np.load(out / "t.relevance.npy"), np.load(fixed / "t.relevance.npy"))
     # a second shape in the same batch binds the graph again
     np.save(tmp_path / "u.npy", tensor[:, :, :8, :9])

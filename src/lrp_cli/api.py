@@ -329,8 +329,9 @@ def explain_array(model: LoadedModel, x: np.ndarray, settings: Settings, input_p
     config = preprocess_config(model, settings)
     rules = rules_for(model, settings, config) if settings.method == "lrp" else {}
     compiled = compiled_session(model, settings, rules)
-    if compiled is not None:
-        return _explain_compiled(model, compiled, x, settings, rules, input_path, picture)
+    explanations = _explain_compiled(model, compiled, x, settings, rules, input_path, picture) if compiled else None
+    if explanations is not None:
+        return explanations
     method = METHODS[settings.method]
     start = time.perf_counter()
     model_output, ort_explained = model.run_onnxruntime(x)
@@ -413,12 +414,15 @@ def compile_explainer(model: LoadedModel, settings: Settings, out_path: Path) ->
 
 def _explain_compiled(model, compiled, x, settings: Settings, rules: dict, input_path: Path, picture
                       ) -> list[Explanation]:
-    """Returns the explanations of one input by the compiled engine (one onnxruntime run per target)."""
+    """Returns the explanations of one input by the compiled engine (one onnxruntime run per target), or None
+    when the forward pass is not finite."""
     start = time.perf_counter()
     classes = int(np.prod(model.graph.shapes[model.graph.output_name]))
     spec = str(settings.target).strip()
     needs_scores = spec == "pred" or spec.startswith("top:")  # -1: the graph explains its own argmax
     first = compiled.run(x, -1 if needs_scores else resolve_targets(spec, np.zeros(classes), model.labels)[0])
+    if not np.isfinite(first.model_output).all():
+        return None  # the NumPy pass names the first node whose output is not finite
     runs = {first.target: first}
     for target in resolve_targets(spec, first.scores, model.labels):
         if target not in runs:

@@ -73,11 +73,26 @@ def node_errors(proto: onnx.ModelProto, graph: Graph, method: str, rules: dict[s
     return errors
 
 
+def _check_plain_float32(proto: onnx.ModelProto) -> None:
+    """Raises CompileError for a quantized (QDQ) or non-float32 model: the compiled graph would run the model's own
+    quantized or half-precision forward, while the rules are defined on the IR's float forward."""
+    quantized = next((n for n in proto.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")), None)
+    if quantized is not None:
+        raise CompileError(f"cannot compile node {quantized.name or quantized.op_type} ({quantized.op_type}): "
+                           "quantized models run on the NumPy engine")
+    for value in proto.graph.input:
+        dtype = value.type.tensor_type.elem_type
+        if dtype not in (0, onnx.TensorProto.FLOAT):
+            name = onnx.TensorProto.DataType.Name(dtype).lower()
+            raise CompileError(f"cannot compile input {value.name}: {name} models run on the NumPy engine")
+
+
 def compile_relevance(proto: onnx.ModelProto, graph: Graph, method: str, rules: dict[str, Rule],
                       model_output: str | None = None, errors: dict | None = None) -> CompiledGraph:
     """Returns the relevance pass of `method` ("lrp", "gradient", "gradient-x-input") with per-node rules as
     one ONNX graph built on the model's own forward graph; CompileError names a node that cannot be compiled
     (or, given an `errors` dict, each such node is recorded there and sends zero relevance on)."""
+    _check_plain_float32(proto)
     model = _forward_model(proto)
     available = {t for n in model.graph.node for t in n.output} | {i.name for i in model.graph.input}
     missing = [t for n in graph.nodes for t in n.inputs + [n.output] if t not in available]
