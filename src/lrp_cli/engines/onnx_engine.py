@@ -76,9 +76,11 @@ def _rule_key(rule: Rule) -> list:
                                     for _, v in sorted(vars(rule).items()) if not isinstance(v, str)]
 
 
-def cache_key(model_sha256: str, method: str, rules: dict[str, Rule], output: str | None) -> str:
-    """Returns the content hash naming a compiled graph: model bytes, method, rules, output, lrp-cli version."""
-    content = json.dumps([__version__, model_sha256, method, output,
+def cache_key(model_sha256: str, method: str, rules: dict[str, Rule], output: str | None,
+              input_shape: tuple = ()) -> str:
+    """Returns the content hash naming a compiled graph: model bytes, method, rules, output, the input shape it is
+    bound to (a model with symbolic sizes compiles once per shape), lrp-cli version."""
+    content = json.dumps([__version__, model_sha256, method, output, [int(d) for d in input_shape],
                           sorted((name, _rule_key(rule)) for name, rule in rules.items())])
     return hashlib.sha256(content.encode()).hexdigest()[:32]
 
@@ -105,7 +107,7 @@ def save_model(compiled: C.CompiledGraph, path: Path) -> None:
 def session_for(model, method: str, rules: dict[str, Rule], providers=()) -> CompiledSession:
     """Returns the (cached) compiled session of a loaded ONNX model; CompileError when it does not compile."""
     output = model.session.get_outputs()[0].name
-    key = cache_key(model.sha256, method, rules, output)
+    key = cache_key(model.sha256, method, rules, output, model.graph.input_shape)
     providers = tuple(providers) or DEFAULT_PROVIDERS
     if (key, providers) in _SESSIONS:
         return _SESSIONS[(key, providers)]
