@@ -86,12 +86,13 @@ def explain(inputs, model_path, out_dir, method, composite, rule, layer_rules, t
             "mean": _numbers("--mean", mean), "std": _numbers("--std", std), "bgr": bgr},
             {k: v for k, v in {"tile": tile, "tile_stride": tile_stride,
                                "pair": tuple(pair.split(",")) if pair else None}.items() if v is not None})
-        model = api.load_model(model_path, output_name, labels, layout)
+        model, spec = batch.load_model(model_path, output_name, labels, layout)
         api.check_settings(model, settings)
     except LrpError as exc:
         _fail(exc)
     items = batch.expand_inputs(list(inputs))
-    runner = batch.BatchRunner(model, settings, out_dir, cmap, save_raw, normalize == "global", json_lines)
+    runner = batch.BatchRunner(batch.ExplainTask(spec, settings, out_dir, cmap, save_raw, json_lines),
+                               normalize == "global")
     try:
         rows = runner.run(items, jobs, skip_existing, show_progress=not no_progress and sys.stderr.isatty())
     except LrpError as exc:

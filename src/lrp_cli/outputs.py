@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import io
 import json
@@ -47,7 +48,10 @@ def json_bytes(document: dict) -> bytes:
 
 
 def write_all(contents: dict[Path, bytes]) -> None:
-    """Writes every file or none: each goes to a temporary name in its folder, then all are renamed."""
+    """Writes every file or none: each goes to a temporary name in its folder, then all are renamed.
+
+    Temporaries of these paths left by a killed earlier run (SIGKILL runs no cleanup) are removed first."""
+    remove_stale_temporaries(contents)
     temporary: list[tuple[str, Path]] = []
     try:
         for path, data in contents.items():
@@ -62,6 +66,14 @@ def write_all(contents: dict[Path, bytes]) -> None:
         for tmp, _ in temporary:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+
+
+def remove_stale_temporaries(paths) -> None:
+    """Removes the temporary files that write_all leaves behind for these paths when its process is killed."""
+    for path in paths:
+        if path.parent.is_dir():
+            for stale in path.parent.glob(f".{glob.escape(path.name)}.????????.tmp"):  # mkstemp adds 8 chars
+                stale.unlink(missing_ok=True)
 
 
 def sha256_file(path: Path) -> str:
