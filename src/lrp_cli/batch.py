@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import glob
 import io
@@ -239,6 +240,14 @@ def _collect(completed, count: int, show_progress: bool, echo) -> list[list[dict
 def _progress_bar(count: int, show: bool):
     """Returns the progress bar (on stderr) of a batch of `count` inputs."""
     return click.progressbar(length=count, label="explaining", file=sys.stderr, hidden=not show)
+
+
+def limit_threads(threads: int | None):
+    """Returns a context that caps the BLAS/OpenMP thread pools of this process at `threads` (None: no cap)."""
+    if threads is None:
+        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits
+    return threadpool_limits(limits=threads)
 
 
 def _map_local(task, items, jobs):

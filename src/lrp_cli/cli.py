@@ -69,6 +69,8 @@ def main():
 @click.option("--precision", type=click.Choice(list(api.PRECISIONS)), default="float32", show_default=True)
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Inputs explained at once.")
 @click.option("--skip-existing", is_flag=True, help="Skip inputs whose JSON output already exists.")
+@click.option("--scheduler", help="Run on a Dask cluster: tcp://HOST:8786, or local:N for N worker processes "
+              "(needs lrp-cli[dask]).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--json-lines", is_flag=True, help="Print one JSON document per explanation instead of a line.")
 @click.option("--tile", type=click.IntRange(min=0), help="BoW models: explain tiles of N px and average them "
@@ -78,7 +80,7 @@ def main():
 def explain(inputs, model_path, out_dir, method, composite, rule, layer_rules, target, output_name, layout, preset,
             size,
             resize, mean, std, bgr, labels, cmap, normalize, save_raw, precision, jobs, skip_existing,
-            no_progress, json_lines, tile, tile_stride, pair):
+            no_progress, json_lines, tile, tile_stride, pair, scheduler):
     """Explain the prediction for each INPUT (image, .npy tensor, folder or glob)."""
     try:
         settings = api.Settings(method, composite, rule, tuple(layer_rules), target, precision, {
@@ -86,15 +88,16 @@ def explain(inputs, model_path, out_dir, method, composite, rule, layer_rules, t
             "mean": _numbers("--mean", mean), "std": _numbers("--std", std), "bgr": bgr},
             {k: v for k, v in {"tile": tile, "tile_stride": tile_stride,
                                "pair": tuple(pair.split(",")) if pair else None}.items() if v is not None})
-        model, spec = batch.load_model(model_path, output_name, labels, layout)
+        model, model_spec = batch.load_model(model_path, output_name, labels, layout)
         api.check_settings(model, settings)
     except LrpError as exc:
         _fail(exc)
     items = batch.expand_inputs(list(inputs))
-    runner = batch.BatchRunner(batch.ExplainTask(spec, settings, out_dir, cmap, save_raw, json_lines),
+    runner = batch.BatchRunner(batch.ExplainTask(model_spec, settings, out_dir, cmap, save_raw, json_lines),
                                normalize == "global")
     try:
-        rows = runner.run(items, jobs, skip_existing, show_progress=not no_progress and sys.stderr.isatty())
+        rows = runner.run(items, jobs, skip_existing, show_progress=not no_progress and sys.stderr.isatty(),
+                          scheduler=scheduler)
     except LrpError as exc:
         _fail(exc)
     if len(items) > 1 or any(Path(spec).is_dir() for spec in inputs):
