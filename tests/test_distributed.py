@@ -139,3 +139,12 @@ def test_bad_local_scheduler_is_a_usage_error(tiny_cnn_path, rgb_image, tmp_path
 def test_chunks_keep_every_worker_busy():
     from lrp_cli.distributed import chunk_size
     assert [chunk_size(n, 2) for n in (1, 8, 9, 100, 1000)] == [1, 1, 2, 13, 125]
+
+
+def test_global_normalization_is_refused_on_a_cluster(tiny_cnn_path, rgb_image, tmp_path):
+    pytest.importorskip("dask.distributed")
+    result = explain(rgb_image, "--model", tiny_cnn_path, "--out", tmp_path / "o", "--scheduler", "local:2",
+                     "--normalize", "global")
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == ["error: --normalize global keeps every explanation in one process: "
+                                                  "not with --scheduler"]
