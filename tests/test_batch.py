@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from lrp_cli import batch
 from lrp_cli.cli import main
 
 RUN = CliRunner()
@@ -124,7 +125,9 @@ def test_sigkill_mid_batch_then_resume_gives_the_files_of_an_uninterrupted_run(t
     assert output_contents(resumed) == output_contents(whole)
 
 
-def test_jobs_two_writes_the_bytes_of_jobs_one(tiny_cnn_path, tmp_path):
+@pytest.mark.parametrize("backend", ["threading", pytest.param("loky", marks=pytest.mark.slow)])
+def test_jobs_two_writes_the_bytes_of_jobs_one(tiny_cnn_path, tmp_path, monkeypatch, backend):
+    monkeypatch.setattr(batch, "JOBS_BACKEND", backend)
     data = make_folder(tmp_path / "data", 6, broken=["bad.png"])
     one, two = tmp_path / "one", tmp_path / "out"
     assert explain(data, "--model", tiny_cnn_path, "--out", two, "--save-raw").exit_code == 1
@@ -132,3 +135,19 @@ def test_jobs_two_writes_the_bytes_of_jobs_one(tiny_cnn_path, tmp_path):
     assert explain(data, "--model", tiny_cnn_path, "--out", two, "--save-raw", "--jobs", "2").exit_code == 1
     assert output_contents(one) == output_contents(two)
     assert summary(one)["results"] == summary(two)["results"]
+
+
+def test_explanations_run_on_one_blas_thread_whatever_jobs(monkeypatch):
+    from threadpoolctl import threadpool_info
+    seen = []
+
+    def task(item):
+        seen.append({pool["internal_api"]: pool["num_threads"] for pool in threadpool_info()})
+        return batch.InputResult([{"input": item}])
+
+    items = [f"in{k}" for k in range(4)]
+    before = {pool["internal_api"]: pool["num_threads"] for pool in threadpool_info()}
+    for jobs in (1, 2):
+        assert batch.run_inputs(task, items, jobs) == [[{"input": item}] for item in items]
+    assert seen and all(set(pools.values()) == {batch.BLAS_THREADS} for pools in seen)
+    assert {pool["internal_api"]: pool["num_threads"] for pool in threadpool_info()} == before  # restored

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import glob
 import io
@@ -220,7 +219,8 @@ def run_inputs(task, items: list[InputItem], jobs: int = 1, scheduler: str | Non
         completed = distributed.map_inputs(task, items, scheduler)
     else:
         completed = _map_local(task, items, jobs)
-    return _collect(completed, len(items), show_progress, echo)
+    with limit_threads():
+        return _collect(completed, len(items), show_progress, echo)
 
 
 def _collect(completed, count: int, show_progress: bool, echo) -> list[list[dict]]:
@@ -242,22 +242,46 @@ def _progress_bar(count: int, show: bool):
     return click.progressbar(length=count, label="explaining", file=sys.stderr, hidden=not show)
 
 
-def limit_threads(threads: int | None):
-    """Returns a context that caps the BLAS/OpenMP thread pools of this process at `threads` (None: no cap)."""
-    if threads is None:
-        return contextlib.nullcontext()
+#: Every explanation makes its BLAS calls on this many threads, whatever --jobs or the cluster: OpenBLAS's sums
+#: depend on its thread count (by ~1e-13), so a fixed count keeps the bytes the same; inputs run in parallel
+#: instead (and a busy machine's preempted BLAS threads made one explanation 4x slower, benchmarks/RESULTS.md).
+BLAS_THREADS = 1
+
+
+def limit_threads(threads: int = BLAS_THREADS):
+    """Returns the threadpoolctl limiter that has capped this process's BLAS/OpenMP pools at `threads`; as a
+    context it restores them on exit."""
     from threadpoolctl import threadpool_limits
     return threadpool_limits(limits=threads)
 
 
-def _map_local(task, items, jobs):
+#: How `--jobs N` runs N inputs at once: joblib's "threading" (one model, BLAS capped at cores/N threads) or
+#: "loky" (N worker processes, each loading the model once); benchmarks/RESULTS.md compares them.
+JOBS_BACKEND = "threading"
+
+
+def _map_local(task, items, jobs, backend: str | None = None):
     """Yields (index, task(item)) for every item in input order, computed `jobs` at a time."""
     if jobs == 1:
         yield from ((index, task(item)) for index, item in enumerate(items))
         return
     from joblib import Parallel, delayed
-    yield from enumerate(Parallel(n_jobs=jobs, backend="threading", return_as="generator")(
+    backend = backend or JOBS_BACKEND
+    if backend != "threading":
+        task = _InWorkerProcess(task)
+    yield from enumerate(Parallel(n_jobs=jobs, backend=backend, return_as="generator")(
         delayed(task)(item) for item in items))
+
+
+@dataclass
+class _InWorkerProcess:
+    """A task run in a worker process (loky), whose BLAS pools are set to BLAS_THREADS for good."""
+
+    task: object
+
+    def __call__(self, item):
+        limit_threads()
+        return self.task(item)
 
 
 class BatchRunner:
@@ -285,9 +309,9 @@ class BatchRunner:
 
     def _run_global(self, items, jobs, show_progress) -> list[list[dict]]:
         """Only a shared scale needs every explanation in memory before the first write."""
-        with _progress_bar(len(items), show_progress) as bar:
+        with limit_threads(), _progress_bar(len(items), show_progress) as bar:
             computed = []
-            for pair in _map_local(self.task.compute, items, jobs):
+            for pair in _map_local(self.task.compute, items, jobs, "threading"):
                 computed.append(pair)
                 bar.update(1)
         scale = api.global_scale(cached_model(self.task.spec), [e for _, (ex, _) in computed if ex for e in ex])

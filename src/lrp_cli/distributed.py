@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import re
 
 from lrp_cli.errors import OptionError
@@ -50,23 +49,13 @@ def connect(scheduler: str):
         raise OptionError(f"--scheduler {scheduler}: cannot reach the Dask scheduler ({exc})") from None
 
 
-def run_chunk(task, items: list, host_threads: dict[str, int]) -> list:
-    """Returns [task(item) for item in items]: the Dask task of one chunk of inputs. Its BLAS threads are capped
-    at this worker thread's share of the host's cores (`host_threads`: host -> worker threads on it), or the
-    workers of one host would fight over its cores."""
+def run_chunk(task, items: list) -> list:
+    """Returns [task(item) for item in items]: the Dask task of one chunk of inputs, on one BLAS thread per
+    worker thread (batch.BLAS_THREADS: the bytes then match a local run's; start workers with --nthreads 1 and
+    as many --nworkers as cores)."""
     from lrp_cli.batch import limit_threads
-    host = _dask().get_worker().address.rsplit(":", 1)[0]
-    with limit_threads(max(1, (os.cpu_count() or 1) // host_threads.get(host, 1))):
-        return [task(item) for item in items]
-
-
-def host_threads(client) -> dict[str, int]:
-    """Returns host address -> the number of worker threads the cluster runs on that host."""
-    counts: dict[str, int] = {}
-    for address, worker in client.scheduler_info(n_workers=-1)["workers"].items():
-        host = address.rsplit(":", 1)[0]
-        counts[host] = counts.get(host, 0) + worker.get("nthreads", 1)
-    return counts
+    limit_threads()  # for good: this is a worker process, lrp's to configure
+    return [task(item) for item in items]
 
 
 def chunk_size(count: int, workers: int) -> int:
@@ -85,11 +74,11 @@ def map_inputs(task, items: list, scheduler: str):
         return
     client, cluster = connect(scheduler)
     try:
-        threads = host_threads(client)
-        size = chunk_size(len(items), sum(threads.values()))
+        threads = sum(w.get("nthreads", 1) for w in client.scheduler_info(n_workers=-1)["workers"].values())
+        size = chunk_size(len(items), threads)
         chunks = {}
         for start in range(0, len(items), size):
-            future = client.submit(run_chunk, task, items[start:start + size], threads, pure=False)
+            future = client.submit(run_chunk, task, items[start:start + size], pure=False)
             chunks[future] = range(start, min(start + size, len(items)))
         for future in dd.as_completed(chunks):
             indices = chunks.pop(future)
