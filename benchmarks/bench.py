@@ -84,7 +84,9 @@ def bench_model(path: Path, runs: int, precision: str, name: str | None = None) 
 
 BATCH_PHOTOS = [REPO / "sample_images" / "chelsea.png", REPO / "sample_images" / "coffee.png"]
 BATCH_SIZE = 50
-JOBS_RUNS = [(1, "threading"), (2, "threading"), (2, "loky")]
+# (--jobs, backend, BLAS threads per explanation); the last row is what --jobs 1 did before explanations were
+# pinned to batch.BLAS_THREADS
+JOBS_RUNS = [(1, "threading", 1), (2, "threading", 1), (2, "loky", 1), (1, "threading", os.cpu_count())]
 
 
 def batch_images(folder: Path, count: int = BATCH_SIZE) -> Path:
@@ -114,15 +116,15 @@ def comparable_outputs(folder: Path) -> dict:
 
 
 def bench_jobs(model_path: Path) -> list[dict]:
-    """Returns the images/s of explaining a 50-photo batch with each (--jobs, backend) of JOBS_RUNS, and whether
-    its outputs equal those of --jobs 1 (JSON timings aside)."""
+    """Returns the images/s of explaining a 50-photo batch with each (--jobs, backend, BLAS threads) of JOBS_RUNS,
+    and whether its outputs equal those of the first (JSON timings aside)."""
     model, spec = batch.load_model(model_path)
     rows, reference = [], None
     with tempfile.TemporaryDirectory() as folder:
         items = batch.expand_inputs([str(batch_images(Path(folder) / "in"))])
         out = Path(folder) / "out"
-        for jobs, backend in JOBS_RUNS:
-            batch.JOBS_BACKEND = backend
+        for jobs, backend, blas_threads in JOBS_RUNS:
+            batch.JOBS_BACKEND, batch.BLAS_THREADS = backend, blas_threads
             task = batch.ExplainTask(spec, api.Settings(), out)
             start = time.perf_counter()
             batch.run_inputs(task, items, jobs, echo=lambda *args, **kwargs: None)
@@ -130,7 +132,7 @@ def bench_jobs(model_path: Path) -> list[dict]:
             contents = comparable_outputs(out)
             shutil.rmtree(out)
             reference = reference or contents
-            rows.append({"jobs": jobs, "backend": backend, "images_per_s": len(items) / seconds,
+            rows.append({"jobs": jobs, "backend": backend, "blas": blas_threads, "images_per_s": len(items) / seconds,
                          "identical": contents == reference, "seconds": seconds})
     return rows
 
@@ -138,10 +140,10 @@ def bench_jobs(model_path: Path) -> list[dict]:
 def jobs_table(rows: list[dict]) -> str:
     """Returns the batch throughputs as a Markdown table."""
     base = rows[0]["images_per_s"]
-    lines = ["| --jobs | backend | wall time | images/s | speed-up over --jobs 1 | outputs equal --jobs 1's |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| --jobs | backend | BLAS threads per explanation | wall time | images/s | speed-up over --jobs 1 | "
+             "outputs equal --jobs 1's |", "|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['jobs']} | {r['backend']} | {r['seconds']:.1f} s | {r['images_per_s']:.2f} | "
+        lines.append(f"| {r['jobs']} | {r['backend']} | {r['blas']} | {r['seconds']:.1f} s | {r['images_per_s']:.2f} | "
                      f"{r['images_per_s'] / base:.2f}x | {'yes' if r['identical'] else 'NO'} |")
     return "\n".join(lines)
 

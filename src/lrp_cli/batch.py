@@ -248,11 +248,11 @@ def _progress_bar(count: int, show: bool):
 BLAS_THREADS = 1
 
 
-def limit_threads(threads: int = BLAS_THREADS):
-    """Returns the threadpoolctl limiter that has capped this process's BLAS/OpenMP pools at `threads`; as a
-    context it restores them on exit."""
+def limit_threads(threads: int | None = None):
+    """Returns the threadpoolctl limiter that has capped this process's BLAS/OpenMP pools at `threads` (default
+    BLAS_THREADS); as a context it restores them on exit."""
     from threadpoolctl import threadpool_limits
-    return threadpool_limits(limits=threads)
+    return threadpool_limits(limits=threads or BLAS_THREADS)
 
 
 #: How `--jobs N` runs N inputs at once: joblib's "threading" (one model, BLAS capped at cores/N threads) or
