@@ -249,10 +249,10 @@ BLAS_THREADS = 1
 
 
 def limit_threads(threads: int | None = None):
-    """Returns the threadpoolctl limiter that has capped this process's BLAS/OpenMP pools at `threads` (default
+    """Returns the threadpoolctl limiter that has capped this process's BLAS pools at `threads` (default
     BLAS_THREADS); as a context it restores them on exit."""
     from threadpoolctl import threadpool_limits
-    return threadpool_limits(limits=threads or BLAS_THREADS)
+    return threadpool_limits(limits=threads or BLAS_THREADS, user_api="blas")
 
 
 #: How `--jobs N` runs N inputs at once: joblib's "threading" (one model, BLAS capped at cores/N threads) or
