@@ -12,7 +12,7 @@ DEMO_OUT ?= demo_out
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,demo]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,demo,dask]'
 	touch $@
 
 $(EFFNET): $(INSTALLED)

@@ -1,6 +1,7 @@
-"""`make bench`: time onnxruntime's forward against lrp-cli's relevance pass for each bundled model.
+"""`make bench`: time onnxruntime's forward against lrp-cli's relevance pass for each bundled model, and the
+throughput of a 50-image EfficientNet-Lite0 batch at --jobs 1 and 2 (threads and processes).
 
-Prints a Markdown table (median of N runs, batch 1) and, with --write, records it in benchmarks/RESULTS.md
+Prints Markdown tables (median of N runs, batch 1) and, with --write, records them in benchmarks/RESULTS.md
 with the machine and the date.
 """
 
@@ -11,7 +12,9 @@ import contextlib
 import datetime
 import io
 import os
+import json
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -23,7 +26,7 @@ import numpy as np
 import onnx
 
 import resnet50_onnx
-from lrp_cli import api
+from lrp_cli import api, batch
 from lrp_cli.engines import onnx_engine
 from lrp_cli.preprocess import load_input
 from lrp_cli.propagate import propagate
@@ -185,6 +188,77 @@ def bench_evaluate(path: Path) -> dict:
             "seconds": seconds, "forward": forward, "load": os.getloadavg()[0]}
 
 
+BATCH_PHOTOS = [REPO / "sample_images" / "chelsea.png", REPO / "sample_images" / "coffee.png"]
+BATCH_SIZE = 50
+# (--jobs, backend, BLAS threads per explanation); the last row is what --jobs 1 did before explanations were
+# pinned to batch.BLAS_THREADS
+JOBS_RUNS = [(1, "threading", 1), (2, "threading", 1), (2, "loky", 1), (1, "threading", os.cpu_count())]
+
+
+def batch_images(folder: Path, count: int = BATCH_SIZE) -> Path:
+    """Writes `count` distinct photos (crops of 60-100 % of the sample photos at varying offsets, every other
+    ten mirrored) into folder and returns it."""
+    from PIL import Image, ImageOps
+    folder.mkdir(parents=True, exist_ok=True)
+    for k in range(count):
+        photo = Image.open(BATCH_PHOTOS[k % len(BATCH_PHOTOS)]).convert("RGB")
+        scale = 0.6 + 0.1 * ((k // 2) % 5)
+        width, height = int(photo.width * scale), int(photo.height * scale)
+        left, top = (k * 37) % (photo.width - width + 1), (k * 53) % (photo.height - height + 1)
+        crop = photo.crop((left, top, left + width, top + height))
+        (ImageOps.mirror(crop) if (k // 10) % 2 else crop).save(folder / f"photo{k:02d}.png")
+    return folder
+
+
+def comparable_outputs(folder: Path) -> dict:
+    """Returns file name -> bytes (JSON documents without their timings) of a batch's output folder."""
+    contents = {}
+    for path in sorted(folder.iterdir()):
+        if path.suffix == ".json":
+            contents[path.name] = {k: v for k, v in json.loads(path.read_text()).items() if k != "timing_s"}
+        else:
+            contents[path.name] = path.read_bytes()
+    return contents
+
+
+def bench_jobs(model_path: Path) -> list[dict]:
+    """Returns the images/s of explaining a 50-photo batch with each (--jobs, backend, BLAS threads) of JOBS_RUNS,
+    and whether its outputs equal those of the first (JSON timings aside)."""
+    model, spec = batch.load_model(model_path)
+    rows, reference = [], None
+    with tempfile.TemporaryDirectory() as folder:
+        items = batch.expand_inputs([str(batch_images(Path(folder) / "in"))])
+        out = Path(folder) / "out"
+        for jobs, backend, blas_threads in JOBS_RUNS:
+            batch.JOBS_BACKEND, batch.BLAS_THREADS = backend, blas_threads
+            task = batch.ExplainTask(spec, api.Settings(), out)
+            start = time.perf_counter()
+            batch.run_inputs(task, items, jobs, echo=lambda *args, **kwargs: None)
+            seconds = time.perf_counter() - start
+            contents = comparable_outputs(out)
+            shutil.rmtree(out)
+            reference = reference or contents
+            rows.append({"jobs": jobs, "backend": backend, "blas": blas_threads, "images_per_s": len(items) / seconds,
+                         "identical": contents == reference, "seconds": seconds})
+    return rows
+
+
+def jobs_table(rows: list[dict]) -> str:
+    """Returns the batch throughputs as a Markdown table."""
+    base = rows[0]["images_per_s"]
+    lines = ["| --jobs | backend | BLAS threads per explanation | wall time | images/s | speed-up over --jobs 1 | "
+             "outputs equal --jobs 1's |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['jobs']} | {r['backend']} | {r['blas']} | {r['seconds']:.1f} s | {r['images_per_s']:.2f} | "
+                     f"{r['images_per_s'] / base:.2f}x | {'yes' if r['identical'] else 'NO'} |")
+    return "\n".join(lines)
+
+
+def load_note() -> str:
+    """Returns the 1-minute load average, to show how busy the shared cores were."""
+    return f"load average {os.getloadavg()[0]:.1f} at the start"
+
+
 def table(rows: list[dict]) -> str:
     """Returns the timings as a Markdown table (milliseconds)."""
     lines = ["| model | input | onnxruntime forward | IR forward | relevance backward | full explanation | "
@@ -254,6 +328,7 @@ def main():
     parser.add_argument("--write", action="store_true", help="Append the table to benchmarks/RESULTS.md")
     parser.add_argument("--methods-only", action="store_true", help="Only the per-method table (EfficientNet)")
     parser.add_argument("--evaluate-only", action="store_true", help="Only time the pixel-flipping evaluation")
+    parser.add_argument("--jobs-only", action="store_true", help="Only the --jobs throughput of a 50-photo batch")
     args = parser.parse_args()
     if args.evaluate_only:
         return _emit(f"## {datetime.date.today().isoformat()}: {machine()}\n{evaluate_text()}", args.write)
@@ -263,6 +338,13 @@ def main():
         return _emit(f"## {datetime.date.today().isoformat()}: {machine()}\n\nMedian of {max(1, args.runs // 2)} "
                      f"runs, one photo, float32, each method's defaults; load average "
                      f"{os.getloadavg()[0]:.1f} at the end.\n\n{methods}\n", args.write)
+    jobs_text = ""
+    if effnet.exists():
+        note = load_note()
+        jobs_text = (f"\n{BATCH_SIZE} photos (crops and mirrors of the two sample photos) explained by "
+                     f"efficientnet-lite0.onnx in one process, float32, {note}.\n\n{jobs_table(bench_jobs(effnet))}\n")
+    if args.jobs_only:
+        return _emit(f"## {datetime.date.today().isoformat()}: {machine()}\n{jobs_text}", args.write)
     rows = [bench_model(REPO / "models" / name, args.runs, args.precision)
             for name in MODELS if (REPO / "models" / name).exists()]
     rows += [bench_model(SHARED / name, args.runs, args.precision) for name in SHARED_MODELS
@@ -282,11 +364,12 @@ def main():
             f"({checked['check'] / checked['explain'] - 1:+.0%}); CPU {checked['check_cpu']:.2f} s against "
             f"{checked['explain_cpu']:.2f} s ({checked['check_cpu'] / checked['explain_cpu'] - 1:+.0%}).\n"
             + (f"\nEvery method, median of {max(1, args.runs // 2)} runs, each method's "
-               f"defaults:\n\n{methods}\n" if methods else "") + evaluate_text())
+               f"defaults:\n\n{methods}\n" if methods else "") + evaluate_text() + jobs_text)
     _emit(text, args.write)
 
 
 def _emit(text: str, write: bool) -> None:
+    """Prints the results and, with --write, appends them to benchmarks/RESULTS.md."""
     print(text)
     if write:
         with open(REPO / "benchmarks" / "RESULTS.md", "a", encoding="utf-8") as handle:

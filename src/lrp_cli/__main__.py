@@ -1,3 +1,4 @@
 from lrp_cli.cli import main
 
-main()
+if __name__ == "__main__":  # worker processes (Dask's spawn) import this module again: they must not run lrp
+    main()

@@ -188,6 +188,7 @@ def _session(path: Path, model: onnx.ModelProto, graph: Graph, output: str | Non
         model.graph.output.append(onnx.helper.make_empty_tensor_value_info(graph.output_name))
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # batch jobs share the cores
     try:
         return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types

@@ -1,15 +1,21 @@
-"""Input expansion (files, folders, globs) and the batch summary files."""
+"""Batches: input expansion (files, folders, globs), running the inputs (progress, jobs), the summary files."""
 
 from __future__ import annotations
 
 import csv
 import glob
 import io
+import json
 import os
-from dataclasses import dataclass
+import re
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from lrp_cli import outputs
+import click
+
+from lrp_cli import api, outputs
+from lrp_cli.errors import LrpError, ModelLoadError, OptionError
 from lrp_cli.preprocess import IMAGE_SUFFIXES
 
 INPUT_SUFFIXES = IMAGE_SUFFIXES | {".npy"}
@@ -78,12 +84,13 @@ SUMMARY_FIELDS = ["input", "status", "target", "label", "score", "f_x", "relevan
                   "heatmap", "error"]
 
 
-def summary_row(item: InputItem, document: dict | None = None, error: str | None = None) -> dict:
-    """Returns one summary row for an explained input (its JSON document) or a failed one (its error)."""
+def summary_row(item: InputItem, document: dict | None = None, error: str | None = None, status: str = "ok") -> dict:
+    """Returns one summary row for an explained input (its JSON document; status "skipped" when an earlier run
+    wrote it) or a failed one (its error)."""
     if document is None:
         return {"input": str(item.path), "status": "error", "error": error}
     return {
-        "input": str(item.path), "status": "ok", "target": document["target"]["index"],
+        "input": str(item.path), "status": status, "target": document["target"]["index"],
         "label": document["target"]["label"], "score": document["prediction"]["score"],
         "f_x": document["f_x"], "relevance_sum": document["relevance"]["sum"],
         "conservation_error": document["relevance"]["conservation_error"],
@@ -97,7 +104,243 @@ def write_summary(out_dir: Path, rows: list[dict]) -> None:
     writer = csv.DictWriter(text, fieldnames=SUMMARY_FIELDS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    failed = sum(row["status"] != "ok" for row in rows)
-    document = {"schema": "lrp-cli/summary/1", "inputs": len(rows), "failed": failed, "results": rows}
+    counts = {status: sum(row["status"] == status for row in rows) for status in ("ok", "skipped", "error")}
+    document = {"schema": "lrp-cli/summary/1", "inputs": len({row["input"] for row in rows}), "ok": counts["ok"],
+                "skipped": counts["skipped"], "failed": counts["error"], "results": rows}
     outputs.write_all({out_dir / "summary.json": outputs.json_bytes(document),
                        out_dir / "summary.csv": text.getvalue().encode("utf-8")})
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The arguments that load a model again in another process (a worker), and the sha256 its file must have."""
+
+    path: Path
+    output: str | None = None
+    labels: Path | None = None
+    layout: str | None = None
+    sha256: str = ""
+
+
+_MODELS: dict[ModelSpec, object] = {}  # the models this process has loaded, kept for its later tasks
+
+
+def load_model(path: Path, output: str | None = None, labels: Path | None = None,
+               layout: str | None = None) -> tuple[object, ModelSpec]:
+    """Returns (the loaded model, the spec that finds it again): the model is kept for this process's tasks."""
+    model = api.load_model(path, output, labels, layout)
+    spec = ModelSpec(Path(path), output, None if labels is None else Path(labels), layout, model.sha256)
+    _MODELS[spec] = model
+    return model, spec
+
+
+def cached_model(spec: ModelSpec):
+    """Returns the model of a spec, loaded on this process's first call and kept (keyed by the file's sha256)."""
+    if spec not in _MODELS:
+        model = api.load_model(spec.path, spec.output, spec.labels, spec.layout)
+        if spec.sha256 and model.sha256 != spec.sha256:
+            raise ModelLoadError(f"{spec.path}: this worker's file differs from the client's (sha256 "
+                                 f"{model.sha256[:12]}, expected {spec.sha256[:12]})")
+        _MODELS[spec] = model
+    return _MODELS[spec]
+
+
+@dataclass
+class InputResult:
+    """What one input's task hands back: its summary rows, the lines to print (text, to stderr), and an error that
+    ends the whole run (exit code other than 1), if any."""
+
+    rows: list[dict]
+    lines: list[tuple[str, bool]] = field(default_factory=list)
+    fatal: LrpError | None = None
+
+
+@dataclass
+class ExplainTask:
+    """Explains one input and writes its files: a picklable callable, so threads, processes and Dask workers run
+    it; the model is loaded once per process from its spec."""
+
+    spec: ModelSpec
+    settings: api.Settings
+    out_dir: Path
+    cmap: str = "jet"
+    save_raw: bool = False
+    json_lines: bool = False
+
+    def __call__(self, item: InputItem) -> InputResult:
+        """Returns the InputResult of explaining one input and writing its files."""
+        return self.save(item, *self.compute(item))
+
+    def compute(self, item: InputItem) -> tuple[list | None, LrpError | None]:
+        """Returns (the explanations of one input, None) or (None, its error)."""
+        try:
+            return api.explain(cached_model(self.spec), item.path, self.settings), None
+        except LrpError as exc:
+            return None, exc
+
+    def save(self, item: InputItem, explanations, error, scale: float | None = None) -> InputResult:
+        """Returns the InputResult of writing computed explanations (or of reporting their error)."""
+        if error is not None:
+            if error.exit_code != 1:
+                return InputResult([], fatal=error)
+            return InputResult([summary_row(item, error=str(error))], [(f"error: {error}", True)])
+        model = cached_model(self.spec)
+        result = InputResult([])
+        for expl in explanations:
+            stem = item.stem if len(explanations) == 1 else f"{item.stem}.class{expl.target['index']}"
+            try:
+                document = api.save_explanation(model, expl, self.out_dir, stem, self.cmap, self.save_raw, scale)
+            except OSError as exc:
+                result.lines.append((f"error: {item.path}: cannot write outputs to {self.out_dir} ({exc})", True))
+                result.rows.append(summary_row(item, error=str(exc)))
+                continue
+            result.lines.extend(self._report(item, expl, document))
+            result.rows.append(summary_row(item, document))
+        return result
+
+    def _report(self, item, expl, document) -> list[tuple[str, bool]]:
+        warnings = [(f"warning: {item.path}: {warning}", True) for warning in document.get("warnings", [])]
+        if self.json_lines:
+            return warnings + [(json.dumps(outputs.finite(document)), False)]
+        target = expl.target
+        label = f" ({target['label']})" if target["label"] else ""
+        pred = expl.prediction
+        lines = [(f"{item.path}: target {target['index']}{label}, predicted {pred['index']} score "
+                  f"{pred['score']:.4g}, f(x)={document['f_x']:.4g}, conservation error "
+                  f"{document['relevance']['conservation_error']:.2e} -> {document['outputs']['heatmap']}", False)]
+        if expl.ir_diff_relative is not None and expl.ir_diff_relative > api.IR_DIFF_WARNING:
+            lines.append((f"warning: {item.path}: IR output differs from onnxruntime by "
+                          f"{expl.ir_max_abs_diff:.3g} (relative {expl.ir_diff_relative:.2e})", True))
+        return warnings + lines
+
+    def earlier_rows(self, item: InputItem) -> list[dict] | None:
+        """Returns the "skipped" rows of an input whose JSON files an earlier run wrote (all of its targets),
+        or None when it has to be explained."""
+        documents = []
+        for path in self._earlier_jsons(item):
+            try:
+                documents.append(json.loads(path.read_text(encoding="utf-8")))
+            except (OSError, ValueError):
+                return None
+        return [summary_row(item, d, status="skipped") for d in documents] or None
+
+    def _earlier_jsons(self, item: InputItem) -> list[Path]:
+        single = self.out_dir / f"{item.stem}.json"
+        count = int(self.settings.target[4:]) if re.fullmatch(r"top:\d+", self.settings.target) else 1
+        if count == 1:
+            return [single] if single.is_file() else []
+        folder, name = single.parent, Path(item.stem).name
+        found = sorted(p for p in folder.glob(f"{glob.escape(name)}.class*.json")
+                       if re.fullmatch(rf"{re.escape(name)}\.class\d+\.json", p.name))
+        return found if len(found) >= count else []
+
+
+def run_inputs(task, items: list[InputItem], jobs: int = 1, scheduler: str | None = None,
+               show_progress: bool = False, echo=click.echo) -> list[list[dict]]:
+    """Returns, for each item in input order, the summary rows of `task(item)` (a picklable callable returning an
+    InputResult), run in this process, in `jobs` threads, or on the Dask cluster at `scheduler`.
+
+    Each input's lines are printed with `echo(text, err=...)` as it completes; a run-level error is raised."""
+    if scheduler:
+        from lrp_cli import distributed
+        completed = distributed.map_inputs(task, items, scheduler)
+    else:
+        completed = _map_local(task, items, jobs)
+    with limit_threads():
+        return _collect(completed, len(items), show_progress, echo)
+
+
+def _collect(completed, count: int, show_progress: bool, echo) -> list[list[dict]]:
+    """Returns the rows of (index, InputResult) pairs by index, printing their lines as they come."""
+    rows: list[list[dict]] = [[] for _ in range(count)]
+    with _progress_bar(count, show_progress) as bar:
+        for index, result in completed:
+            for text, err in result.lines:
+                echo(text, err=err)
+            if result.fatal is not None:
+                raise result.fatal
+            rows[index] = result.rows
+            bar.update(1)
+    return rows
+
+
+def _progress_bar(count: int, show: bool):
+    """Returns the progress bar (on stderr) of a batch of `count` inputs."""
+    return click.progressbar(length=count, label="explaining", file=sys.stderr, hidden=not show)
+
+
+#: Every explanation makes its BLAS calls on this many threads, whatever --jobs or the cluster: OpenBLAS's sums
+#: depend on its thread count (by ~1e-13), so a fixed count keeps the bytes the same; inputs run in parallel
+#: instead (and a busy machine's preempted BLAS threads made one explanation 4x slower, benchmarks/RESULTS.md).
+BLAS_THREADS = 1
+
+
+def limit_threads(threads: int | None = None):
+    """Returns the threadpoolctl limiter that has capped this process's BLAS pools at `threads` (default
+    BLAS_THREADS); as a context it restores them on exit."""
+    from threadpoolctl import threadpool_limits
+    return threadpool_limits(limits=threads or BLAS_THREADS, user_api="blas")
+
+
+#: How `--jobs N` runs N inputs at once: joblib's "threading" (one model, BLAS capped at cores/N threads) or
+#: "loky" (N worker processes, each loading the model once); benchmarks/RESULTS.md compares them.
+JOBS_BACKEND = "threading"
+
+
+def _map_local(task, items, jobs, backend: str | None = None):
+    """Yields (index, task(item)) for every item in input order, computed `jobs` at a time."""
+    if jobs == 1:
+        yield from ((index, task(item)) for index, item in enumerate(items))
+        return
+    from joblib import Parallel, delayed
+    backend = backend or JOBS_BACKEND
+    if backend != "threading":
+        task = _InWorkerProcess(task)
+    yield from enumerate(Parallel(n_jobs=jobs, backend=backend, return_as="generator")(
+        delayed(task)(item) for item in items))
+
+
+@dataclass
+class _InWorkerProcess:
+    """A task run in a worker process (loky), whose BLAS pools are set to BLAS_THREADS for good."""
+
+    task: object
+
+    def __call__(self, item):
+        limit_threads()
+        return self.task(item)
+
+
+class BatchRunner:
+    """Explains a list of inputs with an ExplainTask: skips what an earlier run wrote, applies a global scale,
+    and returns the summary rows of every input."""
+
+    def __init__(self, task: ExplainTask, global_scale: bool = False, echo=click.echo):
+        self.task, self.global_scale, self.echo = task, global_scale, echo
+
+    def run(self, items, jobs=1, skip_existing=False, show_progress=False, scheduler=None) -> list[dict]:
+        """Returns the summary rows of all items in input order (those of inputs skipped with skip_existing read
+        back from their JSON files); an input's error is a row, an error of the whole run is raised."""
+        earlier = [self.task.earlier_rows(item) if skip_existing else None for item in items]
+        pending = [index for index, rows in enumerate(earlier) if rows is None]
+        todo = [items[index] for index in pending]
+        if self.global_scale:
+            if scheduler:
+                raise OptionError("--normalize global keeps every explanation in one process: not with --scheduler")
+            new_rows = self._run_global(todo, jobs, show_progress)
+        else:
+            new_rows = run_inputs(self.task, todo, jobs, scheduler, show_progress, self.echo)
+        for index, rows in zip(pending, new_rows):
+            earlier[index] = rows
+        return [row for rows in earlier for row in rows]
+
+    def _run_global(self, items, jobs, show_progress) -> list[list[dict]]:
+        """Only a shared scale needs every explanation in memory before the first write."""
+        with limit_threads(), _progress_bar(len(items), show_progress) as bar:
+            computed = []
+            for pair in _map_local(self.task.compute, items, jobs, "threading"):
+                computed.append(pair)
+                bar.update(1)
+        scale = api.global_scale(cached_model(self.task.spec), [e for _, (ex, _) in computed if ex for e in ex])
+        saved = ((index, self.task.save(items[index], *result, scale)) for index, result in computed)
+        return _collect(saved, len(items), False, self.echo)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from lrp_cli import __version__, api, batch, evaluate, interrupts, outputs, render, zoo
+from lrp_cli import __version__, api, batch, evaluate, interrupts, render, zoo
 from lrp_cli.engines.onnx_engine import ENGINES
 from lrp_cli.errors import InputError, LrpError, OptionError
 from lrp_cli.importers.onnx_import import supported_ops
@@ -111,6 +111,8 @@ def main():
 @click.option("--save-raw", is_flag=True, help="Also write STEM.relevance.npy (float32, model-input shape).")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Inputs explained at once.")
 @click.option("--skip-existing", is_flag=True, help="Skip inputs whose JSON output already exists.")
+@click.option("--scheduler", help="Run on a Dask cluster: tcp://HOST:8786, or local:N for N worker processes "
+              "(needs lrp-cli[dask]).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--json-lines", is_flag=True, help="Print one JSON document per explanation instead of a line.")
 @click.option("--html", is_flag=True, help="Also write OUT/index.html: a sortable, filterable report of the batch.")
@@ -121,20 +123,25 @@ def main():
 @click.option("--samples", type=click.IntRange(min=2), help="lime: perturbed samples [default: 1000].")
 @click.option("--seed", type=int, help="lime, random: random seed [default: 0].")
 @interrupts.exit_on_signal
-def explain(inputs, model_path, out_dir, method, cmap, normalize, save_raw, jobs, skip_existing, no_progress,
-            json_lines, html, cam_layer, patch, stride, samples, seed, **shared):
+def explain(inputs, model_path, out_dir, method, cmap, normalize, save_raw, jobs, skip_existing, scheduler,
+            no_progress, json_lines, html, cam_layer, patch, stride, samples, seed, **shared):
     """Explain the prediction for each INPUT (image, .npy tensor, folder or glob)."""
     try:
         settings = _settings(method, shared)
         settings.method_options = {k: v for k, v in {"layer": cam_layer, "patch": patch, "stride": stride,
                                                      "samples": samples, "seed": seed}.items() if v is not None}
-        model = _load_model(model_path, shared)
+        model, model_spec = batch.load_model(model_path, shared["output_name"], shared["labels"], shared["layout"])
         api.check_settings(model, settings)
     except LrpError as exc:
         _fail(exc)
     items = batch.expand_inputs(list(inputs))
-    runner = BatchRunner(model, settings, out_dir, cmap, save_raw, normalize == "global", json_lines)
-    rows = runner.run(items, jobs, skip_existing, show_progress=not no_progress and sys.stderr.isatty())
+    runner = batch.BatchRunner(batch.ExplainTask(model_spec, settings, out_dir, cmap, save_raw, json_lines),
+                               normalize == "global")
+    try:
+        rows = runner.run(items, jobs, skip_existing, show_progress=not no_progress and sys.stderr.isatty(),
+                          scheduler=scheduler)
+    except LrpError as exc:
+        _fail(exc)
     if len(items) > 1 or any(Path(spec).is_dir() for spec in inputs):
         try:
             batch.write_summary(out_dir, rows)
@@ -155,77 +162,6 @@ def _write_html(out_dir, rows, model, settings, cmap, global_scale):
     except OSError as exc:
         _fail(InputError(f"{out_dir}: cannot write the HTML report ({exc})"))
     click.echo(f"report: {path}", err=True)
-
-
-class BatchRunner:
-    """Explains a list of inputs, prints a line per explanation and collects summary rows."""
-
-    def __init__(self, model, settings, out_dir, cmap, save_raw, global_scale, json_lines):
-        self.model, self.settings, self.out_dir = model, settings, out_dir
-        self.cmap, self.save_raw, self.global_scale, self.json_lines = cmap, save_raw, global_scale, json_lines
-
-    def _compute(self, item):
-        try:
-            return item, api.explain(self.model, item.path, self.settings), None
-        except LrpError as exc:
-            return item, None, exc
-
-    def run(self, items, jobs, skip_existing, show_progress) -> list[dict]:
-        """Returns the summary rows after explaining every item (errors reported, never raised)."""
-        if skip_existing:
-            items = [i for i in items if not (self.out_dir / f"{i.stem}.json").exists()]
-        results = self._map(items, jobs, show_progress)
-        scale = None
-        if self.global_scale:  # only a shared scale needs every explanation in memory before the first write
-            results = list(results)
-            scale = api.global_scale(self.model, [e for _, ex, _ in results if ex for e in ex])
-        return [row for result in results for row in self._save(*result, scale)]
-
-    def _map(self, items, jobs, show_progress):
-        """Yields (item, explanations, error) in input order, as they are computed."""
-        if jobs > 1:
-            from joblib import Parallel, delayed
-            yield from Parallel(n_jobs=jobs, backend="threading", return_as="generator")(
-                delayed(self._compute)(i) for i in items)
-            return
-        with click.progressbar(items, label="explaining", file=sys.stderr, hidden=not show_progress) as bar:
-            yield from (self._compute(item) for item in bar)
-
-    def _save(self, item, explanations, error, scale) -> list[dict]:
-        if error is not None:
-            if error.exit_code != 1:
-                _fail(error)
-            click.echo(f"error: {error}", err=True)
-            return [batch.summary_row(item, error=str(error))]
-        rows = []
-        for expl in explanations:
-            stem = item.stem if len(explanations) == 1 else f"{item.stem}.class{expl.target['index']}"
-            try:
-                document = api.save_explanation(self.model, expl, self.out_dir, stem, self.cmap, self.save_raw,
-                                                scale)
-            except OSError as exc:
-                click.echo(f"error: {item.path}: cannot write outputs to {self.out_dir} ({exc})", err=True)
-                rows.append(batch.summary_row(item, error=str(exc)))
-                continue
-            self._report(item, expl, document)
-            rows.append(batch.summary_row(item, document))
-        return rows
-
-    def _report(self, item, expl, document):
-        for warning in document.get("warnings", []):
-            click.echo(f"warning: {item.path}: {warning}", err=True)
-        if self.json_lines:
-            click.echo(json.dumps(outputs.finite(document)))
-            return
-        target = expl.target
-        label = f" ({target['label']})" if target["label"] else ""
-        pred = expl.prediction
-        click.echo(f"{item.path}: target {target['index']}{label}, predicted {pred['index']} score "
-                   f"{pred['score']:.4g}, f(x)={document['f_x']:.4g}, conservation error "
-                   f"{document['relevance']['conservation_error']:.2e} -> {document['outputs']['heatmap']}")
-        if expl.ir_diff_relative is not None and expl.ir_diff_relative > api.IR_DIFF_WARNING:
-            click.echo(f"warning: {item.path}: IR output differs from onnxruntime by "
-                       f"{expl.ir_max_abs_diff:.3g} (relative {expl.ir_diff_relative:.2e})", err=True)
 
 
 @main.command("evaluate")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import io
 import json
@@ -62,7 +63,10 @@ def finite(value):
 
 def write_all(contents: dict[Path, bytes]) -> None:
     """Writes every file or none: each goes to a temporary name in its folder, then all are renamed (a stop
-    signal waits until the set is done)."""
+    signal waits until the set is done).
+
+    Temporaries of these paths left by a killed earlier run (SIGKILL runs no cleanup) are removed first."""
+    remove_stale_temporaries(contents)
     with interrupts.deferred():
         _write_renamed(contents)
 
@@ -82,6 +86,14 @@ def _write_renamed(contents: dict[Path, bytes]) -> None:
         for tmp, _ in temporary:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+
+
+def remove_stale_temporaries(paths) -> None:
+    """Removes the temporary files that write_all leaves behind for these paths when its process is killed."""
+    for path in paths:
+        if path.parent.is_dir():
+            for stale in path.parent.glob(f".{glob.escape(path.name)}.????????.tmp"):  # mkstemp adds 8 chars
+                stale.unlink(missing_ok=True)
 
 
 def sha256_file(path: Path) -> str:

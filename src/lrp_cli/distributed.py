@@ -1,0 +1,99 @@
+"""The same batch on a dask.distributed cluster (the optional extra `lrp-cli[dask]`).
+
+Inputs go to the workers in chunks, one Dask task per chunk; a worker keeps the model it loaded for its later
+tasks (batch.cached_model, keyed by the file's sha256) and writes its files into the output folder with
+outputs.write_all, so a task run twice (Dask reschedules the tasks of a worker that died) writes the same files.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+
+from lrp_cli.errors import OptionError
+
+EXTRA_HINT = "pip install 'lrp-cli[dask]'"
+CHUNKS_PER_WORKER = 4  # several chunks per worker keep them all busy to the end and bound a lost worker's redo
+
+
+def _dask():
+    """Returns the dask.distributed module, or raises the one-line error naming the extra."""
+    try:
+        import dask.distributed
+    except ImportError:
+        raise OptionError(f"--scheduler needs Dask, which is not installed: {EXTRA_HINT}") from None
+    return dask.distributed
+
+
+def local_workers(scheduler: str) -> int | None:
+    """Returns N for `local:N` (a LocalCluster of N worker processes), None for a scheduler address."""
+    match = re.fullmatch(r"local:(\d+)", scheduler)
+    if scheduler.startswith("local:") and not (match and int(match[1]) >= 1):
+        raise OptionError(f"--scheduler {scheduler}: expected local:N with N >= 1, or an address like "
+                          "tcp://HOST:8786")
+    return int(match[1]) if match else None
+
+
+def connect(scheduler: str):
+    """Returns (a dask Client, the LocalCluster it owns or None) for `--scheduler ADDRESS` or `local:N`."""
+    dd = _dask()
+    workers = local_workers(scheduler)
+    if workers is not None:
+        cluster = dd.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                                  silence_logs=logging.ERROR)
+        return dd.Client(cluster.scheduler_address), cluster
+    try:
+        return dd.Client(scheduler, timeout="20s"), None
+    except (OSError, ValueError, TypeError) as exc:
+        raise OptionError(f"--scheduler {scheduler}: cannot reach the Dask scheduler ({exc})") from None
+
+
+def run_chunk(task, items: list) -> list:
+    """Returns [task(item) for item in items]: the Dask task of one chunk of inputs, on one BLAS thread per
+    worker thread (batch.BLAS_THREADS: the bytes then match a local run's; start workers with --nthreads 1 and
+    as many --nworkers as cores)."""
+    from lrp_cli.batch import limit_threads
+    limit_threads()  # for good: this is a worker process, lrp's to configure
+    return [task(item) for item in items]
+
+
+def chunk_size(count: int, workers: int) -> int:
+    """Returns how many inputs go into one Dask task."""
+    return max(1, math.ceil(count / (max(workers, 1) * CHUNKS_PER_WORKER)))
+
+
+def map_inputs(task, items: list, scheduler: str):
+    """Yields (index, task(item)) for every item as the cluster finishes its chunk (dask.distributed.as_completed).
+
+    `task` is a picklable callable returning a batch.InputResult; an input whose chunk keeps killing the workers
+    comes back as an error result instead of ending the run."""
+    dd = _dask()
+    local_workers(scheduler)  # a bad --scheduler is an error even when every input was done before
+    if not items:
+        return
+    client, cluster = connect(scheduler)
+    try:
+        threads = sum(w.get("nthreads", 1) for w in client.scheduler_info(n_workers=-1)["workers"].values())
+        size = chunk_size(len(items), threads)
+        chunks = {}
+        for start in range(0, len(items), size):
+            future = client.submit(run_chunk, task, items[start:start + size], pure=False)
+            chunks[future] = range(start, min(start + size, len(items)))
+        for future in dd.as_completed(chunks):
+            indices = chunks.pop(future)
+            yield from zip(indices, _chunk_results(dd, future, [items[i] for i in indices]))
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def _chunk_results(dd, future, items: list) -> list:
+    from lrp_cli.batch import InputResult, summary_row
+    try:
+        return future.result()
+    except dd.KilledWorker as exc:
+        message = f"the Dask workers running it died ({exc})".splitlines()[0]
+        return [InputResult([summary_row(item, error=f"{item.path}: {message}")], [(f"error: {item.path}: {message}",
+                                                                                     True)]) for item in items]

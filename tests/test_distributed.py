@@ -1,0 +1,150 @@
+"""`--scheduler`: batches on a dask.distributed LocalCluster of worker processes give the local run's files, survive
+a worker killed mid-run, report a bad input once, resume with --skip-existing; without Dask a one-line error."""
+
+import logging
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from lrp_cli import batch
+from lrp_cli.cli import main
+from test_batch import make_folder, output_contents, summary
+
+RUN = CliRunner()
+
+
+def explain(*args):
+    return RUN.invoke(main, ["explain", *map(str, args)])
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """Returns a LocalCluster of two worker processes, shared by this module's tests (starting one takes seconds)."""
+    dd = pytest.importorskip("dask.distributed")
+    with dd.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                         silence_logs=logging.ERROR) as local:
+        yield local
+
+
+@pytest.fixture
+def local_two(cluster, monkeypatch):
+    """Makes `--scheduler local:2` use the shared cluster (recording what lrp asked for) instead of a new one."""
+    import dask.distributed as dd
+    asked = {}
+
+    class Shared:
+        def __init__(self, **kwargs):
+            asked.update(kwargs)
+            self.scheduler_address = cluster.scheduler_address
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(dd, "LocalCluster", Shared)
+    return asked
+
+
+@pytest.mark.slow
+def test_cluster_run_writes_the_local_runs_bytes_and_reports_a_bad_input_once(tiny_cnn_path, tmp_path, local_two):
+    data = make_folder(tmp_path / "data", 9, broken=["bad.png"])
+    local, out = tmp_path / "local", tmp_path / "out"  # outputs name their paths: the same --out for both runs
+    assert explain(data, "--model", tiny_cnn_path, "--out", out, "--save-raw").exit_code == 1
+    out.rename(local)
+    result = explain(data, "--model", tiny_cnn_path, "--out", out, "--save-raw", "--scheduler", "local:2")
+    assert result.exit_code == 1, result.output
+    assert local_two["n_workers"] == 2 and local_two["processes"] is True
+    assert output_contents(out) == output_contents(local)
+    assert result.output.count("bad.png") == 1 and result.output.count("-> ") == 9
+    rows = summary(out)["results"]
+    assert [row["input"] for row in rows].count(str(data / "bad.png")) == 1
+    assert (summary(out)["ok"], summary(out)["failed"]) == (9, 1)
+
+    for name in ["im004.json", "im004.heatmap.png"]:
+        (out / name).unlink()
+    result = explain(data, "--model", tiny_cnn_path, "--out", out, "--save-raw", "--scheduler", "local:2",
+                     "--skip-existing")
+    assert result.exit_code == 1 and result.output.count("-> ") == 1
+    assert (summary(out)["ok"], summary(out)["skipped"], summary(out)["failed"]) == (1, 8, 1)
+    assert output_contents(out) == output_contents(local)
+
+
+@dataclass
+class DiesOnce:
+    """A task that SIGKILLs its worker process the first time it meets `victim`, inside a half-done write."""
+
+    task: batch.ExplainTask
+    victim: str
+    marker: Path
+
+    def __call__(self, item):
+        if item.stem == self.victim and not self.marker.exists():
+            self.marker.write_text(str(os.getpid()))
+            (self.task.out_dir / f".{item.stem}.json.abcd1234.tmp").write_bytes(b"{")
+            os.kill(os.getpid(), signal.SIGKILL)
+        return self.task(item)
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_run_has_its_inputs_redone_elsewhere(tiny_cnn_path, tmp_path, cluster):
+    data = make_folder(tmp_path / "data", 16)
+    items = batch.expand_inputs([str(data)])
+    local, out = tmp_path / "local", tmp_path / "out"
+    assert explain(data, "--model", tiny_cnn_path, "--out", out).exit_code == 0
+    out.rename(local)
+    (local / "summary.json").unlink()
+    (local / "summary.csv").unlink()
+    _, spec = batch.load_model(tiny_cnn_path)
+    task = DiesOnce(batch.ExplainTask(spec, batch.api.Settings(), out), "im006", tmp_path / "killed")
+    lines = []
+    rows = batch.run_inputs(task, items, scheduler=cluster.scheduler_address,
+                            echo=lambda text, err=False: lines.append(text))
+    killed = int((tmp_path / "killed").read_text())
+    assert killed != os.getpid() and killed not in batch_worker_pids(cluster)  # that process is gone
+    assert [row["status"] for rows_of_input in rows for row in rows_of_input] == ["ok"] * 16
+    assert sum("-> " in line for line in lines) == 16
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    assert output_contents(out) == output_contents(local)
+
+
+def batch_worker_pids(cluster):
+    import dask.distributed as dd
+    with dd.Client(cluster.scheduler_address) as client:
+        return set(client.run(os.getpid).values())
+
+
+def test_without_dask_scheduler_is_a_one_line_error_naming_the_extra(tiny_cnn_path, rgb_image, tmp_path,
+                                                                      monkeypatch):
+    for name in ["dask", "dask.distributed", "distributed"]:
+        monkeypatch.setitem(sys.modules, name, None)  # `import dask.distributed` now raises ImportError
+    result = explain(rgb_image, "--model", tiny_cnn_path, "--out", tmp_path / "o", "--scheduler", "local:2")
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == ["error: --scheduler needs Dask, which is not installed: "
+                                                  "pip install 'lrp-cli[dask]'"]
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("address", ["local:0", "local:two"])
+def test_bad_local_scheduler_is_a_usage_error(tiny_cnn_path, rgb_image, tmp_path, address):
+    pytest.importorskip("dask.distributed")
+    result = explain(rgb_image, "--model", tiny_cnn_path, "--out", tmp_path / "o", "--scheduler", address)
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines()[-1].startswith(f"error: --scheduler {address}: expected local:N")
+
+
+def test_chunks_keep_every_worker_busy():
+    from lrp_cli.distributed import chunk_size
+    assert [chunk_size(n, 2) for n in (1, 8, 9, 100, 1000)] == [1, 1, 2, 13, 125]
+
+
+def test_global_normalization_is_refused_on_a_cluster(tiny_cnn_path, rgb_image, tmp_path):
+    pytest.importorskip("dask.distributed")
+    result = explain(rgb_image, "--model", tiny_cnn_path, "--out", tmp_path / "o", "--scheduler", "local:2",
+                     "--normalize", "global")
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == ["error: --normalize global keeps every explanation in one process: "
+                                                  "not with --scheduler"]
