@@ -18,7 +18,7 @@ from lrp_cli.methods.gradient import METHODS
 from lrp_cli.preprocess import (PreprocessConfig, Sidecar, load_input, load_sidecar, open_image, read_labels,
                                 to_nchw)
 from lrp_cli.propagate import LayerRecord, Propagation, conservation_error, output_scores, propagate
-from lrp_cli.rules import DEFAULT_COMPOSITE, RuleError, ZBox, assign_rules, parse_rule
+from lrp_cli.rules import RuleError, ZBox, assign_rules, default_composite, parse_rule
 
 PRECISIONS = {"float32": np.float32, "float64": np.float64}
 METHOD_NAMES = ("lrp",) + tuple(METHODS)
@@ -220,7 +220,7 @@ def resolve_targets(spec: str, scores: np.ndarray, labels: list[str] | None) -> 
 
 def rules_for(model: LoadedModel, settings: Settings, config: PreprocessConfig) -> dict:
     """Returns node name -> rule object for the settings; z^B rules get the preset's input box by default."""
-    linear = [(node.name, node.layer) for node in model.graph.linear_nodes()]
+    linear = _rule_nodes(model)
     try:
         specs = assign_rules(linear, settings.composite or model.sidecar.composite, settings.rule,
                              settings.layer_rules)
@@ -237,7 +237,11 @@ def composite_name(model: LoadedModel, settings: Settings) -> str | None:
     """Returns the composite in force (None when --rule sets one rule for every layer)."""
     if settings.rule or settings.method != "lrp":
         return None
-    return settings.composite or model.sidecar.composite or DEFAULT_COMPOSITE
+    return settings.composite or model.sidecar.composite or default_composite(_rule_nodes(model))
+
+
+def _rule_nodes(model: LoadedModel) -> list:
+    return [(node.name, node.layer) for node in model.graph.rule_nodes()]
 
 
 def label_of(model, index: int) -> str | None:

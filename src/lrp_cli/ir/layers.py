@@ -37,6 +37,8 @@ class Layer:
     op = "Layer"
     params: tuple[str, ...] = ()
     is_linear = False
+    #: What kind of rule decides the layer's relevance ("linear", "norm", "softmax", "product"); None: fixed.
+    rule_kind: str | None = None
 
     def forward(self, *xs: np.ndarray) -> np.ndarray:
         """Returns the output of the layer for its dynamic inputs."""
@@ -119,6 +121,7 @@ class Linear(Layer):
     """A layer z = x W + b whose relevance a rule decides; subclasses define apply and apply_transposed."""
 
     is_linear = True
+    rule_kind = "linear"
     params = ("weight", "bias")
 
     def __init__(self, weight: np.ndarray, bias: np.ndarray | None):
