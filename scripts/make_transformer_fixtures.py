@@ -41,6 +41,7 @@ import torch.nn.functional as F
 EPSILON = 1e-6  # lrp-cli's epsilon rule default (linear layers, LayerNorm, attention products)
 NORM_STABILIZER = 1e-6  # lrp-cli's stabilizer of the parameter-free z-rule of Add
 GAMMA = 0.25
+LXT_EPSILON = 1e-6  # lxt's own default for its linear rule
 IMAGE = 32
 PATCH = 8
 WIDTH = 32
@@ -217,6 +218,54 @@ def reference(plain: TinyViT, kind: str, image: np.ndarray, target: int, dtype) 
             "logits": logits.detach().numpy()}
 
 
+class _Identity(torch.autograd.Function):
+    """An element-wise activation whose backward passes relevance unchanged (the identity rule)."""
+
+    @staticmethod
+    def forward(ctx, x, fn):
+        return fn(x)
+
+    @staticmethod
+    def backward(ctx, r):
+        return r, None
+
+
+def lxt_attnlrp(plain: TinyViT, image: np.ndarray, target: int, eps: float) -> np.ndarray:
+    """Returns AttnLRP relevance from LXT's own functional rules (lxt.explicit.functional, relevance as gradient).
+
+    LXT stabilizes by + eps (not by the sign), so it runs with one small eps everywhere; the patch convolution
+    takes zennit's gamma rule (LXT leaves convolutions to zennit), computed as in `reference`.
+    """
+    import lxt.explicit.functional as lf
+    m = TinyViT(None, plain.blocks[0].gelu)
+    m.load_state_dict(plain.state_dict())
+    m = m.double().eval()
+    x = torch.tensor(image, dtype=torch.float64)
+    patches = m.patch(x).detach().requires_grad_()
+    t = patches.flatten(2).transpose(1, 2)
+    t = torch.cat([m.cls.detach().expand(1, -1, -1), t], dim=1)
+    t = lf.add2(t, m.pos.detach().requires_grad_(), epsilon=eps)
+
+    def linear(layer, h):
+        return lf.linear_epsilon(h, layer.weight, layer.bias, eps)
+
+    def norm(layer, h):
+        return lf.layer_norm(h, layer.weight, layer.bias, layer.eps)
+    for blk in m.blocks:
+        n, tokens, d = t.shape
+        qkv = linear(blk.attn.qkv, norm(blk.norm1, t)).reshape(n, tokens, 3, HEADS, d // HEADS).permute(2, 0, 3, 1, 4)
+        scores = lf.mul2(lf.matmul(qkv[0], qkv[1].transpose(-2, -1), epsilon=eps), 1.0 / math.sqrt(d // HEADS))
+        attn = lf.matmul(lf.softmax(scores, -1), qkv[2], epsilon=eps).transpose(1, 2).reshape(n, tokens, d)
+        t = lf.add2(t, linear(blk.attn.proj, attn), epsilon=eps)
+        h = _Identity.apply(linear(blk.fc1, norm(blk.norm2, t)), lambda v: F.gelu(v, approximate=blk.gelu))
+        t = lf.add2(t, linear(blk.fc2, h), epsilon=eps)
+    logits = linear(m.head, norm(m.norm, t)[:, 0])
+    start = torch.zeros_like(logits)
+    start[0, target] = logits[0, target].detach()
+    (r_patches,) = torch.autograd.grad(logits, patches, start)
+    return gamma_relevance(m.patch, x, r_patches, GAMMA).detach().numpy()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("tests/fixtures/transformers"))
@@ -253,6 +302,13 @@ def main() -> None:
             r64, r32 = arrays[f"{kind}_float64"], arrays[f"{kind}_float32"].astype(np.float64)
             info[kind] = {"sum": float(r64.sum()), "f_x": float(arrays[f"{kind}_float64_f_x"]),
                           "float32_vs_float64_rel_l2": float(np.linalg.norm(r32 - r64) / np.linalg.norm(r64))}
+        try:
+            lxt = lxt_attnlrp(model, image, target, LXT_EPSILON)
+        except ImportError:
+            print(f"{stem}: lxt is not installed; no LXT cross-check")
+        else:
+            ours = reference(model, "attnlrp", image, target, torch.float64)["relevance"]
+            info["lxt_vs_attnlrp_reference_rel_l2"] = float(np.linalg.norm(lxt - ours) / np.linalg.norm(ours))
         np.savez_compressed(args.out / f"{stem}.npz", **arrays)
         summary[stem] = info
         print(stem, json.dumps(info))
