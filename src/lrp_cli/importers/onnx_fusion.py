@@ -44,7 +44,7 @@ class GraphIndex:
         self.values = {init.name: init for init in model.graph.initializer}
         outputs = {o.name for o in model.graph.output}
         for k, node in enumerate(self.nodes):
-            for t in node.input:
+            for t in dict.fromkeys(node.input):
                 self.consumers.setdefault(t, []).append(k)
             for t in node.output:
                 self.producer[t] = k

@@ -816,8 +816,14 @@ def _convert_region(ctx, region: onnx_fusion.Region) -> None:
     except (ValueError, KeyError, IndexError, ModelLoadError):
         layer = None
     if layer is None:
-        for node in nodes:
-            _convert_node(ctx, node)
+        try:
+            for node in nodes:
+                _convert_node(ctx, node)
+        except ModelLoadError as exc:
+            if region.kind != "layernorm":
+                raise
+            raise ctx.error(nodes[-1], "a normalization of activations that is not a LayerNorm over the trailing "
+                                       f"axes has no LRP rule ({exc})".replace(str(ctx.path) + ": ", "")) from None
         return
     ctx.add(nodes[-1], layer, [region.source], region.output).source_op = layer.op
     ctx.notes.append(f"fused {len(nodes)} nodes ending at '{nodes[-1].name or region.output}' into one "
