@@ -27,6 +27,7 @@ of the network with the rule's constants detached (Ali et al. 2022 define CP-LRP
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 from pathlib import Path
@@ -69,6 +70,26 @@ class Modes:
         k = (share * z / stab(z, eps)).detach()
         return z * k + (z - z * k).detach()
 
+    def conv(self, layer: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+        """Returns layer(x): epsilon as `linear`, or under attnlrp zennit's gamma rule as a modified gradient.
+
+        Gamma splits by the output's sign: where y > 0 the relevance R = y * g goes down through
+        x+ (W + G W+) + x- (W + G W-) + (b + G b+), where y < 0 through the mirrored weights, each scaled by
+        R / stab(z) of its own z; x+ and x- are clamps, so the gradient picks each input's weight set.
+        """
+        y = layer(x)
+        if self.kind != "attnlrp":
+            return self.linear(y)
+        w, b, g = layer.weight, layer.bias, GAMMA
+        up, down = (w + g * w.clamp(min=0), b + g * b.clamp(min=0)), (w + g * w.clamp(max=0), b + g * b.clamp(max=0))
+        out = y.detach()
+        for mask, (wa, ba), wb in ((y > 0, up, down[0]), (y < 0, down, up[0])):
+            z = (F.conv2d(x.clamp(min=0), wa, ba, layer.stride, layer.padding, groups=layer.groups)
+                 + F.conv2d(x.clamp(max=0), wb, None, layer.stride, layer.padding, groups=layer.groups))
+            k = (mask * y / stab(z, 1e-6)).detach()
+            out = out + z * k - (z * k).detach()
+        return out
+
     def gate(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Returns y = f(x) whose gradient is y / x: relevance passes an element-wise activation unchanged."""
         if self.kind is None:
@@ -101,8 +122,8 @@ class Attention(nn.Module):
 class LayerNorm(nn.LayerNorm):
     """nn.LayerNorm whose reference forms detach the standard deviation (both rules treat it as a constant)."""
 
-    def __init__(self, modes: Modes):
-        super().__init__(WIDTH)
+    def __init__(self, modes: Modes, width: int = WIDTH):
+        super().__init__(width)
         self.modes = modes
 
     def forward(self, x):
@@ -148,7 +169,7 @@ class TinyViT(nn.Module):
         return self.modes.linear(x + self.pos, NORM_STABILIZER)
 
     def forward(self, image, patches=None):
-        x = self.embed(self.modes.linear(self.patch(image)) if patches is None else patches)
+        x = self.embed(self.modes.conv(self.patch, image) if patches is None else patches)
         for block in self.blocks:
             x = block(x)
         return self.modes.linear(self.head(self.norm(x)[:, 0]))
@@ -167,7 +188,71 @@ def make_model(seed: int = 0, gelu: str = "none") -> TinyViT:
     return model.eval()
 
 
-def export(model: TinyViT, path: Path, dynamo: bool, opset: int) -> None:
+class ChannelsFirstNorm(nn.Module):
+    """torchvision's LayerNorm2d: a LayerNorm over channels of an NCHW tensor, between two permutes."""
+
+    def __init__(self, modes: Modes, channels: int):
+        super().__init__()
+        self.norm = LayerNorm(modes, channels)
+
+    def forward(self, x):
+        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class ConvNeXtBlock(nn.Module):
+    """Depthwise 7x7 conv, channels-last LayerNorm, Linear 4x, GELU, Linear, layer scale, residual."""
+
+    def __init__(self, modes: Modes, channels: int):
+        super().__init__()
+        self.dwconv = nn.Conv2d(channels, channels, 7, padding=3, groups=channels)
+        self.norm = LayerNorm(modes, channels)
+        self.fc1, self.fc2 = nn.Linear(channels, 4 * channels), nn.Linear(4 * channels, channels)
+        self.scale = nn.Parameter(torch.ones(channels))
+        self.modes = modes
+
+    def forward(self, x):
+        m = self.modes
+        h = self.norm(m.conv(self.dwconv, x).permute(0, 2, 3, 1))
+        h = m.linear(self.fc1(h))
+        h = m.gate(h, F.gelu(h))
+        h = m.linear(self.fc2(h) * self.scale).permute(0, 3, 1, 2)
+        return m.linear(x + h, NORM_STABILIZER)
+
+
+class TinyConvNeXt(nn.Module):
+    """Patchify stem (4x4 conv, LayerNorm2d), two ConvNeXt blocks, global average pool, LayerNorm, head."""
+
+    def __init__(self, channels: int = 16):
+        super().__init__()
+        self.modes = Modes(None)
+        self.stem = nn.Conv2d(3, channels, 4, stride=4)
+        self.stem_norm = ChannelsFirstNorm(self.modes, channels)
+        self.blocks = nn.ModuleList(ConvNeXtBlock(self.modes, channels) for _ in range(DEPTH))
+        self.norm = LayerNorm(self.modes, channels)
+        self.head = nn.Linear(channels, CLASSES)
+
+    def forward(self, image):
+        x = self.stem_norm(self.modes.conv(self.stem, image))
+        for block in self.blocks:
+            x = block(x)
+        pooled = self.modes.linear(x.mean(dim=(2, 3)), NORM_STABILIZER)
+        return self.modes.linear(self.head(self.norm(pooled)))
+
+
+def make_convnext(seed: int = 0) -> TinyConvNeXt:
+    """Returns the tiny ConvNeXt with deterministic random weights (norms, layer scales and biases randomised)."""
+    torch.manual_seed(seed)
+    model = TinyConvNeXt()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight") or name.endswith("scale"):
+                p.copy_(1 + 0.2 * torch.randn_like(p))
+            elif name.endswith("bias"):
+                p.copy_(0.1 * torch.randn_like(p))
+    return model.eval()
+
+
+def export(model: nn.Module, path: Path, dynamo: bool, opset: int) -> None:
     """Writes the model as ONNX with one exporter."""
     x = torch.zeros(1, 3, IMAGE, IMAGE)
     if dynamo:
@@ -197,23 +282,14 @@ def gamma_relevance(conv: nn.Conv2d, x: torch.Tensor, r: torch.Tensor, gamma: fl
     return terms(up_w, down_w, up_b, rising_r) + terms(down_w, up_w, down_b, falling_r)
 
 
-def reference(plain: TinyViT, kind: str, image: np.ndarray, target: int, dtype) -> dict:
+def reference(plain: nn.Module, kind: str, image: np.ndarray, target: int, dtype) -> dict:
     """Returns the reference relevance of one rule set (input relevance, f(x), logits) in dtype."""
-    model = TinyViT(kind, plain.blocks[0].gelu)
-    model.load_state_dict(plain.state_dict())
-    model = model.to(dtype).eval()
-    x = torch.tensor(image, dtype=dtype)
-    if kind == "attnlrp":
-        # gamma on the patch embedding: take the relevance at its output by gradient x input, then the rule
-        patches = model.patch(x).detach().requires_grad_()
-        logits = model(x, patches)
-        (grad,) = torch.autograd.grad(logits[0, target], patches)
-        relevance = gamma_relevance(model.patch, x, patches.detach() * grad, GAMMA)
-    else:
-        x.requires_grad_()
-        logits = model(x)
-        (grad,) = torch.autograd.grad(logits[0, target], x)
-        relevance = x.detach() * grad
+    model = copy.deepcopy(plain).to(dtype).eval()
+    model.modes.kind = kind  # one Modes object is shared by every submodule
+    x = torch.tensor(image, dtype=dtype).requires_grad_()
+    logits = model(x)
+    (grad,) = torch.autograd.grad(logits[0, target], x)
+    relevance = x.detach() * grad
     return {"relevance": relevance.detach().numpy(), "f_x": float(logits[0, target]),
             "logits": logits.detach().numpy()}
 
@@ -266,6 +342,19 @@ def lxt_attnlrp(plain: TinyViT, image: np.ndarray, target: int, eps: float) -> n
     return gamma_relevance(m.patch, x, r_patches, GAMMA).detach().numpy()
 
 
+def lxt_cross_check(model: nn.Module, image: np.ndarray, target: int, info: dict) -> None:
+    """Adds to info how far LXT's AttnLRP of a ViT is from the reference (says so when lxt is absent)."""
+    if not isinstance(model, TinyViT):
+        return
+    try:
+        lxt = lxt_attnlrp(model, image, target, LXT_EPSILON)
+    except ImportError:
+        print("lxt is not installed; no LXT cross-check")
+        return
+    ours = reference(model, "attnlrp", image, target, torch.float64)["relevance"]
+    info["lxt_vs_attnlrp_reference_rel_l2"] = float(np.linalg.norm(lxt - ours) / np.linalg.norm(ours))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("tests/fixtures/transformers"))
@@ -273,15 +362,17 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     image = rng.standard_normal((1, 3, IMAGE, IMAGE)).astype(np.float32)
-    variants = {  # file stem -> (gelu form, dynamo?, opset)
-        "vit_legacy17": ("none", False, 17),
-        "vit_legacy14": ("none", False, 14),
-        "vit_tanh17": ("tanh", False, 17),
-        "vit_dynamo18": ("none", True, 18),
+    variants = {  # file stem -> (model maker, dynamo?, opset)
+        "vit_legacy17": (make_model, False, 17),
+        "vit_legacy14": (make_model, False, 14),
+        "vit_tanh17": (lambda: make_model(gelu="tanh"), False, 17),
+        "vit_dynamo18": (make_model, True, 18),
+        "convnext_legacy17": (make_convnext, False, 17),
+        "convnext_dynamo18": (make_convnext, True, 18),
     }
     summary = {}
-    for stem, (gelu, dynamo, opset) in variants.items():
-        model = make_model(gelu=gelu)
+    for stem, (make, dynamo, opset) in variants.items():
+        model = make()
         try:
             export(model, args.out / f"{stem}.onnx", dynamo, opset)
         except Exception as exc:  # the dynamo exporter may be unavailable; the others still make fixtures
@@ -302,13 +393,7 @@ def main() -> None:
             r64, r32 = arrays[f"{kind}_float64"], arrays[f"{kind}_float32"].astype(np.float64)
             info[kind] = {"sum": float(r64.sum()), "f_x": float(arrays[f"{kind}_float64_f_x"]),
                           "float32_vs_float64_rel_l2": float(np.linalg.norm(r32 - r64) / np.linalg.norm(r64))}
-        try:
-            lxt = lxt_attnlrp(model, image, target, LXT_EPSILON)
-        except ImportError:
-            print(f"{stem}: lxt is not installed; no LXT cross-check")
-        else:
-            ours = reference(model, "attnlrp", image, target, torch.float64)["relevance"]
-            info["lxt_vs_attnlrp_reference_rel_l2"] = float(np.linalg.norm(lxt - ours) / np.linalg.norm(ours))
+        lxt_cross_check(model, image, target, info)
         np.savez_compressed(args.out / f"{stem}.npz", **arrays)
         summary[stem] = info
         print(stem, json.dumps(info))
