@@ -1,8 +1,8 @@
 """Transformers: LayerNorm, in-graph Softmax, products of activations, GELU forms; cp-lrp and attnlrp rules.
 
 Golden files (tests/fixtures/transformers, made by scripts/make_transformer_fixtures.py with PyTorch) hold a tiny
-ViT exported four ways, a tiny ConvNeXt exported two ways, and float64/float32 reference relevances of both composites; the rules are also checked
-one by one against explicit brute-force sums.
+ViT exported four ways, a tiny ConvNeXt exported two ways, and float64/float32 reference relevances of both
+composites; the rules are also checked one by one against explicit brute-force sums.
 """
 
 import json
