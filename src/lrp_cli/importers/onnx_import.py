@@ -322,7 +322,7 @@ def _gemm(ctx, node):
 @converter("MatMul")
 def _matmul(ctx, node):
     if not ctx.is_constant(node.input[0]) and not ctx.is_constant(node.input[1]):
-        return _product(ctx, node, "...ij,...jk->...ik")
+        return _product(ctx, node, T.MATMUL)
     weight = ctx.const(node, 1)
     if weight.ndim != 2:
         raise ctx.error(node, "only a MatMul by a constant 2-D matrix is supported")

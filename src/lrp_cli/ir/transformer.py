@@ -107,6 +107,10 @@ class Softmax(Layer):
         return f"axis={self.axis}"
 
 
+#: ONNX MatMul (batch dimensions broadcast) as an einsum equation.
+MATMUL = "...ij,...jk->...ik"
+
+
 class Product(Layer):
     """A bilinear product of two activations written as an einsum (MatMul Q K^T and A V, Einsum).
 
@@ -124,12 +128,17 @@ class Product(Layer):
         self.a_spec, self.b_spec = inputs.split(",")
 
     def forward(self, a, b):
+        if self.equation == MATMUL:
+            return np.matmul(a, b)
         return np.einsum(self.equation, a, b, optimize=True)
 
     def transposed(self, c: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Returns (c . B^T, A^T . c): the gradients of sum(c * (A B)) w.r.t. each operand, in its shape."""
-        ga = np.einsum(f"{self.out_spec},{self.b_spec}->{self.a_spec}", c, b, optimize=True)
-        gb = np.einsum(f"{self.a_spec},{self.out_spec}->{self.b_spec}", a, c, optimize=True)
+        if self.equation == MATMUL:  # batched BLAS; einsum's ellipsis path is much slower
+            ga, gb = np.matmul(c, np.swapaxes(b, -1, -2)), np.matmul(np.swapaxes(a, -1, -2), c)
+        else:
+            ga = np.einsum(f"{self.out_spec},{self.b_spec}->{self.a_spec}", c, b, optimize=True)
+            gb = np.einsum(f"{self.a_spec},{self.out_spec}->{self.b_spec}", a, c, optimize=True)
         return unbroadcast(ga, a.shape), unbroadcast(gb, b.shape)
 
     def relevance(self, xs, y, r, rule):
