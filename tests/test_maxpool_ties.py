@@ -73,14 +73,14 @@ def test_parse_and_assign_maxpool_rules():
     assert parse_rule("maxpool").spec() == "maxpool:first" and parse_rule("MaxPool:Split").spec() == "maxpool:split"
     with pytest.raises(RuleError, match="one of first, split"):
         parse_rule("maxpool:even")
-    specs = assign_rules([], pool_nodes=[("pool1", pool), ("pool2", pool)], layer_rules=("pool2=maxpool:split",))
+    specs = assign_rules([("pool1", pool), ("pool2", pool)], layer_rules=("pool2=maxpool:split",))
     assert specs == {"pool1": "maxpool:first", "pool2": "maxpool:split"}
     with pytest.raises(RuleError, match="no MaxPool layer matches 'conv'"):
-        assign_rules([], pool_nodes=[("pool1", pool)], layer_rules=("conv=maxpool:split",))
-    with pytest.raises(RuleError, match="no Conv/Dense layer matches"):
-        assign_rules([], pool_nodes=[("pool1", pool)], layer_rules=("pool1=epsilon",))
+        assign_rules([("pool1", pool)], layer_rules=("conv=maxpool:split",))
+    with pytest.raises(RuleError, match=r"'epsilon' does not apply to node 'pool1' \(MaxPool\); rules for it: maxpool"):
+        assign_rules([("pool1", pool)], layer_rules=("pool1=epsilon",))
     with pytest.raises(RuleError, match="MaxPool tie policy"):
-        assign_rules([], rule="maxpool:split", pool_nodes=[("pool1", pool)])
+        assign_rules([("pool1", pool)], rule="maxpool:split")
 
 
 def test_cli_layer_rule_picks_the_tie_policy(tiny_cnn_path, tmp_path):

@@ -176,18 +176,18 @@ def test_softmax_at_output_is_stripped(tmp_path):
     assert "stripped output Softmax" in graph.notes[0]
 
 
-def test_softmax_inside_the_network_is_an_error(tmp_path):
-    nodes = [helper.make_node("Softmax", ["x"], ["s"], name="inner"), helper.make_node("Relu", ["s"], ["y"])]
-    with pytest.raises(ModelLoadError, match="node 'inner' \\(Softmax\\)"):
+def test_log_softmax_inside_the_network_is_an_error(tmp_path):
+    nodes = [helper.make_node("LogSoftmax", ["x"], ["s"], name="inner"), helper.make_node("Relu", ["s"], ["y"])]
+    with pytest.raises(ModelLoadError, match="node 'inner' \\(LogSoftmax\\)"):
         import_onnx(save_model(onnx_model(nodes, [1, 4]), tmp_path / "m.onnx"))
 
 
 def test_unsupported_op_names_op_node_and_supported_list(tmp_path):
-    nodes = [helper.make_node("Einsum", ["x", "x"], ["y"], name="weird", equation="ij,ij->ij")]
+    nodes = [helper.make_node("Hardmax", ["x"], ["y"], name="weird")]
     with pytest.raises(ModelLoadError) as info:
         import_onnx(save_model(onnx_model(nodes, [1, 4], opset=13), tmp_path / "m.onnx"))
     message = str(info.value)
-    assert "unsupported op Einsum at node 'weird'" in message and "Conv" in message and "\n" not in message
+    assert "unsupported op Hardmax at node 'weird'" in message and "Conv" in message and "\n" not in message
 
 
 def test_unreadable_model_is_a_load_error(tmp_path):
@@ -220,7 +220,7 @@ def test_bundled_models_match_onnxruntime(path):
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     want = session.run(None, {graph.input_name: x})[0]
     got = graph.forward(x)[graph.output_name]
-    if graph.notes:  # stripped softmax: compare probabilities
+    if any(note.startswith("stripped") for note in graph.notes):  # stripped softmax: compare probabilities
         got = np.exp(got - got.max(axis=1, keepdims=True))
         got /= got.sum(axis=1, keepdims=True)
     np.testing.assert_allclose(got, want, atol=1e-5 * max(1, np.abs(want).max()))

@@ -16,12 +16,11 @@ from lrp_cli.engines.onnx_builder import CompileError
 from lrp_cli.errors import InputError, ModelLoadError, OptionError
 from lrp_cli.importers.onnx_import import SymbolicInputError, import_onnx, load_onnx
 from lrp_cli.ir.graph import Graph
-from lrp_cli.ir.layers import MaxPool
 from lrp_cli.methods import METHODS, MethodInput
 from lrp_cli.preprocess import (PreprocessConfig, Sidecar, load_input, load_sidecar, load_tensor, open_image,
                                 read_labels, shape_text, to_nchw)
 from lrp_cli.propagate import LayerRecord, Propagation, conservation_error, first_non_finite, output_scores
-from lrp_cli.rules import DEFAULT_COMPOSITE, RuleError, ZBox, assign_rules, parse_rule
+from lrp_cli.rules import RuleError, ZBox, assign_rules, default_composite, parse_rule
 
 PRECISIONS = {"float32": np.float32, "float64": np.float64}
 METHOD_NAMES = tuple(METHODS)
@@ -283,11 +282,10 @@ def resolve_targets(spec: str, scores: np.ndarray, labels: list[str] | None) -> 
 
 def rules_for(model: LoadedModel, settings: Settings, config: PreprocessConfig) -> dict:
     """Returns node name -> rule object for the settings; z^B rules get the preset's input box by default."""
-    linear = [(node.name, node.layer) for node in model.graph.linear_nodes()]
-    pools = [(node.name, node.layer) for node in model.graph.nodes if isinstance(node.layer, MaxPool)]
+    nodes = _rule_nodes(model)
     try:
-        specs = assign_rules(linear, settings.composite or model.sidecar.composite, settings.rule,
-                             settings.layer_rules, pools)
+        specs = assign_rules(nodes, settings.composite or model.sidecar.composite, settings.rule,
+                             settings.layer_rules)
         rules = {name: parse_rule(spec) for name, spec in specs.items()}
     except RuleError as exc:
         raise OptionError(str(exc)) from None
@@ -302,7 +300,11 @@ def composite_name(model: LoadedModel, settings: Settings) -> str | None:
     """Returns the composite in force (None when --rule sets one rule for every layer)."""
     if settings.rule or settings.method != "lrp":
         return None
-    return settings.composite or model.sidecar.composite or DEFAULT_COMPOSITE
+    return settings.composite or model.sidecar.composite or default_composite(_rule_nodes(model))
+
+
+def _rule_nodes(model: LoadedModel) -> list:
+    return [(node.name, node.layer) for node in model.graph.rule_nodes()]
 
 
 def label_of(model, index: int) -> str | None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lrp_cli.ir.layers import Conv, Dense, Linear, MaxPool, stabilize
+from lrp_cli.ir.layers import Conv, Dense, Linear, stabilize
 
 #: zennit's stabilizer for every rule other than Epsilon.
 STABILIZER = 1e-6
@@ -36,11 +36,14 @@ def _propagate(layer: Linear, x, weight, c):
 
 
 class Rule:
-    """Base class: a rule turns a linear layer's output relevance into input relevance."""
+    """Base class: a rule turns a linear layer's output relevance into input relevance.
+
+    `kinds` lists the layer kinds (`Layer.rule_kind`) it applies to: linear layers call `relevance`, LayerNorm
+    calls it on its frozen linear map, a Softmax calls `softmax`, a product of two activations `product`.
+    """
 
     name = "rule"
-    #: The layer kind the rule is for; `--layer-rule` globs match only nodes of that kind.
-    layer_kind: type = Linear
+    kinds: tuple[str, ...] = ("linear",)
 
     def relevance(self, layer: Linear, x: np.ndarray, y: np.ndarray, r: np.ndarray) -> np.ndarray:
         """Returns the input relevance of layer for input x, output y and output relevance r."""
@@ -58,6 +61,7 @@ class Epsilon(Rule):
     """Eq 58: R_i = x_i sum_j w_ij R_j / stab(z_j); epsilon 1e-12 gives LRP-0 (Eq 56)."""
 
     name = "epsilon"
+    kinds = ("linear", "norm")
 
     def __init__(self, epsilon: float = 1e-6, name: str = "epsilon"):
         self.epsilon = float(epsilon)
@@ -201,7 +205,7 @@ class MaxPoolTies(Rule):
     gradient, PyTorch's max_pool2d index), `split` shares it evenly between tied maxima (the LRP Toolbox)."""
 
     name = "maxpool"
-    layer_kind = MaxPool
+    kinds = ("maxpool",)
     POLICIES = ("first", "split")
 
     def __init__(self, policy: str = "first"):
@@ -214,6 +218,80 @@ class MaxPoolTies(Rule):
 
     def spec(self):
         return f"maxpool:{self.policy}"
+
+
+class Identity(Rule):
+    """Identity rule: a LayerNorm passes its relevance to its input unchanged (AttnLRP's rule for RMSNorm)."""
+
+    name = "identity"
+    kinds = ("norm",)
+
+    def relevance(self, layer, x, y, r):
+        return r
+
+
+class SoftmaxTaylor(Rule):
+    """AttnLRP's Softmax rule (Achtibat et al. 2024, Prop. 3.1): Taylor at the input with the bias term,
+    R_in = x * (R - s * sum R) along the softmax axis (s the softmax output)."""
+
+    name = "taylor"
+    kinds = ("softmax",)
+
+    def softmax(self, x, s, r, axis):
+        """Returns the relevance of the softmax input."""
+        return x * (r - s * r.sum(axis=axis, keepdims=True))
+
+
+class ConstantWeights(Rule):
+    """CP-LRP (Ali et al. 2022): the attention weights are constants of the forward pass; no relevance enters the
+    Softmax, so none reaches the queries and keys."""
+
+    name = "constant"
+    kinds = ("softmax",)
+
+    def softmax(self, x, s, r, axis):
+        """Returns None: the softmax input receives no relevance."""
+        return None
+
+
+class Uniform(Rule):
+    """AttnLRP's rule for a product of two activations (Prop. 3.3): the epsilon rule on the bilinear map, each
+    operand taking half, R_a = a * (c B^T), R_b = b * (A^T c) with c = R / (2 stab(A B))."""
+
+    name = "uniform"
+    kinds = ("product",)
+
+    def __init__(self, epsilon: float = 1e-6):
+        self.epsilon = float(epsilon)
+
+    def product(self, layer, a, b, y, r):
+        """Returns the relevance of both operands."""
+        ga, gb = layer.transposed(r / (2 * stabilize(y, self.epsilon)), a, b)
+        return [a * ga, b * gb]
+
+    def spec(self):
+        return f"uniform:{self.epsilon:g}"
+
+
+class ValuePath(Rule):
+    """CP-LRP for attention times values: the attention weights are constants, so the product is linear in the
+    values and the epsilon rule gives the values all the relevance."""
+
+    name = "value"
+    kinds = ("product",)
+
+    def __init__(self, epsilon: float = 1e-6):
+        self.epsilon = float(epsilon)
+
+    def product(self, layer, a, b, y, r):
+        """Returns (None for the attention weights, the epsilon-rule relevance of the values)."""
+        if layer.weights_operand is None:
+            raise RuleError("rule 'value' needs a product with attention weights (a Softmax output)")
+        ga, gb = layer.transposed(r / stabilize(y, self.epsilon), a, b)
+        return [None, b * gb] if layer.weights_operand == 0 else [a * ga, None]
+
+    def spec(self):
+        return f"value:{self.epsilon:g}"
 
 
 def _format_bound(value) -> str:
@@ -237,6 +315,23 @@ def _bound_value(text: str, spec: str):
     return values[0] if len(values) == 1 else np.array(values)
 
 
+#: rule name -> (most parameters, maker)
+_MAKERS = {
+    "z": (0, lambda: Epsilon(1e-12, name="z")),
+    "epsilon": (1, lambda *v: Epsilon(*v)),
+    "zplus": (0, ZPlus),
+    "alphabeta": (2, lambda *v: AlphaBeta(*v)),
+    "gamma": (1, lambda *v: Gamma(*v)),
+    "flat": (0, Flat),
+    "wsquare": (0, WSquare),
+    "identity": (0, Identity),
+    "taylor": (0, SoftmaxTaylor),
+    "constant": (0, ConstantWeights),
+    "uniform": (1, lambda *v: Uniform(*v)),
+    "value": (1, lambda *v: ValuePath(*v)),
+}
+
+
 def parse_rule(spec: str) -> Rule:
     """Returns the rule object for a specification like `epsilon:0.01`, `alphabeta:2,1` or `zbox:-1,1`."""
     name, _, args = spec.strip().partition(":")
@@ -251,18 +346,9 @@ def parse_rule(spec: str) -> Rule:
     if name == "maxpool":
         return MaxPoolTies(args.strip().lower() or "first")
     values = _numbers(args, spec)
-    makers = {
-        "z": (0, lambda: Epsilon(1e-12, name="z")),
-        "epsilon": (1, lambda *v: Epsilon(*v)),
-        "zplus": (0, ZPlus),
-        "alphabeta": (2, lambda *v: AlphaBeta(*v)),
-        "gamma": (1, lambda *v: Gamma(*v)),
-        "flat": (0, Flat),
-        "wsquare": (0, WSquare),
-    }
-    if name not in makers:
-        raise RuleError(f"unknown rule '{spec}'; rules: {', '.join(sorted(makers) + ['zbox', 'maxpool'])}")
-    most, make = makers[name]
+    if name not in _MAKERS:
+        raise RuleError(f"unknown rule '{spec}'; rules: {', '.join(sorted(_MAKERS) + ['zbox', 'maxpool'])}")
+    most, make = _MAKERS[name]
     if len(values) > most or (name == "alphabeta" and len(values) not in (0, 2)):
         raise RuleError(f"rule '{spec}': wrong number of parameters")
     return make(*values)
@@ -270,13 +356,30 @@ def parse_rule(spec: str) -> Rule:
 
 @dataclass(frozen=True)
 class Composite:
-    """Rule specs for the first linear layer, other convolutions, other dense layers and MaxPool ties."""
+    """Rule specs for the first linear layer, other convolutions and other dense layers, MaxPool ties, and the
+    transformer layer kinds: LayerNorm, in-graph Softmax, products of two activations (`attention_product`: those
+    reading attention weights, when it differs)."""
 
     first: str | None
     conv: str
     dense: str
     first_kinds: tuple[type, ...] = (Conv, Dense)
+    norm: str = "epsilon"
+    softmax: str = "taylor"
+    product: str = "uniform"
+    attention_product: str | None = None
     maxpool: str = "maxpool:first"
+
+    def spec_for(self, layer, first: bool) -> str:
+        """Returns the rule spec this composite gives a rule-driven layer (`first`: the first linear layer)."""
+        if layer.rule_kind == "linear":
+            if first and self.first and isinstance(layer, self.first_kinds):
+                return self.first
+            return self.conv if isinstance(layer, Conv) else self.dense
+        if layer.rule_kind == "product":
+            weights = getattr(layer, "weights_operand", None) is not None
+            return self.attention_product if weights and self.attention_product else self.product
+        return {"norm": self.norm, "softmax": self.softmax, "maxpool": self.maxpool}[layer.rule_kind]
 
 
 COMPOSITES = {
@@ -287,48 +390,68 @@ COMPOSITES = {
     # As in zennit, only a first *convolution* gets z^B.
     "epsilon-gamma-box": Composite("zbox", "gamma", "epsilon", first_kinds=(Conv,)),
     "paper-epsilon": Composite("epsilon:0.01", "epsilon:0.01", "epsilon:0.01"),
+    # Ali et al. 2022: LayerNorm std and attention weights are constants; relevance follows the value path.
+    "cp-lrp": Composite(None, "epsilon", "epsilon", softmax="constant", attention_product="value"),
+    # Achtibat et al. 2024: LayerNorm identity on 1/std and the scaling (epsilon on the centring), Softmax by its
+    # Taylor rule, QK^T and AV uniform, gamma on the (patch-embedding) convolutions.
+    "attnlrp": Composite(None, "gamma", "epsilon"),
 }
 DEFAULT_COMPOSITE = "epsilon-plus-flat"
-#: zennit's first maximum: the composites carry zennit's names, so by default they route MaxPool ties as it does.
-DEFAULT_MAXPOOL = Composite.maxpool
+#: The default for a graph with a LayerNorm, an in-graph Softmax or a product of two activations.
+TRANSFORMER_COMPOSITE = "attnlrp"
+#: The layer kinds that make a graph a transformer's.
+TRANSFORMER_KINDS = ("norm", "softmax", "product")
+#: What each layer kind is called in messages.
+KIND_NAMES = {"linear": "Conv/Dense", "maxpool": "MaxPool", "norm": "LayerNorm", "softmax": "Softmax",
+              "product": "product (MatMul/Einsum of two activations)"}
 
 
-def composite_specs(composite: str, linear_nodes: list[tuple[str, Linear]]) -> dict[str, str]:
-    """Returns node name -> rule spec for the linear nodes (in topological order) under a composite."""
+def default_composite(nodes: list[tuple[str, object]]) -> str:
+    """Returns the composite used when none is given: attnlrp for a transformer graph, else epsilon-plus-flat."""
+    if any(layer.rule_kind in TRANSFORMER_KINDS for _, layer in nodes):
+        return TRANSFORMER_COMPOSITE
+    return DEFAULT_COMPOSITE
+
+
+def composite_specs(composite: str, nodes: list[tuple[str, object]]) -> dict[str, str]:
+    """Returns node name -> rule spec for the rule-driven nodes (in topological order) under a composite."""
     if composite not in COMPOSITES:
         raise RuleError(f"unknown composite '{composite}'; composites: {', '.join(COMPOSITES)}")
     comp = COMPOSITES[composite]
-    specs = {}
-    for index, (name, layer) in enumerate(linear_nodes):
-        if index == 0 and comp.first and isinstance(layer, comp.first_kinds):
-            specs[name] = comp.first
-        else:
-            specs[name] = comp.conv if isinstance(layer, Conv) else comp.dense
-    return specs
+    linear = [name for name, layer in nodes if layer.rule_kind == "linear"]
+    return {name: comp.spec_for(layer, bool(linear) and name == linear[0]) for name, layer in nodes}
 
 
-def assign_rules(linear_nodes: list[tuple[str, Linear]], composite: str | None = None, rule: str | None = None,
-                 layer_rules: tuple[str, ...] = (), pool_nodes: list[tuple[str, MaxPool]] = ()) -> dict[str, str]:
-    """Returns node name -> rule spec from a composite or a uniform rule, then `PATTERN=SPEC` overrides; an
-    override applies to the matching nodes of its rule's layer kind (Conv/Dense, or MaxPool for `maxpool:*`)."""
+def _fitting_rules(kind: str) -> str:
+    return ", ".join(n for n in sorted([*_MAKERS, "zbox", "maxpool"]) if kind in parse_rule(n).kinds)
+
+
+def assign_rules(nodes: list[tuple[str, object]], composite: str | None = None, rule: str | None = None,
+                 layer_rules: tuple[str, ...] = ()) -> dict[str, str]:
+    """Returns node name -> rule spec from a composite or a uniform rule, then `PATTERN=SPEC` overrides.
+
+    `nodes` are the rule-driven (name, layer) pairs; `--rule` sets every Conv/Dense, the other kinds keep the
+    composite's rules (MaxPool ties: zennit's first maximum). An override applies to the matching nodes of the
+    kinds its rule is for; a pattern that matches only nodes of other kinds is an error naming one.
+    """
+    specs = composite_specs(composite or default_composite(nodes), nodes)
     if rule:
-        if parse_rule(rule).layer_kind is not Linear:
-            raise RuleError(f"--rule '{rule}' is a MaxPool tie policy: give it as --layer-rule 'GLOB={rule}'")
-        specs = {name: rule for name, _ in linear_nodes}
-    else:
-        specs = composite_specs(composite or DEFAULT_COMPOSITE, linear_nodes)
-    pool_spec = DEFAULT_MAXPOOL if rule else COMPOSITES[composite or DEFAULT_COMPOSITE].maxpool
-    specs.update(dict.fromkeys((name for name, _ in pool_nodes), pool_spec))
-    layers = dict(list(linear_nodes) + list(pool_nodes))
+        if "linear" not in parse_rule(rule).kinds:
+            raise RuleError(f"--rule '{rule}' is not a Conv/Dense rule (a MaxPool tie policy or a transformer "
+                            f"rule): give it as --layer-rule 'GLOB={rule}'")
+        specs.update({name: rule for name, layer in nodes if layer.rule_kind == "linear"})
     for override in layer_rules:
         pattern, sep, spec = override.partition("=")
         if not sep or not pattern or not spec:
             raise RuleError(f"--layer-rule '{override}': expected NAME_OR_GLOB=SPEC")
-        kind = parse_rule(spec).layer_kind
-        matched = [name for name, layer in layers.items()
-                   if isinstance(layer, kind) and fnmatch.fnmatchcase(name, pattern)]
+        kinds = parse_rule(spec).kinds
+        named = [(name, layer) for name, layer in nodes if fnmatch.fnmatchcase(name, pattern)]
+        matched = [name for name, layer in named if layer.rule_kind in kinds]
+        if not matched and named:
+            name, layer = named[0]
+            raise RuleError(f"rule '{spec}' does not apply to node '{name}' ({layer.op}); "
+                            f"rules for it: {_fitting_rules(layer.rule_kind)}")
         if not matched:
-            kinds = "MaxPool" if kind is MaxPool else "Conv/Dense"
-            raise RuleError(f"--layer-rule '{override}': no {kinds} layer matches '{pattern}'")
+            raise RuleError(f"--layer-rule '{override}': no {KIND_NAMES[kinds[0]]} layer matches '{pattern}'")
         specs.update(dict.fromkeys(matched, spec))
     return specs

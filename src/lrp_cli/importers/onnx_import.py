@@ -19,6 +19,8 @@ from onnx.reference import ReferenceEvaluator
 
 from lrp_cli.errors import ModelLoadError
 from lrp_cli.ir import layers as L
+from lrp_cli.importers import onnx_fusion
+from lrp_cli.ir import transformer as T
 from lrp_cli.ir.graph import Graph, Node
 from lrp_cli.ir.windows import Window, same_pads
 from lrp_cli.preprocess import shape_text
@@ -134,8 +136,8 @@ class ImportContext:
         if layer.is_linear and not all(np.isfinite(p).all() for p in (layer.weight, layer.bias) if p is not None):
             raise self.error(node, "weights or bias hold NaN or Inf")
         ir_node = Node(self.unique_name(node), layer, inputs, output or node.output[0], node.op_type)
-        try:
-            self.values[ir_node.output] = layer.forward(*(self.values[t] for t in inputs))
+        try:  # float32 like the dummy input: the values only give shapes, and float32 halves the cost
+            self.values[ir_node.output] = layer.astype(np.float32).forward(*(self.values[t] for t in inputs))
         except (ValueError, IndexError) as exc:
             raise self.error(node, f"cannot run on the input shapes {[self.shape(t) for t in inputs]}: {exc}")
         self.nodes.append(ir_node)
@@ -187,8 +189,13 @@ def import_onnx(path: str | Path, output: str | None = None, model: onnx.ModelPr
     ctx = ImportContext(path, model, output)
     input_name, input_shape = _data_input(ctx, input_shape)
     ctx.values[input_name] = np.zeros(input_shape, dtype=np.float32)
-    for node in model.graph.node:
-        _convert_node(ctx, node)
+    regions = onnx_fusion.find_regions(model)
+    inside = {k for region in regions.values() for k in region.nodes}
+    for k, node in enumerate(model.graph.node):
+        if k in regions:
+            _convert_region(ctx, regions[k])
+        elif k not in inside:
+            _convert_node(ctx, node)
     output_name = ctx.name(ctx.output)
     if output_name in ctx.constants or output_name not in ctx.values:
         raise ModelLoadError(f"{path}: output '{ctx.output}' does not depend on the input")
@@ -289,8 +296,10 @@ def _fold_shape(ctx: ImportContext, node: onnx.NodeProto) -> None:
 
 def _strip_output_softmax(ctx: ImportContext, node: onnx.NodeProto) -> None:
     if ctx.name(node.output[0]) != ctx.name(ctx.output):
-        raise ctx.error(node, "a Softmax inside the network has no LRP rule; only an output Softmax is supported "
-                              "(it is stripped to explain the pre-softmax score)")
+        if node.op_type == "Softmax":
+            return _softmax(ctx, node)
+        raise ctx.error(node, "a LogSoftmax inside the network has no LRP rule; only an output LogSoftmax is "
+                              "supported (it is stripped to explain the pre-softmax score)")
     ctx.alias[node.output[0]] = ctx.name(node.input[0])
     ctx.notes.append(f"stripped output {node.op_type} '{node.name or node.output[0]}': explaining the "
                      "pre-softmax score")
@@ -357,6 +366,8 @@ def _gemm(ctx, node):
 
 @converter("MatMul")
 def _matmul(ctx, node):
+    if not ctx.is_constant(node.input[0]) and not ctx.is_constant(node.input[1]):
+        return _product(ctx, node, T.MATMUL)
     weight = ctx.const(node, 1)
     if weight.ndim != 2:
         raise ctx.error(node, "only a MatMul by a constant 2-D matrix is supported")
@@ -390,9 +401,11 @@ def _fold_affine(ctx, node, tensor: str, scale, shift) -> bool:
     if scale_vec is None or shift_vec is None:
         return False
     producer.layer.fold_output_affine(scale_vec, shift_vec)
-    del ctx.values[producer.output]
+    channel_shape = (-1,) + (1,) * (len(out_shape) - 1 - axis)
+    value = ctx.values.pop(producer.output)
     producer.output = node.output[0]
-    ctx.values[producer.output] = producer.layer.forward(*(ctx.values[t] for t in producer.inputs))
+    ctx.values[producer.output] = (value * scale_vec.reshape(channel_shape) + shift_vec.reshape(channel_shape)
+                                   ).astype(np.float32)
     return True
 
 
@@ -417,6 +430,10 @@ def _arithmetic(ctx, node):
     constants = [ctx.constants[ctx.name(t)].astype(np.float64) for t in node.input if ctx.is_constant(t)]
     if node.op_type in ("Add", "Sum"):
         constant = sum(constants) if constants else None
+        if len(dynamic) == 1 and _is_embedding(constant):
+            # a position embedding: it takes its share of the relevance, as a bias does (z-rule)
+            ctx.add(node, L.Add(constant), dynamic)
+            return
         if len(dynamic) == 1:
             return _affine_or_fold(ctx, node, dynamic[0], 1.0, constant)
         ctx.add(node, L.Add(constant), dynamic)
@@ -436,6 +453,11 @@ def _arithmetic(ctx, node):
     else:
         raise ctx.error(node, "division of a constant by an activation has no LRP rule")
     _affine_or_fold(ctx, node, dynamic[0], scale, shift)
+
+
+def _is_embedding(constant) -> bool:
+    """Returns True for a constant that varies along two or more axes (tokens and channels), not a bias vector."""
+    return constant is not None and sum(n > 1 for n in np.shape(constant)) >= 2
 
 
 def _clip_bound(ctx, node, index: int, attr: str, default: float) -> float:
@@ -804,3 +826,145 @@ def _lrn(ctx, node):
         window = np.concatenate([window[:, size - 1:size], window[:, size:] - window[:, :-size]], axis=1)
         return x / (bias + alpha / size * window) ** beta
     ctx.add(node, L.Activation("LRN", lrn))
+
+
+# --- issue-9 ops: transformers (LayerNorm, in-graph Softmax, products of activations, GELU forms) ------------
+
+
+def _softmax(ctx, node):
+    shape = ctx.shape(node.input[0])
+    axis = attributes(node).get("axis", -1 if _opset(ctx) >= 13 else 1) % len(shape)
+    if _opset(ctx) < 13 and axis != len(shape) - 1:
+        raise ctx.error(node, "a Softmax before opset 13 over more than the last axis is not supported")
+    ctx.add(node, T.Softmax(axis))
+
+
+def _opset(ctx) -> int:
+    return next((o.version for o in ctx.model.opset_import if o.domain in ("", "ai.onnx")), 13)
+
+
+def _product(ctx, node, equation: str):
+    """Adds a product of two activations; an operand written by a Softmax holds the attention weights."""
+    producers = ctx.producer_ops()
+    weights = [k for k, t in enumerate(node.input[:2]) if producers.get(ctx.name(t)) == "Softmax"]
+    layer = T.Product(equation, weights[0] if len(weights) == 1 else None, node.op_type)
+    ctx.add(node, layer, list(node.input[:2]))
+
+
+@converter("Einsum")
+def _einsum(ctx, node):
+    equation = attributes(node)["equation"]
+    equation = (equation.decode() if isinstance(equation, bytes) else equation).replace(" ", "")
+    operands, _, out = equation.partition("->")
+    specs = operands.split(",")
+    if len(node.input) != 2 or len(specs) != 2 or not out or any(ctx.is_constant(t) for t in node.input):
+        raise ctx.error(node, "only an Einsum of two activations with an explicit output ('ab,bc->ac') is supported")
+    a, b = specs
+    if any(set(a) - set(b) - set(out) for a, b in ((a, b), (b, a))) or any(len(set(x)) != len(x) for x in specs):
+        raise ctx.error(node, f"Einsum '{equation}': an index summed within one operand has no LRP rule")
+    if not (set(a) & set(b)) - set(out):
+        raise ctx.error(node, f"Einsum '{equation}': an element-wise product of two activations has no LRP rule; "
+                              "only contractions (attention's Q K^T, A V) are supported")
+    _product(ctx, node, equation)
+
+
+@converter("LayerNormalization")
+def _layer_norm(ctx, node):
+    if any(o for o in node.output[1:]):
+        raise ctx.error(node, "the Mean/InvStdDev outputs of LayerNormalization are not supported")
+    a = attributes(node)
+    if a.get("stash_type", 1) != 1:
+        raise ctx.error(node, "only stash_type 1 (float32 statistics) is supported")
+    scale = ctx.const(node, 1)
+    bias = ctx.const(node, 2)
+    ctx.add(node, T.LayerNorm(int(a.get("axis", -1)), scale, bias, float(a.get("epsilon", 1e-5))))
+
+
+def _erf(x):
+    from scipy.special import erf  # scipy comes with scikit-learn
+    return erf(x).astype(x.dtype)
+
+
+@converter("Erf")
+def _erf_activation(ctx, node):
+    ctx.add(node, L.Activation("Erf", _erf, lambda x, y: 2 / np.sqrt(np.pi) * np.exp(-x * x)))
+
+
+@converter("Pow")
+def _pow(ctx, node):
+    exponent = ctx.const(node, 1)
+    if exponent.size != 1:
+        raise ctx.error(node, "only a Pow by one constant exponent is supported")
+    p = float(exponent.reshape(-1)[0])
+    ctx.add(node, L.Activation("Pow", lambda x: x ** x.dtype.type(p),
+                               lambda x, y: p * x ** x.dtype.type(p - 1)))
+
+
+def _convert_region(ctx, region: onnx_fusion.Region) -> None:
+    """Converts a decomposed LayerNorm or GELU as one layer; when it is not one after all, node by node."""
+    nodes = [ctx.model.graph.node[k] for k in region.nodes]
+    try:
+        layer = _fused_norm(ctx, nodes) if region.kind == "layernorm" else _fused_expression(ctx, nodes, region)
+    except (ValueError, KeyError, IndexError, ModelLoadError):
+        layer = None
+    if layer is None:
+        try:
+            for node in nodes:
+                _convert_node(ctx, node)
+        except ModelLoadError as exc:
+            if region.kind != "layernorm":
+                raise
+            raise ctx.error(nodes[-1], "a normalization of activations that is not a LayerNorm over the trailing "
+                                       f"axes has no LRP rule ({exc})".replace(str(ctx.path) + ": ", "")) from None
+        return
+    ctx.add(nodes[-1], layer, [region.source], region.output).source_op = layer.op
+    ctx.notes.append(f"fused {len(nodes)} nodes ending at '{nodes[-1].name or region.output}' into one "
+                     f"{layer.op}")
+
+
+def _fused_norm(ctx, nodes) -> T.LayerNorm | None:
+    means = [n for n in nodes if n.op_type == "ReduceMean"]
+    rank = len(ctx.shape(nodes[0].input[0]))
+    axes = [sorted(a % rank for a in (_axes(ctx, n) or range(rank))) for n in means]
+    keep = [attributes(n).get("keepdims", 1) for n in means]
+    if axes[0] != axes[1] or axes[0] != list(range(axes[0][0], rank)) or not all(keep):
+        return None
+    powers = [n for n in nodes if n.op_type == "Pow"]
+    if powers and float(ctx.const(powers[0], 1).reshape(-1)[0]) != 2.0:
+        return None
+    adds = [n for n in nodes if n.op_type == "Add"]
+    epsilon = float(_constant_operand(ctx, adds[0]).reshape(-1)[0])
+    after_sqrt = nodes[[n.op_type for n in nodes].index("Sqrt") + 1:]
+    scale = next((_constant_operand(ctx, n) for n in after_sqrt if n.op_type == "Mul" and _has_constant(ctx, n)),
+                 None)
+    bias = next((_constant_operand(ctx, n) for n in after_sqrt if n.op_type == "Add"), None)
+    normalized = len(axes[0])
+    for const in (scale, bias):
+        if const is not None and np.squeeze(const).ndim > normalized:
+            return None
+    return T.LayerNorm(axes[0][0], scale, bias, epsilon)
+
+
+def _has_constant(ctx, node) -> bool:
+    return any(ctx.is_constant(t) for t in node.input)
+
+
+def _constant_operand(ctx, node) -> np.ndarray:
+    return next(ctx.constants[ctx.name(t)] for t in node.input if ctx.is_constant(t))
+
+
+def _fused_expression(ctx, nodes, region) -> L.Activation | None:
+    probe = np.linspace(-5, 5, 101, dtype=np.float32)
+    feeds = {region.source: probe}
+    for node in nodes:
+        feeds.update({t: ctx.constants[ctx.name(t)] for t in node.input if t and ctx.is_constant(t)})
+    opset = [onnx.helper.make_opsetid(o.domain, o.version) for o in ctx.model.opset_import]
+    graph = onnx.helper.make_graph(nodes, "expression", [_value_info(t, v) for t, v in feeds.items()],
+                                   [onnx.helper.make_tensor_value_info(region.output, 0, None)])
+    values = ReferenceEvaluator(onnx.helper.make_model(graph, opset_imports=opset)).run(None, feeds)[0]
+    match = onnx_fusion.match_gelu(np.asarray(values, dtype=np.float64).reshape(-1), probe.astype(np.float64))
+    if match is None:
+        return None
+    approximate, scale = match
+    fn, derivative = _gelu({"approximate": approximate})
+    return L.Activation("Gelu", lambda x: (scale * fn(x)).astype(x.dtype), lambda x, y: scale * derivative(x, y))

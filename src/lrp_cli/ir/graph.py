@@ -51,3 +51,8 @@ class Graph:
     def linear_nodes(self) -> list[Node]:
         """Returns the Conv/Dense nodes in topological order."""
         return [node for node in self.nodes if node.layer.is_linear]
+
+    def rule_nodes(self) -> list[Node]:
+        """Returns the nodes whose relevance a rule decides (Conv/Dense, MaxPool ties, LayerNorm, Softmax, products),
+        in order."""
+        return [node for node in self.nodes if node.layer.rule_kind]

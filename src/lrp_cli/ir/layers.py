@@ -37,6 +37,8 @@ class Layer:
     op = "Layer"
     params: tuple[str, ...] = ()
     is_linear = False
+    #: What kind of rule decides the layer's relevance ("linear", "norm", "softmax", "product"); None: fixed.
+    rule_kind: str | None = None
 
     def forward(self, *xs: np.ndarray) -> np.ndarray:
         """Returns the output of the layer for its dynamic inputs."""
@@ -119,6 +121,7 @@ class Linear(Layer):
     """A layer z = x W + b whose relevance a rule decides; subclasses define apply and apply_transposed."""
 
     is_linear = True
+    rule_kind = "linear"
     params = ("weight", "bias")
 
     def __init__(self, weight: np.ndarray, bias: np.ndarray | None):
@@ -242,6 +245,7 @@ class MaxPool(Layer):
     """Max pooling; relevance goes to the winner of each window (Eq 32), ties as the node's MaxPool rule says."""
 
     op = "MaxPool"
+    rule_kind = "maxpool"  # the tie policy is a rule (rules.MaxPoolTies)
 
     def __init__(self, window: Window):
         self.window = window

@@ -1,0 +1,208 @@
+"""Find exporters' decomposed forms of one operation in an ONNX graph, so the importer converts each as one layer.
+
+- LayerNorm written out (ReduceMean, Sub, Pow 2 or Mul, ReduceMean, Add eps, Sqrt, Div or Reciprocal+Mul, then an
+  optional Mul by a scale and Add of a bias), as older opsets and tf2onnx write it;
+- GELU in its Erf form x * 0.5 * (1 + erf(x / sqrt 2)) or tanh approximation, or any other element-wise
+  expression of one tensor that contains a product of two activations: it is fused when it computes c * GELU(x),
+  checked numerically on probe values; otherwise the product stays an error naming its node.
+
+Regions are found on the graph's structure before conversion; the importer converts a region when it reaches its
+last node, when every constant it reads is known.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+#: Ops that act element by element (with constants broadcast) and may appear inside a fused expression.
+ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Pow", "Erf", "Tanh", "Sqrt", "Neg", "Reciprocal", "Exp", "Sigmoid"}
+MAX_EXPRESSION_NODES = 16
+
+
+@dataclass
+class Region:
+    """A fused group of ONNX nodes: `kind` ("layernorm" or "expression"), node indices in graph order, the
+    dynamic input tensor and the tensor the last node writes."""
+
+    kind: str
+    nodes: list[int]
+    source: str
+    output: str
+
+
+class GraphIndex:
+    """Producers, consumers and the structurally constant tensors of an ONNX graph."""
+
+    def __init__(self, model: onnx.ModelProto):
+        self.nodes = list(model.graph.node)
+        self.producer: dict[str, int] = {}
+        self.consumers: dict[str, list[int]] = {}
+        self.constant = {init.name for init in model.graph.initializer}
+        self.values = {init.name: init for init in model.graph.initializer}
+        outputs = {o.name for o in model.graph.output}
+        for k, node in enumerate(self.nodes):
+            for t in dict.fromkeys(node.input):
+                self.consumers.setdefault(t, []).append(k)
+            for t in node.output:
+                self.producer[t] = k
+            if node.op_type == "Constant" or node.op_type in ("Shape", "Size") or (
+                    node.input and all(not t or t in self.constant for t in node.input)):
+                self.constant.update(node.output)
+        for t in outputs:
+            self.consumers.setdefault(t, []).append(-1)
+
+    def dynamic_inputs(self, k: int) -> list[str]:
+        """Returns the non-constant inputs of node k."""
+        return [t for t in self.nodes[k].input if t and t not in self.constant]
+
+    def sole_consumer(self, tensor: str, op: str | tuple[str, ...]) -> int | None:
+        """Returns the index of the one node reading tensor when it has the given op type(s), else None."""
+        readers = self.consumers.get(tensor, [])
+        if len(readers) != 1 or readers[0] < 0:
+            return None
+        ops = (op,) if isinstance(op, str) else op
+        return readers[0] if self.nodes[readers[0]].op_type in ops else None
+
+
+def find_regions(model: onnx.ModelProto) -> dict[int, Region]:
+    """Returns last node index -> Region for every decomposed LayerNorm and fusable element-wise expression."""
+    index = GraphIndex(model)
+    regions: dict[int, Region] = {}
+    taken: set[int] = set()
+    # LayerNorms in graph order; expressions from the last product back, so the outermost product claims its
+    # whole expression (the x * x inside a tanh-form GELU is part of it)
+    candidates = [(k, _layernorm_region) for k, n in enumerate(index.nodes) if n.op_type == "ReduceMean"]
+    candidates += [(k, _expression_region) for k, n in reversed(list(enumerate(index.nodes)))
+                   if n.op_type == "Mul" and len(index.dynamic_inputs(k)) == 2]
+    for k, find in candidates:
+        region = None if k in taken else find(index, k)
+        if region and not taken.intersection(region.nodes):
+            regions[region.nodes[-1]] = region
+            taken.update(region.nodes)
+    return regions
+
+
+def _layernorm_region(index: GraphIndex, k: int) -> Region | None:
+    nodes = index.nodes
+    x = nodes[k].input[0]
+    if x in index.constant:
+        return None
+    readers = index.consumers.get(nodes[k].output[0], [])
+    if len(readers) != 1 or nodes[readers[0]].op_type != "Sub" or list(nodes[readers[0]].input) != [
+            x, nodes[k].output[0]]:
+        return None
+    sub = readers[0]
+    centred = nodes[sub].output[0]
+    readers = index.consumers.get(centred, [])
+    if len(readers) != 2:
+        return None
+    square = next((r for r in readers if _is_square(index, r, centred)), None)
+    if square is None:
+        return None
+    chain = [k, sub, square]
+    for ops in (("ReduceMean",), ("Add",), ("Sqrt",)):
+        nxt = index.sole_consumer(nodes[chain[-1]].output[0], ops)
+        if nxt is None:
+            return None
+        chain.append(nxt)
+    divide = next(r for r in readers if r != square)
+    std = nodes[chain[-1]].output[0]
+    if nodes[divide].op_type == "Div" and index.sole_consumer(std, "Div") == divide:
+        chain.append(divide)
+    elif nodes[divide].op_type == "Mul":
+        inverse = index.sole_consumer(std, "Reciprocal")
+        if inverse is None or index.sole_consumer(nodes[inverse].output[0], "Mul") != divide:
+            return None
+        chain += [inverse, divide]
+    else:
+        return None
+    for op in ("Mul", "Add"):  # the optional element-wise scale and bias
+        nxt = index.sole_consumer(nodes[chain[-1]].output[0], op)
+        if nxt is not None and len(index.dynamic_inputs(nxt)) == 1:
+            chain.append(nxt)
+        elif op == "Mul":
+            continue
+        else:
+            break
+    chain = sorted(chain)
+    return Region("layernorm", chain, x, nodes[chain[-1]].output[0])
+
+
+def _is_square(index: GraphIndex, k: int, tensor: str) -> bool:
+    node = index.nodes[k]
+    if node.op_type == "Mul":
+        return list(node.input) == [tensor, tensor]
+    return node.op_type == "Pow" and node.input[0] == tensor and node.input[1] in index.constant
+
+
+def _expression_region(index: GraphIndex, k: int) -> Region | None:
+    """Returns the element-wise expression of one tensor that ends at the product node k, if there is one."""
+    candidates = list(index.dynamic_inputs(k))
+    for t in list(candidates):  # x * 0.5 written before the product
+        producer = index.producer.get(t)
+        if producer is not None and index.nodes[producer].op_type in ELEMENTWISE:
+            candidates += index.dynamic_inputs(producer)
+    for source in dict.fromkeys(candidates):
+        members = _closure(index, k, source)
+        if members is not None and _internal(index, members, k):
+            tail = index.sole_consumer(index.nodes[k].output[0], ("Mul", "Div"))
+            if tail is not None and len(index.dynamic_inputs(tail)) == 1:
+                members.add(tail)  # the trailing * 0.5
+            nodes = sorted(members)
+            return Region("expression", nodes, source, index.nodes[nodes[-1]].output[0])
+    return None
+
+
+def _closure(index: GraphIndex, k: int, source: str) -> set[int] | None:
+    """Returns the element-wise nodes between source and node k when every dynamic path from k leads to source."""
+    members, stack = set(), [k]
+    while stack:
+        node = stack.pop()
+        if node in members:
+            continue
+        if index.nodes[node].op_type not in ELEMENTWISE or len(members) >= MAX_EXPRESSION_NODES:
+            return None
+        members.add(node)
+        for t in index.dynamic_inputs(node):
+            if t == source:
+                continue
+            producer = index.producer.get(t)
+            if producer is None:
+                return None
+            stack.append(producer)
+    return members
+
+
+def _internal(index: GraphIndex, members: set[int], last: int) -> bool:
+    """Returns True when the tensors written inside the region are read only inside it."""
+    for k in members:
+        if k == last:
+            continue
+        for t in index.nodes[k].output:
+            if any(reader not in members for reader in index.consumers.get(t, [])):
+                return False
+    return True
+
+
+def gelu_erf(x: np.ndarray) -> np.ndarray:
+    """Returns the exact GELU x * Phi(x)."""
+    from scipy.special import erf  # scipy comes with scikit-learn
+    return 0.5 * x * (1 + erf(x / np.sqrt(2)))
+
+
+def gelu_tanh(x: np.ndarray) -> np.ndarray:
+    """Returns the tanh approximation of GELU."""
+    return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+
+
+def match_gelu(values: np.ndarray, probe: np.ndarray) -> tuple[str, float] | None:
+    """Returns (approximate, scale) when values = scale * GELU(probe) in the erf or tanh form, else None."""
+    for approximate, fn in (("none", gelu_erf), ("tanh", gelu_tanh)):
+        reference = fn(probe)
+        scale = float(values @ reference / (reference @ reference))
+        if scale != 0 and np.abs(values - scale * reference).max() <= 1e-5 * max(1.0, abs(scale)):
+            return approximate, scale
+    return None
