@@ -1,13 +1,18 @@
 """`lrp train-bow` and `lrp explain` with a BoW pipeline, end to end from the command line."""
 
 import json
+import os
 
 import numpy as np
+import skops.io as sio
 from click.testing import CliRunner
 from PIL import Image
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import FunctionTransformer
 
 from conftest import REPO
 from lrp_cli.cli import main
+from lrp_cli.importers.sklearn_bow import FORMAT
 from lrp_cli.synthetic.polygons import make_scene, to_uint8, write_dataset
 
 RUN = CliRunner()
@@ -52,3 +57,18 @@ def test_not_a_pickle_is_exit_3(tmp_path):
     Image.fromarray(np.zeros((102, 102), np.uint8)).save(image)
     result = RUN.invoke(main, ["explain", str(image), "--model", str(bad), "--out", str(tmp_path / "o")])
     assert result.exit_code == 3 and "bad.joblib" in result.output
+
+
+def test_untrusted_type_in_a_skops_file_is_refused(tmp_path):
+    # A pipeline that would call os.system: skops must refuse it before anything is instantiated.
+    model = tmp_path / "evil.skops"
+    sio.dump({"format": FORMAT, "pipeline": Pipeline([("run", FunctionTransformer(os.system))])}, model)
+    image = tmp_path / "i.png"
+    Image.fromarray(np.zeros((102, 102), np.uint8)).save(image)
+    result = RUN.invoke(main, ["explain", str(image), "--model", str(model), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 3
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith("error: evil.skops: ") and "UntrustedTypesFoundException" in lines[0]
+    assert "['posix.system']" in lines[0]
+    assert not (tmp_path / "o").exists()

@@ -1,0 +1,52 @@
+"""Prints the killed share of mutmut 3's mutants per module (from mutants/*.meta), leaving out the mutants that
+docs/mutation.md classifies as equivalent; `--survivors` also lists the surviving non-equivalent ones."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections import Counter
+from pathlib import Path
+
+from mutmut.stats import status_by_exit_code
+
+REPO = Path(__file__).resolve().parents[1]
+MODULES = ("cli", "preprocess", "render", "outputs", "batch", "api")
+NAME = re.compile(r"`(lrp_cli\.[^`]+__mutmut_\d+)`")
+
+
+def equivalent_mutants(notes: Path) -> set[str]:
+    """Returns the mutant names the notes file lists as equivalent."""
+    return set(NAME.findall(notes.read_text(encoding="utf-8"))) if notes.exists() else set()
+
+
+def module_results(mutants: Path, module: str) -> dict[str, str]:
+    """Returns mutant name -> status for the checked mutants of one module."""
+    meta = mutants / "src" / "lrp_cli" / f"{module}.py.meta"
+    if not meta.exists():
+        return {}
+    codes = json.loads(meta.read_text())["exit_code_by_key"]
+    return {name: status_by_exit_code[code] for name, code in codes.items() if code is not None}
+
+
+def main(argv: list[str]) -> None:
+    mutants = REPO / "mutants"
+    equivalent = equivalent_mutants(REPO / "docs" / "mutation.md")
+    print(f"{'module':12s} {'checked':>7s} {'killed':>6s} {'survived':>8s} {'equivalent':>10s} {'killed share':>12s}")
+    survivors = []
+    for module in MODULES:
+        results = module_results(mutants, module)
+        counts = Counter("killed" if s in ("killed", "timeout") else s for s in results.values())
+        alive = [n for n, s in results.items() if s not in ("killed", "timeout")]
+        equiv = sum(n in equivalent for n in alive)
+        survivors += [n for n in alive if n not in equivalent]
+        judged = len(results) - equiv
+        share = f"{counts['killed'] / judged:.1%}" if judged else "-"
+        print(f"{module:12s} {len(results):7d} {counts['killed']:6d} {len(alive):8d} {equiv:10d} {share:>12s}")
+    if "--survivors" in argv:
+        print("\n".join(survivors))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
