@@ -1,5 +1,8 @@
 """Prints the killed share of mutmut 3's mutants per module (from mutants/*.meta), leaving out the mutants that
-docs/mutation.md classifies as equivalent; `--survivors` also lists the surviving non-equivalent ones."""
+docs/mutation.md classifies as equivalent; `--survivors` also lists the surviving non-equivalent ones.
+
+`--sample N` instead prints N evenly spaced mutant names per module (all of them when it has fewer), for
+`mutmut run NAMES...`: the machine's 2 shared cores cannot run all ~1900 mutants in a working session."""
 
 from __future__ import annotations
 
@@ -21,6 +24,19 @@ def equivalent_mutants(notes: Path) -> set[str]:
     return set(NAME.findall(notes.read_text(encoding="utf-8"))) if notes.exists() else set()
 
 
+def all_mutants(mutants: Path, module: str) -> list[str]:
+    """Returns every generated mutant name of one module, in source order."""
+    meta = mutants / "src" / "lrp_cli" / f"{module}.py.meta"
+    return list(json.loads(meta.read_text())["exit_code_by_key"]) if meta.exists() else []
+
+
+def sample(names: list[str], count: int) -> list[str]:
+    """Returns `count` evenly spaced names (all of them when there are fewer)."""
+    if len(names) <= count:
+        return names
+    return [names[int((k + 0.5) * len(names) / count)] for k in range(count)]
+
+
 def module_results(mutants: Path, module: str) -> dict[str, str]:
     """Returns mutant name -> status for the checked mutants of one module."""
     meta = mutants / "src" / "lrp_cli" / f"{module}.py.meta"
@@ -31,7 +47,12 @@ def module_results(mutants: Path, module: str) -> dict[str, str]:
 
 
 def main(argv: list[str]) -> None:
+    """Prints the per-module table (or a sample of mutant names)."""
     mutants = REPO / "mutants"
+    if "--sample" in argv:
+        count = int(argv[argv.index("--sample") + 1])
+        print("\n".join(name for module in MODULES for name in sample(all_mutants(mutants, module), count)))
+        return
     equivalent = equivalent_mutants(REPO / "docs" / "mutation.md")
     print(f"{'module':12s} {'checked':>7s} {'killed':>6s} {'survived':>8s} {'equivalent':>10s} {'killed share':>12s}")
     survivors = []

@@ -18,8 +18,9 @@ RUN = CliRunner()
 
 
 def only_line(result):
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1, result.output
+    """Returns the one line a failed command printed; errors go to stderr and nothing to stdout."""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and result.stdout == "", result.output
     return lines[0]
 
 
@@ -63,9 +64,9 @@ def test_train_bow_passes_every_option_with_its_type_and_default(tmp_path, captu
     result = RUN.invoke(main, ["train-bow", str(tmp_path), "--out", str(tmp_path / "m.joblib")])
     assert result.exit_code == 0, result.output
     assert captured[0] == DEFAULTS
-    assert result.output.splitlines() == [
-        "train-bow: fitting",
-        f"{tmp_path / 'm.joblib'}: 2 classes, cross-validated accuracy 0.750, test accuracy 0.5, 1.2 s"]
+    assert result.stderr == "train-bow: fitting\n"
+    assert result.stdout == (f"{tmp_path / 'm.joblib'}: 2 classes, cross-validated accuracy 0.750, test accuracy 0.5, "
+                             "1.2 s\n")
     result = RUN.invoke(main, ["train-bow", str(tmp_path), "--out", str(tmp_path / "m.skops"), "--scales", "1.5",
                                "--quantiles", "--no-multi-kernel", "--n-words", "8", "--color", "rgb",
                                "--c-grid", "1,2", "--rank-p", "3", "--pooling", "max"])
@@ -145,14 +146,14 @@ def test_bad_tensors_are_input_errors(tmp_path, content, message):
         np.save(path, content)
     result = explain(path, "--model", probe_model(tmp_path, shape=(1, 2)), "--out", tmp_path / "o")
     assert result.exit_code == 1
-    assert result.output.strip().splitlines()[0].startswith(f"error: {path}: {message}")
+    assert result.stderr.strip().splitlines()[0].startswith(f"error: {path}: {message}") and result.stdout == ""
 
 
 def test_image_for_a_flat_model_is_an_input_error(tmp_path):
     image = save_image(tmp_path, np.zeros((4, 4, 3)))
     result = explain(image, "--model", probe_model(tmp_path, shape=(1, 2)), "--out", tmp_path / "o")
     assert result.exit_code == 1
-    assert result.output.splitlines()[0] == (f"error: {image}: the model input [1, 2] is not an image; give a .npy "
+    assert result.stderr.splitlines()[0] == (f"error: {image}: the model input [1, 2] is not an image; give a .npy "
                                              "tensor")
 
 
@@ -187,7 +188,7 @@ def test_gif_first_frame_and_folder_and_glob_inputs(tmp_path):
     globbed = tmp_path / "g"
     result = explain(str(data / "**" / "*.PNG"), str(data / "nothing*.png"), "--model", model, "--out", globbed)
     assert result.exit_code == 1
-    assert f"error: {data / 'nothing*.png'}: no such file" in result.output
+    assert f"error: {data / 'nothing*.png'}: no such file" in result.stderr.splitlines()
     assert sorted(p.name for p in globbed.iterdir()) == ["summary.csv", "summary.json", "x.heatmap.png", "x.json",
                                                          "x.overlay.png"]
 

@@ -169,7 +169,7 @@ def test_size_must_match_the_model_input(tmp_path, pixels):
     np.testing.assert_array_equal(ok, plain)
     result = explain(image, "--model", model, "--out", tmp_path / "bad", "--size", "6,4")
     assert result.exit_code == 2
-    assert result.output.strip() == "error: --size 6,4: the model input is [1, 3, 4, 6]"
+    assert result.stderr.strip() == "error: --size 6,4: the model input is [1, 3, 4, 6]" and result.stdout == ""
     assert not (tmp_path / "bad").exists()
 
 
@@ -190,8 +190,8 @@ def test_bad_options_are_one_line_usage_errors(tmp_path, pixels, options, messag
     result = explain(save_image(tmp_path, pixels), "--model", probe_model(tmp_path), "--out", tmp_path / "o",
                      *options)
     assert result.exit_code == 2, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ")
+    lines = result.stderr.strip().splitlines()
+    assert result.stdout == "" and len(lines) == 1 and lines[0].startswith("error: ")
     if message:
         assert lines[0] == message
     assert not (tmp_path / "o").exists()
@@ -239,7 +239,8 @@ def test_printed_line_reports_the_json_values(tmp_path):
     result = explain(tmp_path / "t.npy", "--model", probe_model(tmp_path, bias=-2.0), "--out", out, "--rule", "z")
     assert result.exit_code == 0, result.output
     # f(x) = 24 - 2 = 22, sum R = 24: conservation error 2/22.
-    assert result.output.strip() == (f"{tmp_path / 't.npy'}: target 0, predicted 0 score 22, f(x)=22, "
+    assert result.stderr == ""
+    assert result.stdout.strip() == (f"{tmp_path / 't.npy'}: target 0, predicted 0 score 22, f(x)=22, "
                                      f"conservation error 9.09e-02 -> {out / 't.heatmap.png'}")
 
 
@@ -273,7 +274,7 @@ def test_ir_difference_above_the_threshold_warns(tmp_path):
     result = explain(tmp_path / "t.npy", "--model", model, "--out", tmp_path / "o", "--precision", "float64",
                      "--rule", "z")
     assert result.exit_code == 0
-    warned = [line for line in result.output.splitlines() if line.startswith("warning: ")]
+    warned = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
     assert bool(warned) == (relative > api.IR_DIFF_WARNING)
     assert relative > api.IR_DIFF_WARNING  # the set-up relies on float32 losing the 1
     assert warned[0].startswith(f"warning: {tmp_path / 't.npy'}: IR output differs from onnxruntime by ")
@@ -348,7 +349,7 @@ def test_top_k_explains_the_k_best_classes_in_score_order(tmp_path):
     out = tmp_path / "o"
     result = explain(tmp_path / "t.npy", "--model", model, "--out", out, "--target", "top:3", "--json-lines")
     assert result.exit_code == 0, result.output
-    docs = [json.loads(line) for line in result.output.strip().splitlines()]
+    docs = [json.loads(line) for line in result.stdout.strip().splitlines()]
     assert [d["target"]["index"] for d in docs] == order[:3]
     assert [d["f_x"] for d in docs] == pytest.approx([float(scores[i]) for i in order[:3]], rel=1e-5)
     assert sorted(p.name for p in out.glob("*.json")) == sorted(f"t.class{i}.json" for i in order[:3])
@@ -373,7 +374,7 @@ def test_labels_file_names_targets(tmp_path):
     assert doc["prediction"]["label"] == ["ant", "bee", "cat", "dog"][doc["prediction"]["index"]]
     assert "target 2 (cat)" in result.output
     missing = explain(tmp_path / "t.npy", "--model", model, "--out", out, "--labels", tmp_path / "none.txt")
-    assert missing.exit_code == 2 and missing.output.startswith(f"error: {tmp_path / 'none.txt'}: cannot read labels")
+    assert missing.exit_code == 2 and missing.stderr.startswith(f"error: {tmp_path / 'none.txt'}: cannot read labels")
 
 
 def test_output_option_explains_the_chosen_graph_output(tmp_path):
@@ -442,7 +443,9 @@ def test_batch_summary_matches_the_explanations(tmp_path):
     out = tmp_path / "o"
     result = explain(data, "--model", probe_model(tmp_path, bias=4.0), "--out", out, "--rule", "z")
     assert result.exit_code == 1
-    assert result.output.strip().splitlines()[-1] == "1 of 3 inputs failed"
+    assert result.stderr.strip().splitlines()[-1] == "1 of 3 inputs failed"
+    printed = [line.split(":")[0] for line in result.stdout.splitlines()]
+    assert printed == [str(data / "a.npy"), str(data / "sub" / "b.npy")]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["schema"] == "lrp-cli/summary/1" and summary["inputs"] == 3 and summary["failed"] == 1
     rows = {row["input"]: row for row in summary["results"]}
@@ -467,8 +470,8 @@ def test_json_lines_print_the_saved_documents(tmp_path):
     result = explain(tmp_path / "t.npy", "--model", probe_model(tmp_path), "--out", out, "--json-lines",
                      "--save-raw")
     assert result.exit_code == 0
-    assert json.loads(result.output) == json.loads((out / "t.json").read_text())
-    assert json.loads(result.output)["outputs"] == {"heatmap": str(out / "t.heatmap.png"),
+    assert json.loads(result.stdout) == json.loads((out / "t.json").read_text())
+    assert json.loads(result.stdout)["outputs"] == {"heatmap": str(out / "t.heatmap.png"),
                                                     "overlay": str(out / "t.overlay.png"),
                                                     "raw": str(out / "t.relevance.npy")}
 
@@ -488,7 +491,7 @@ def test_a_failing_write_leaves_none_of_the_inputs_files(tmp_path, monkeypatch):
     monkeypatch.setattr(outputs.tempfile, "mkstemp", disk_full_at_the_third_file)
     result = explain(tmp_path / "t.npy", "--model", probe_model(tmp_path), "--out", out)
     assert result.exit_code == 1 and len(calls) == 3
-    assert result.output.strip().splitlines()[0].startswith(f"error: {tmp_path / 't.npy'}: cannot write outputs "
+    assert result.stderr.strip().splitlines()[0].startswith(f"error: {tmp_path / 't.npy'}: cannot write outputs "
                                                             f"to {out} (")
     assert sorted(p.name for p in out.iterdir()) == []
 
@@ -509,5 +512,5 @@ def test_unwritable_output_folder_is_reported(tmp_path):
     (tmp_path / "o").write_text("not a folder")
     result = explain(tmp_path / "t.npy", "--model", probe_model(tmp_path), "--out", tmp_path / "o")
     assert result.exit_code == 1
-    assert result.output.splitlines()[0].startswith(f"error: {tmp_path / 't.npy'}: cannot write outputs to ")
-    assert result.output.strip().splitlines()[-1] == "1 of 1 inputs failed"
+    assert result.stderr.splitlines() == [f"error: {tmp_path / 't.npy'}: cannot write outputs to {tmp_path / 'o'} "
+                                          f"([Errno 17] File exists: '{tmp_path / 'o'}')", "1 of 1 inputs failed"]
