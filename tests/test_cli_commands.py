@@ -12,6 +12,7 @@ from lrp_cli.bow import train
 from lrp_cli.bow.options import DEFAULTS
 from lrp_cli.cli import main
 from lrp_cli.importers.onnx_import import supported_ops
+from lrp_cli.preprocess import PreprocessConfig, image_to_tensor, tensor_to_display
 from test_cli_effects import explain, heatmap, probe_model, save_image
 
 RUN = CliRunner()
@@ -207,3 +208,25 @@ def test_normalize_and_colorize_edges():
     np.testing.assert_array_equal(render.normalize(np.array([[2.0, -4.0]]), scale=8.0), [[0.25, -0.5]])
     np.testing.assert_array_equal(render.normalize(np.zeros((2, 2))), np.zeros((2, 2)))
     assert render.colorize(np.array([[5.0, -5.0]])).tolist() == [[[128, 0, 0], [0, 0, 128]]]  # clipped to +-1
+
+
+def test_missing_npy_input(tmp_path):
+    result = explain(tmp_path / "gone.npy", "--model", probe_model(tmp_path), "--out", tmp_path / "o")
+    assert result.exit_code == 1 and result.stderr.splitlines()[0] == f"error: {tmp_path / 'gone.npy'}: no such file"
+
+
+@pytest.mark.parametrize("preset", ["imagenet", "caffe", "unit", "tf", "none"])
+def test_display_picture_undoes_each_preset(preset):
+    pixels = np.random.default_rng(10).integers(0, 256, (3, 5, 3)).astype(np.uint8)
+    config = PreprocessConfig(preset)
+    tensor = image_to_tensor(Image.fromarray(pixels), config, (1, 3, 3, 5))
+    shown = np.asarray(tensor_to_display(tensor.astype(np.float64), config)).astype(int)
+    assert np.abs(shown - pixels).max() <= 1  # float32 tensor, truncated back to uint8
+
+
+def test_display_picture_of_out_of_range_tensors():
+    config = PreprocessConfig("none")
+    edge = np.array([[[[-1.0, 256.0, 100.0]]]]).repeat(3, axis=1)  # just inside: clipped, not rescaled
+    assert np.asarray(tensor_to_display(edge, config))[0, :, 0].tolist() == [0, 255, 100]
+    wide = np.array([[[[-11.0, 299.0, 144.0]]]]).repeat(3, axis=1)  # outside: min..max stretched to 0..255
+    assert np.asarray(tensor_to_display(wide, config))[0, :, 0].tolist() == [0, 255, 127]
