@@ -53,12 +53,15 @@ lint: $(INSTALLED)
 # (mutmut 3, config in pyproject.toml); not part of `make test`. All ~1900 mutants take hours on 2 shared cores,
 # so it runs MUTANTS_PER_MODULE evenly spaced ones per module (0: all). The first run only generates the mutants
 # and maps tests to functions (it matches no mutant on purpose).
+# mutmut forks its workers from a process that ran the tests: with threaded OpenMP/BLAS pools the BoW mutants'
+# workers deadlock, so the pools are kept to one thread.
 MUTANTS_PER_MODULE ?= 30
+MUTMUT := OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/mutmut
 mutation: $(INSTALLED)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,demo,mutation]'
 	rm -rf mutants
-	$(BIN)/mutmut run --max-children 2 map-tests-only >/dev/null 2>&1 || true
-	$(BIN)/mutmut run --max-children 2 $$($(BIN)/python scripts/mutation_report.py --sample $(MUTANTS_PER_MODULE))
+	$(MUTMUT) run --max-children 2 map-tests-only >/dev/null 2>&1 || true
+	$(MUTMUT) run --max-children 2 $$($(BIN)/python scripts/mutation_report.py --sample $(MUTANTS_PER_MODULE))
 	$(BIN)/python scripts/mutation_report.py --survivors
 
 clean:

@@ -72,3 +72,20 @@ def test_untrusted_type_in_a_skops_file_is_refused(tmp_path):
     assert lines[0].startswith("error: evil.skops: ") and "UntrustedTypesFoundException" in lines[0]
     assert "['posix.system']" in lines[0]
     assert not (tmp_path / "o").exists()
+
+
+def test_labels_tile_and_target_options_reach_a_bow_model(tmp_path):
+    image, _, _ = make_scene(np.random.default_rng(1), size=(102, 102), n_polygons=1, n_circles=0)
+    Image.fromarray(to_uint8(image)).save(tmp_path / "scene.png")
+    (tmp_path / "names.txt").write_text("round\nangular\n")
+    model = REPO / "models" / "polygons-bow-svm.joblib"
+    out = tmp_path / "o"
+    result = RUN.invoke(main, ["explain", str(tmp_path / "scene.png"), "--model", str(model), "--out", str(out),
+                               "--labels", str(tmp_path / "names.txt"), "--target", "angular", "--tile", "0"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads((out / "scene.json").read_text())
+    assert doc["target"] == {"index": 1, "label": "angular"} and doc["tiles"]["count"] == 1
+    top_k = RUN.invoke(main, ["explain", str(tmp_path / "scene.png"), "--model", str(model), "--out", str(out),
+                              "--target", "top:2"])
+    assert top_k.exit_code == 2 and top_k.stderr == ("error: --target top:K is not supported for BoW models; give "
+                                                     "pred, an index or a label\n")

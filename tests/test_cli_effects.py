@@ -142,6 +142,9 @@ def test_sidecar_resize_and_crop_fraction(tmp_path):
     model = probe_model(tmp_path, sidecar='preset = "none"\ncrop = 0.5\n')
     x, _ = model_input(tmp_path, save_image(tmp_path, pixels), model)
     np.testing.assert_array_equal(x, nchw(pixels[2:6, 2:6]))
+    odd = pixels_of(7, 8, seed=5)  # crop box rows (7 - 4) // 2 = 1 .. 5
+    x, _ = model_input(tmp_path, save_image(tmp_path, odd, "odd.png"), model)
+    np.testing.assert_array_equal(x, nchw(odd[1:5, 2:6]))
     model = probe_model(tmp_path, sidecar='preset = "none"\nresize = 4\n', name="resized")
     wide = pixels_of(4, 7, seed=3)
     x, _ = model_input(tmp_path, save_image(tmp_path, wide), model)
