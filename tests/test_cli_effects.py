@@ -517,3 +517,27 @@ def test_unwritable_output_folder_is_reported(tmp_path):
     assert result.exit_code == 1
     assert result.stderr.splitlines() == [f"error: {tmp_path / 't.npy'}: cannot write outputs to {tmp_path / 'o'} "
                                           f"([Errno 17] File exists: '{tmp_path / 'o'}')", "1 of 1 inputs failed"]
+
+
+def test_overlay_of_a_tensor_input_shows_the_tensor_undone(tmp_path):
+    tensor = np.zeros((1, 3, 4, 4), np.float32)
+    tensor[0, :, 1, 2] = 100.0  # preset none: the picture is the tensor itself, black but for one grey pixel
+    np.save(tmp_path / "t.npy", tensor)
+    out = tmp_path / "o"
+    result = explain(tmp_path / "t.npy", "--model", probe_model(tmp_path, bias=1.0), "--out", out, "--rule", "z",
+                     "--preset", "none")
+    assert result.exit_code == 0, result.output
+    overlay = heatmap(out / "t.overlay.png")
+    assert overlay[1, 2].tolist() == list(JET[1.0])
+    # 0.7 * black + 0.3 * jet's green (128, 255, 128) = (38.4, 76.5, 38.4), rounded
+    assert np.abs(overlay[0, 0] - [38.4, 76.5, 38.4]).max() <= 0.6
+
+
+def test_layout_is_detected_from_a_reading_transpose(tmp_path):
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 3, 1, 2]), helper.make_node("Flatten", ["t"], ["f"]),
+             helper.make_node("MatMul", ["f", "w"], ["y"])]
+    model = save_model(onnx_model(nodes, [1, 3, 4, 3], "y", {"w": np.ones((36, 2), np.float32)}),
+                       tmp_path / "tf.onnx")  # [1, 3, 4, 3]: by shape alone it would read as NCHW
+    pixels = pixels_of(3, 4, seed=11)
+    x, _ = model_input(tmp_path, save_image(tmp_path, pixels), model, "--preset", "none")
+    np.testing.assert_array_equal(x, pixels[None])
