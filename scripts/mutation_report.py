@@ -1,8 +1,9 @@
 """Prints the killed share of mutmut 3's mutants per module (from mutants/*.meta), leaving out the mutants that
 docs/mutation.md classifies as equivalent; `--survivors` also lists the surviving non-equivalent ones.
 
-`--sample N` instead prints N evenly spaced mutant names per module (all of them when it has fewer), for
-`mutmut run NAMES...`: the machine's 2 shared cores cannot run all ~1900 mutants in a working session."""
+`--only FILE` counts only the mutants named in FILE. `--sample N` instead prints N evenly spaced mutant names
+per module (all of them when it has fewer), for `mutmut run NAMES...`: 2 shared cores cannot run all ~1900
+mutants in a working session."""
 
 from __future__ import annotations
 
@@ -54,10 +55,11 @@ def main(argv: list[str]) -> None:
         print("\n".join(name for module in MODULES for name in sample(all_mutants(mutants, module), count)))
         return
     equivalent = equivalent_mutants(REPO / "docs" / "mutation.md")
+    only = set(Path(argv[argv.index("--only") + 1]).read_text().split()) if "--only" in argv else None
     print(f"{'module':12s} {'checked':>7s} {'killed':>6s} {'survived':>8s} {'equivalent':>10s} {'killed share':>12s}")
     survivors = []
     for module in MODULES:
-        results = module_results(mutants, module)
+        results = {n: s for n, s in module_results(mutants, module).items() if only is None or n in only}
         counts = Counter("killed" if s in ("killed", "timeout") else s for s in results.values())
         alive = [n for n, s in results.items() if s not in ("killed", "timeout")]
         equiv = sum(n in equivalent for n in alive)
