@@ -173,19 +173,19 @@ def test_flat_tensor_input_gets_a_square_heatmap_and_a_grey_overlay(tmp_path):
 
 def test_gif_first_frame_and_folder_and_glob_inputs(tmp_path):
     data = tmp_path / "data"
-    (data / "deep").mkdir(parents=True)
+    (data / "deep" / "er").mkdir(parents=True)
     frames = [Image.fromarray(np.full((4, 4, 3), v, np.uint8)) for v in (200, 10)]
     frames[0].save(data / "anim.gif", save_all=True, append_images=frames[1:])
-    save_image(data / "deep", np.full((4, 4, 3), 50), "x.PNG")
+    save_image(data / "deep" / "er", np.full((4, 4, 3), 50), "x.PNG")
     (data / "notes.txt").write_text("not an input")
     out = tmp_path / "o"
     model = probe_model(tmp_path)
     result = explain(data, "--model", model, "--out", out, "--preset", "none", "--rule", "z")
     assert result.exit_code == 0, result.output
     inputs = [row["input"] for row in json.loads((out / "summary.json").read_text())["results"]]
-    assert inputs == [str(data / "anim.gif"), str(data / "deep" / "x.PNG")]
+    assert inputs == [str(data / "anim.gif"), str(data / "deep" / "er" / "x.PNG")]
     assert json.loads((out / "anim.json").read_text())["f_x"] == pytest.approx(200 * 48)
-    assert (out / "deep" / "x.json").exists()
+    assert (out / "deep" / "er" / "x.json").exists()
     globbed = tmp_path / "g"
     result = explain(str(data / "**" / "*.PNG"), str(data / "nothing*.png"), "--model", model, "--out", globbed)
     assert result.exit_code == 1

@@ -5,6 +5,7 @@ input relevance is the model input itself (R_i = x_i * 1 * f / z, with f = z), s
 what preprocessing produced, and the heatmap shows a relevance map the test chose.
 """
 
+import hashlib
 import json
 
 import numpy as np
@@ -232,6 +233,8 @@ def test_json_relevance_values_and_conservation_error(tmp_path):
     assert [layer["op"] for layer in doc["layers"]] == ["MatMul", "Flatten"]
     assert [layer["relevance_sum"] for layer in doc["layers"]] == pytest.approx([total, total], rel=1e-6)
     assert list(doc["rules"].values()) == ["z"]
+    assert doc["input"]["sha256"] == hashlib.sha256((tmp_path / "t.npy").read_bytes()).hexdigest()
+    assert doc["model"]["sha256"] == hashlib.sha256((tmp_path / "probe.onnx").read_bytes()).hexdigest()
     assert doc["method"] == "lrp" and doc["composite"] is None
 
 
