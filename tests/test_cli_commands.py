@@ -226,7 +226,8 @@ def test_display_picture_undoes_each_preset(preset):
 
 def test_display_picture_of_out_of_range_tensors():
     config = PreprocessConfig("none")
-    edge = np.array([[[[-1.0, 256.0, 100.0]]]]).repeat(3, axis=1)  # just inside: clipped, not rescaled
-    assert np.asarray(tensor_to_display(edge, config))[0, :, 0].tolist() == [0, 255, 100]
+    for edge in ([-1.0, 200.0, 100.0], [0.0, 256.0, 100.0]):  # just inside: clipped, not stretched
+        tensor = np.array(edge)[None, None, None].repeat(3, axis=1)
+        assert np.asarray(tensor_to_display(tensor, config))[0, :, 0].tolist() == [0, min(edge[1], 255), 100]
     wide = np.array([[[[-11.0, 299.0, 144.0]]]]).repeat(3, axis=1)  # outside: min..max stretched to 0..255
     assert np.asarray(tensor_to_display(wide, config))[0, :, 0].tolist() == [0, 255, 127]
