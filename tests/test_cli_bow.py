@@ -85,6 +85,7 @@ def test_labels_tile_and_target_options_reach_a_bow_model(tmp_path):
     assert result.exit_code == 0, result.output
     doc = json.loads((out / "scene.json").read_text())
     assert doc["target"] == {"index": 1, "label": "angular"} and doc["tiles"]["count"] == 1
+    assert all(layer["name"] and layer["op"] == "bow" for layer in doc["layers"])
     top_k = RUN.invoke(main, ["explain", str(tmp_path / "scene.png"), "--model", str(model), "--out", str(out),
                               "--target", "top:2"])
     assert top_k.exit_code == 2 and top_k.stderr == ("error: --target top:K is not supported for BoW models; give "
