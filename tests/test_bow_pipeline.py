@@ -5,6 +5,7 @@ import pickle
 import joblib
 import numpy as np
 import pytest
+import skops.io as sio
 from sklearn.linear_model import LogisticRegression
 from sklearn.multiclass import OneVsRestClassifier
 from sklearn.pipeline import Pipeline
@@ -131,7 +132,6 @@ def test_joblib_and_pickle_round_trip(trained, tmp_path):
 
 
 def test_skops_round_trip(trained, tmp_path):
-    sio = pytest.importorskip("skops.io")
     model = load_bow_model(trained[0])
     out = tmp_path / "m.skops"
     sio.dump({"format": FORMAT, "pipeline": model.pipeline, "metadata": model.metadata}, out)

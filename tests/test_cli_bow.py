@@ -1,13 +1,18 @@
 """`lrp train-bow` and `lrp explain` with a BoW pipeline, end to end from the command line."""
 
 import json
+import os
 
 import numpy as np
+import skops.io as sio
 from click.testing import CliRunner
 from PIL import Image
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import FunctionTransformer
 
 from conftest import REPO
 from lrp_cli.cli import main
+from lrp_cli.importers.sklearn_bow import FORMAT
 from lrp_cli.synthetic.polygons import make_scene, to_uint8, write_dataset
 
 RUN = CliRunner()
@@ -52,3 +57,36 @@ def test_not_a_pickle_is_exit_3(tmp_path):
     Image.fromarray(np.zeros((102, 102), np.uint8)).save(image)
     result = RUN.invoke(main, ["explain", str(image), "--model", str(bad), "--out", str(tmp_path / "o")])
     assert result.exit_code == 3 and "bad.joblib" in result.output
+
+
+def test_untrusted_type_in_a_skops_file_is_refused(tmp_path):
+    # A pipeline that would call os.system: skops must refuse it before anything is instantiated.
+    model = tmp_path / "evil.skops"
+    sio.dump({"format": FORMAT, "pipeline": Pipeline([("run", FunctionTransformer(os.system))])}, model)
+    image = tmp_path / "i.png"
+    Image.fromarray(np.zeros((102, 102), np.uint8)).save(image)
+    result = RUN.invoke(main, ["explain", str(image), "--model", str(model), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 3
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith("error: evil.skops: ") and "UntrustedTypesFoundException" in lines[0]
+    assert "['posix.system']" in lines[0]
+    assert not (tmp_path / "o").exists()
+
+
+def test_labels_tile_and_target_options_reach_a_bow_model(tmp_path):
+    image, _, _ = make_scene(np.random.default_rng(1), size=(102, 102), n_polygons=1, n_circles=0)
+    Image.fromarray(to_uint8(image)).save(tmp_path / "scene.png")
+    (tmp_path / "names.txt").write_text("round\nangular\n")
+    model = REPO / "models" / "polygons-bow-svm.joblib"
+    out = tmp_path / "o"
+    result = RUN.invoke(main, ["explain", str(tmp_path / "scene.png"), "--model", str(model), "--out", str(out),
+                               "--labels", str(tmp_path / "names.txt"), "--target", "angular", "--tile", "0"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads((out / "scene.json").read_text())
+    assert doc["target"] == {"index": 1, "label": "angular"} and doc["tiles"]["count"] == 1
+    assert all(layer["name"] and layer["op"] == "bow" for layer in doc["layers"])
+    top_k = RUN.invoke(main, ["explain", str(tmp_path / "scene.png"), "--model", str(model), "--out", str(out),
+                              "--target", "top:2"])
+    assert top_k.exit_code == 2 and top_k.stderr == ("error: --target top:K is not supported for BoW models; give "
+                                                     "pred, an index or a label\n")

@@ -2,6 +2,7 @@
 
 import importlib.util
 import os
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -136,8 +137,6 @@ def test_spatial_sizes_follow_tf_same_padding(built):
 
 @needs_wheel
 def test_sidecar_and_no_leftovers(built):
-    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
-
     sidecar = tomllib.loads(built.with_name(f"{NAME}.lrp.toml").read_text())
     assert sidecar == {"preset": "imagenet", "size": [224, 224], "resize": 256,
                        "composite": "epsilon-plus-flat"}

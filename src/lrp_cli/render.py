@@ -63,8 +63,11 @@ def colorize(normalized: np.ndarray, cmap: str = "jet") -> np.ndarray:
     return np.round(rgb * 255).astype(np.uint8)
 
 
-def overlay(picture: Image.Image, normalized: np.ndarray, cmap: str = "jet") -> np.ndarray:
-    """Returns the uint8 [H, W, 3] blend of the picture (greyed) and the heatmap, opaque where |R| is large."""
+def overlay(picture: Image.Image | None, normalized: np.ndarray, cmap: str = "jet") -> np.ndarray:
+    """Returns the uint8 [H, W, 3] blend of the picture (greyed) and the heatmap, opaque where |R| is large; a
+    non-image input (picture None) is blended onto mid-grey."""
+    if picture is None:
+        picture = Image.new("RGB", normalized.shape[::-1], (128, 128, 128))
     base = np.asarray(picture.convert("L").convert("RGB").resize(normalized.shape[::-1]), dtype=np.float64)
     heat = colorize(normalized, cmap).astype(np.float64)
     alpha = (0.3 + 0.7 * np.sqrt(np.abs(np.clip(normalized, -1, 1))))[:, :, None]
