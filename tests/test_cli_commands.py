@@ -101,8 +101,8 @@ def test_train_bow_errors_are_usage_errors(tmp_path, captured, monkeypatch):
 @pytest.mark.parametrize("sidecar,message", [
     ("preset = [", "invalid sidecar TOML"),
     ('preset = "caffe"\nmystery = 1\n', "unknown sidecar keys ['mystery']"),
-    ('preset = "bgr"\n', "--preset: unknown preset 'bgr'; presets: imagenet, caffe, unit, tf, none"),
-    ('layout = "chw"\n', "layout must be one of nchw, nhwc"),
+    ('preset = "bgr"\n', "preset = 'bgr': expected one of imagenet, caffe, unit, tf, none"),
+    ('layout = "chw"\n', "layout = 'chw': expected one of nchw, nhwc"),
     ('labels = "missing.txt"\n', "cannot read labels"),
 ])
 def test_bad_sidecars_are_model_errors(tmp_path, sidecar, message):
@@ -134,8 +134,8 @@ def test_missing_model_is_exit_3(tmp_path):
 
 
 @pytest.mark.parametrize("content,message", [
-    (np.array([[np.nan] * 2]), "tensor must be finite numbers"),
-    (np.array([["a", "b"]]), "tensor must be finite numbers"),
+    (np.array([[np.nan] * 2]), "tensor holds NaN or Inf"),
+    (np.array([["a", "b"]]), "tensor dtype <U1 is not a real number type"),
     (b"not numpy", "not a readable .npy tensor"),
     (np.zeros((3, 2)), "tensor shape [3, 2] does not match the model input [1, 2]"),
 ])
