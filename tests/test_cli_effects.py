@@ -515,6 +515,15 @@ def test_write_all_writes_every_file_or_none(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.bin", "blocker", "new"]
 
 
+def test_written_files_get_the_mode_a_plain_open_gives(tmp_path):
+    import stat
+    outputs.write_all({tmp_path / "a.bin": b"x"})
+    with open(tmp_path / "plain.bin", "wb"):
+        pass
+    modes = [stat.S_IMODE((tmp_path / name).stat().st_mode) for name in ("a.bin", "plain.bin")]
+    assert modes[0] == modes[1] and modes[0] & 0o044  # group/others may read, not mkstemp's 0o600
+
+
 def test_unwritable_output_folder_is_reported(tmp_path):
     np.save(tmp_path / "t.npy", np.full((1, 3, 4, 4), 1.0, np.float32))
     (tmp_path / "o").write_text("not a folder")

@@ -71,6 +71,16 @@ def write_all(contents: dict[Path, bytes]) -> None:
         _write_renamed(contents)
 
 
+def _file_mode() -> int:
+    """Returns the mode a plain open() would give a new file: 0o666 less the umask (mkstemp's files are 0o600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+FILE_MODE = _file_mode()
+
+
 def _write_renamed(contents: dict[Path, bytes]) -> None:
     temporary: list[tuple[str, Path]] = []
     try:
@@ -80,6 +90,7 @@ def _write_renamed(contents: dict[Path, bytes]) -> None:
             temporary.append((tmp, path))
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
+            os.chmod(tmp, FILE_MODE)
         for tmp, path in temporary:
             os.replace(tmp, path)
     finally:
