@@ -105,8 +105,7 @@ def main():
         chosen = variants(model, api.Settings())
         start = time.perf_counter()
         document, files = evaluate.run_evaluation(
-            model, items, chosen, flip, out, strip=False, jobs=args.jobs,
-            on_error=lambda item, exc: print(f"error: {exc}", file=sys.stderr))
+            model, items, chosen, flip, out, strip=False, jobs=args.jobs)
         seconds = time.perf_counter() - start
         _, strip = evaluate.run_evaluation(model, items[:1], chosen[2:3], flip, out, strip=True)
         evaluation_files.write_evaluation(out, document, {**files, **strip})

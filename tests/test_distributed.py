@@ -148,3 +148,21 @@ def test_global_normalization_is_refused_on_a_cluster(tiny_cnn_path, rgb_image, 
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == ["error: --normalize global keeps every explanation in one process: "
                                                   "not with --scheduler"]
+
+
+@pytest.mark.slow
+def test_evaluate_on_the_cluster_gives_the_local_document(tiny_cnn_path, tmp_path, local_two):
+    import json
+    data = make_folder(tmp_path / "data", 4, broken=["bad.png"])
+    documents = {}
+    for name, extra in (("local", []), ("cluster", ["--scheduler", "local:2"])):
+        out = tmp_path / name
+        result = RUN.invoke(main, ["evaluate", str(data), "--model", str(tiny_cnn_path), "--methods",
+                                   "lrp,gradient", "--steps", "4", "--out", str(out), "--save-maps", *extra])
+        assert result.exit_code == 1, result.output  # the broken input fails, the others are evaluated
+        assert result.output.count("bad.png") == 1, result.output
+        documents[name] = json.loads((out / "evaluation.json").read_text())
+        documents[name]["maps"] = sorted(p.name for p in out.glob("*.relevance.npy"))
+    assert documents["cluster"]["runs"] == documents["local"]["runs"] and documents["cluster"]["runs"]
+    assert documents["cluster"]["errors"] == documents["local"]["errors"] and len(documents["local"]["errors"]) == 1
+    assert documents["cluster"]["maps"] == documents["local"]["maps"]

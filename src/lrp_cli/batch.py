@@ -134,6 +134,14 @@ def load_model(path: Path, output: str | None = None, labels: Path | None = None
     return model, spec
 
 
+def model_spec(model) -> ModelSpec:
+    """Returns a spec for a model loaded elsewhere, kept for this process's tasks (a worker that loads it again
+    gets the file's own sidecar: pass batch.load_model's spec where --output, --labels or --layout were given)."""
+    spec = ModelSpec(Path(model.path), sha256=model.sha256)
+    _MODELS.setdefault(spec, model)
+    return spec
+
+
 def cached_model(spec: ModelSpec):
     """Returns the model of a spec, loaded on this process's first call and kept (keyed by the file's sha256)."""
     if spec not in _MODELS:

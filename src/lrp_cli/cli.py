@@ -85,11 +85,6 @@ def _settings(method: str, shared: dict) -> api.Settings:
                         providers=tuple(shared["providers"].split(",")) if shared["providers"] else ())
 
 
-def _load_model(model_path: Path, shared: dict):
-    """Returns the loaded model with the --output, --labels and --layout of the MODEL_OPTIONS."""
-    return api.load_model(model_path, shared["output_name"], shared["labels"], shared["layout"])
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="lrp")
 def main():
@@ -187,8 +182,10 @@ def _write_html(out_dir, rows, model, settings, cmap, global_scale):
 @click.option("--save-maps", is_flag=True, help="Also write STEM.METHOD.relevance.npy.")
 @click.option("--strip", is_flag=True, help="Also write STEM.METHOD.strip.png (the image as units are perturbed).")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Inputs evaluated at once.")
+@click.option("--scheduler", help="Run on a Dask cluster: tcp://HOST:8786, or local:N for N worker processes "
+              "(needs lrp-cli[dask]).")
 def evaluate_command(inputs, model_path, methods, orders, perturbation, blur_sigma, patch, steps, seed, out_dir,
-                     save_maps, strip, jobs, **shared):
+                     save_maps, strip, jobs, scheduler, **shared):
     """Pixel flipping (paper Figs 18-24): perturb each INPUT in the order of each method's relevance and record
     the target score; writes evaluation.json/.csv, curves.png and prints AOPC per method and order."""
     from lrp_cli import evaluation_files
@@ -196,12 +193,12 @@ def evaluate_command(inputs, model_path, methods, orders, perturbation, blur_sig
         flip = evaluate.FlipSettings(tuple(o.strip() for o in orders.split(",")), perturbation, patch, steps, seed,
                                      blur_sigma)
         base = _settings("lrp", shared)
-        model = _load_model(model_path, shared)
+        model, spec = batch.load_model(model_path, shared["output_name"], shared["labels"], shared["layout"])
         names = methods.split(",") if methods is not None else evaluate.default_methods(model)
         variants = evaluate.method_variants(model, base, names, {"seed": seed})
         items = batch.expand_inputs(list(inputs))
         document, files = evaluate.run_evaluation(model, items, variants, flip, out_dir, strip, save_maps, jobs,
-                                                  lambda item, exc: click.echo(f"error: {exc}", err=True))
+                                                  scheduler, spec)
     except LrpError as exc:
         _fail(exc)
     if not document["runs"]:

@@ -303,34 +303,50 @@ def _strip_rows(model, curves: dict, display, steps: int) -> list[tuple[str, lis
     return rows
 
 
-def evaluate_inputs(model, items: list, variants: list[MethodVariant], flip: FlipSettings, scorer: Scorer, out_dir,
-                    strip: bool = False, save_maps: bool = False, jobs: int = 1,
-                    on_error: Callable[[object, Exception], None] = lambda item, exc: None):
-    """Returns (runs, per-input files, errors) over a batch: an input that fails with an InputError is reported
-    to `on_error` and listed in errors, the rest goes on; other errors (usage, model) are raised."""
-    from lrp_cli.errors import LrpError
+@dataclass
+class EvaluateTask:
+    """Evaluates one input: a picklable callable, so threads and Dask workers run it; each process loads the model
+    once from its spec (batch.ModelSpec) and scores with batched onnxruntime runs (BoW: decision values)."""
 
-    def one(item):
+    spec: object
+    variants: list
+    flip: FlipSettings
+    out_dir: object
+    strip: bool = False
+    save_maps: bool = False
+
+    def __call__(self, item):
+        """Returns the batch.InputResult of one input: one row with its runs and files, or its error."""
+        from lrp_cli import batch
+        from lrp_cli.errors import LrpError
+        from lrp_cli.scoring import score_batch
+        tiling = self.variants[0].settings.tiling
         try:
-            return item, evaluate_input(model, item, variants, flip, scorer, out_dir, strip, save_maps), None
+            model = batch.cached_model(self.spec)
+            evaluation = evaluate_input(model, item, self.variants, self.flip,
+                                        lambda inputs: score_batch(model, inputs, tiling=tiling), self.out_dir,
+                                        self.strip, self.save_maps)
         except LrpError as exc:
             if exc.exit_code != 1:
-                raise
-            return item, None, exc
+                return batch.InputResult([], fatal=exc)
+            return batch.InputResult([{"input": str(item.path), "error": str(exc)}], [(f"error: {exc}", True)])
+        return batch.InputResult([{"input": str(item.path), "runs": evaluation.runs, "files": evaluation.files}])
 
-    if jobs > 1:
-        from joblib import Parallel, delayed
-        results = Parallel(n_jobs=jobs, backend="threading")(delayed(one)(item) for item in items)
-    else:
-        results = map(one, items)
+
+def evaluate_inputs(task: EvaluateTask, items: list, jobs: int = 1, scheduler: str | None = None,
+                    echo=None) -> tuple[list, dict, list]:
+    """Returns (runs, per-input files, errors) over a batch, run here, in `jobs` threads or on the Dask cluster at
+    `scheduler`: an input that fails with an InputError is printed and listed in errors, the rest goes on; other
+    errors (usage, model) are raised."""
+    from lrp_cli import batch
     runs, files, errors = [], {}, []
-    for item, evaluation, error in results:
-        if error is not None:
-            on_error(item, error)
-            errors.append({"input": str(item.path), "error": str(error)})
-            continue
-        runs += evaluation.runs
-        files.update(evaluation.files)
+    for rows in batch.run_inputs(task, items, jobs, scheduler, echo=echo or batch.click.echo):
+        for row in rows:
+            if row.get("error") is not None:
+                errors.append({"input": row["input"], "error": row["error"]})
+                continue
+            runs += row["runs"]
+            files.update(row["files"])
     return runs, files, errors
 
 
@@ -375,20 +391,15 @@ def default_methods(model) -> list[str]:
 
 
 def run_evaluation(model, items: list, variants: list[MethodVariant], flip: FlipSettings, out_dir,
-                   strip: bool = False, save_maps: bool = False, jobs: int = 1,
-                   on_error: Callable[[object, Exception], None] = lambda item, exc: None):
-    """Returns (evaluation.json document, per-input files) for a batch, scoring with batched onnxruntime runs
-    (BoW: decision values)."""
+                   strip: bool = False, save_maps: bool = False, jobs: int = 1, scheduler: str | None = None,
+                   spec=None, echo=None):
+    """Returns (evaluation.json document, per-input files) for a batch (`spec`: the batch.ModelSpec that loads the
+    model again on Dask workers; by default the model's own file)."""
+    from lrp_cli import batch
     from lrp_cli.evaluation_files import evaluation_document
-    from lrp_cli.scoring import score_batch
     if getattr(model, "unbound", None) is not None:  # one batched session needs one input shape
         raise OptionError(f"{model.path}: lrp evaluate needs a model with a fixed input size ({model.unbound})")
-    tiling = variants[0].settings.tiling
-
-    def scorer(batch):
-        return score_batch(model, batch, tiling=tiling)
-
-    runs, files, errors = evaluate_inputs(model, items, variants, flip, scorer, out_dir, strip, save_maps, jobs,
-                                          on_error)
+    task = EvaluateTask(spec or batch.model_spec(model), variants, flip, out_dir, strip, save_maps)
+    runs, files, errors = evaluate_inputs(task, items, jobs, scheduler, echo)
     units = "pixel" if flip.patch == 1 else f"{flip.patch}x{flip.patch} patch"
     return evaluation_document(settings_document(model, variants, flip, units), runs, summarize(runs), errors), files
