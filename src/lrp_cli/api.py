@@ -426,13 +426,14 @@ def _explain_compiled(model, compiled, x, settings: Settings, rules: dict, input
     first = compiled.run(x, -1 if needs_scores else resolve_targets(spec, np.zeros(classes), model.labels)[0])
     if not np.isfinite(first.model_output).all():
         return None  # the NumPy pass names the first node whose output is not finite
+    targets = resolve_targets(spec, first.scores, model.labels)
     runs = {first.target: first}
-    for target in resolve_targets(spec, first.scores, model.labels):
+    for target in targets:
         if target not in runs:
             runs[target] = compiled.run(x, target)
     seconds = (time.perf_counter() - start) / len(runs)
     explanations = []
-    for target in resolve_targets(spec, first.scores, model.labels):
+    for target in targets:
         run = runs[target]
         propagation = Propagation(run.relevance, float(run.scores[target]), compiled.records(run.layer_sums))
         timing = {"load": model.load_seconds, "compile": compiled.compile_seconds, "forward_backward": seconds}
@@ -572,10 +573,9 @@ def save_explanation(model: LoadedModel, expl: Explanation, out_dir: Path, stem:
 
 def _save(model, expl: Explanation, paths: dict[str, Path], cmap: str, save_raw: bool, scale, start) -> dict:
     normalized = render.normalize(pixel_map(model, expl), scale)
-    picture = render.GREY if expl.picture is None else expl.picture  # a flat tensor input has no picture
     contents = {
         paths["heatmap"]: outputs.png_bytes(render.colorize(normalized, cmap)),
-        paths["overlay"]: outputs.png_bytes(render.overlay(picture, normalized, cmap)),
+        paths["overlay"]: outputs.png_bytes(render.overlay(expl.picture, normalized, cmap)),
     }
     if save_raw:
         contents[paths["raw"]] = outputs.npy_bytes(expl.relevance.astype(np.float32))

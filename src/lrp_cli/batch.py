@@ -290,8 +290,8 @@ def limit_threads(threads: int | None = None):
     return threadpool_limits(limits=threads or BLAS_THREADS, user_api="blas")
 
 
-#: How `--jobs N` runs N inputs at once: joblib's "threading" (one model, BLAS capped at cores/N threads) or
-#: "loky" (N worker processes, each loading the model once); benchmarks/RESULTS.md compares them.
+#: How `--jobs N` runs N inputs at once: joblib's "threading" (one model shared by N threads) or "loky" (N worker
+#: processes, each loading the model once); benchmarks/RESULTS.md compares them.
 JOBS_BACKEND = "threading"
 
 

@@ -14,8 +14,6 @@ COLORMAP_STOPS = {
     "gray": [(0.0, (0, 0, 0)), (1.0, (1, 1, 1))],
 }
 COLORMAPS = ("jet",) + tuple(COLORMAP_STOPS)
-#: The picture under the overlay of an input that is not an image (a flat .npy tensor).
-GREY = Image.new("RGB", (1, 1), (128, 128, 128))
 
 
 def pixel_relevance(relevance: np.ndarray) -> np.ndarray:
