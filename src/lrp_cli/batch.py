@@ -253,7 +253,7 @@ def run_inputs(task, items: list[InputItem], jobs: int = 1, scheduler: str | Non
         from lrp_cli import distributed
         completed = distributed.map_inputs(task, items, scheduler)
     else:
-        completed = _map_local(task, items, jobs)
+        completed = map_local(task, items, jobs)
     with limit_threads():
         return _collect(completed, len(items), show_progress, echo)
 
@@ -295,8 +295,9 @@ def limit_threads(threads: int | None = None):
 JOBS_BACKEND = "threading"
 
 
-def _map_local(task, items, jobs, backend: str | None = None):
-    """Yields (index, task(item)) for every item in input order, computed `jobs` at a time."""
+def map_local(task, items, jobs, backend: str | None = None):
+    """Yields (index, task(item)) for every item in input order, computed `jobs` at a time (threads, or the
+    JOBS_BACKEND given)."""
     if jobs == 1:
         yield from ((index, task(item)) for index, item in enumerate(items))
         return
@@ -346,7 +347,7 @@ class BatchRunner:
         """Only a shared scale needs every explanation in memory before the first write."""
         with limit_threads(), _progress_bar(len(items), show_progress) as bar:
             computed = []
-            for pair in _map_local(self.task.compute, items, jobs, "threading"):
+            for pair in map_local(self.task.compute, items, jobs, "threading"):
                 computed.append(pair)
                 bar.update(1)
         scale = api.global_scale(cached_model(self.task.spec), [e for _, (ex, _) in computed if ex for e in ex])

@@ -4,6 +4,7 @@ input): positive share of a region, the pointing game, similarity to a stored ma
 from __future__ import annotations
 
 import numpy as np
+from scipy.stats import rankdata
 
 #: topk-iou compares the sets of the top 10 % of pixels by R_p.
 TOP_FRACTION = 0.10
@@ -22,13 +23,6 @@ def pointing_game(heat: np.ndarray, region: np.ndarray) -> bool:
     return bool(region.flat[int(np.argmax(heat))])
 
 
-def average_ranks(values: np.ndarray) -> np.ndarray:
-    """Returns the 1-based ranks of a flat array, ties sharing their average rank."""
-    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
-    ends = np.cumsum(counts)
-    return (ends - (counts - 1) / 2.0)[inverse.ravel()]
-
-
 def _pearson(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a - a.mean(), b - b.mean()
     norm = float(np.sqrt((a * a).sum() * (b * b).sum()))
@@ -38,7 +32,7 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
     """Returns Spearman's rank correlation of two maps over all pixels (1.0 for two equal constant maps,
     0.0 when only one is constant)."""
-    return _pearson(average_ranks(a.ravel()), average_ranks(b.ravel()))
+    return _pearson(rankdata(a.ravel()), rankdata(b.ravel()))  # ties share their average rank
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:

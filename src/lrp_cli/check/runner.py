@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from lrp_cli import api, outputs, render
+from lrp_cli import api, batch, outputs, render
 from lrp_cli.batch import InputItem
 from lrp_cli.check import metrics
 from lrp_cli.check.spec import Case, Spec, SpecError, explain_settings, load_spec
@@ -194,16 +194,9 @@ def run(prepared: Prepared, jobs: int = 1, update_baselines: bool = False,
         return [(i, _measure(prepared, prepared.jobs[i], explanation, update_baselines, evidence_dir))
                 for i in indices]
 
-    results = _parallel_map(measure_group, list(groups.values()), jobs)
+    with batch.limit_threads():  # one BLAS thread per explanation, as explain's batches: the same bytes
+        results = [group for _, group in batch.map_local(measure_group, list(groups.values()), jobs, "threading")]
     return [outcome for _, outcome in sorted(pair for group in results for pair in group)]
-
-
-def _parallel_map(fn, items: list, jobs: int) -> list:
-    """Returns [fn(item) for item in items], computed by `jobs` threads (NumPy and onnxruntime release the GIL)."""
-    if jobs <= 1 or len(items) <= 1:
-        return [fn(item) for item in items]
-    from joblib import Parallel, delayed
-    return Parallel(n_jobs=jobs, backend="threading")(delayed(fn)(item) for item in items)
 
 
 def _outcome(prepared: Prepared, job: Job, **kwargs) -> Outcome:

@@ -109,6 +109,10 @@ def session_for(model, method: str, rules: dict[str, Rule], providers=()) -> Com
     output = model.session.get_outputs()[0].name
     key = cache_key(model.sha256, method, rules, output, model.graph.input_shape)
     providers = tuple(providers) or DEFAULT_PROVIDERS
+    unknown = [p for p in providers if p not in ort.get_available_providers()]
+    if unknown:  # before compiling: the compiled graph could not be run anyway
+        raise OptionError(f"--providers {','.join(providers)}: onnxruntime has no {unknown[0]} here; available: "
+                          f"{', '.join(ort.get_available_providers())}")
     if (key, providers) in _SESSIONS:
         return _SESSIONS[(key, providers)]
     if key in _FAILURES:
@@ -134,10 +138,6 @@ def session_for(model, method: str, rules: dict[str, Rule], providers=()) -> Com
 def _open(path: Path, providers) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    unknown = [p for p in providers if p not in ort.get_available_providers()]
-    if unknown:
-        raise OptionError(f"--providers {','.join(providers)}: onnxruntime has no {unknown[0]} here; available: "
-                          f"{', '.join(ort.get_available_providers())}")
     return ort.InferenceSession(str(path), options, providers=list(providers))
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from lrp_cli.engines.onnx_builder import registrar
 from lrp_cli.engines.onnx_linear import LinearOps, Weight
 from lrp_cli.ir.layers import stabilize
-from lrp_cli.rules import STABILIZER, AlphaBeta, Epsilon, Flat, Gamma, Rule, WSquare, ZBox, ZPlus
+from lrp_cli.rules import STABILIZER, AlphaBeta, Epsilon, Flat, Gamma, Rule, WSquare, ZBox, ZPlus, _neg, _pos
 
 RULE_EMITTERS: dict[type, Callable] = {}
 
@@ -50,14 +50,6 @@ class RuleSite:
     def constant_z(self, x_value: np.ndarray, weight: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
         """Returns layer.apply on a constant input, in float64."""
         return self.layer.apply(np.broadcast_to(x_value, self.ops.x_shape).astype(np.float64), weight, bias)
-
-
-def _pos(a):
-    return None if a is None else np.maximum(a, 0)
-
-
-def _neg(a):
-    return None if a is None else np.minimum(a, 0)
 
 
 def emit_rule(site: RuleSite, rule: Rule) -> str:
