@@ -265,7 +265,7 @@ def shape_text(shape: tuple) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
 
 
-def _fits(shape: tuple[int, ...], model_shape: tuple) -> bool:
+def fits_shape(shape: tuple[int, ...], model_shape: tuple) -> bool:
     """Returns True when a shape equals the model's, a None (symbolic) model dimension matching any size."""
     return len(shape) == len(model_shape) and all(m is None or m == d for d, m in zip(shape, model_shape))
 
@@ -279,9 +279,9 @@ def load_tensor(path: Path, input_shape: tuple[int, ...]) -> np.ndarray:
         raise InputError(f"{path}: no such file") from None
     except (OSError, ValueError, EOFError) as exc:
         raise InputError(f"{path}: not a readable .npy tensor ({exc or type(exc).__name__})") from None
-    if _fits(array.shape, input_shape[1:]):
+    if fits_shape(array.shape, input_shape[1:]):
         array = array[None]
-    if not _fits(array.shape, input_shape):
+    if not fits_shape(array.shape, input_shape):
         raise InputError(f"{path}: tensor shape {list(array.shape)} does not match the model input "
                          f"{shape_text(input_shape)}")
     if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):

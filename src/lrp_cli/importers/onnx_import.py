@@ -23,7 +23,7 @@ from lrp_cli.importers import onnx_fusion
 from lrp_cli.ir import transformer as T
 from lrp_cli.ir.graph import Graph, Node
 from lrp_cli.ir.windows import Window, same_pads
-from lrp_cli.preprocess import shape_text
+from lrp_cli.preprocess import fits_shape, shape_text
 
 CONVERTERS: dict[str, Callable] = {}
 ALIAS_OPS = ("Identity", "Dropout")
@@ -215,7 +215,7 @@ def _data_input(ctx: ImportContext, bound: tuple[int, ...] | None) -> tuple[str,
         raise ModelLoadError(f"{ctx.path}: input '{inputs[0].name}' declares no shape; export it with one")
     shape = declared_input_shape(inputs[0])
     if bound is not None:
-        if len(bound) != len(shape) or any(d is not None and d != b for d, b in zip(shape, bound)):
+        if not fits_shape(tuple(bound), shape):
             raise ModelLoadError(f"{ctx.path}: input shape {list(bound)} does not fit the model input "
                                  f"{shape_text(shape)}")
         shape = tuple(bound)
@@ -430,12 +430,9 @@ def _arithmetic(ctx, node):
     constants = [ctx.constants[ctx.name(t)].astype(np.float64) for t in node.input if ctx.is_constant(t)]
     if node.op_type in ("Add", "Sum"):
         constant = sum(constants) if constants else None
-        if len(dynamic) == 1 and _is_embedding(constant):
-            # a position embedding: it takes its share of the relevance, as a bias does (z-rule)
-            ctx.add(node, L.Add(constant), dynamic)
-            return
-        if len(dynamic) == 1:
+        if len(dynamic) == 1 and not _is_embedding(constant):
             return _affine_or_fold(ctx, node, dynamic[0], 1.0, constant)
+        # a residual sum, or a position embedding: it takes its share of the relevance, as a bias does (z-rule)
         ctx.add(node, L.Add(constant), dynamic)
         return
     if node.op_type == "Mul" and len(dynamic) == 2:

@@ -91,10 +91,7 @@ class BowModel:
 def _read(path: Path):
     """Return the object stored in a .joblib/.pkl or .skops file."""
     if path.suffix.lower() == ".skops":
-        try:
-            import skops.io as sio
-        except ImportError as exc:
-            raise BowModelError(f"{path}: reading .skops files needs the optional package skops") from exc
+        import skops.io as sio  # a required dependency; imported here so that loading a .joblib never needs it
         return sio.load(path, trusted=SKOPS_TRUSTED)
     import joblib
 
