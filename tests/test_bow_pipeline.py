@@ -11,7 +11,8 @@ from sklearn.multiclass import OneVsRestClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.svm import SVC, NuSVC
 
-from lrp_cli.bow.explain import explain_bow, tile_positions
+from lrp_cli.bow.explain import explain_bow
+from lrp_cli.ir.windows import tile_positions
 from lrp_cli.bow.kernels import BowKernel, additive_chi2_kernel, hik_kernel, make_part
 from lrp_cli.bow.options import TRAIN_OPTIONS
 from lrp_cli.bow.train import list_dataset, load_image, train_bow

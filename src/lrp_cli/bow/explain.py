@@ -10,6 +10,7 @@ from lrp_cli.bow.classifier import ClassifierError, class_scores, target_decisio
 from lrp_cli.bow.features import as_float_image
 from lrp_cli.bow.relevance import layer1, layer2, layer3
 from lrp_cli.importers.sklearn_bow import BowModel, BowModelError
+from lrp_cli.ir.windows import tile_positions
 
 LAYER_NAMES = ("layer3 BoW dimensions", "layer2 local features", "layer1 pixels")
 
@@ -35,16 +36,6 @@ class BowExplanation:
     tile_stride: int | None = None
     tile_f_x: list = field(default_factory=list)
     root_distance: float | None = None
-
-
-def tile_positions(length: int, tile: int, stride: int) -> list:
-    """Return tile origins along one axis: every `stride` px, plus one flush with the far border."""
-    if length <= tile:
-        return [0]
-    starts = list(range(0, length - tile + 1, stride))
-    if starts[-1] + tile < length:
-        starts.append(length - tile)
-    return starts
 
 
 def resolve_tiling(model: BowModel, shape: tuple, tile, tile_stride):

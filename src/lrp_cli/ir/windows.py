@@ -122,3 +122,13 @@ def same_pads(size: tuple[int, int], kernel: tuple[int, int], strides: tuple[int
         begins.append(small if upper else large)
         ends.append(large if upper else small)
     return begins[0], begins[1], ends[0], ends[1]
+
+
+def tile_positions(length: int, tile: int, stride: int) -> list:
+    """Return tile origins along one axis: every `stride` px, plus one flush with the far border."""
+    if length <= tile:
+        return [0]
+    starts = list(range(0, length - tile + 1, stride))
+    if starts[-1] + tile < length:
+        starts.append(length - tile)
+    return starts

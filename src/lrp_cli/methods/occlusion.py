@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from lrp_cli.bow.explain import tile_positions
+from lrp_cli.ir.windows import tile_positions
 from lrp_cli.errors import OptionError
 from lrp_cli.methods.base import Method, MethodInput
 from lrp_cli.propagate import Propagation
