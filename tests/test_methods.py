@@ -329,3 +329,31 @@ def test_every_method_on_the_shared_lenet5():
     assert model.graph.shapes[convs[-1].output][2:] == (1, 1)  # LeNet-5's C5 is a Conv with a 1x1 output ...
     chosen = api.explain_array(model, x, api.Settings(method="gradcam"))[0].extra["method_options"]["layer"]
     assert chosen == convs[-2].name  # ... so Grad-CAM takes the Conv before it (10x10 maps)
+
+
+@pytest.mark.parametrize("method, options", [("occlusion", {"patch": 4, "stride": 2}),
+                                             ("lime", {"samples": 48, "seed": 1})])
+def test_perturbation_methods_score_the_copies_once_for_every_target(tiny, x16, method, options, monkeypatch):
+    import lrp_cli.scoring
+    scored = []
+    real = lrp_cli.scoring.score_batch
+
+    def counting(model, xs, *args, **kwargs):
+        scored.append(len(xs))
+        return real(model, xs, *args, **kwargs)
+    monkeypatch.setattr(f"lrp_cli.methods.{method}.score_batch", counting)
+    settings = api.Settings(method=method, precision="float64", preprocess={"preset": "unit"},
+                            method_options=options, target="top:3")
+    several = api.explain_array(tiny, x16, settings)
+    together_count = sum(scored)
+    alone = [explain_with_target(tiny, x16, method, e.target["index"], options) for e in several]
+    assert sum(scored) - together_count == 3 * together_count  # one target alone costs what all three did
+    for together, single in zip(several, alone):
+        np.testing.assert_allclose(together.relevance, single.relevance, rtol=1e-6, atol=1e-9)
+    assert len({float(np.abs(e.relevance).sum()) for e in several}) == 3  # the targets' maps differ
+
+
+def explain_with_target(model, x, method, target, options):
+    settings = api.Settings(method=method, precision="float64", preprocess={"preset": "unit"},
+                            method_options=options, target=str(target))
+    return api.explain_array(model, x, settings)[0]

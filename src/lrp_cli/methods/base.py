@@ -4,7 +4,7 @@ tensor in the model-input shape."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
@@ -25,6 +25,14 @@ class MethodInput:
     rules: dict
     config: PreprocessConfig
     options: dict
+    #: what a method computes once per input and reuses for every target (the perturbation methods' scores)
+    memo: dict = field(default_factory=dict)
+
+    def once(self, key, compute):
+        """Returns compute() the first time for this key and input, the same object every later time."""
+        if key not in self.memo:
+            self.memo[key] = compute()
+        return self.memo[key]
 
     @property
     def x(self) -> np.ndarray:

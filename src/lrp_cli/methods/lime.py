@@ -54,15 +54,25 @@ def superpixel_weights(score, x: np.ndarray, segments: np.ndarray, samples: int,
 
     `score(batch)` gives the target score of an NCHW batch; `x` is one [C, H, W] input.
     """
-    from sklearn.linear_model import Ridge
     patterns = sample_patterns(int(segments.max()) + 1, samples, seed)
+    return fit_weights(patterns, pattern_scores(score, x, segments, patterns))
+
+
+def pattern_scores(score, x: np.ndarray, segments: np.ndarray, patterns: np.ndarray) -> np.ndarray:
+    """Returns the scores of the samples, [S] or [S, K] as `score` gives one value or a row per input: each
+    sample is x with its off superpixels set to their means."""
     hidden = segment_means(x, segments)
     scores = []
-    for start in range(0, samples, DEFAULT_CHUNK):
+    for start in range(0, len(patterns), DEFAULT_CHUNK):
         keep = patterns[start:start + DEFAULT_CHUNK][:, segments].astype(bool)[:, None]
         scores.append(score(np.where(keep, x[None], hidden[None])))
-    regression = Ridge(alpha=1.0).fit(patterns, np.concatenate(scores), sample_weight=kernel_weights(patterns))
-    return regression.coef_
+    return np.concatenate(scores)
+
+
+def fit_weights(patterns: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Returns the superpixel weights: the kernel-weighted ridge fit (alpha 1) of [S] scores on the patterns."""
+    from sklearn.linear_model import Ridge
+    return Ridge(alpha=1.0).fit(patterns, scores, sample_weight=kernel_weights(patterns)).coef_
 
 
 class Lime(Method):
@@ -73,14 +83,19 @@ class Lime(Method):
     defaults = {"samples": 1000, "seed": 0}
 
     def explain(self, job: MethodInput, target: int) -> Propagation:
-        """Returns the LIME map of the target, each channel holding map / C."""
+        """Returns the LIME map of the target, each channel holding map / C; the segmentation and the samples'
+        scores (every class) are computed once per input, so more targets cost no more forwards."""
         job.image_shape(self.name)
-        x = job.nchw(job.x.astype(np.float32))
-        rgb = np.asarray(tensor_to_display(x, job.config), dtype=np.float64) / 255
-        segments = superpixels(rgb, job.options["seed"])
+        samples, seed = job.options["samples"], job.options["seed"]
 
-        def score(batch):
-            return score_batch(job.model, job.model_layout(batch))[:, target]
-        weights = superpixel_weights(score, x[0], segments, job.options["samples"], job.options["seed"])
+        def sampled():
+            x = job.nchw(job.x.astype(np.float32))
+            segments = superpixels(np.asarray(tensor_to_display(x, job.config), dtype=np.float64) / 255, seed)
+            patterns = sample_patterns(int(segments.max()) + 1, samples, seed)
+            scores = pattern_scores(lambda batch: score_batch(job.model, job.model_layout(batch)), x[0], segments,
+                                    patterns)
+            return segments, patterns, scores
+        segments, patterns, scores = job.once((self.name, samples, seed), sampled)
+        weights = fit_weights(patterns, scores[:, target])
         sizes = np.bincount(segments.ravel())
         return Propagation(job.spread(weights[segments] / sizes[segments]), job.score(target), [])

@@ -28,13 +28,11 @@ def patch_origins(height: int, width: int, patch: int, stride: int) -> list[tupl
     return [(top, left) for top in rows for left in cols]
 
 
-def occlusion_map(score, x: np.ndarray, fill: np.ndarray, patch: int, stride: int) -> np.ndarray:
-    """Returns the [H, W] mean score drop of the patches covering each pixel.
+def occlusion_drops(score, x: np.ndarray, fill: np.ndarray, origins: list, patch: int) -> np.ndarray:
+    """Returns f(x) - f(x occluded) for each patch origin: [P] or [P, K], as `score` gives one value or a row.
 
-    `score(batch)` gives the target score of an NCHW batch; `x` is one [C, H, W] input, `fill` its [C] patch value.
+    `score(batch)` scores an NCHW batch; `x` is one [C, H, W] input, `fill` its [C] patch value.
     """
-    _, height, width = x.shape
-    origins = patch_origins(height, width, patch, stride)
     base = score(x[None])[0]
     drops = []
     for start in range(0, len(origins), DEFAULT_CHUNK):  # a chunk of occluded copies at a time bounds memory
@@ -43,9 +41,14 @@ def occlusion_map(score, x: np.ndarray, fill: np.ndarray, patch: int, stride: in
         for i, (top, left) in enumerate(chunk):
             batch[i, :, top:top + patch, left:left + patch] = fill[:, None, None]
         drops.append(base - score(batch))
-    total = np.zeros((height, width))
-    count = np.zeros((height, width))
-    for (top, left), drop in zip(origins, np.concatenate(drops)):
+    return np.concatenate(drops)
+
+
+def spread_drops(origins: list, drops: np.ndarray, shape: tuple[int, int], patch: int) -> np.ndarray:
+    """Returns the [H, W] mean of the [P] drops of the patches covering each pixel."""
+    total = np.zeros(shape)
+    count = np.zeros(shape)
+    for (top, left), drop in zip(origins, drops):
         total[top:top + patch, left:left + patch] += drop
         count[top:top + patch, left:left + patch] += 1
     return total / np.maximum(count, 1)
@@ -66,13 +69,17 @@ class Occlusion(Method):
         return {"patch": patch, "stride": job.options["stride"] or max(1, math.ceil(patch / 2))}
 
     def explain(self, job: MethodInput, target: int) -> Propagation:
-        """Returns the occlusion map of the target, each channel holding map / C."""
+        """Returns the occlusion map of the target, each channel holding map / C; the occluded copies are scored
+        once per input, for every class, so more targets cost no more forwards."""
         options = self.options_for(job)
-        channels = job.image_shape(self.name)[0]
-        fill = job.config.mean_pixel(channels).astype(np.float32)
+        channels, height, width = job.image_shape(self.name)
+        origins = patch_origins(height, width, options["patch"], options["stride"])
 
-        def score(batch):
-            return score_batch(job.model, job.model_layout(batch))[:, target]
-        x = job.nchw(job.x.astype(np.float32))[0]
-        heat = occlusion_map(score, x, fill, options["patch"], options["stride"])
+        def drops():
+            fill = job.config.mean_pixel(channels).astype(np.float32)
+            x = job.nchw(job.x.astype(np.float32))[0]
+            return occlusion_drops(lambda batch: score_batch(job.model, job.model_layout(batch)), x, fill, origins,
+                                   options["patch"])
+        all_drops = job.once((self.name, options["patch"], options["stride"]), drops)
+        heat = spread_drops(origins, all_drops[:, target], (height, width), options["patch"])
         return Propagation(job.spread(heat), job.score(target), [])
