@@ -55,12 +55,9 @@ class PreprocessConfig:
         return scale, mean, std, bool(bgr if self.bgr is None else self.bgr)
 
     def mean_pixel(self, channels: int) -> np.ndarray:
-        """Returns the per-channel model-input value of the preset's mean pixel (mean / scale in 0..255 units).
-
-        It is 0 up to rounding for every preset, since normalization subtracts that mean; it is computed so that
-        the fill of occlusion and of pixel flipping stays the mean pixel whatever --mean/--std say."""
-        scale, mean, std, _ = self.normalization(channels)
-        return ((mean / scale) * scale - mean) / std
+        """Returns the per-channel model-input value of the preset's mean pixel: 0, since normalization subtracts
+        that mean whatever --mean/--std say (with no mean, as in `unit`, the "mean" is black)."""
+        return np.zeros(channels)
 
     def input_bounds(self, channels: int) -> tuple[np.ndarray, np.ndarray]:
         """Returns per-channel (low, high) of preprocessed pixels: the z^B box implied by the preset."""

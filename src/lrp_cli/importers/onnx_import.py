@@ -504,10 +504,10 @@ def _gelu(a):
     if a.get("approximate", b"none") in (b"tanh", "tanh"):
         k = np.sqrt(2 / np.pi)
         inner = lambda x: k * (x + 0.044715 * x ** 3)  # noqa: E731
-        return (lambda x: 0.5 * x * (1 + np.tanh(inner(x))),
+        return (onnx_fusion.gelu_tanh,
                 lambda x, y: 0.5 * (1 + np.tanh(inner(x)))
                 + 0.5 * x * (1 - np.tanh(inner(x)) ** 2) * k * (1 + 3 * 0.044715 * x ** 2))
-    return (lambda x: 0.5 * x * (1 + erf(x / np.sqrt(2))),
+    return (onnx_fusion.gelu_erf,
             lambda x, y: 0.5 * (1 + erf(x / np.sqrt(2))) + x * np.exp(-0.5 * x * x) / np.sqrt(2 * np.pi))
 
 
