@@ -12,10 +12,9 @@ from lrp_cli.errors import ModelLoadError
 from lrp_cli.importers.onnx_import import load_onnx, supported_ops
 
 
-def op_census(path: Path) -> list[dict]:
-    """Returns every op type of the ONNX file with its node count and whether lrp-cli converts it (other ops
+def op_census(model) -> list[dict]:
+    """Returns every op type of the ONNX model with its node count and whether lrp-cli converts it (other ops
     are accepted only where their inputs are constants, e.g. exporters' shape arithmetic)."""
-    model = load_onnx(path)
     known = set(supported_ops())
     counts = Counter(node.op_type for node in model.graph.node)
     return [{"op": op, "count": n, "supported": op in known} for op, n in sorted(counts.items())]
@@ -26,7 +25,8 @@ def inspect_model(path, composite: str | None = None, verify: bool = False) -> d
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"{path}: no such model file")
-    report = {"model": str(path), "ops": op_census(path), "error": None}
+    proto = load_onnx(path)  # read once for the census and the compile check; the import reads its own copy
+    report = {"model": str(path), "ops": op_census(proto), "error": None}
     try:
         model = api.load_model(path)
     except ModelLoadError as exc:
@@ -38,7 +38,7 @@ def inspect_model(path, composite: str | None = None, verify: bool = False) -> d
     settings = api.Settings(composite=composite)
     rules = api.rules_for(model, settings, api.preprocess_config(model, settings))
     graph = model.graph
-    compile_errors = compiled_engine_errors(model, rules)
+    compile_errors = compiled_engine_errors(proto, model, rules)
     report.update({
         "engine": "numpy" if compile_errors else "onnxruntime",
         "input": {"name": graph.input_name, "shape": list(graph.input_shape)},
@@ -58,10 +58,11 @@ def inspect_model(path, composite: str | None = None, verify: bool = False) -> d
     return report
 
 
-def compiled_engine_errors(model: api.LoadedModel, rules: dict) -> dict[str, str]:
-    """Returns node name -> why the LRP pass cannot be compiled for onnxruntime (empty when it compiles)."""
+def compiled_engine_errors(proto, model: api.LoadedModel, rules: dict) -> dict[str, str]:
+    """Returns node name -> why the LRP pass of the model (`proto`: its ONNX file, as read) cannot be compiled for
+    onnxruntime (empty when it compiles)."""
     from lrp_cli.engines.onnx_compiler import node_errors
-    return node_errors(load_onnx(model.path), model.graph, "lrp", rules)
+    return node_errors(proto, model.graph, "lrp", rules)
 
 
 def verify_model(model: api.LoadedModel, seed: int = 0) -> dict:
