@@ -17,8 +17,8 @@ from lrp_cli.errors import InputError, ModelLoadError, OptionError
 from lrp_cli.importers.onnx_import import SymbolicInputError, import_onnx, load_onnx
 from lrp_cli.ir.graph import Graph
 from lrp_cli.methods import METHODS, MethodInput
-from lrp_cli.preprocess import (PreprocessConfig, Sidecar, load_input, load_sidecar, load_tensor, open_image,
-                                read_labels, shape_text, to_nchw)
+from lrp_cli.preprocess import (PreprocessConfig, Sidecar, load_input, load_sidecar, open_image,
+                                read_labels, shape_text, tensor_shape, to_nchw)
 from lrp_cli.propagate import LayerRecord, Propagation, conservation_error, first_non_finite, output_scores
 from lrp_cli.rules import RuleError, ZBox, assign_rules, default_composite, parse_rule
 
@@ -113,7 +113,7 @@ def _open_input_shape(model: LoadedModel, input_path: Path, config: PreprocessCo
     or for an image the --size (or sidecar size) height and width."""
     shape = model.unbound.shape
     if input_path.suffix.lower() == ".npy":
-        return load_tensor(input_path, shape).shape
+        return tensor_shape(input_path, shape)
     if len(shape) != 4 or not config.size:
         raise InputError(f"{input_path}: the model input {shape_text(shape)} has symbolic dimensions; an image "
                          "needs --size H,W (or size in the model's sidecar), a .npy tensor fixes the shape itself")

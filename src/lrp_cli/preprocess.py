@@ -270,21 +270,36 @@ def fits_shape(shape: tuple[int, ...], model_shape: tuple) -> bool:
 def load_tensor(path: Path, input_shape: tuple[int, ...]) -> np.ndarray:
     """Returns a `.npy` tensor as float32 in exactly the model input shape (a missing batch axis is added; a
     None dimension of the model shape takes the tensor's size)."""
-    try:
-        array = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except (OSError, ValueError, EOFError) as exc:
-        raise InputError(f"{path}: not a readable .npy tensor ({exc or type(exc).__name__})") from None
-    if fits_shape(array.shape, input_shape[1:]):
-        array = array[None]
-    if not fits_shape(array.shape, input_shape):
-        raise InputError(f"{path}: tensor shape {list(array.shape)} does not match the model input "
-                         f"{shape_text(input_shape)}")
+    array = _open_npy(path)
+    array = array.reshape(_fitted_shape(path, array.shape, input_shape))
     if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
         raise InputError(f"{path}: tensor dtype {array.dtype} is not a real number type")
     if not np.isfinite(array).all():
         raise InputError(f"{path}: tensor holds NaN or Inf")
-    return array.astype(np.float32)
+    return np.array(array, dtype=np.float32)  # a copy: the memory map is read-only and keeps the file open
+
+
+def tensor_shape(path: Path, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Returns the shape `load_tensor` gives a `.npy` file, read from its header without loading the data."""
+    return _fitted_shape(path, _open_npy(path).shape, input_shape)
+
+
+def _open_npy(path: Path) -> np.ndarray:
+    """Returns the `.npy` array memory-mapped, so that reading its shape costs no read of its data."""
+    try:
+        return np.load(path, allow_pickle=False, mmap_mode="r")
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except (OSError, ValueError, EOFError) as exc:
+        raise InputError(f"{path}: not a readable .npy tensor ({exc or type(exc).__name__})") from None
+
+
+def _fitted_shape(path: Path, shape: tuple[int, ...], input_shape: tuple[int, ...]) -> tuple[int, ...]:
+    if fits_shape(shape, input_shape[1:]):
+        shape = (1, *shape)
+    if not fits_shape(shape, input_shape):
+        raise InputError(f"{path}: tensor shape {list(shape)} does not match the model input "
+                         f"{shape_text(input_shape)}")
+    return tuple(shape)
 
 
