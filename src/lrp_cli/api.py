@@ -46,6 +46,8 @@ class LoadedModel:
     _proto: bytes | None = None
     _bound: dict = field(default_factory=dict)
     _batch_scorer: object = field(default=None, repr=False)  # scoring.score_batch builds it on first use
+    #: The ONNX bytes re-bound to a batch size other than 1 (batched.batch_model); the compiled engine builds on it.
+    batch_proto: bytes | None = field(default=None, repr=False)
 
     @property
     def labels(self) -> list[str] | None:
@@ -353,13 +355,19 @@ def explain_array(model: LoadedModel, x: np.ndarray, settings: Settings, input_p
         with _overflow_reported_per_node():
             propagation = numpy_engine.backward(method, job, target)
         timing = {"load": model.load_seconds, "forward": forward_seconds, "backward": time.perf_counter() - start}
-        explanations.append(Explanation(
-            input_path, x, picture, model_output, _prediction(model, output_scores(model_output)),
-            {"index": target, "label": label_of(model, target)}, propagation,
-            {name: rule.spec() for name, rule in rules.items()}, composite_name(model, settings),
-            diff, relative, timing, settings.method,
-            {"engine": "numpy"} | extra | _finiteness_warnings(propagation, settings.precision)))
+        explanations.append(target_explanation(model, settings, rules, input_path, x, picture, model_output, target,
+                                               propagation, (diff, relative), timing, {"engine": "numpy"} | extra))
     return explanations
+
+
+def target_explanation(model, settings: Settings, rules: dict, input_path: Path, x, picture, model_output, target: int,
+                       propagation: Propagation, ir_diff: tuple, timing: dict, extra: dict) -> Explanation:
+    """Returns the Explanation of one input's target from its computed propagation (either engine, any batch)."""
+    return Explanation(
+        input_path, x, picture, model_output, _prediction(model, output_scores(model_output)),
+        {"index": target, "label": label_of(model, target)}, propagation,
+        {name: rule.spec() for name, rule in rules.items()}, composite_name(model, settings),
+        *ir_diff, timing, settings.method, extra | _finiteness_warnings(propagation, settings.precision))
 
 
 def _overflow_reported_per_node():
@@ -432,18 +440,17 @@ def _explain_compiled(model, compiled, x, settings: Settings, rules: dict, input
         if target not in runs:
             runs[target] = compiled.run(x, target)
     seconds = (time.perf_counter() - start) / len(runs)
-    explanations = []
-    for target in targets:
-        run = runs[target]
-        propagation = Propagation(run.relevance, float(run.scores[target]), compiled.records(run.layer_sums))
-        timing = {"load": model.load_seconds, "compile": compiled.compile_seconds, "forward_backward": seconds}
-        explanations.append(Explanation(
-            input_path, x, picture, run.model_output, _prediction(model, output_scores(run.model_output)),
-            {"index": target, "label": label_of(model, target)}, propagation,
-            {name: rule.spec() for name, rule in rules.items()}, composite_name(model, settings),
-            None, None, timing, settings.method,
-            {"engine": "onnxruntime"} | _finiteness_warnings(propagation, settings.precision)))
-    return explanations
+    return [compiled_explanation(model, compiled, runs[target], settings, rules, input_path, x, picture, seconds)
+            for target in targets]
+
+
+def compiled_explanation(model, compiled, run, settings: Settings, rules: dict, input_path: Path, x, picture,
+                         seconds: float) -> Explanation:
+    """Returns the Explanation of one compiled run (one input, its explained target)."""
+    propagation = Propagation(run.relevance, float(run.scores[run.target]), compiled.records(run.layer_sums))
+    timing = {"load": model.load_seconds, "compile": compiled.compile_seconds, "forward_backward": seconds}
+    return target_explanation(model, settings, rules, input_path, x, picture, run.model_output, run.target,
+                              propagation, (None, None), timing, {"engine": "onnxruntime"})
 
 
 def explain(model, input_path: str | Path, settings: Settings) -> list[Explanation]:
