@@ -90,7 +90,7 @@ def explain_arrays(model, xs: list[np.ndarray], settings: api.Settings, paths: l
         batched = batch_model(model, len(xs))
         try:
             if batched is not None:
-                return _explain_batch(batched, np.concatenate(xs), settings, paths, pictures)
+                return _explain_batch(model, batched, np.concatenate(xs), settings, paths, pictures)
         except (NotBatchable, LrpError):  # each input alone then reports its own error, if it has one
             pass
     return [_explain_one(model, x, settings, path, picture) for x, path, picture in zip(xs, paths, pictures)]
@@ -103,7 +103,9 @@ def _explain_one(model, x, settings, path, picture) -> list[api.Explanation] | L
         return exc
 
 
-def _explain_batch(model, x: np.ndarray, settings: api.Settings, paths, pictures) -> list[list[api.Explanation]]:
+def _explain_batch(single, model, x: np.ndarray, settings: api.Settings, paths, pictures
+                   ) -> list[list[api.Explanation]]:
+    """Returns the explanations of a batch by the engine a batch-1 run of `single` would use."""
     config = api.preprocess_config(model, settings)
     rules = api.rules_for(model, settings, config) if settings.method == "lrp" else {}
     engine = onnx_engine.choose(settings.engine, settings.precision, model.kind, settings.method)
@@ -112,7 +114,9 @@ def _explain_batch(model, x: np.ndarray, settings: api.Settings, paths, pictures
     try:
         compiled = onnx_engine.session_for(model, settings.method, rules, settings.providers)
     except CompileError:
-        raise NotBatchable() from None  # one at a time: the batch-1 graph may compile, or auto may run NumPy
+        if engine == "auto" and api.compiled_session(single, settings, rules) is None:
+            return _numpy_batch(model, x, settings, rules, config, paths, pictures)
+        raise NotBatchable() from None  # the batch-1 graph compiles: one at a time on it
     return _compiled_batch(model, compiled, x, settings, rules, paths, pictures)
 
 
