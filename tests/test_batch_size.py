@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from conftest import REPO
 from PIL import Image
 from test_batch import make_folder, output_contents
+import test_distributed
 
 from lrp_cli import api, batch, batched
 from lrp_cli.cli import main
@@ -223,3 +224,19 @@ def test_batches_a_worker_lost_are_one_error_row_per_input(tmp_path):
 def test_batch_size_must_be_positive(tmp_path):
     result = explain(images(tmp_path / "in", 1), "--out", tmp_path / "out", "--batch-size", "0")
     assert result.exit_code == 2 and "--batch-size" in result.output
+
+
+cluster, local_two = test_distributed.cluster, test_distributed.local_two  # a shared LocalCluster for local:2
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("local_two")
+def test_scheduler_takes_chunks_of_batches(tmp_path):
+    folder = images(tmp_path / "in", 5, broken=["bad.png"])
+    out = tmp_path / "out"
+    assert explain(folder, "--out", out).exit_code == 1
+    expected = output_contents(out)
+    shutil.rmtree(out)
+    result = explain(folder, "--out", out, "--batch-size", "2", "--scheduler", "local:2")
+    assert result.exit_code == 1 and result.output.count("bad.png") == 1
+    assert output_contents(out) == expected
