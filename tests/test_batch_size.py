@@ -240,3 +240,35 @@ def test_scheduler_takes_chunks_of_batches(tmp_path):
     result = explain(folder, "--out", out, "--batch-size", "2", "--scheduler", "local:2")
     assert result.exit_code == 1 and result.output.count("bad.png") == 1
     assert output_contents(out) == expected
+
+
+def test_lrp_compile_batch_size_runs_n_inputs_in_a_bare_session(tiny_cnn_path, tmp_path):
+    """Each row of the batch-3 file's outputs equals `lrp explain --save-raw` of that input (compiled engine, the
+    same float32 kernels: within 1e-5 of max |R|), its node sums [L*3] node-major."""
+    import onnxruntime as ort
+    xs = inputs(api.load_model(tiny_cnn_path), 3, seed=4)
+    for k, x in enumerate(xs):
+        np.save(tmp_path / f"x{k}.npy", x)
+    out = tmp_path / "model3.lrp.onnx"
+    result = RUN.invoke(main, ["compile", str(tiny_cnn_path), "-o", str(out), "--batch-size", "3"])
+    assert result.exit_code == 0, result.output
+    result = RUN.invoke(main, ["explain", *(str(tmp_path / f"x{k}.npy") for k in range(3)), "--model",
+                               str(tiny_cnn_path), "--out", str(tmp_path / "o"), "--save-raw", "--target", "2"])
+    assert result.exit_code == 0, result.output
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    relevance, target, sums = session.run(["relevance", "target_index", "layer_relevance_sums"],
+                                          {"x": np.concatenate(xs), "target": np.array([2, 2, 2], np.int64)})
+    assert relevance.shape == (3, 3, 16, 16) and list(target) == [2, 2, 2]
+    for k in range(3):
+        want = np.load(tmp_path / "o" / f"x{k}.relevance.npy")
+        assert np.abs(relevance[k] - want[0]).max() <= 1e-5 * np.abs(want).max()
+        doc = json.loads((tmp_path / "o" / f"x{k}.json").read_text())
+        layer_sums = sums.reshape(-1, 3)[:, k]
+        assert layer_sums == pytest.approx([r["relevance_sum"] for r in doc["layers"]], rel=1e-5, abs=1e-6)
+
+
+def test_lrp_compile_batch_size_of_a_model_fixing_batch_one_is_a_usage_error(tmp_path):
+    result = RUN.invoke(main, ["compile", str(FIXTURES / "transformers" / "vit_legacy17.onnx"), "-o",
+                               str(tmp_path / "v.lrp.onnx"), "--batch-size", "2"])
+    assert result.exit_code == 2 and "error: --batch-size 2" in result.output
+    assert not (tmp_path / "v.lrp.onnx").exists()

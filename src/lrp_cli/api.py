@@ -408,13 +408,20 @@ def compiled_session(model, settings: Settings, rules: dict):
         raise CompileError(f"{model.path}: {exc} (--engine onnxruntime; auto would run NumPy)") from None
 
 
-def compile_explainer(model: LoadedModel, settings: Settings, out_path: Path) -> dict:
-    """Writes the relevance pass of the settings as a standalone ONNX file; returns its input/output summary."""
+def compile_explainer(model: LoadedModel, settings: Settings, out_path: Path, batch_size: int = 1) -> dict:
+    """Writes the relevance pass of the settings (for batches of `batch_size` inputs) as a standalone ONNX file;
+    returns its input/output summary."""
     if model.kind != "onnx":
         raise OptionError("lrp compile takes an ONNX model")
+    if batch_size > 1:
+        from lrp_cli.batched import batch_model
+        model = batch_model(model, batch_size)
+        if model is None:
+            raise OptionError(f"--batch-size {batch_size}: the model's graph fixes batch 1 (a constant or Reshape "
+                              "of the batch axis); compile it at batch 1")
     rules = rules_for(model, settings, preprocess_config(model, settings)) if settings.method == "lrp" else {}
     compiled = onnx_engine.compile_model(model.path, model.graph, settings.method, rules,
-                                         model.session.get_outputs()[0].name)
+                                         model.session.get_outputs()[0].name, model.batch_proto)
     try:
         onnx_engine.save_model(compiled, Path(out_path))
     except OSError as exc:

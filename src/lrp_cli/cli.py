@@ -249,13 +249,15 @@ def inspect(model_path, composite, verify, as_json):
 @click.option("--layer-rule", "layer_rules", multiple=True, metavar="PATTERN=SPEC", help="Per-layer rule (repeatable).")
 @click.option("--output", "output_name", help="Which graph output to explain (multi-output models).")
 @click.option("--preset", type=click.Choice(list(PRESETS)), help="Input preset (sets the default z^B box).")
-def compile_command(model_path, out_path, method, composite, rule, layer_rules, output_name, preset):
+@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Inputs per run of the graph (its data input [N, ...], target [N]).")
+def compile_command(model_path, out_path, method, composite, rule, layer_rules, output_name, preset, batch_size):
     """Write the relevance pass of MODEL as one ONNX graph that a plain onnxruntime session runs."""
     try:
         settings = api.Settings(method, composite, rule, tuple(layer_rules), preprocess={"preset": preset})
         model = api.load_model(model_path, output_name)
         api.check_settings(model, settings)
-        summary = api.compile_explainer(model, settings, out_path)
+        summary = api.compile_explainer(model, settings, out_path, batch_size)
     except LrpError as exc:
         _fail(exc)
     io = summary["io"]

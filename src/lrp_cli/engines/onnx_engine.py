@@ -93,10 +93,11 @@ def cache_key(model_sha256: str, method: str, rules: dict[str, Rule], output: st
 
 
 def compile_model(path: Path, graph, method: str, rules: dict[str, Rule], output: str | None = None,
-                  proto: onnx.ModelProto | None = None) -> C.CompiledGraph:
-    """Returns the compiled relevance pass of the ONNX file at path (whose IR is graph), or of its `proto` as
-    re-bound to another batch size."""
-    return C.compile_relevance(load_onnx(path) if proto is None else proto, graph, method, rules, output)
+                  batch_proto: bytes | None = None) -> C.CompiledGraph:
+    """Returns the compiled relevance pass of the ONNX file at path (whose IR is graph), or of its bytes re-bound
+    to another batch size (`batch_proto`, see batched.batch_model)."""
+    proto = load_onnx(path) if batch_proto is None else onnx.load_from_string(batch_proto)
+    return C.compile_relevance(proto, graph, method, rules, output)
 
 
 def io_doc(compiled: C.CompiledGraph) -> dict:
@@ -130,9 +131,7 @@ def session_for(model, method: str, rules: dict[str, Rule], providers=()) -> Com
     if not path.is_file():
         start = time.perf_counter()
         try:
-            batch_proto = getattr(model, "batch_proto", None)
-            compiled = compile_model(model.path, model.graph, method, rules, output,
-                                     None if batch_proto is None else onnx.load_from_string(batch_proto))
+            compiled = compile_model(model.path, model.graph, method, rules, output, model.batch_proto)
         except CompileError as exc:
             _FAILURES[key] = exc
             raise
