@@ -244,15 +244,20 @@ def bench_jobs(model_path: Path) -> list[dict]:
     return rows
 
 
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """Returns a Markdown table of a header and rows of cells."""
+    lines = [header, ["---"] * len(header)] + rows
+    return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
+
+
 def jobs_table(rows: list[dict]) -> str:
     """Returns the batch throughputs as a Markdown table."""
     base = rows[0]["images_per_s"]
-    lines = ["| --jobs | backend | BLAS threads per explanation | wall time | images/s | speed-up over --jobs 1 | "
-             "outputs equal --jobs 1's |", "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['jobs']} | {r['backend']} | {r['blas']} | {r['seconds']:.1f} s | {r['images_per_s']:.2f} | "
-                     f"{r['images_per_s'] / base:.2f}x | {'yes' if r['identical'] else 'NO'} |")
-    return "\n".join(lines)
+    return markdown_table(
+        ["--jobs", "backend", "BLAS threads per explanation", "wall time", "images/s", "speed-up over --jobs 1",
+         "outputs equal --jobs 1's"],
+        [[str(r["jobs"]), r["backend"], str(r["blas"]), f"{r['seconds']:.1f} s", f"{r['images_per_s']:.2f}",
+          f"{r['images_per_s'] / base:.2f}x", "yes" if r["identical"] else "NO"] for r in rows])
 
 
 BATCH_SIZES = (1, 4, 8)
@@ -282,12 +287,11 @@ def bench_batch_sizes(path: Path, runs: int, sizes=BATCH_SIZES) -> list[dict]:
 def batch_sizes_table(rows: list[dict]) -> str:
     """Returns the --batch-size throughputs as a Markdown table (per-image times, images/s, gain over batch 1)."""
     base = rows[0]["explain"]
-    lines = ["| --batch-size | onnxruntime forward / image | compiled run / image | explain_arrays / image | "
-             "images/s | over batch 1 |", "|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['size']} | {r['forward'] * 1e3:.1f} ms | {r['run'] * 1e3:.1f} ms | "
-                     f"{r['explain'] * 1e3:.1f} ms | {1 / r['explain']:.1f} | {base / r['explain']:.2f}x |")
-    return "\n".join(lines)
+    return markdown_table(
+        ["--batch-size", "onnxruntime forward / image", "compiled run / image", "explain_arrays / image", "images/s",
+         "over batch 1"],
+        [[str(r["size"]), f"{r['forward'] * 1e3:.1f} ms", f"{r['run'] * 1e3:.1f} ms", f"{r['explain'] * 1e3:.1f} ms",
+          f"{1 / r['explain']:.1f}", f"{base / r['explain']:.2f}x"] for r in rows])
 
 
 def load_note() -> str:
