@@ -199,21 +199,23 @@ class ExplainTask:
     def compute_batch(self, items: list[InputItem]) -> list[tuple[list | None, LrpError | None]]:
         """Returns compute(item) for each item, those that decode to one model-input shape explained in one pass
         (a decode error stays the error of its own input)."""
-        model = cached_model(self.spec)
+        try:
+            model = cached_model(self.spec)
+        except LrpError as exc:  # a worker whose model file differs: every input's error, as compute gives it
+            return [(None, exc)] * len(items)
         if len(items) == 1 or not batched.batchable(model, self.settings):
             return [self.compute(item) for item in items]
         results: list = [None] * len(items)
         groups: dict[tuple, list] = {}
         for index, item in enumerate(items):
             try:
-                model, x, picture = api.load_model_input(cached_model(self.spec), item.path, self.settings)
+                bound, x, picture = api.load_model_input(model, item.path, self.settings)
             except LrpError as exc:
                 results[index] = (None, exc)
                 continue
-            groups.setdefault((id(model), x.shape), []).append((index, model, x, picture))
+            groups.setdefault((id(bound), x.shape), []).append((index, bound, x, picture))
         for group in groups.values():
-            model = group[0][1]
-            explained = batched.explain_arrays(model, [x for _, _, x, _ in group], self.settings,
+            explained = batched.explain_arrays(group[0][1], [x for _, _, x, _ in group], self.settings,
                                                [items[index].path for index, *_ in group], [p for *_, p in group])
             for (index, *_), outcome in zip(group, explained):
                 results[index] = (None, outcome) if isinstance(outcome, LrpError) else (outcome, None)
