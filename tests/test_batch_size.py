@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from onnx import helper
 from click.testing import CliRunner
-from conftest import REPO
+from conftest import REPO, onnx_model, save_model
 from PIL import Image
 from test_batch import make_folder, output_contents
 import test_distributed
@@ -96,6 +97,47 @@ def test_every_layer_kind_of_the_fixtures_batches_per_item(path):
             assert_same(got, api.explain_array(model, x, settings))
 
 
+def routing_model():
+    """Returns a small classifier of the layer kinds the fixtures lack: Pad, Slice and Gather (index maps), Resize,
+    ConvTranspose, a SiLU gate (Sigmoid x Mul), AveragePool."""
+    rng = np.random.default_rng(0)
+
+    def weights(*shape):
+        return rng.standard_normal(shape).astype(np.float32) * 0.5
+    nodes = [
+        helper.make_node("Pad", ["x", "p"], ["pad"], mode="edge", name="pad"),
+        helper.make_node("Slice", ["pad", "st", "en", "ax"], ["sl"], name="slice"),
+        helper.make_node("Resize", ["sl", "", "sc"], ["rs"], mode="linear", name="resize"),
+        helper.make_node("ConvTranspose", ["rs", "wt", "bt"], ["ct"], strides=[2, 2], pads=[1, 1, 1, 1],
+                         name="deconv"),
+        helper.make_node("Sigmoid", ["ct"], ["sg"], name="sig"),
+        helper.make_node("Mul", ["ct", "sg"], ["silu"], name="silu"),
+        helper.make_node("Gather", ["silu", "idx"], ["ga"], axis=1, name="gather"),
+        helper.make_node("Conv", ["ga", "wc", "bc"], ["cv"], pads=[1, 1, 1, 1], name="conv"),
+        helper.make_node("Relu", ["cv"], ["re"], name="relu"),
+        helper.make_node("AveragePool", ["re"], ["ap"], kernel_shape=[2, 2], strides=[2, 2], name="avg"),
+        helper.make_node("Flatten", ["ap"], ["fl"], name="flatten"),
+        helper.make_node("MatMul", ["fl", "wd"], ["y"], name="fc"),
+    ]
+    i64 = np.int64
+    inits = {"p": np.array([0, 0, 1, 1, 0, 0, 1, 1], i64), "st": np.array([1], i64), "en": np.array([7], i64),
+             "ax": np.array([3], i64), "sc": np.array([1, 1, 2, 2], np.float32), "wt": weights(2, 3, 3, 3),
+             "bt": weights(3), "idx": np.array([2, 0, 1, 0], i64), "wc": weights(4, 4, 3, 3), "bc": weights(4),
+             "wd": weights(4 * 15 * 11, 4) * 0.1}
+    return onnx_model(nodes, [1, 2, 6, 6], "y", inits)
+
+
+@pytest.mark.parametrize("engine", ["numpy", "auto"])
+@pytest.mark.parametrize("method", ["lrp", "gradient"])
+def test_routing_layer_kinds_batch_per_item(tmp_path, engine, method):
+    model = api.load_model(save_model(routing_model(), tmp_path / "routing.onnx"))
+    assert batched.batch_model(model, 3) is not None
+    xs = inputs(model, 3, seed=6)
+    settings = api.Settings(engine=engine, method=method, composite="epsilon-gamma-box" if method == "lrp" else None)
+    for got, x in zip(explain_batch(model, xs, settings), xs):
+        assert_same(got, api.explain_array(model, x, settings))
+
+
 def test_a_model_whose_constants_fix_batch_one_runs_one_at_a_time():
     """The ViT fixture concatenates a class token exported at batch 1: it cannot take 2 rows, so each input runs
     alone and gives exactly the batch-1 result."""
@@ -108,8 +150,6 @@ def test_a_model_whose_constants_fix_batch_one_runs_one_at_a_time():
 
 
 def test_a_literal_batch_of_one_in_a_reshape_is_not_batched(tmp_path):
-    from conftest import onnx_model, save_model
-    from onnx import helper
     w = np.random.default_rng(0).standard_normal((12, 3)).astype(np.float32)
     nodes = [helper.make_node("Reshape", ["x", "shape"], ["flat"], name="flatten"),
              helper.make_node("MatMul", ["flat", "w"], ["y"], name="fc")]
