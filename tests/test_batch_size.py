@@ -69,6 +69,20 @@ def test_each_batched_item_equals_its_batch_one_run(tiny_cnn_path, engine, metho
     assert batched.batch_model(model, 3) is not None  # the batch did run as one pass
 
 
+@pytest.mark.parametrize("engine", ["numpy", "onnxruntime"])
+def test_a_short_batch_is_padded_to_the_batch_size(tiny_cnn_path, engine):
+    """Two inputs at --batch-size 4 run on the batch-4 model (the last input repeated), not on a batch-2 one."""
+    model = api.load_model(tiny_cnn_path)
+    xs = inputs(model, 2, seed=7)
+    settings = api.Settings(engine=engine, target="top:2")
+    got = batched.explain_arrays(model, xs, settings, [Path("a.npy"), Path("b.npy")], [None, None], size=4)
+    assert len(got) == 2 and [e.input_path.name for e in got[1]] == ["b.npy", "b.npy"]
+    for explanations, x in zip(got, xs):
+        assert_same(explanations, api.explain_array(model, x, settings))
+    bound = {key[1] for key in model._bound if key[0] == "batch"}
+    assert bound == {4}
+
+
 def test_float64_batch_equals_batch_one_to_1e_12():
     model = api.load_model(REPO / "models" / "digits-mlp.onnx")
     xs = inputs(model, 4)

@@ -203,7 +203,7 @@ class ExplainTask:
             model = cached_model(self.spec)
         except LrpError as exc:  # a worker whose model file differs: every input's error, as compute gives it
             return [(None, exc)] * len(items)
-        if len(items) == 1 or not batched.batchable(model, self.settings):
+        if self.batch_size == 1 or not batched.batchable(model, self.settings):
             return [self.compute(item) for item in items]
         results: list = [None] * len(items)
         groups: dict[tuple, list] = {}
@@ -216,7 +216,8 @@ class ExplainTask:
             groups.setdefault((id(bound), x.shape), []).append((index, bound, x, picture))
         for group in groups.values():
             explained = batched.explain_arrays(group[0][1], [x for _, _, x, _ in group], self.settings,
-                                               [items[index].path for index, *_ in group], [p for *_, p in group])
+                                               [items[index].path for index, *_ in group], [p for *_, p in group],
+                                               self.batch_size)
             for (index, *_), outcome in zip(group, explained):
                 results[index] = (None, outcome) if isinstance(outcome, LrpError) else (outcome, None)
         return results

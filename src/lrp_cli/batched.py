@@ -82,15 +82,19 @@ def batch_first(single, batched, size: int) -> bool:
         for name, shape in single.shapes.items())
 
 
-def explain_arrays(model, xs: list[np.ndarray], settings: api.Settings, paths: list[Path], pictures: list
-                   ) -> list[list[api.Explanation] | LrpError]:
-    """Returns, per input, its explanations (as api.explain_array makes them) or its error: in one pass when the
-    model and settings allow it, else, and when that pass fails, one input at a time."""
-    if len(xs) > 1 and batchable(model, settings):
-        batched = batch_model(model, len(xs))
+def explain_arrays(model, xs: list[np.ndarray], settings: api.Settings, paths: list[Path], pictures: list,
+                   size: int | None = None) -> list[list[api.Explanation] | LrpError]:
+    """Returns, per input, its explanations (as api.explain_array makes them) or its error: in one pass of batch
+    `size` (default: as many as the inputs) when the model and settings allow it, else, and when that pass fails,
+    one input at a time."""
+    size = size or len(xs)
+    if size > 1 and batchable(model, settings):
+        batched = batch_model(model, size)
+        padding = size - len(xs)  # a short batch repeats its last input: one graph and session per --batch-size
         try:
             if batched is not None:
-                return _explain_batch(model, batched, np.concatenate(xs), settings, paths, pictures)
+                return _explain_batch(model, batched, np.concatenate(xs + xs[-1:] * padding), settings,
+                                      paths + paths[-1:] * padding, pictures + pictures[-1:] * padding)[:len(xs)]
         except (NotBatchable, LrpError):  # each input alone then reports its own error, if it has one
             pass
     return [_explain_one(model, x, settings, path, picture) for x, path, picture in zip(xs, paths, pictures)]
