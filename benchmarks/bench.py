@@ -1,5 +1,6 @@
 """`make bench`: time onnxruntime's forward against lrp-cli's relevance pass for each bundled model, and the
-throughput of a 50-image EfficientNet-Lite0 batch at --jobs 1 and 2 (threads and processes).
+throughput of a 50-image EfficientNet-Lite0 batch at --jobs 1 and 2 (threads and processes), and images/s at
+--batch-size 1, 4 and 8 (`--batch-only`).
 
 Prints Markdown tables (median of N runs, batch 1) and, with --write, records them in benchmarks/RESULTS.md
 with the machine and the date.
@@ -26,7 +27,7 @@ import numpy as np
 import onnx
 
 import resnet50_onnx
-from lrp_cli import api, batch
+from lrp_cli import api, batch, batched
 from lrp_cli.engines import onnx_engine
 from lrp_cli.preprocess import load_input
 from lrp_cli.propagate import propagate
@@ -243,15 +244,54 @@ def bench_jobs(model_path: Path) -> list[dict]:
     return rows
 
 
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """Returns a Markdown table of a header and rows of cells."""
+    lines = [header, ["---"] * len(header)] + rows
+    return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
+
+
 def jobs_table(rows: list[dict]) -> str:
     """Returns the batch throughputs as a Markdown table."""
     base = rows[0]["images_per_s"]
-    lines = ["| --jobs | backend | BLAS threads per explanation | wall time | images/s | speed-up over --jobs 1 | "
-             "outputs equal --jobs 1's |", "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['jobs']} | {r['backend']} | {r['blas']} | {r['seconds']:.1f} s | {r['images_per_s']:.2f} | "
-                     f"{r['images_per_s'] / base:.2f}x | {'yes' if r['identical'] else 'NO'} |")
-    return "\n".join(lines)
+    return markdown_table(
+        ["--jobs", "backend", "BLAS threads per explanation", "wall time", "images/s", "speed-up over --jobs 1",
+         "outputs equal --jobs 1's"],
+        [[str(r["jobs"]), r["backend"], str(r["blas"]), f"{r['seconds']:.1f} s", f"{r['images_per_s']:.2f}",
+          f"{r['images_per_s'] / base:.2f}x", "yes" if r["identical"] else "NO"] for r in rows])
+
+
+BATCH_SIZES = (1, 4, 8)
+
+
+def bench_batch_sizes(path: Path, runs: int, sizes=BATCH_SIZES) -> list[dict]:
+    """Returns, per --batch-size, images/s of the compiled engine on the photo repeated N times: one onnxruntime
+    forward of the batch, one compiled forward + relevance run, and `batched.explain_arrays` (the run plus the
+    per-item explanations, no files written)."""
+    model = api.load_model(path)
+    x, _ = load_input(IMAGE, api.preprocess_config(model, api.Settings()), model.graph.input_shape, model.layout)
+    settings = api.Settings(engine="onnxruntime")
+    rows = []
+    for size in sizes:
+        bound = model if size == 1 else batched.batch_model(model, size)
+        rules = api.rules_for(bound, settings, api.preprocess_config(bound, settings))
+        compiled = onnx_engine.session_for(bound, "lrp", rules)
+        xs = np.concatenate([x] * size)
+        names, pictures = [IMAGE] * size, [None] * size
+        forward = median_seconds(lambda: bound.run_onnxruntime(xs), runs)
+        run = median_seconds(lambda: compiled.run_items(xs, [-1] * size), runs)
+        explain = median_seconds(lambda: batched.explain_arrays(model, [x] * size, settings, names, pictures), runs)
+        rows.append({"size": size, "forward": forward / size, "run": run / size, "explain": explain / size})
+    return rows
+
+
+def batch_sizes_table(rows: list[dict]) -> str:
+    """Returns the --batch-size throughputs as a Markdown table (per-image times, images/s, gain over batch 1)."""
+    base = rows[0]["explain"]
+    return markdown_table(
+        ["--batch-size", "onnxruntime forward / image", "compiled run / image", "explain_arrays / image", "images/s",
+         "over batch 1"],
+        [[str(r["size"]), f"{r['forward'] * 1e3:.1f} ms", f"{r['run'] * 1e3:.1f} ms", f"{r['explain'] * 1e3:.1f} ms",
+          f"{1 / r['explain']:.1f}", f"{base / r['explain']:.2f}x"] for r in rows])
 
 
 def load_note() -> str:
@@ -309,6 +349,17 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, numpy {np.__version__}"
 
 
+def batch_text(runs: int) -> str:
+    """Returns the --batch-size table of EfficientNet-Lite0 (empty when it has not been built)."""
+    effnet = REPO / "models" / "efficientnet-lite0.onnx"
+    if not effnet.exists():
+        return ""
+    note = load_note()
+    rows = bench_batch_sizes(effnet, runs)
+    return (f"`--batch-size` on efficientnet-lite0.onnx, compiled engine, {IMAGE.name} repeated N times, median of "
+            f"{runs} runs, onnxruntime's default threads, {note}.\n\n{batch_sizes_table(rows)}\n")
+
+
 def evaluate_text() -> str:
     """Returns the pixel-flipping timing line (empty when EfficientNet-Lite0 has not been built)."""
     effnet = REPO / "models" / "efficientnet-lite0.onnx"
@@ -329,7 +380,11 @@ def main():
     parser.add_argument("--methods-only", action="store_true", help="Only the per-method table (EfficientNet)")
     parser.add_argument("--evaluate-only", action="store_true", help="Only time the pixel-flipping evaluation")
     parser.add_argument("--jobs-only", action="store_true", help="Only the --jobs throughput of a 50-photo batch")
+    parser.add_argument("--batch-only", action="store_true",
+                        help="Only images/s at --batch-size 1, 4, 8 (compiled engine, EfficientNet-Lite0)")
     args = parser.parse_args()
+    if args.batch_only:
+        return _emit(f"## {datetime.date.today().isoformat()}: {machine()}\n\n{batch_text(args.runs)}", args.write)
     if args.evaluate_only:
         return _emit(f"## {datetime.date.today().isoformat()}: {machine()}\n{evaluate_text()}", args.write)
     effnet = REPO / "models" / "efficientnet-lite0.onnx"
@@ -364,7 +419,8 @@ def main():
             f"({checked['check'] / checked['explain'] - 1:+.0%}); CPU {checked['check_cpu']:.2f} s against "
             f"{checked['explain_cpu']:.2f} s ({checked['check_cpu'] / checked['explain_cpu'] - 1:+.0%}).\n"
             + (f"\nEvery method, median of {max(1, args.runs // 2)} runs, each method's "
-               f"defaults:\n\n{methods}\n" if methods else "") + evaluate_text() + jobs_text)
+               f"defaults:\n\n{methods}\n" if methods else "") + evaluate_text() + jobs_text
+            + ("\n" + batch_text(args.runs) if effnet.exists() else ""))
     _emit(text, args.write)
 
 

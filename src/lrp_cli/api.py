@@ -46,6 +46,8 @@ class LoadedModel:
     _proto: bytes | None = None
     _bound: dict = field(default_factory=dict)
     _batch_scorer: object = field(default=None, repr=False)  # scoring.score_batch builds it on first use
+    #: The ONNX bytes re-bound to a batch size other than 1 (batched.batch_model); the compiled engine builds on it.
+    batch_proto: bytes | None = field(default=None, repr=False)
 
     @property
     def labels(self) -> list[str] | None:
@@ -353,13 +355,19 @@ def explain_array(model: LoadedModel, x: np.ndarray, settings: Settings, input_p
         with _overflow_reported_per_node():
             propagation = numpy_engine.backward(method, job, target)
         timing = {"load": model.load_seconds, "forward": forward_seconds, "backward": time.perf_counter() - start}
-        explanations.append(Explanation(
-            input_path, x, picture, model_output, _prediction(model, output_scores(model_output)),
-            {"index": target, "label": label_of(model, target)}, propagation,
-            {name: rule.spec() for name, rule in rules.items()}, composite_name(model, settings),
-            diff, relative, timing, settings.method,
-            {"engine": "numpy"} | extra | _finiteness_warnings(propagation, settings.precision)))
+        explanations.append(target_explanation(model, settings, rules, input_path, x, picture, model_output, target,
+                                               propagation, (diff, relative), timing, {"engine": "numpy"} | extra))
     return explanations
+
+
+def target_explanation(model, settings: Settings, rules: dict, input_path: Path, x, picture, model_output, target: int,
+                       propagation: Propagation, ir_diff: tuple, timing: dict, extra: dict) -> Explanation:
+    """Returns the Explanation of one input's target from its computed propagation (either engine, any batch)."""
+    return Explanation(
+        input_path, x, picture, model_output, _prediction(model, output_scores(model_output)),
+        {"index": target, "label": label_of(model, target)}, propagation,
+        {name: rule.spec() for name, rule in rules.items()}, composite_name(model, settings),
+        *ir_diff, timing, settings.method, extra | _finiteness_warnings(propagation, settings.precision))
 
 
 def _overflow_reported_per_node():
@@ -400,13 +408,20 @@ def compiled_session(model, settings: Settings, rules: dict):
         raise CompileError(f"{model.path}: {exc} (--engine onnxruntime; auto would run NumPy)") from None
 
 
-def compile_explainer(model: LoadedModel, settings: Settings, out_path: Path) -> dict:
-    """Writes the relevance pass of the settings as a standalone ONNX file; returns its input/output summary."""
+def compile_explainer(model: LoadedModel, settings: Settings, out_path: Path, batch_size: int = 1) -> dict:
+    """Writes the relevance pass of the settings (for batches of `batch_size` inputs) as a standalone ONNX file;
+    returns its input/output summary."""
     if model.kind != "onnx":
         raise OptionError("lrp compile takes an ONNX model")
+    if batch_size > 1:
+        from lrp_cli.batched import batch_model
+        model = batch_model(model, batch_size)
+        if model is None:
+            raise OptionError(f"--batch-size {batch_size}: the model's graph fixes batch 1 (a constant or Reshape "
+                              "of the batch axis); compile it at batch 1")
     rules = rules_for(model, settings, preprocess_config(model, settings)) if settings.method == "lrp" else {}
     compiled = onnx_engine.compile_model(model.path, model.graph, settings.method, rules,
-                                         model.session.get_outputs()[0].name)
+                                         model.session.get_outputs()[0].name, model.batch_proto)
     try:
         onnx_engine.save_model(compiled, Path(out_path))
     except OSError as exc:
@@ -432,18 +447,17 @@ def _explain_compiled(model, compiled, x, settings: Settings, rules: dict, input
         if target not in runs:
             runs[target] = compiled.run(x, target)
     seconds = (time.perf_counter() - start) / len(runs)
-    explanations = []
-    for target in targets:
-        run = runs[target]
-        propagation = Propagation(run.relevance, float(run.scores[target]), compiled.records(run.layer_sums))
-        timing = {"load": model.load_seconds, "compile": compiled.compile_seconds, "forward_backward": seconds}
-        explanations.append(Explanation(
-            input_path, x, picture, run.model_output, _prediction(model, output_scores(run.model_output)),
-            {"index": target, "label": label_of(model, target)}, propagation,
-            {name: rule.spec() for name, rule in rules.items()}, composite_name(model, settings),
-            None, None, timing, settings.method,
-            {"engine": "onnxruntime"} | _finiteness_warnings(propagation, settings.precision)))
-    return explanations
+    return [compiled_explanation(model, compiled, runs[target], settings, rules, input_path, x, picture, seconds)
+            for target in targets]
+
+
+def compiled_explanation(model, compiled, run, settings: Settings, rules: dict, input_path: Path, x, picture,
+                         seconds: float) -> Explanation:
+    """Returns the Explanation of one compiled run (one input, its explained target)."""
+    propagation = Propagation(run.relevance, float(run.scores[run.target]), compiled.records(run.layer_sums))
+    timing = {"load": model.load_seconds, "compile": compiled.compile_seconds, "forward_backward": seconds}
+    return target_explanation(model, settings, rules, input_path, x, picture, run.model_output, run.target,
+                              propagation, (None, None), timing, {"engine": "onnxruntime"})
 
 
 def explain(model, input_path: str | Path, settings: Settings) -> list[Explanation]:

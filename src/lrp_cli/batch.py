@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from lrp_cli import api, outputs
+from lrp_cli import api, batched, outputs
 from lrp_cli.errors import LrpError, ModelLoadError, OptionError
 from lrp_cli.preprocess import IMAGE_SUFFIXES
 
@@ -163,6 +163,15 @@ class InputResult:
     fatal: LrpError | None = None
 
 
+def failed_result(item, message: str) -> InputResult:
+    """Returns the error result of an input whose run failed, or of each input of a batch (a list: its rows are
+    then one list per input, as ExplainTask.run_batch gives them)."""
+    if isinstance(item, list):
+        results = [failed_result(one, message) for one in item]
+        return InputResult([r.rows for r in results], [line for r in results for line in r.lines])
+    return InputResult([summary_row(item, error=f"{item.path}: {message}")], [(f"error: {item.path}: {message}", True)])
+
+
 @dataclass
 class ExplainTask:
     """Explains one input and writes its files: a picklable callable, so threads, processes and Dask workers run
@@ -174,6 +183,7 @@ class ExplainTask:
     cmap: str = "jet"
     save_raw: bool = False
     json_lines: bool = False
+    batch_size: int = 1  # inputs explained in one pass (batched.py); jobs, workers and --scheduler take batches
 
     def __call__(self, item: InputItem) -> InputResult:
         """Returns the InputResult of explaining one input and writing its files."""
@@ -185,6 +195,45 @@ class ExplainTask:
             return api.explain(cached_model(self.spec), item.path, self.settings), None
         except LrpError as exc:
             return None, exc
+
+    def compute_batch(self, items: list[InputItem]) -> list[tuple[list | None, LrpError | None]]:
+        """Returns compute(item) for each item, those that decode to one model-input shape explained in one pass
+        (a decode error stays the error of its own input)."""
+        try:
+            model = cached_model(self.spec)
+        except LrpError as exc:  # a worker whose model file differs: every input's error, as compute gives it
+            return [(None, exc)] * len(items)
+        if self.batch_size == 1 or not batched.batchable(model, self.settings):
+            return [self.compute(item) for item in items]
+        results: list = [None] * len(items)
+        groups: dict[tuple, list] = {}
+        for index, item in enumerate(items):
+            try:
+                bound, x, picture = api.load_model_input(model, item.path, self.settings)
+            except LrpError as exc:
+                results[index] = (None, exc)
+                continue
+            groups.setdefault((id(bound), x.shape), []).append((index, bound, x, picture))
+        for group in groups.values():
+            explained = batched.explain_arrays(group[0][1], [x for _, _, x, _ in group], self.settings,
+                                               [items[index].path for index, *_ in group], [p for *_, p in group],
+                                               self.batch_size)
+            for (index, *_), outcome in zip(group, explained):
+                results[index] = (None, outcome) if isinstance(outcome, LrpError) else (outcome, None)
+        return results
+
+    def run_batch(self, items: list[InputItem]) -> InputResult:
+        """Returns the InputResult of a batch of inputs: its rows are one list per input (the lines and rows of
+        inputs after one whose error ends the run are dropped)."""
+        result = InputResult([])
+        for item, computed in zip(items, self.compute_batch(items)):
+            saved = self.save(item, *computed)
+            result.lines.extend(saved.lines)
+            if saved.fatal is not None:
+                result.fatal = saved.fatal
+                break
+            result.rows.append(saved.rows)
+        return result
 
     def save(self, item: InputItem, explanations, error, scale: float | None = None) -> InputResult:
         """Returns the InputResult of writing computed explanations (or of reporting their error)."""
@@ -320,6 +369,11 @@ class _InWorkerProcess:
         return self.task(item)
 
 
+def in_batches(items: list, size: int) -> list[list]:
+    """Returns the items in consecutive batches of `size` (the last one shorter)."""
+    return [items[start:start + size] for start in range(0, len(items), size)]
+
+
 class BatchRunner:
     """Explains a list of inputs with an ExplainTask: skips what an earlier run wrote, applies a global scale,
     and returns the summary rows of every input."""
@@ -333,23 +387,25 @@ class BatchRunner:
         earlier = [self.task.earlier_rows(item) if skip_existing else None for item in items]
         pending = [index for index, rows in enumerate(earlier) if rows is None]
         todo = [items[index] for index in pending]
+        batches = in_batches(todo, self.task.batch_size)
         if self.global_scale:
             if scheduler:
                 raise OptionError("--normalize global keeps every explanation in one process: not with --scheduler")
-            new_rows = self._run_global(todo, jobs, show_progress)
+            new_rows = self._run_global(todo, batches, jobs, show_progress)
         else:
-            new_rows = run_inputs(self.task, todo, jobs, scheduler, show_progress, self.echo)
+            new_rows = [rows for batch_rows in run_inputs(self.task.run_batch, batches, jobs, scheduler,
+                                                          show_progress, self.echo) for rows in batch_rows]
         for index, rows in zip(pending, new_rows):
             earlier[index] = rows
         return [row for rows in earlier for row in rows]
 
-    def _run_global(self, items, jobs, show_progress) -> list[list[dict]]:
+    def _run_global(self, items, batches, jobs, show_progress) -> list[list[dict]]:
         """Only a shared scale needs every explanation in memory before the first write."""
         with limit_threads(), _progress_bar(len(items), show_progress) as bar:
             computed = []
-            for pair in map_local(self.task.compute, items, jobs, "threading"):
-                computed.append(pair)
-                bar.update(1)
-        scale = api.global_scale(cached_model(self.task.spec), [e for _, (ex, _) in computed if ex for e in ex])
-        saved = ((index, self.task.save(items[index], *result, scale)) for index, result in computed)
+            for _, results in map_local(self.task.compute_batch, batches, jobs, "threading"):
+                computed.extend(results)
+                bar.update(len(results))
+        scale = api.global_scale(cached_model(self.task.spec), [e for ex, _ in computed if ex for e in ex])
+        saved = ((index, self.task.save(items[index], *result, scale)) for index, result in enumerate(computed))
         return _collect(saved, len(items), False, self.echo)

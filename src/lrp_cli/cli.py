@@ -105,6 +105,9 @@ def main():
               help="Scale by each image's max |R| (Eq 35) or by the max over all inputs.")
 @click.option("--save-raw", is_flag=True, help="Also write STEM.relevance.npy (float32, model-input shape).")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Inputs explained at once.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Inputs of one shape explained in one pass, both engines (ONNX models, methods lrp, gradient, "
+              "gradient-x-input; others one at a time); --jobs and --scheduler take whole batches.")
 @click.option("--skip-existing", is_flag=True, help="Skip inputs whose JSON output already exists.")
 @click.option("--scheduler", help="Run on a Dask cluster: tcp://HOST:8786, or local:N for N worker processes "
               "(needs lrp-cli[dask]).")
@@ -118,8 +121,8 @@ def main():
 @click.option("--samples", type=click.IntRange(min=2), help="lime: perturbed samples [default: 1000].")
 @click.option("--seed", type=int, help="lime, random: random seed [default: 0].")
 @interrupts.exit_on_signal
-def explain(inputs, model_path, out_dir, method, cmap, normalize, save_raw, jobs, skip_existing, scheduler,
-            no_progress, json_lines, html, cam_layer, patch, stride, samples, seed, **shared):
+def explain(inputs, model_path, out_dir, method, cmap, normalize, save_raw, jobs, batch_size, skip_existing,
+            scheduler, no_progress, json_lines, html, cam_layer, patch, stride, samples, seed, **shared):
     """Explain the prediction for each INPUT (image, .npy tensor, folder or glob)."""
     try:
         settings = _settings(method, shared)
@@ -130,7 +133,8 @@ def explain(inputs, model_path, out_dir, method, cmap, normalize, save_raw, jobs
     except LrpError as exc:
         _fail(exc)
     items = batch.expand_inputs(list(inputs))
-    runner = batch.BatchRunner(batch.ExplainTask(model_spec, settings, out_dir, cmap, save_raw, json_lines),
+    runner = batch.BatchRunner(batch.ExplainTask(model_spec, settings, out_dir, cmap, save_raw, json_lines,
+                                                 batch_size),
                                normalize == "global")
     try:
         rows = runner.run(items, jobs, skip_existing, show_progress=not no_progress and sys.stderr.isatty(),
@@ -245,13 +249,15 @@ def inspect(model_path, composite, verify, as_json):
 @click.option("--layer-rule", "layer_rules", multiple=True, metavar="PATTERN=SPEC", help="Per-layer rule (repeatable).")
 @click.option("--output", "output_name", help="Which graph output to explain (multi-output models).")
 @click.option("--preset", type=click.Choice(list(PRESETS)), help="Input preset (sets the default z^B box).")
-def compile_command(model_path, out_path, method, composite, rule, layer_rules, output_name, preset):
+@click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Inputs per run of the graph (its data input [N, ...], target [N]).")
+def compile_command(model_path, out_path, method, composite, rule, layer_rules, output_name, preset, batch_size):
     """Write the relevance pass of MODEL as one ONNX graph that a plain onnxruntime session runs."""
     try:
         settings = api.Settings(method, composite, rule, tuple(layer_rules), preprocess={"preset": preset})
         model = api.load_model(model_path, output_name)
         api.check_settings(model, settings)
-        summary = api.compile_explainer(model, settings, out_path)
+        summary = api.compile_explainer(model, settings, out_path, batch_size)
     except LrpError as exc:
         _fail(exc)
     io = summary["io"]

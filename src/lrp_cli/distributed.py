@@ -90,10 +90,9 @@ def map_inputs(task, items: list, scheduler: str):
 
 
 def _chunk_results(dd, future, items: list) -> list:
-    from lrp_cli.batch import InputResult, summary_row
+    from lrp_cli.batch import failed_result
     try:
         return future.result()
     except dd.KilledWorker as exc:
         message = f"the Dask workers running it died ({exc})".splitlines()[0]
-        return [InputResult([summary_row(item, error=f"{item.path}: {message}")], [(f"error: {item.path}: {message}",
-                                                                                     True)]) for item in items]
+        return [failed_result(item, message) for item in items]

@@ -5,10 +5,11 @@ names, BatchNorm folded into the Conv that writes the BN's output) is available 
 start relevance from the `target` input, then each node's backward step in reverse topological order, exactly
 as `propagate.backward` walks the NumPy layers (fan-out sums, per-node relevance sums).
 
-Inputs: the model's data input (float32, the IR's batch-1 shape) and `target` (int64 [1]; -1 = the predicted
-class). Outputs: `scores` (float32 [1, K], the explained pre-softmax scores), `relevance` (float32, input
-shape), `target_index` (int64 [1]), `layer_relevance_sums` (float32 [L], one per node of `lrp_cli.layers`),
-`model_output` (the model's own chosen output, e.g. softmax probabilities).
+Inputs: the model's data input (float32, the IR's shape: batch 1, or N for a graph compiled for batches of N) and
+`target` (int64 [N]; -1 = the predicted class). Outputs: `scores` (float32 [N, K], the explained pre-softmax
+scores), `relevance` (float32, input shape), `target_index` (int64 [N]), `layer_relevance_sums` (float32 [L*N],
+node-major: one per node of `lrp_cli.layers` and item), `model_output` (the model's own chosen output, e.g.
+softmax probabilities).
 """
 
 from __future__ import annotations
@@ -35,14 +36,16 @@ TARGET, SCORES, RELEVANCE_OUT, TARGET_INDEX, LAYER_SUMS, MODEL_OUTPUT = (
     "target", "scores", "relevance", "target_index", "layer_relevance_sums", "model_output")
 IO_DOC = {
     "inputs": {
-        "<data input>": "float32, the model input shape at batch 1, preprocessed as for the model",
-        TARGET: "int64 [1]: the class to explain; -1 explains the predicted class (argmax of scores)",
+        "<data input>": "float32, the model input shape at batch N (lrp_cli.batch_size, 1 unless compiled with "
+                        "--batch-size), preprocessed as for the model",
+        TARGET: "int64 [N]: the class to explain per item; -1 explains the predicted class (argmax of scores)",
     },
     "outputs": {
-        SCORES: "float32 [1, K]: the explained tensor (pre-softmax scores), flattened",
+        SCORES: "float32 [N, K]: the explained tensor (pre-softmax scores), flattened per item",
         RELEVANCE_OUT: "float32, the input shape: the input relevance (or gradient) of the target",
-        TARGET_INDEX: "int64 [1]: the class that was explained",
-        LAYER_SUMS: "float32 [L]: relevance each node passed down, summed (names in lrp_cli.layers)",
+        TARGET_INDEX: "int64 [N]: the class that was explained per item",
+        LAYER_SUMS: "float32 [L*N]: relevance each node passed down, summed per item, node-major (reshape to "
+                    "[L, N]; names in lrp_cli.layers)",
         MODEL_OUTPUT: "the model's own output (e.g. softmax probabilities), as the original model computes it",
     },
 }
@@ -106,7 +109,7 @@ def compile_relevance(proto: onnx.ModelProto, graph: Graph, method: str, rules: 
     if method == "gradient-x-input":
         relevance = b.mul(relevance, graph.input_name)
     chosen = model_output or model.graph.output[0].name
-    outputs = {SCORES: b.reshape(graph.output_name, [1, -1]), RELEVANCE_OUT: relevance,
+    outputs = {SCORES: b.reshape(graph.output_name, [batch_size(graph), -1]), RELEVANCE_OUT: relevance,
                TARGET_INDEX: target_index, LAYER_SUMS: b.op("Concat", sums, axis=0) if sums else b.const([]),
                MODEL_OUTPUT: chosen}
     _finish(model, graph, b, outputs)
@@ -114,6 +117,7 @@ def compile_relevance(proto: onnx.ModelProto, graph: Graph, method: str, rules: 
         "lrp_cli.version": __version__, "lrp_cli.method": method,
         "lrp_cli.rules": json.dumps({name: rule.spec() for name, rule in rules.items()}),
         "lrp_cli.layers": json.dumps(layers), "lrp_cli.io": json.dumps(IO_DOC | {"data_input": graph.input_name}),
+        "lrp_cli.batch_size": str(batch_size(graph)),
     })
     return CompiledGraph(model, graph.input_name, layers)
 
@@ -139,14 +143,21 @@ def _check_names(available: set) -> None:
         raise CompileError(f"cannot compile: the model already has a tensor named '{sorted(taken)[0]}'")
 
 
+def batch_size(graph: Graph) -> int:
+    """Returns the batch size N the IR graph is bound to (its input's first dimension)."""
+    return int(graph.input_shape[0]) if graph.input_shape else 1
+
+
 def _start_relevance(b: GraphBuilder, graph: Graph, method: str) -> tuple[str, str]:
-    """Returns (output-shaped start relevance, the target index): one-hot at the target, valued f(x) for LRP."""
+    """Returns (output-shaped start relevance, the target index per item): one-hot at each item's target, valued
+    f(x) for LRP."""
     out_shape = graph.shapes[graph.output_name]
-    classes = int(np.prod(out_shape))
-    scores = b.reshape(graph.output_name, [1, classes])
+    items = batch_size(graph)
+    classes = int(np.prod(out_shape)) // items
+    scores = b.reshape(graph.output_name, [items, classes])
     predicted = b.op("ArgMax", [scores], axis=1, keepdims=0)
     target = b.op("Where", [b.op("Less", [TARGET, b.scalar(0, np.int64)]), predicted, TARGET])
-    hot = b.indicator(b.op("Equal", [b.reshape(target, [1, 1]),
+    hot = b.indicator(b.op("Equal", [b.reshape(target, [items, 1]),
                                      b.const(np.arange(classes).reshape(1, -1), "classes", np.int64)]))
     if method == "lrp":
         hot = b.mul(hot, b.reduce_sum(b.mul(scores, hot), [1]))
@@ -157,6 +168,7 @@ def _walk(b: GraphBuilder, graph: Graph, method: str, rules: dict, start: str, p
     """Returns (input relevance, [(name, op, rule)], [per-node sum tensors]) of the backward walk."""
     registry = RELEVANCE if method == "lrp" else GRADIENT
     nonnegative = nonnegative_tensors(graph, params)
+    items = batch_size(graph)
     pending = {graph.output_name: start}
     layers, sums = [], []
     for node in reversed(graph.nodes):
@@ -177,9 +189,9 @@ def _walk(b: GraphBuilder, graph: Graph, method: str, rules: dict, start: str, p
         for name, r_in in zip(node.inputs, lower):
             if r_in is None:
                 continue
-            parts.append(b.reshape(b.op("ReduceSum", [r_in], keepdims=0), [1]))
+            parts.append(_item_sums(b, r_in, items))
             pending[name] = b.add(pending[name], r_in) if name in pending else r_in
-        total = parts[0] if parts else b.const(np.zeros(1), "zero")
+        total = parts[0] if parts else b.const(np.zeros(items), "zero")
         for part in parts[1:]:
             total = b.add(total, part)
         sums.append(total)
@@ -188,6 +200,13 @@ def _walk(b: GraphBuilder, graph: Graph, method: str, rules: dict, start: str, p
     if relevance is None:
         relevance = b.const(np.zeros(graph.input_shape), "zero")
     return relevance, layers, sums
+
+
+def _item_sums(b: GraphBuilder, r: str, items: int) -> str:
+    """Returns the [N] sums of a relevance tensor over each batch item (its first axis)."""
+    if items == 1:
+        return b.reshape(b.op("ReduceSum", [r], keepdims=0), [1])
+    return b.op("ReduceSum", [b.reshape(r, [items, -1]), b.ints([1])], keepdims=0)
 
 
 def _node_backward(site: NodeSite, registry: dict, rule: Rule | None) -> list:
@@ -207,7 +226,7 @@ def _node_backward(site: NodeSite, registry: dict, rule: Rule | None) -> list:
 
 
 def _finish(model: onnx.ModelProto, graph: Graph, b: GraphBuilder, outputs: dict) -> None:
-    """Appends the built nodes and initializers; binds the data input to batch 1; sets the named outputs."""
+    """Appends the built nodes and initializers; binds the data input to the IR's shape; sets the named outputs."""
     g = model.graph
     for name, tensor in outputs.items():
         b.nodes.append(helper.make_node("Identity", [tensor], [name], name=f"lrp/{name}"))
@@ -216,14 +235,15 @@ def _finish(model: onnx.ModelProto, graph: Graph, b: GraphBuilder, outputs: dict
     data = next(i for i in g.input if i.name == graph.input_name)
     data.type.tensor_type.shape.CopyFrom(helper.make_tensor_value_info("_", 1, list(graph.input_shape))
                                          .type.tensor_type.shape)
-    g.input.append(helper.make_tensor_value_info(TARGET, onnx.TensorProto.INT64, [1]))
+    items = batch_size(graph)
+    g.input.append(helper.make_tensor_value_info(TARGET, onnx.TensorProto.INT64, [items]))
     out_shape = graph.shapes[graph.output_name]
     chosen_type = next((o.type for o in g.output if o.name == outputs[MODEL_OUTPUT]), None)
     del g.output[:]
     g.output.extend([
-        helper.make_tensor_value_info(SCORES, onnx.TensorProto.FLOAT, [1, int(np.prod(out_shape))]),
+        helper.make_tensor_value_info(SCORES, onnx.TensorProto.FLOAT, [items, int(np.prod(out_shape)) // items]),
         helper.make_tensor_value_info(RELEVANCE_OUT, onnx.TensorProto.FLOAT, list(graph.input_shape)),
-        helper.make_tensor_value_info(TARGET_INDEX, onnx.TensorProto.INT64, [1]),
+        helper.make_tensor_value_info(TARGET_INDEX, onnx.TensorProto.INT64, [items]),
         helper.make_tensor_value_info(LAYER_SUMS, onnx.TensorProto.FLOAT, None),
     ])
     model_out = onnx.ValueInfoProto(name=MODEL_OUTPUT)

@@ -52,10 +52,17 @@ class CompiledSession:
 
     def run(self, x: np.ndarray, target: int) -> CompiledRun:
         """Returns the run for input x and class target (-1: the predicted class)."""
+        return self.run_items(x, [target])[0]
+
+    def run_items(self, x: np.ndarray, targets) -> list[CompiledRun]:
+        """Returns one batch-1 run per item of a batch x (the graph's batch size) and its class targets (-1: the
+        predicted class)."""
         scores, relevance, index, sums, output = self.session.run(
             [C.SCORES, C.RELEVANCE_OUT, C.TARGET_INDEX, C.LAYER_SUMS, C.MODEL_OUTPUT],
-            {self.input_name: x.astype(np.float32, copy=False), C.TARGET: np.array([target], dtype=np.int64)})
-        return CompiledRun(scores[0], relevance, int(index[0]), sums, output)
+            {self.input_name: x.astype(np.float32, copy=False), C.TARGET: np.asarray(targets, dtype=np.int64)})
+        sums = sums.reshape(-1, len(scores))
+        return [CompiledRun(scores[k], relevance[k:k + 1], int(index[k]), sums[:, k], output[k:k + 1])
+                for k in range(len(scores))]
 
     def records(self, sums: np.ndarray) -> list[LayerRecord]:
         """Returns the per-node records of a run's layer sums."""
@@ -85,10 +92,12 @@ def cache_key(model_sha256: str, method: str, rules: dict[str, Rule], output: st
     return hashlib.sha256(content.encode()).hexdigest()[:32]
 
 
-def compile_model(path: Path, graph, method: str, rules: dict[str, Rule], output: str | None = None
-                  ) -> C.CompiledGraph:
-    """Returns the compiled relevance pass of the ONNX file at path (whose IR is graph)."""
-    return C.compile_relevance(load_onnx(path), graph, method, rules, output)
+def compile_model(path: Path, graph, method: str, rules: dict[str, Rule], output: str | None = None,
+                  batch_proto: bytes | None = None) -> C.CompiledGraph:
+    """Returns the compiled relevance pass of the ONNX file at path (whose IR is graph), or of its bytes re-bound
+    to another batch size (`batch_proto`, see batched.batch_model)."""
+    proto = load_onnx(path) if batch_proto is None else onnx.load_from_string(batch_proto)
+    return C.compile_relevance(proto, graph, method, rules, output)
 
 
 def io_doc(compiled: C.CompiledGraph) -> dict:
@@ -122,7 +131,7 @@ def session_for(model, method: str, rules: dict[str, Rule], providers=()) -> Com
     if not path.is_file():
         start = time.perf_counter()
         try:
-            compiled = compile_model(model.path, model.graph, method, rules, output)
+            compiled = compile_model(model.path, model.graph, method, rules, output, model.batch_proto)
         except CompileError as exc:
             _FAILURES[key] = exc
             raise

@@ -6,7 +6,7 @@ import numpy as np
 
 from lrp_cli.ir.graph import Graph
 from lrp_cli.methods.base import Method, MethodInput
-from lrp_cli.propagate import LayerRecord, Propagation, backward, one_hot, output_scores
+from lrp_cli.propagate import LayerRecord, Propagation, backward, one_hot, target_scores
 
 
 def _gradient_step(node, xs, y, g):
@@ -16,19 +16,21 @@ def _gradient_step(node, xs, y, g):
         raise NotImplementedError(f"node '{node.name}' ({node.op}): {exc}") from None
 
 
-def tensor_gradient(graph: Graph, values: dict[str, np.ndarray], target: int,
+def tensor_gradient(graph: Graph, values: dict[str, np.ndarray], target,
                     tensor: str | None = None) -> tuple[np.ndarray, list[LayerRecord]]:
-    """Returns (d score[target] / d tensor, per-node records) for any tensor of the graph (default: the input)."""
-    return backward(graph, values, one_hot(values[graph.output_name], target), _gradient_step, until=tensor)
+    """Returns (d score[target] / d tensor, per-node records) for any tensor of the graph (default: the input);
+    a target per batch item (an int array) records per-item node sums."""
+    return backward(graph, values, one_hot(values[graph.output_name], target), _gradient_step, until=tensor,
+                    per_item=np.ndim(target) > 0)
 
 
-def input_gradient(graph: Graph, values: dict[str, np.ndarray], target: int) -> Propagation:
+def input_gradient(graph: Graph, values: dict[str, np.ndarray], target) -> Propagation:
     """Returns the gradient of the target's score w.r.t. the input (as a Propagation; f_x is the score)."""
     gradient, records = tensor_gradient(graph, values, target)
-    return Propagation(gradient, float(output_scores(values[graph.output_name])[target]), records)
+    return Propagation(gradient, target_scores(values[graph.output_name], target), records)
 
 
-def gradient_x_input(graph: Graph, values: dict[str, np.ndarray], target: int) -> Propagation:
+def gradient_x_input(graph: Graph, values: dict[str, np.ndarray], target) -> Propagation:
     """Returns input * gradient of the target's score (the first-order Taylor terms around 0)."""
     result = input_gradient(graph, values, target)
     return Propagation(result.relevance * values[graph.input_name], result.f_x, result.layers)
