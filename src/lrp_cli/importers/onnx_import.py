@@ -19,6 +19,7 @@ from onnx.reference import ReferenceEvaluator
 
 from lrp_cli.errors import ModelLoadError
 from lrp_cli.ir import layers as L
+from lrp_cli.ir import masks
 from lrp_cli.importers import onnx_fusion
 from lrp_cli.ir import transformer as T
 from lrp_cli.ir.graph import Graph, Node
@@ -965,3 +966,17 @@ def _fused_expression(ctx, nodes, region) -> L.Activation | None:
     approximate, scale = match
     fn, derivative = _gelu({"approximate": approximate})
     return L.Activation("Gelu", lambda x: (scale * fn(x)).astype(x.dtype), lambda x, y: scale * derivative(x, y))
+
+
+# --- Swin: masks ----------------------------------------------------------------------------------------------
+
+
+@converter("Where")
+def _where(ctx, node):
+    """A Where by a constant condition routes elements (a condition computed from the input has no rule)."""
+    condition = ctx.const(node, 0)
+    dynamic = list(dict.fromkeys(t for t in node.input[1:] if not ctx.is_constant(t)))
+    operands = [ctx.constants[ctx.name(t)] if ctx.is_constant(t) else dynamic.index(t) for t in node.input[1:]]
+    shape = np.broadcast_shapes(*(ctx.shape(t) for t in node.input))
+    condition = np.broadcast_to(condition, shape)
+    ctx.add(node, masks.Where(condition, operands), dynamic)
