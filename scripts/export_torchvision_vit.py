@@ -8,7 +8,7 @@ Needs torch 2.14.1 and torchvision 0.29.1 (plus onnx, onnxruntime, onnxscript) i
     /work/venv-torch-NAME-tv/bin/python scripts/export_torchvision_vit.py [--dest models] [--model vit_b_16]
 
 Writes `MODEL.onnx` (legacy exporter, opset 17) and `MODEL_dynamo.onnx` (dynamo exporter, opset 18), both
-git-ignored, for `--model` vit_b_16 (default) or swin_t; weights are seeded random (no download; a
+git-ignored, for `--model` vit_b_16 (default), swin_t or swin_v2_t; weights are seeded random (no download; a
 zero-initialised head gets N(0, 0.02)), so the prediction is meaningless but the graph is the real one.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torchvision
 
-HEADS = {"vit_b_16": lambda m: m.heads.head, "swin_t": lambda m: m.head}
+HEADS = {"vit_b_16": lambda m: m.heads.head, "swin_t": lambda m: m.head, "swin_v2_t": lambda m: m.head}
 
 
 def main() -> None:
