@@ -265,14 +265,22 @@ class TinySwin(nn.Module):
 
     32x32 input, 4x4 patches (8x8 tokens), width 16, window 4: stage 1 has a plain and a shifted block (shift 2,
     so the attention mask is used), patch merging, stage 2 (4x4 tokens: one window, torchvision drops the shift).
+    `v2`: Swin V2's blocks (post-norm, cosine attention with a learnt logit scale, position bias from an MLP of
+    log-spaced coordinates, narrowed to 64 hidden units) and patch merging (Linear, then LayerNorm).
     """
 
-    def __init__(self):
+    def __init__(self, v2: bool = False):
         super().__init__()
-        from torchvision.models.swin_transformer import SwinTransformer
-        self.net = SwinTransformer([SWIN_PATCH] * 2, SWIN_WIDTH, list(SWIN_DEPTHS), list(SWIN_HEADS),
-                                   [SWIN_WINDOW] * 2, num_classes=CLASSES)
+        from torchvision.models import swin_transformer as tv
+        kinds = dict(block=tv.SwinTransformerBlockV2, downsample_layer=tv.PatchMergingV2) if v2 else {}
+        self.net = tv.SwinTransformer([SWIN_PATCH] * 2, SWIN_WIDTH, list(SWIN_DEPTHS), list(SWIN_HEADS),
+                                      [SWIN_WINDOW] * 2, num_classes=CLASSES, **kinds)
+        self.v2 = v2
         self.modes = Modes(None)
+        for stage in self.net.features[1::2] if v2 else ():  # torchvision's 512-wide position-bias MLP, narrowed
+            for block in stage:  # to 64 so that the folded table the dynamo exporter stores stays small
+                block.attn.cpb_mlp = nn.Sequential(nn.Linear(2, 64), nn.ReLU(), nn.Linear(64, block.attn.num_heads,
+                                                                                          bias=False))
 
     def forward(self, image):
         return self.net(image) if self.modes.kind is None else self.functional(image)
@@ -286,11 +294,20 @@ class TinySwin(nn.Module):
             if hasattr(stage, "reduction"):  # PatchMerging
                 x = torch.cat([x[..., 0::2, 0::2, :], x[..., 1::2, 0::2, :], x[..., 0::2, 1::2, :],
                                x[..., 1::2, 1::2, :]], -1)
-                x = m.linear(F.linear(self._norm(stage.norm, x), stage.reduction.weight))
+                if self.v2:
+                    x = self._norm(stage.norm, m.linear(F.linear(x, stage.reduction.weight)))
+                else:
+                    x = m.linear(F.linear(self._norm(stage.norm, x), stage.reduction.weight))
                 continue
             for block in stage:
-                x = m.linear(x + self._attention(block.attn, self._norm(block.norm1, x)), NORM_STABILIZER)
                 fc1, fc2 = block.mlp[0], block.mlp[3]
+                if self.v2:  # post-norm: the LayerNorms sit on the branches
+                    x = m.linear(x + self._norm(block.norm1, self._attention(block.attn, x)), NORM_STABILIZER)
+                    h = m.linear(fc1(x))
+                    h = m.gate(h, F.gelu(h))
+                    x = m.linear(x + self._norm(block.norm2, m.linear(fc2(h))), NORM_STABILIZER)
+                    continue
+                x = m.linear(x + self._attention(block.attn, self._norm(block.norm1, x)), NORM_STABILIZER)
                 h = m.linear(fc1(self._norm(block.norm2, x)))
                 h = m.gate(h, F.gelu(h))
                 x = m.linear(x + m.linear(fc2(h)), NORM_STABILIZER)
@@ -316,10 +333,19 @@ class TinySwin(nn.Module):
         windows = (height // w) * (width // w)
         x = x.view(n, height // w, w, width // w, w, c).permute(0, 1, 3, 2, 4, 5).reshape(n * windows, w * w, c)
         heads = attn.num_heads
-        qkv = m.linear(attn.qkv(x)).reshape(x.size(0), x.size(1), 3, heads, c // heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0] * (c // heads) ** -0.5, qkv[1], qkv[2]
+        bias = attn.qkv.bias
+        if self.v2:  # torchvision zeroes the key bias of cosine attention
+            bias = torch.cat([bias[:c], torch.zeros_like(bias[c:2 * c]), bias[2 * c:]])
+        qkv = m.linear(F.linear(x, attn.qkv.weight, bias))
+        qkv = qkv.reshape(x.size(0), x.size(1), 3, heads, c // heads).permute(2, 0, 3, 1, 4)
         share = 0.5 if m.kind == "attnlrp" else 1.0
-        logits = m.linear(q @ k.transpose(-2, -1), share=share)
+        if self.v2:
+            q, k, v = self._unit(qkv[0]), self._unit(qkv[1]), qkv[2]
+            scale = torch.clamp(attn.logit_scale, max=math.log(100.0)).exp()
+            logits = m.linear(q @ k.transpose(-2, -1), share=share) * scale
+        else:
+            q, k, v = qkv[0] * (c // heads) ** -0.5, qkv[1], qkv[2]
+            logits = m.linear(q @ k.transpose(-2, -1), share=share)
         logits = m.linear(logits + attn.get_relative_position_bias(), NORM_STABILIZER)
         if shift:
             mask = swin_mask(height, width, w, shift).to(logits.dtype)
@@ -334,6 +360,13 @@ class TinySwin(nn.Module):
         return torch.roll(x, shifts=(shift, shift), dims=(1, 2)) if shift else x
 
 
+    def _unit(self, x):
+        """Returns F.normalize(x) (last axis); the reference forms detach the norm and take the epsilon rule."""
+        if self.modes.kind is None:
+            return F.normalize(x, dim=-1)
+        return self.modes.linear(x / x.norm(dim=-1, keepdim=True).clamp(min=1e-12).detach())
+
+
 def swin_mask(height: int, width: int, w: int, shift: int) -> torch.Tensor:
     """Returns Swin's shifted-window attention mask [windows, w*w, w*w]: -100 between tokens of different regions."""
     region = torch.zeros(height, width)
@@ -345,10 +378,10 @@ def swin_mask(height: int, width: int, w: int, shift: int) -> torch.Tensor:
     return torch.where(diff != 0, torch.tensor(-100.0), torch.tensor(0.0))
 
 
-def make_swin(seed: int = 0) -> TinySwin:
+def make_swin(seed: int = 0, v2: bool = False) -> TinySwin:
     """Returns the tiny Swin with deterministic random weights (norms, biases, position-bias tables randomised)."""
     torch.manual_seed(seed)
-    model = TinySwin()
+    model = TinySwin(v2)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" in name and name.endswith("weight"):
@@ -483,6 +516,8 @@ def main() -> None:
         "convnext_dynamo18": (make_convnext, True, 18),
         "swin_legacy17": (make_swin, False, 17),
         "swin_dynamo18": (make_swin, True, 18),
+        "swinv2_legacy17": (lambda: make_swin(v2=True), False, 17),
+        "swinv2_dynamo18": (lambda: make_swin(v2=True), True, 18),
     }
     summary_path = args.out / "summary.json"
     summary = json.loads(summary_path.read_text()) if args.only and summary_path.exists() else {}

@@ -1,10 +1,12 @@
-"""Swin (Liu et al. 2021) as torchvision exports it: shifted windows, relative position bias, attention mask.
+"""Swin (Liu et al. 2021) and Swin V2 as torchvision exports them: shifted windows, relative position bias,
+attention mask, cosine attention (L2-normalized queries and keys).
 
-Golden files (tests/fixtures/transformers/swin_*, made by scripts/make_transformer_fixtures.py from torchvision's own
-SwinTransformer at toy size) hold float64/float32 PyTorch references of cp-lrp and attnlrp; the mask's Where is
-checked against explicit element-by-element routing on small graphs built here.
+Golden files (tests/fixtures/transformers/swin*, made by scripts/make_transformer_fixtures.py from torchvision's
+own SwinTransformer at toy size, V1 and V2) hold float64/float32 PyTorch references of cp-lrp and attnlrp; the
+mask's Where and the L2 normalization are checked against explicit sums on small inputs built here.
 """
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,7 @@ from conftest import onnx_model, save_model
 from lrp_cli.cli import main
 from lrp_cli.errors import ModelLoadError
 from lrp_cli.importers.onnx_import import import_onnx
+from lrp_cli.ir.l2norm import L2Normalize
 from lrp_cli.ir.layers import Add, Concat, IndexMap, Reshape, Transpose
 from lrp_cli.ir.masks import Where
 from lrp_cli.ir.transformer import Product, Softmax
@@ -25,16 +28,22 @@ from lrp_cli.rules import assign_rules, parse_rule
 from test_transformers import rel_l2, relevance
 
 FIXTURES = Path(__file__).parent / "fixtures" / "transformers"
-STEMS = ["swin_legacy17", "swin_dynamo18"]
+STEMS = ["swin_legacy17", "swin_dynamo18", "swinv2_legacy17", "swinv2_dynamo18"]
 RNG = np.random.default_rng(21)
 RUN = CliRunner()
+
+
+@functools.cache
+def fixture_graph(stem):
+    """Returns the imported fixture graph (import folds ~1000 constant nodes: done once per stem)."""
+    return import_onnx(FIXTURES / f"{stem}.onnx")
 
 
 @pytest.mark.parametrize("stem", STEMS)
 @pytest.mark.parametrize("composite", ["cp-lrp", "attnlrp"])
 def test_tiny_swin_matches_pytorch_reference(stem, composite):
     ref = np.load(FIXTURES / f"{stem}.npz")
-    graph = import_onnx(FIXTURES / f"{stem}.onnx")
+    graph = fixture_graph(stem)
     target = int(ref["target"])
     want = ref[f"{composite}_float64"]
     got64 = relevance(graph, ref["input"], target, composite, np.float64)
@@ -48,9 +57,11 @@ def test_tiny_swin_matches_pytorch_reference(stem, composite):
 
 @pytest.mark.parametrize("stem", STEMS)
 def test_tiny_swin_forward_matches_onnxruntime(stem):
-    graph = import_onnx(FIXTURES / f"{stem}.onnx")
+    graph = fixture_graph(stem)
     kinds = {type(n.layer) for n in graph.nodes}
     assert {Softmax, Product, Concat, IndexMap, Reshape, Transpose} <= kinds
+    # Swin V2's cosine attention: F.normalize of the queries and keys fused, 4 blocks x 2
+    assert sum(isinstance(n.layer, L2Normalize) for n in graph.nodes) == (8 if stem.startswith("swinv2") else 0)
     x = np.load(FIXTURES / f"{stem}.npz")["input"]
     session = ort.InferenceSession(str(FIXTURES / f"{stem}.onnx"), providers=["CPUExecutionProvider"])
     want = session.run(None, {graph.input_name: x})[0]
@@ -65,7 +76,7 @@ def _bias_and_mask_adds(graph):
 
 @pytest.mark.parametrize("stem", STEMS)
 def test_relative_position_bias_and_mask_are_constants_added_to_the_logits(stem):
-    graph = import_onnx(FIXTURES / f"{stem}.onnx")
+    graph = fixture_graph(stem)
     constants = [np.asarray(n.layer.constant) for n in _bias_and_mask_adds(graph)]
     masks = [c for c in constants if c.min() <= -100]
     # 4 blocks of 2 or 4 heads take a relative position bias; the one shifted block also takes the mask
@@ -78,7 +89,7 @@ def test_routing_conserves_and_constant_adds_absorb_their_share(composite):
     """Rolls, window partitions and patch merging move relevance unchanged; an Add of the position bias or the
     mask keeps R * c / stab(x + c) for itself (the z-rule, stabilizer 1e-6), as a bias does."""
     ref = np.load(FIXTURES / "swin_legacy17.npz")
-    graph = import_onnx(FIXTURES / "swin_legacy17.onnx").astype(np.float64)
+    graph = fixture_graph("swin_legacy17").astype(np.float64)
     specs = assign_rules([(n.name, n.layer) for n in graph.rule_nodes()], composite)
     rules = {k: parse_rule(v) for k, v in specs.items()}
     values = graph.forward(ref["input"].astype(np.float64))
@@ -150,6 +161,35 @@ def test_where_whose_condition_depends_on_the_input_is_an_error_naming_the_node(
     path, _ = _where_model(tmp_path, None, dynamic_condition=True)
     with pytest.raises(ModelLoadError, match="node 'cond'"):  # a mask computed from the input: no rule
         import_onnx(path)
+
+
+# --- L2 normalization (Swin V2's cosine attention) --------------------------------------------------------------
+
+
+def test_l2normalize_rules_hold_the_norm_constant():
+    x = RNG.standard_normal((2, 3, 5))
+    x[1, 2] = 0.0  # a zero row: the norm is the floor epsilon, y = 0
+    layer = L2Normalize(axis=2, epsilon=1e-12)
+    y = layer.forward(x)
+    np.testing.assert_allclose(np.linalg.norm(y[0], axis=-1), 1.0, rtol=1e-12)
+    r = RNG.standard_normal(y.shape)
+    got = layer.relevance([x], y, r, parse_rule("epsilon:0.01"))[0]
+    # the diagonal map x -> x / n with n fixed: R_i = (x_i / n) R_i / stab(y_i)
+    n = np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+    np.testing.assert_allclose(got, (x / n) * r / (y + 0.01 * np.where(y >= 0, 1, -1)), rtol=1e-12, atol=1e-15)
+    assert layer.relevance([x], y, r, parse_rule("identity"))[0] is r
+
+
+def test_l2normalize_gradient_is_the_finite_difference():
+    x = RNG.standard_normal((1, 4, 6))
+    layer, g = L2Normalize(axis=2, epsilon=1e-12), RNG.standard_normal((1, 4, 6))
+    got = layer.gradient([x], layer.forward(x), g)[0]
+    want = np.zeros_like(x)
+    for k in np.ndindex(x.shape):
+        step = np.zeros_like(x)
+        step[k] = 1e-6
+        want[k] = ((layer.forward(x + step) - layer.forward(x - step)) * g).sum() / 2e-6
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9)
 
 
 # --- engines --------------------------------------------------------------------------------------------------
