@@ -23,6 +23,7 @@ from lrp_cli.ir.l2norm import L2Normalize
 from lrp_cli.ir.layers import Add, Concat, IndexMap, Reshape, Transpose
 from lrp_cli.ir.masks import Where
 from lrp_cli.ir.transformer import Product, Softmax
+from lrp_cli.methods.gradient import input_gradient
 from lrp_cli.propagate import backward, initial_relevance
 from lrp_cli.rules import assign_rules, parse_rule
 from test_transformers import rel_l2, relevance
@@ -113,6 +114,20 @@ def test_routing_conserves_and_constant_adds_absorb_their_share(composite):
         assert given[node.name] == pytest.approx((r * x / z).sum(), rel=1e-9, abs=1e-12)
 
 
+@pytest.mark.parametrize("stem", ["swin_legacy17", "swinv2_dynamo18"])
+def test_gradient_through_windows_masks_and_cosine_attention_is_the_finite_difference(stem):
+    graph = fixture_graph(stem).astype(np.float64)
+    x = np.load(FIXTURES / f"{stem}.npz")["input"].astype(np.float64)
+    target = int(np.load(FIXTURES / f"{stem}.npz")["target"])
+    gradient = input_gradient(graph, graph.forward(x), target).relevance
+
+    def score(image):
+        return graph.forward(image)[graph.output_name][0, target]
+    for direction in RNG.standard_normal((3,) + x.shape):  # directional derivatives, central differences
+        numeric = (score(x + 1e-5 * direction) - score(x - 1e-5 * direction)) / 2e-5
+        assert (gradient * direction).sum() == pytest.approx(numeric, rel=1e-6, abs=1e-9)
+
+
 # --- Where by a constant mask ---------------------------------------------------------------------------------
 
 
@@ -190,6 +205,36 @@ def test_l2normalize_gradient_is_the_finite_difference():
         step[k] = 1e-6
         want[k] = ((layer.forward(x + step) - layer.forward(x - step)) * g).sum() / 2e-6
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9)
+
+
+def _normalize_model(tmp_path, axis=-1, ceiling=None):
+    """Returns the path of x [1, 4, 6] -> F.normalize as exporters write it (ReduceL2, Clip, Expand, Div) -> MatMul."""
+    inits = {"floor": np.array(1e-12, np.float32), "w": RNG.standard_normal((6, 3)).astype(np.float32)}
+    bounds = ["norm", "floor"]
+    if ceiling is not None:
+        inits["ceiling"] = np.array(ceiling, np.float32)
+        bounds.append("ceiling")
+    nodes = [helper.make_node("ReduceL2", ["x"], ["norm"], axes=[axis], keepdims=1),
+             helper.make_node("Clip", bounds, ["floored"]), helper.make_node("Shape", ["x"], ["shape"]),
+             helper.make_node("Expand", ["floored", "shape"], ["wide"]),
+             helper.make_node("Div", ["x", "wide"], ["unit"], name="unit_div"),
+             helper.make_node("MatMul", ["unit", "w"], ["y"])]
+    return save_model(onnx_model(nodes, [1, 4, 6], "y", inits, opset=17, output_shape=[1, 4, 3]), tmp_path / "n.onnx")
+
+
+def test_f_normalize_fuses_into_one_layer_that_matches_onnxruntime(tmp_path):
+    path = _normalize_model(tmp_path)
+    graph = import_onnx(path)
+    assert [type(n.layer).__name__ for n in graph.nodes] == ["L2Normalize", "Dense"]
+    x = RNG.standard_normal((1, 4, 6)).astype(np.float32)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(graph.forward(x)["y"], session.run(None, {"x": x})[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("variant", [{"axis": 1}, {"ceiling": 10.0}], ids=["leading-axis", "clip-ceiling"])
+def test_other_normalizations_of_activations_stay_errors_naming_the_node(tmp_path, variant):
+    with pytest.raises(ModelLoadError, match="unsupported op ReduceL2 at node 'norm'"):
+        import_onnx(_normalize_model(tmp_path, **variant))
 
 
 # --- engines --------------------------------------------------------------------------------------------------
