@@ -5,6 +5,7 @@
 - GELU in its Erf form x * 0.5 * (1 + erf(x / sqrt 2)) or tanh approximation, or any other element-wise
   expression of one tensor that contains a product of two activations: it is fused when it computes c * GELU(x),
   checked numerically on probe values; otherwise the product stays an error naming its node.
+- L2 normalization x / Expand(Clip(ReduceL2(x))) over the last axis (F.normalize: Swin V2's cosine attention).
 
 Regions are found on the graph's structure before conversion; the importer converts a region when it reaches its
 last node, when every constant it reads is known.
