@@ -207,7 +207,7 @@ def test_l2normalize_gradient_is_the_finite_difference():
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9)
 
 
-def _normalize_model(tmp_path, axis=-1, ceiling=None):
+def _normalize_model(tmp_path, axis=-1, ceiling=None, floor_op="Clip"):
     """Returns the path of x [1, 4, 6] -> F.normalize as exporters write it (ReduceL2, Clip, Expand, Div) -> MatMul."""
     inits = {"floor": np.array(1e-12, np.float32), "w": RNG.standard_normal((6, 3)).astype(np.float32)}
     bounds = ["norm", "floor"]
@@ -215,15 +215,16 @@ def _normalize_model(tmp_path, axis=-1, ceiling=None):
         inits["ceiling"] = np.array(ceiling, np.float32)
         bounds.append("ceiling")
     nodes = [helper.make_node("ReduceL2", ["x"], ["norm"], axes=[axis], keepdims=1),
-             helper.make_node("Clip", bounds, ["floored"]), helper.make_node("Shape", ["x"], ["shape"]),
+             helper.make_node(floor_op, bounds, ["floored"]), helper.make_node("Shape", ["x"], ["shape"]),
              helper.make_node("Expand", ["floored", "shape"], ["wide"]),
              helper.make_node("Div", ["x", "wide"], ["unit"], name="unit_div"),
              helper.make_node("MatMul", ["unit", "w"], ["y"])]
     return save_model(onnx_model(nodes, [1, 4, 6], "y", inits, opset=17, output_shape=[1, 4, 3]), tmp_path / "n.onnx")
 
 
-def test_f_normalize_fuses_into_one_layer_that_matches_onnxruntime(tmp_path):
-    path = _normalize_model(tmp_path)
+@pytest.mark.parametrize("floor_op", ["Clip", "Max"])
+def test_f_normalize_fuses_into_one_layer_that_matches_onnxruntime(tmp_path, floor_op):
+    path = _normalize_model(tmp_path, floor_op=floor_op)
     graph = import_onnx(path)
     assert [type(n.layer).__name__ for n in graph.nodes] == ["L2Normalize", "Dense"]
     x = RNG.standard_normal((1, 4, 6)).astype(np.float32)
