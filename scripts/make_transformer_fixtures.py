@@ -5,7 +5,11 @@ Needs torch 2.13.0 (CPU), onnx, onnxruntime, onnxscript and numpy in a private v
 
     python3 -m venv /work/venv-torch-NAME
     /work/venv-torch-NAME/bin/pip install torch==2.13.0 numpy onnx onnxruntime onnxscript
-    /work/venv-torch-NAME/bin/python scripts/make_transformer_fixtures.py [--out tests/fixtures/transformers]
+    /work/venv-torch-NAME/bin/python scripts/make_transformer_fixtures.py [--out DIR] [--only STEM...]
+
+The Swin fixtures (swin_*, swinv2_*) use torchvision's own SwinTransformer, so they need torchvision too (made with
+torch 2.14.1 + torchvision 0.29.1): `--only swin_legacy17 swin_dynamo18 swinv2_legacy17 swinv2_dynamo18` remakes them
+alone and keeps the other entries of summary.json.
 
 The model is plain torch (no torchvision): a patch-embedding convolution, a class token, a position embedding,
 pre-LN blocks of multi-head attention and a GELU MLP, a final LayerNorm and a linear head on the class token.
