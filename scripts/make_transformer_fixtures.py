@@ -5,7 +5,11 @@ Needs torch 2.13.0 (CPU), onnx, onnxruntime, onnxscript and numpy in a private v
 
     python3 -m venv /work/venv-torch-NAME
     /work/venv-torch-NAME/bin/pip install torch==2.13.0 numpy onnx onnxruntime onnxscript
-    /work/venv-torch-NAME/bin/python scripts/make_transformer_fixtures.py [--out tests/fixtures/transformers]
+    /work/venv-torch-NAME/bin/python scripts/make_transformer_fixtures.py [--out DIR] [--only STEM...]
+
+The Swin fixtures (swin_*, swinv2_*) use torchvision's own SwinTransformer, so they need torchvision too (made with
+torch 2.14.1 + torchvision 0.29.1): `--only swin_legacy17 swin_dynamo18 swinv2_legacy17 swinv2_dynamo18` remakes them
+alone and keeps the other entries of summary.json.
 
 The model is plain torch (no torchvision): a patch-embedding convolution, a class token, a position embedding,
 pre-LN blocks of multi-head attention and a GELU MLP, a final LayerNorm and a linear head on the class token.
@@ -252,6 +256,150 @@ def make_convnext(seed: int = 0) -> TinyConvNeXt:
     return model.eval()
 
 
+SWIN_PATCH = 4
+SWIN_WIDTH = 16
+SWIN_WINDOW = 4
+SWIN_DEPTHS = (2, 2)
+SWIN_HEADS = (2, 4)
+
+
+class TinySwin(nn.Module):
+    """torchvision's SwinTransformer at toy size (the exported graph is torchvision's own), with a functional
+    re-implementation of it that the reference forms modify.
+
+    32x32 input, 4x4 patches (8x8 tokens), width 16, window 4: stage 1 has a plain and a shifted block (shift 2,
+    so the attention mask is used), patch merging, stage 2 (4x4 tokens: one window, torchvision drops the shift).
+    `v2`: Swin V2's blocks (post-norm, cosine attention with a learnt logit scale, position bias from an MLP of
+    log-spaced coordinates, narrowed to 64 hidden units) and patch merging (Linear, then LayerNorm).
+    """
+
+    def __init__(self, v2: bool = False):
+        super().__init__()
+        from torchvision.models import swin_transformer as tv
+        kinds = dict(block=tv.SwinTransformerBlockV2, downsample_layer=tv.PatchMergingV2) if v2 else {}
+        self.net = tv.SwinTransformer([SWIN_PATCH] * 2, SWIN_WIDTH, list(SWIN_DEPTHS), list(SWIN_HEADS),
+                                      [SWIN_WINDOW] * 2, num_classes=CLASSES, **kinds)
+        self.v2 = v2
+        self.modes = Modes(None)
+        for stage in self.net.features[1::2] if v2 else ():  # torchvision's 512-wide position-bias MLP, narrowed
+            for block in stage:  # to 64 so that the folded table the dynamo exporter stores stays small
+                block.attn.cpb_mlp = nn.Sequential(nn.Linear(2, 64), nn.ReLU(), nn.Linear(64, block.attn.num_heads,
+                                                                                          bias=False))
+
+    def forward(self, image):
+        return self.net(image) if self.modes.kind is None else self.functional(image)
+
+    def functional(self, image):
+        """Returns the logits computed step by step from self.net's parameters, with self.modes applied."""
+        m, features = self.modes, self.net.features
+        stem_conv, stem_norm = features[0][0], features[0][2]
+        x = self._norm(stem_norm, m.conv(stem_conv, image).permute(0, 2, 3, 1))
+        for stage in features[1:]:
+            if hasattr(stage, "reduction"):  # PatchMerging
+                x = torch.cat([x[..., 0::2, 0::2, :], x[..., 1::2, 0::2, :], x[..., 0::2, 1::2, :],
+                               x[..., 1::2, 1::2, :]], -1)
+                if self.v2:
+                    x = self._norm(stage.norm, m.linear(F.linear(x, stage.reduction.weight)))
+                else:
+                    x = m.linear(F.linear(self._norm(stage.norm, x), stage.reduction.weight))
+                continue
+            for block in stage:
+                fc1, fc2 = block.mlp[0], block.mlp[3]
+                if self.v2:  # post-norm: the LayerNorms sit on the branches
+                    x = m.linear(x + self._norm(block.norm1, self._attention(block.attn, x)), NORM_STABILIZER)
+                    h = m.linear(fc1(x))
+                    h = m.gate(h, F.gelu(h))
+                    x = m.linear(x + self._norm(block.norm2, m.linear(fc2(h))), NORM_STABILIZER)
+                    continue
+                x = m.linear(x + self._attention(block.attn, self._norm(block.norm1, x)), NORM_STABILIZER)
+                h = m.linear(fc1(self._norm(block.norm2, x)))
+                h = m.gate(h, F.gelu(h))
+                x = m.linear(x + m.linear(fc2(h)), NORM_STABILIZER)
+        x = self._norm(self.net.norm, x).permute(0, 3, 1, 2)
+        pooled = m.linear(x.mean(dim=(2, 3)), NORM_STABILIZER)
+        return m.linear(self.net.head(pooled))
+
+    def _norm(self, norm: nn.LayerNorm, x):
+        if self.modes.kind is None:
+            return norm(x)
+        centred = x - x.mean(-1, keepdim=True)
+        std = torch.sqrt(centred.pow(2).mean(-1, keepdim=True) + norm.eps).detach()
+        return self.modes.linear(centred / std * norm.weight + norm.bias)
+
+    def _attention(self, attn, x):
+        """Returns torchvision's shifted_window_attention (no padding: the sizes divide) with the modes applied."""
+        m = self.modes
+        n, height, width, c = x.shape
+        w = attn.window_size[0]
+        shift = attn.shift_size[0] if w < height else 0
+        if shift:
+            x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
+        windows = (height // w) * (width // w)
+        x = x.view(n, height // w, w, width // w, w, c).permute(0, 1, 3, 2, 4, 5).reshape(n * windows, w * w, c)
+        heads = attn.num_heads
+        bias = attn.qkv.bias
+        if self.v2:  # torchvision zeroes the key bias of cosine attention
+            bias = torch.cat([bias[:c], torch.zeros_like(bias[c:2 * c]), bias[2 * c:]])
+        qkv = m.linear(F.linear(x, attn.qkv.weight, bias))
+        qkv = qkv.reshape(x.size(0), x.size(1), 3, heads, c // heads).permute(2, 0, 3, 1, 4)
+        share = 0.5 if m.kind == "attnlrp" else 1.0
+        if self.v2:
+            q, k, v = self._unit(qkv[0]), self._unit(qkv[1]), qkv[2]
+            scale = torch.clamp(attn.logit_scale, max=math.log(100.0)).exp()
+            logits = m.linear(q @ k.transpose(-2, -1), share=share) * scale
+        else:
+            q, k, v = qkv[0] * (c // heads) ** -0.5, qkv[1], qkv[2]
+            logits = m.linear(q @ k.transpose(-2, -1), share=share)
+        logits = m.linear(logits + attn.get_relative_position_bias(), NORM_STABILIZER)
+        if shift:
+            mask = swin_mask(height, width, w, shift).to(logits.dtype)
+            logits = logits.view(n, windows, heads, w * w, w * w)
+            logits = m.linear(logits + mask.unsqueeze(1).unsqueeze(0), NORM_STABILIZER).view(-1, heads, w * w, w * w)
+        weights = logits.softmax(dim=-1)
+        if m.kind == "cp-lrp":
+            weights = weights.detach()
+        x = m.linear(weights @ v, share=share).transpose(1, 2).reshape(x.size(0), x.size(1), c)
+        x = m.linear(attn.proj(x))
+        x = x.view(n, height // w, width // w, w, w, c).permute(0, 1, 3, 2, 4, 5).reshape(n, height, width, c)
+        return torch.roll(x, shifts=(shift, shift), dims=(1, 2)) if shift else x
+
+
+    def _unit(self, x):
+        """Returns F.normalize(x) (last axis); the reference forms detach the norm and take the epsilon rule."""
+        if self.modes.kind is None:
+            return F.normalize(x, dim=-1)
+        return self.modes.linear(x / x.norm(dim=-1, keepdim=True).clamp(min=1e-12).detach())
+
+
+def swin_mask(height: int, width: int, w: int, shift: int) -> torch.Tensor:
+    """Returns Swin's shifted-window attention mask [windows, w*w, w*w]: -100 between tokens of different regions."""
+    region = torch.zeros(height, width)
+    bounds = ((0, -w), (-w, -shift), (-shift, None))
+    for k, (hs, ws) in enumerate((hs, ws) for hs in bounds for ws in bounds):
+        region[hs[0]:hs[1], ws[0]:ws[1]] = k
+    region = region.view(height // w, w, width // w, w).permute(0, 2, 1, 3).reshape(-1, w * w)
+    diff = region.unsqueeze(1) - region.unsqueeze(2)
+    return torch.where(diff != 0, torch.tensor(-100.0), torch.tensor(0.0))
+
+
+def make_swin(seed: int = 0, v2: bool = False) -> TinySwin:
+    """Returns the tiny Swin with deterministic random weights (norms, biases, position-bias tables randomised)."""
+    torch.manual_seed(seed)
+    model = TinySwin(v2)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name and name.endswith("weight"):
+                p.copy_(1 + 0.2 * torch.randn_like(p))
+            elif name.endswith("bias") or name.endswith("relative_position_bias_table"):
+                p.copy_(0.1 * torch.randn_like(p))
+    model.eval()
+    x = torch.randn(2, 3, IMAGE, IMAGE)
+    with torch.no_grad():  # the functional form must be torchvision's model, or the references mean nothing
+        gap = (model.net(x) - model.functional(x)).abs().max().item()
+    assert gap < 1e-5, f"the functional Swin differs from torchvision's by {gap}"
+    return model
+
+
 def export(model: nn.Module, path: Path, dynamo: bool, opset: int) -> None:
     """Writes the model as ONNX with one exporter."""
     x = torch.zeros(1, 3, IMAGE, IMAGE)
@@ -358,6 +506,7 @@ def lxt_cross_check(model: nn.Module, image: np.ndarray, target: int, info: dict
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("tests/fixtures/transformers"))
+    parser.add_argument("--only", nargs="*", help="file stems to (re)make, e.g. swin_legacy17 (default: all)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
@@ -369,9 +518,16 @@ def main() -> None:
         "vit_dynamo18": (make_model, True, 18),
         "convnext_legacy17": (make_convnext, False, 17),
         "convnext_dynamo18": (make_convnext, True, 18),
+        "swin_legacy17": (make_swin, False, 17),
+        "swin_dynamo18": (make_swin, True, 18),
+        "swinv2_legacy17": (lambda: make_swin(v2=True), False, 17),
+        "swinv2_dynamo18": (lambda: make_swin(v2=True), True, 18),
     }
-    summary = {}
+    summary_path = args.out / "summary.json"
+    summary = json.loads(summary_path.read_text()) if args.only and summary_path.exists() else {}
     for stem, (make, dynamo, opset) in variants.items():
+        if args.only and stem not in args.only:
+            continue
         model = make()
         try:
             export(model, args.out / f"{stem}.onnx", dynamo, opset)
@@ -397,7 +553,7 @@ def main() -> None:
         np.savez_compressed(args.out / f"{stem}.npz", **arrays)
         summary[stem] = info
         print(stem, json.dumps(info))
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    summary_path.write_text(json.dumps(summary, indent=1) + "\n")
 
 
 if __name__ == "__main__":

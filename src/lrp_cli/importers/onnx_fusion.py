@@ -5,6 +5,7 @@
 - GELU in its Erf form x * 0.5 * (1 + erf(x / sqrt 2)) or tanh approximation, or any other element-wise
   expression of one tensor that contains a product of two activations: it is fused when it computes c * GELU(x),
   checked numerically on probe values; otherwise the product stays an error naming its node.
+- L2 normalization x / Expand(Clip(ReduceL2(x))) over the last axis (F.normalize: Swin V2's cosine attention).
 
 Regions are found on the graph's structure before conversion; the importer converts a region when it reaches its
 last node, when every constant it reads is known.
@@ -24,7 +25,7 @@ MAX_EXPRESSION_NODES = 16
 
 @dataclass
 class Region:
-    """A fused group of ONNX nodes: `kind` ("layernorm" or "expression"), node indices in graph order, the
+    """A fused group of ONNX nodes: `kind` ("layernorm", "expression" or "l2norm"), node indices in graph order, the
     dynamic input tensor and the tensor the last node writes."""
 
     kind: str
@@ -77,6 +78,7 @@ def find_regions(model: onnx.ModelProto) -> dict[int, Region]:
     candidates = [(k, _layernorm_region) for k, n in enumerate(index.nodes) if n.op_type == "ReduceMean"]
     candidates += [(k, _expression_region) for k, n in reversed(list(enumerate(index.nodes)))
                    if n.op_type == "Mul" and len(index.dynamic_inputs(k)) == 2]
+    candidates += [(k, _l2norm_region) for k, n in enumerate(index.nodes) if n.op_type == "ReduceL2"]
     for k, find in candidates:
         region = None if k in taken else find(index, k)
         if region and not taken.intersection(region.nodes):
@@ -206,3 +208,22 @@ def match_gelu(values: np.ndarray, probe: np.ndarray) -> tuple[str, float] | Non
         if scale != 0 and np.abs(values - scale * reference).max() <= 1e-5 * max(1.0, abs(scale)):
             return approximate, scale
     return None
+
+
+def _l2norm_region(index: GraphIndex, k: int) -> Region | None:
+    """Returns x / Expand(Clip(ReduceL2(x))) (F.normalize as exporters write it) starting at ReduceL2 node k."""
+    nodes = index.nodes
+    x = nodes[k].input[0]
+    if x in index.constant:
+        return None
+    chain = [k]
+    for ops in (("Clip", "Max"), ("Expand",)):  # the Expand is optional: Div broadcasts
+        nxt = index.sole_consumer(nodes[chain[-1]].output[0], ops)
+        if nxt is not None and len(index.dynamic_inputs(nxt)) == 1:
+            chain.append(nxt)
+        elif ops != ("Expand",):
+            return None
+    divide = index.sole_consumer(nodes[chain[-1]].output[0], "Div")
+    if divide is None or list(nodes[divide].input) != [x, nodes[chain[-1]].output[0]]:
+        return None
+    return Region("l2norm", sorted(chain + [divide]), x, nodes[divide].output[0])

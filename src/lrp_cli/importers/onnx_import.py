@@ -19,6 +19,8 @@ from onnx.reference import ReferenceEvaluator
 
 from lrp_cli.errors import ModelLoadError
 from lrp_cli.ir import layers as L
+from lrp_cli.ir import masks
+from lrp_cli.ir.l2norm import L2Normalize
 from lrp_cli.importers import onnx_fusion
 from lrp_cli.ir import transformer as T
 from lrp_cli.ir.graph import Graph, Node
@@ -901,7 +903,10 @@ def _convert_region(ctx, region: onnx_fusion.Region) -> None:
     """Converts a decomposed LayerNorm or GELU as one layer; when it is not one after all, node by node."""
     nodes = [ctx.model.graph.node[k] for k in region.nodes]
     try:
-        layer = _fused_norm(ctx, nodes) if region.kind == "layernorm" else _fused_expression(ctx, nodes, region)
+        if region.kind == "l2norm":
+            layer = _fused_l2norm(ctx, nodes)
+        else:
+            layer = _fused_norm(ctx, nodes) if region.kind == "layernorm" else _fused_expression(ctx, nodes, region)
     except (ValueError, KeyError, IndexError, ModelLoadError):
         layer = None
     if layer is None:
@@ -965,3 +970,39 @@ def _fused_expression(ctx, nodes, region) -> L.Activation | None:
     approximate, scale = match
     fn, derivative = _gelu({"approximate": approximate})
     return L.Activation("Gelu", lambda x: (scale * fn(x)).astype(x.dtype), lambda x, y: scale * derivative(x, y))
+
+
+# --- Swin: masks ----------------------------------------------------------------------------------------------
+
+
+@converter("Where")
+def _where(ctx, node):
+    """A Where by a constant condition routes elements (a condition computed from the input has no rule)."""
+    condition = ctx.const(node, 0)
+    dynamic = list(dict.fromkeys(t for t in node.input[1:] if not ctx.is_constant(t)))
+    operands = [ctx.constants[ctx.name(t)] if ctx.is_constant(t) else dynamic.index(t) for t in node.input[1:]]
+    shape = np.broadcast_shapes(*(ctx.shape(t) for t in node.input))
+    condition = np.broadcast_to(condition, shape)
+    ctx.add(node, masks.Where(condition, operands), dynamic)
+
+
+# --- Swin V2: cosine attention ----------------------------------------------------------------------------------
+
+
+def _fused_l2norm(ctx, nodes) -> L2Normalize | None:
+    """Returns the L2Normalize a ReduceL2 -> Clip/Max -> (Expand) -> Div region computes, or None if it is not one
+    (a reduction over other than the last axis, or a floor that is not one positive constant)."""
+    reduce, floor = nodes[0], nodes[1]
+    rank = len(ctx.shape(reduce.input[0]))
+    axes = _axes(ctx, reduce)
+    if axes is None or [a % rank for a in axes] != [rank - 1] or not attributes(reduce).get("keepdims", 1):
+        return None
+    bounds = [t for t in floor.input[1:] if t] if floor.op_type == "Clip" else [
+        t for t in floor.input if ctx.is_constant(t)]
+    if floor.op_type == "Clip" and (len(floor.input) < 2 or not floor.input[1] or len(floor.input) > 2 and
+                                    floor.input[2]):
+        return None  # a Clip with an upper bound, or without the lower one, is no normalization floor
+    values = [np.asarray(ctx.constants[ctx.name(t)]).reshape(-1) for t in bounds]
+    if len(values) != 1 or values[0].size != 1 or values[0][0] <= 0:
+        return None
+    return L2Normalize(rank - 1, float(values[0][0]))
