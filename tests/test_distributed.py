@@ -166,3 +166,35 @@ def test_evaluate_on_the_cluster_gives_the_local_document(tiny_cnn_path, tmp_pat
     assert documents["cluster"]["runs"] == documents["local"]["runs"] and documents["cluster"]["runs"]
     assert documents["cluster"]["errors"] == documents["local"]["errors"] and len(documents["local"]["errors"]) == 1
     assert documents["cluster"]["maps"] == documents["local"]["maps"]
+
+
+def _without_timing(report: Path) -> str:
+    """Returns a JUnit or JSON check report with its timings (which differ from run to run) blanked."""
+    import re
+    return re.sub(r'(time="|"seconds": )[0-9.e-]+', r"\1T", report.read_text())
+
+
+@pytest.mark.slow
+def test_check_on_the_cluster_gives_the_local_reports(tmp_path, local_two):
+    from test_check import OBJECT_CASES, SHAPES, _spec
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    second = f'''
+[[case]]
+name = "circles"
+inputs = ["{SHAPES}/circle_[0-9].png", "{tmp_path}/broken.png"]
+expect = "circle"
+'''
+    specs = [_spec(tmp_path, OBJECT_CASES, "objects.toml"), _spec(tmp_path, second, "circles.toml")]
+    runs, out = {}, tmp_path / "out"  # the JSON names the evidence paths: the same --evidence for both runs
+    for name, extra in (("local", []), ("cluster", ["--scheduler", "local:2"])):
+        result = RUN.invoke(main, ["check", *map(str, specs), "--junit", str(out / "j.xml"), "--json",
+                                   str(out / "r.json"), "--evidence", str(out / "ev"), *extra])
+        assert result.exit_code == 1, result.output  # the corner case and the broken input fail
+        evidence = {p.relative_to(out / "ev"): p.read_bytes() for p in (out / "ev").rglob("*.png")}
+        runs[name] = (result.output, _without_timing(out / "j.xml"), _without_timing(out / "r.json"), evidence)
+        out.rename(tmp_path / name)
+    assert local_two["n_workers"] == 2 and local_two["processes"] is True
+    assert runs["cluster"] == runs["local"]
+    output = runs["local"][0]
+    assert output.splitlines()[-1] == "4 passed, 2 failed" and output.count("broken.png") == 1
+    assert len(runs["local"][3]) == 2  # the corner case's heatmap and overlay

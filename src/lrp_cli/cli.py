@@ -302,11 +302,13 @@ def supported_ops_command():
 @click.option("--update-baselines", is_flag=True, help="(Re)write the baselines the specs name; they pass.")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Inputs explained at once.")
 @click.option("-k", "keyword", metavar="SUBSTRING", help="Run only the cases whose name contains SUBSTRING.")
-def check(specs, junit, markdown, json_path, evidence, update_baselines, jobs, keyword):
+@click.option("--scheduler", help="Run on a Dask cluster: tcp://HOST:8786, or local:N for N worker processes "
+              "(needs lrp-cli[dask]).")
+def check(specs, junit, markdown, json_path, evidence, update_baselines, jobs, keyword, scheduler):
     """Check behaviour specs (TOML): where each model looks, as a CI gate. Exit 1 when any check fails."""
     from lrp_cli.check import reports, run_specs
     try:
-        results = run_specs(list(specs), jobs, keyword, update_baselines, evidence)
+        results = run_specs(list(specs), jobs, keyword, update_baselines, evidence, scheduler)
         for _, outcomes in results:
             for outcome in outcomes:
                 click.echo(reports.line(outcome))
