@@ -198,3 +198,60 @@ expect = "circle"
     output = runs["local"][0]
     assert output.splitlines()[-1] == "4 passed, 2 failed" and output.count("broken.png") == 1
     assert len(runs["local"][3]) == 2  # the corner case's heatmap and overlay
+
+
+@dataclass
+class AlwaysDies:
+    """A task that SIGKILLs its worker process every time it meets `victim`."""
+
+    task: batch.ExplainTask
+    victim: str
+
+    def __call__(self, item):
+        if item.stem == self.victim:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return self.task(item)
+
+
+@pytest.fixture
+def one_retry(cluster):
+    """Makes the shared cluster's scheduler give up on a task after its second worker death (default: 4th)."""
+    import dask.distributed as dd
+
+    def allow(dask_scheduler, failures):
+        previous, dask_scheduler.allowed_failures = dask_scheduler.allowed_failures, failures
+        return previous
+
+    with dd.Client(cluster.scheduler_address) as client:  # closed before lrp opens its own
+        previous = client.run_on_scheduler(allow, failures=1)
+    yield
+    with dd.Client(cluster.scheduler_address) as client:
+        client.run_on_scheduler(allow, failures=previous)
+
+
+@pytest.mark.slow
+def test_an_input_that_always_kills_its_worker_is_one_error_row(tiny_cnn_path, tmp_path, cluster, one_retry):
+    data = make_folder(tmp_path / "data", 8)
+    items = batch.expand_inputs([str(data)])
+    out = tmp_path / "out"
+    _, spec = batch.load_model(tiny_cnn_path)
+    lines = []
+    runner = batch.BatchRunner(AlwaysDies(batch.ExplainTask(spec, batch.api.Settings(), out), "im003"),
+                               echo=lambda text, err=False: lines.append(text))
+    rows = runner.run(items, scheduler=cluster.scheduler_address)  # 8 inputs, 2 workers: chunks of one
+    assert [row["status"] for row in rows] == ["ok"] * 3 + ["error"] + ["ok"] * 4
+    assert rows[3]["input"] == str(data / "im003.png") and "Dask workers running it died" in rows[3]["error"]
+    assert [line for line in lines if line.startswith("error:")] == [f"error: {rows[3]['error']}"]
+    assert {p.name.split(".")[0] for p in out.iterdir()} == {item.stem for item in items} - {"im003"}
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.slow
+def test_a_chunk_that_kills_its_workers_is_rerun_an_input_a_task(tiny_cnn_path, tmp_path, cluster, one_retry):
+    data = make_folder(tmp_path / "data", 20)  # 2 workers, 4 chunks each: 3 inputs a chunk
+    items = batch.expand_inputs([str(data)])
+    _, spec = batch.load_model(tiny_cnn_path)
+    task = AlwaysDies(batch.ExplainTask(spec, batch.api.Settings(), tmp_path / "out"), "im007")
+    rows = batch.run_inputs(task, items, scheduler=cluster.scheduler_address, echo=lambda text, err=False: None)
+    statuses = [row["status"] for rows_of_input in rows for row in rows_of_input]
+    assert statuses == ["ok"] * 7 + ["error"] + ["ok"] * 12  # its chunk's other inputs are written

@@ -66,8 +66,8 @@ def chunk_size(count: int, workers: int) -> int:
 def map_inputs(task, items: list, scheduler: str):
     """Yields (index, task(item)) for every item as the cluster finishes its chunk (dask.distributed.as_completed).
 
-    `task` is a picklable callable returning a batch.InputResult; an input whose chunk keeps killing the workers
-    comes back as an error result instead of ending the run."""
+    `task` is a picklable callable returning a batch.InputResult; a chunk that keeps killing its workers is run
+    again an input a task, so that only the input that kills them comes back as an error result."""
     dd = _dask()
     local_workers(scheduler)  # a bad --scheduler is an error even when every input was done before
     if not items:
@@ -80,8 +80,15 @@ def map_inputs(task, items: list, scheduler: str):
         for start in range(0, len(items), size):
             future = client.submit(run_chunk, task, items[start:start + size], pure=False)
             chunks[future] = range(start, min(start + size, len(items)))
-        for future in dd.as_completed(chunks):
+        pending = dd.as_completed(chunks)
+        for future in pending:
             indices = chunks.pop(future)
+            if len(indices) > 1 and future.status == "error" and isinstance(future.exception(), dd.KilledWorker):
+                for index in indices:
+                    alone = client.submit(run_chunk, task, [items[index]], pure=False)
+                    chunks[alone] = [index]
+                    pending.add(alone)
+                continue
             yield from zip(indices, _chunk_results(dd, future, [items[i] for i in indices]))
     finally:
         client.close()
