@@ -184,6 +184,7 @@ def _write_html(out_dir, rows, model, settings, cmap, global_scale):
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Inputs evaluated at once.")
 @click.option("--scheduler", help="Run on a Dask cluster: tcp://HOST:8786, or local:N for N worker processes "
               "(needs lrp-cli[dask]).")
+@interrupts.exit_on_signal
 def evaluate_command(inputs, model_path, methods, orders, perturbation, blur_sigma, patch, steps, seed, out_dir,
                      save_maps, strip, jobs, scheduler, **shared):
     """Pixel flipping (paper Figs 18-24): perturb each INPUT in the order of each method's relevance and record
@@ -304,6 +305,7 @@ def supported_ops_command():
 @click.option("-k", "keyword", metavar="SUBSTRING", help="Run only the cases whose name contains SUBSTRING.")
 @click.option("--scheduler", help="Run on a Dask cluster: tcp://HOST:8786, or local:N for N worker processes "
               "(needs lrp-cli[dask]).")
+@interrupts.exit_on_signal
 def check(specs, junit, markdown, json_path, evidence, update_baselines, jobs, keyword, scheduler):
     """Check behaviour specs (TOML): where each model looks, as a CI gate. Exit 1 when any check fails."""
     from lrp_cli.check import reports, run_specs
