@@ -174,6 +174,7 @@ class ExplainTask:
     cmap: str = "jet"
     save_raw: bool = False
     json_lines: bool = False
+    thumbnails: bool = False  # --html: also STEM.input.png, the input as the model saw it
 
     def __call__(self, item: InputItem) -> InputResult:
         """Returns the InputResult of explaining one input and writing its files."""
@@ -198,6 +199,9 @@ class ExplainTask:
             stem = item.stem if len(explanations) == 1 else f"{item.stem}.class{expl.target['index']}"
             try:
                 document = api.save_explanation(model, expl, self.out_dir, stem, self.cmap, self.save_raw, scale)
+                if self.thumbnails:
+                    from lrp_cli import report
+                    report.save_thumbnail(expl.picture, document["outputs"]["heatmap"])
             except OSError as exc:
                 result.lines.append((f"error: {item.path}: cannot write outputs to {self.out_dir} ({exc})", True))
                 result.rows.append(summary_row(item, error=str(exc)))
@@ -254,8 +258,13 @@ def run_inputs(task, items: list[InputItem], jobs: int = 1, scheduler: str | Non
         completed = distributed.map_inputs(task, items, scheduler)
     else:
         completed = map_local(task, items, jobs)
-    with limit_threads():
+    with limit_threads(), outputs.batch_writes(task_folder(task)):
         return _collect(completed, len(items), show_progress, echo)
+
+
+def task_folder(task) -> Path | None:
+    """Returns the folder a task writes its files under (its out_dir), or None when it names none."""
+    return getattr(task, "out_dir", None)
 
 
 def _collect(completed, count: int, show_progress: bool, echo) -> list[list[dict]]:
@@ -317,6 +326,8 @@ class _InWorkerProcess:
 
     def __call__(self, item):
         limit_threads()
+        if task_folder(self.task) is not None:
+            outputs.swept_by_batch(task_folder(self.task))
         return self.task(item)
 
 
@@ -352,4 +363,5 @@ class BatchRunner:
                 bar.update(1)
         scale = api.global_scale(cached_model(self.task.spec), [e for _, (ex, _) in computed if ex for e in ex])
         saved = ((index, self.task.save(items[index], *result, scale)) for index, result in computed)
-        return _collect(saved, len(items), False, self.echo)
+        with outputs.batch_writes(self.task.out_dir):
+            return _collect(saved, len(items), False, self.echo)

@@ -130,8 +130,8 @@ def explain(inputs, model_path, out_dir, method, cmap, normalize, save_raw, jobs
     except LrpError as exc:
         _fail(exc)
     items = batch.expand_inputs(list(inputs))
-    runner = batch.BatchRunner(batch.ExplainTask(model_spec, settings, out_dir, cmap, save_raw, json_lines),
-                               normalize == "global")
+    runner = batch.BatchRunner(batch.ExplainTask(model_spec, settings, out_dir, cmap, save_raw, json_lines,
+                                                 thumbnails=html), normalize == "global")
     try:
         rows = runner.run(items, jobs, skip_existing, show_progress=not no_progress and sys.stderr.isatty(),
                           scheduler=scheduler)

@@ -53,8 +53,11 @@ def run_chunk(task, items: list) -> list:
     """Returns [task(item) for item in items]: the Dask task of one chunk of inputs, on one BLAS thread per
     worker thread (batch.BLAS_THREADS: the bytes then match a local run's; start workers with --nthreads 1 and
     as many --nworkers as cores)."""
-    from lrp_cli.batch import limit_threads
+    from lrp_cli import outputs
+    from lrp_cli.batch import limit_threads, task_folder
     limit_threads()  # for good: this is a worker process, lrp's to configure
+    if task_folder(task) is not None:  # the client swept it before it submitted the first chunk
+        outputs.swept_by_batch(task_folder(task))
     return [task(item) for item in items]
 
 

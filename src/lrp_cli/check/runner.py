@@ -227,6 +227,11 @@ class CheckTask:
     update_baselines: bool = False
     evidence_dir: Path | None = None
 
+    @property
+    def out_dir(self) -> Path | None:
+        """Returns the folder its files go under (the evidence; baselines live in each case's own folder)."""
+        return self.evidence_dir
+
     def __call__(self, group: Group) -> batch.InputResult:
         """Returns the batch.InputResult of one group: a row per job, or the error that ends the run."""
         context = group.context
