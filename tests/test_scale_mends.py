@@ -107,3 +107,22 @@ def test_class_index_resolves_an_index_or_a_label_without_scores():
     for spec, count, labels in (("-1", None, None), ("3", 3, ["a", "b", "c"]), ("cow", 3, ["a", "b", "c"])):
         with pytest.raises(OptionError):
             api.class_index(spec, count, labels)
+
+
+def test_jobs_share_the_cores_between_their_onnxruntime_sessions(tiny_cnn_path, tmp_path, monkeypatch):
+    from lrp_cli import batch
+    from lrp_cli.engines import onnx_engine
+    monkeypatch.setattr(batch, "CORES", 4)
+    monkeypatch.setattr(onnx_engine, "_SESSIONS", {})
+    data = make_folder(tmp_path / "data", 4)
+    outs = {}
+    for jobs in ("1", "2"):
+        outs[jobs] = tmp_path / f"out{jobs}"
+        result = RUN.invoke(main, ["explain", str(data), "--model", str(tiny_cnn_path), "--out", str(outs[jobs]),
+                                   "--jobs", jobs, "--engine", "onnxruntime"])
+        assert result.exit_code == 0, result.output
+    threads = {key[2]: s.session.get_session_options().intra_op_num_threads
+               for key, s in onnx_engine._SESSIONS.items()}
+    assert threads == {0: 0, 2: 2}  # --jobs 1: onnxruntime's default; --jobs 2 on 4 cores: 2 each
+    for path in outs["1"].glob("*.png"):
+        assert path.read_bytes() == (outs["2"] / path.name).read_bytes()

@@ -311,24 +311,35 @@ def map_local(task, items, jobs, backend: str | None = None):
         yield from ((index, task(item)) for index, item in enumerate(items))
         return
     from joblib import Parallel, delayed
+
+    from lrp_cli.engines import onnx_engine
     backend = backend or JOBS_BACKEND
+    threads = max(1, CORES // jobs)
     if backend != "threading":
-        task = _InWorkerProcess(task)
-    yield from enumerate(Parallel(n_jobs=jobs, backend=backend, return_as="generator")(
-        delayed(task)(item) for item in items))
+        task = _InWorkerProcess(task, threads)
+    with onnx_engine.intra_op_threads(threads):
+        yield from enumerate(Parallel(n_jobs=jobs, backend=backend, return_as="generator")(
+            delayed(task)(item) for item in items))
+
+
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 @dataclass
 class _InWorkerProcess:
-    """A task run in a worker process (loky), whose BLAS pools are set to BLAS_THREADS for good."""
+    """A task run in a worker process (loky), whose BLAS pools are set to BLAS_THREADS for good, and whose
+    compiled sessions get `threads` onnxruntime threads."""
 
     task: object
+    threads: int = 0
 
     def __call__(self, item):
+        from lrp_cli.engines import onnx_engine
         limit_threads()
         if task_folder(self.task) is not None:
             outputs.swept_by_batch(task_folder(self.task))
-        return self.task(item)
+        with onnx_engine.intra_op_threads(self.threads):
+            return self.task(item)
 
 
 class BatchRunner:
