@@ -1,12 +1,14 @@
 """`--scheduler`: batches on a dask.distributed LocalCluster of worker processes give the local run's files, survive
 a worker killed mid-run, report a bad input once, resume with --skip-existing; without Dask a one-line error."""
 
+import json
 import logging
 import os
 import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from click.testing import CliRunner
@@ -255,3 +257,28 @@ def test_a_chunk_that_kills_its_workers_is_rerun_an_input_a_task(tiny_cnn_path, 
     rows = batch.run_inputs(task, items, scheduler=cluster.scheduler_address, echo=lambda text, err=False: None)
     statuses = [row["status"] for rows_of_input in rows for row in rows_of_input]
     assert statuses == ["ok"] * 7 + ["error"] + ["ok"] * 12  # its chunk's other inputs are written
+
+
+def test_check_cases_of_an_input_whose_workers_died_fail_with_that_error(tmp_path, monkeypatch):
+    dd = pytest.importorskip("dask.distributed")
+    from lrp_cli import distributed
+    from test_check import OBJECT_CASES, _spec
+
+    class Dead:
+        def result(self):
+            raise dd.KilledWorker("run_chunk-1", SimpleNamespace(address="tcp://10.0.0.1:1234"), 3)
+
+    def dying_cluster(task, items, scheduler):  # what map_inputs yields when every chunk kills its workers
+        for index, item in enumerate(items):
+            yield index, distributed._chunk_results(dd, Dead(), [item])[0]
+
+    monkeypatch.setattr(distributed, "map_inputs", dying_cluster)
+    report = tmp_path / "r.json"
+    result = RUN.invoke(main, ["check", str(_spec(tmp_path, OBJECT_CASES)), "--scheduler", "tcp://10.0.0.1:8786",
+                               "--json", str(report)])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    outcomes = json.loads(report.read_text())["specs"][0]["results"]
+    assert [(o["case"], o["passed"]) for o in outcomes] == [("crosses", False), ("crosses", False),
+                                                           ("corner is unused", False)]
+    assert all("the Dask workers running it died" in o["error"] for o in outcomes)
+    assert result.output.splitlines()[-1] == "0 passed, 3 failed"
