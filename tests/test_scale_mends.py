@@ -94,10 +94,11 @@ def test_a_batch_still_removes_a_killed_runs_temporaries(tiny_cnn_path, tmp_path
     stale = [out / ".im001.json.abcd1234.tmp", out / "sub" / ".x.png.abcd1234.tmp"]
     for path in stale:
         path.write_bytes(b"{")
-    keep = out / "notes.tmp"  # not a name write_all makes
-    keep.write_text("mine")
+    keep = [out / "notes.tmp", out / ".notes.txt.abcd1234.tmp"]  # not names write_all makes
+    for path in keep:
+        path.write_text("mine")
     assert RUN.invoke(main, ["explain", str(data), "--model", str(tiny_cnn_path), "--out", str(out)]).exit_code == 0
-    assert not any(path.exists() for path in stale) and keep.read_text() == "mine"
+    assert not any(path.exists() for path in stale) and all(path.read_text() == "mine" for path in keep)
     assert not outputs._SWEPT  # the batch is over: single writes search again
 
 

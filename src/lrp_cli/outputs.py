@@ -8,6 +8,7 @@ import io
 import json
 import math
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -109,7 +110,9 @@ def remove_stale_temporaries(paths) -> None:
                 stale.unlink(missing_ok=True)
 
 
-TEMPORARY_PATTERN = ".*.????????.tmp"  # what write_all's mkstemp names look like
+#: The temporaries write_all's mkstemp makes for the kinds of file lrp writes (.NAME.XXXXXXXX.tmp): a folder
+#: sweep leaves other programs' temporaries alone.
+TEMPORARY_NAME = re.compile(r"\..+\.(json|png|npy|csv|html)\.\w{8}\.tmp")
 _SWEPT: set[Path] = set()  # the folders (absolute) whose writes a batch swept for: see swept_by_batch
 
 
@@ -117,8 +120,9 @@ def remove_temporaries(folder: Path) -> None:
     """Removes every temporary that write_all left anywhere under `folder` (one walk of it)."""
     folder = Path(folder)
     if folder.is_dir():
-        for stale in folder.rglob(TEMPORARY_PATTERN):
-            stale.unlink(missing_ok=True)
+        for stale in folder.rglob(".*.tmp"):
+            if TEMPORARY_NAME.fullmatch(stale.name):
+                stale.unlink(missing_ok=True)
 
 
 def swept_by_batch(folder: Path) -> None:
