@@ -250,16 +250,20 @@ def bench_jobs(model_path: Path) -> list[dict]:
     return rows
 
 
+def markdown_table(headers: list[str], cells: list[list]) -> str:
+    """Returns a Markdown table of the headers and rows of cells."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    return "\n".join(lines + ["| " + " | ".join(map(str, row)) + " |" for row in cells])
+
+
 def jobs_table(rows: list[dict]) -> str:
     """Returns the batch throughputs as a Markdown table."""
     base = rows[0]["images_per_s"]
-    lines = ["| --jobs | backend | BLAS threads per explanation | onnxruntime threads per job | wall time | images/s | "
-             "speed-up over --jobs 1 | outputs equal --jobs 1's |", "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['jobs']} | {r['backend']} | {r['blas']} | {r['ort']} | {r['seconds']:.1f} s | "
-                     f"{r['images_per_s']:.2f} | {r['images_per_s'] / base:.2f}x | "
-                     f"{'yes' if r['identical'] else 'NO'} |")
-    return "\n".join(lines)
+    return markdown_table(
+        ["--jobs", "backend", "BLAS threads per explanation", "onnxruntime threads per job", "wall time", "images/s",
+         "speed-up over --jobs 1", "outputs equal --jobs 1's"],
+        [[r["jobs"], r["backend"], r["blas"], r["ort"], f"{r['seconds']:.1f} s", f"{r['images_per_s']:.2f}",
+          f"{r['images_per_s'] / base:.2f}x", "yes" if r["identical"] else "NO"] for r in rows])
 
 
 def load_note() -> str:

@@ -180,12 +180,8 @@ def _without_timing(report: Path) -> str:
 def test_check_on_the_cluster_gives_the_local_reports(tmp_path, local_two):
     from test_check import OBJECT_CASES, SHAPES, _spec
     (tmp_path / "broken.png").write_bytes(b"not a png")
-    second = f'''
-[[case]]
-name = "circles"
-inputs = ["{SHAPES}/circle_[0-9].png", "{tmp_path}/broken.png"]
-expect = "circle"
-'''
+    second = f'[[case]]\nname = "circles"\ninputs = ["{SHAPES}/circle_[0-9].png", "{tmp_path}/broken.png"]\n' \
+             'expect = "circle"\n'
     specs = [_spec(tmp_path, OBJECT_CASES, "objects.toml"), _spec(tmp_path, second, "circles.toml")]
     runs, out = {}, tmp_path / "out"  # the JSON names the evidence paths: the same --evidence for both runs
     for name, extra in (("local", []), ("cluster", ["--scheduler", "local:2"])):
