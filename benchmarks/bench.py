@@ -193,7 +193,10 @@ BATCH_PHOTOS = [REPO / "sample_images" / "chelsea.png", REPO / "sample_images" /
 BATCH_SIZE = 50
 # (--jobs, backend, BLAS threads per explanation); the last row is what --jobs 1 did before explanations were
 # pinned to batch.BLAS_THREADS
-JOBS_RUNS = [(1, "threading", 1), (2, "threading", 1), (2, "loky", 1), (1, "threading", os.cpu_count())]
+#: (--jobs, backend, BLAS threads, onnxruntime threads per job: None is batch.map_local's cores // jobs, "all"
+#: every core for each job, as before map_local shared them out)
+JOBS_RUNS = [(1, "threading", 1, None), (2, "threading", 1, None), (2, "threading", 1, "all"), (2, "loky", 1, None),
+             (1, "threading", os.cpu_count(), None)]
 
 
 def batch_images(folder: Path, count: int = BATCH_SIZE) -> Path:
@@ -230,8 +233,10 @@ def bench_jobs(model_path: Path) -> list[dict]:
     with tempfile.TemporaryDirectory() as folder:
         items = batch.expand_inputs([str(batch_images(Path(folder) / "in"))])
         out = Path(folder) / "out"
-        for jobs, backend, blas_threads in JOBS_RUNS:
+        cores = batch.CORES
+        for jobs, backend, blas_threads, ort_threads in JOBS_RUNS:
             batch.JOBS_BACKEND, batch.BLAS_THREADS = backend, blas_threads
+            batch.CORES = cores * jobs if ort_threads == "all" else cores
             task = batch.ExplainTask(spec, api.Settings(), out)
             start = time.perf_counter()
             batch.run_inputs(task, items, jobs, echo=lambda *args, **kwargs: None)
@@ -240,23 +245,25 @@ def bench_jobs(model_path: Path) -> list[dict]:
             shutil.rmtree(out)
             reference = reference or contents
             rows.append({"jobs": jobs, "backend": backend, "blas": blas_threads, "images_per_s": len(items) / seconds,
-                         "identical": contents == reference, "seconds": seconds})
+                         "identical": contents == reference, "seconds": seconds,
+                         "ort": batch.CORES // jobs if jobs > 1 else "default"})
+        batch.CORES = cores
     return rows
 
 
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    """Returns a Markdown table of a header and rows of cells."""
-    lines = [header, ["---"] * len(header)] + rows
-    return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
+def markdown_table(headers: list[str], cells: list[list]) -> str:
+    """Returns a Markdown table of the headers and rows of cells."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    return "\n".join(lines + ["| " + " | ".join(map(str, row)) + " |" for row in cells])
 
 
 def jobs_table(rows: list[dict]) -> str:
     """Returns the batch throughputs as a Markdown table."""
     base = rows[0]["images_per_s"]
     return markdown_table(
-        ["--jobs", "backend", "BLAS threads per explanation", "wall time", "images/s", "speed-up over --jobs 1",
-         "outputs equal --jobs 1's"],
-        [[str(r["jobs"]), r["backend"], str(r["blas"]), f"{r['seconds']:.1f} s", f"{r['images_per_s']:.2f}",
+        ["--jobs", "backend", "BLAS threads per explanation", "onnxruntime threads per job", "wall time", "images/s",
+         "speed-up over --jobs 1", "outputs equal --jobs 1's"],
+        [[r["jobs"], r["backend"], r["blas"], r["ort"], f"{r['seconds']:.1f} s", f"{r['images_per_s']:.2f}",
           f"{r['images_per_s'] / base:.2f}x", "yes" if r["identical"] else "NO"] for r in rows])
 
 

@@ -1,12 +1,14 @@
 """`--scheduler`: batches on a dask.distributed LocalCluster of worker processes give the local run's files, survive
 a worker killed mid-run, report a bad input once, resume with --skip-existing; without Dask a one-line error."""
 
+import json
 import logging
 import os
 import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from click.testing import CliRunner
@@ -166,3 +168,113 @@ def test_evaluate_on_the_cluster_gives_the_local_document(tiny_cnn_path, tmp_pat
     assert documents["cluster"]["runs"] == documents["local"]["runs"] and documents["cluster"]["runs"]
     assert documents["cluster"]["errors"] == documents["local"]["errors"] and len(documents["local"]["errors"]) == 1
     assert documents["cluster"]["maps"] == documents["local"]["maps"]
+
+
+def _without_timing(report: Path) -> str:
+    """Returns a JUnit or JSON check report with its timings (which differ from run to run) blanked."""
+    import re
+    return re.sub(r'(time="|"seconds": )[0-9.e-]+', r"\1T", report.read_text())
+
+
+@pytest.mark.slow
+def test_check_on_the_cluster_gives_the_local_reports(tmp_path, local_two):
+    from test_check import OBJECT_CASES, SHAPES, _spec
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    second = f'[[case]]\nname = "circles"\ninputs = ["{SHAPES}/circle_[0-9].png", "{tmp_path}/broken.png"]\n' \
+             'expect = "circle"\n'
+    specs = [_spec(tmp_path, OBJECT_CASES, "objects.toml"), _spec(tmp_path, second, "circles.toml")]
+    runs, out = {}, tmp_path / "out"  # the JSON names the evidence paths: the same --evidence for both runs
+    for name, extra in (("local", []), ("cluster", ["--scheduler", "local:2"])):
+        result = RUN.invoke(main, ["check", *map(str, specs), "--junit", str(out / "j.xml"), "--json",
+                                   str(out / "r.json"), "--evidence", str(out / "ev"), *extra])
+        assert result.exit_code == 1, result.output  # the corner case and the broken input fail
+        evidence = {p.relative_to(out / "ev"): p.read_bytes() for p in (out / "ev").rglob("*.png")}
+        runs[name] = (result.output, _without_timing(out / "j.xml"), _without_timing(out / "r.json"), evidence)
+        out.rename(tmp_path / name)
+    assert local_two["n_workers"] == 2 and local_two["processes"] is True
+    assert runs["cluster"] == runs["local"]
+    output = runs["local"][0]
+    assert output.splitlines()[-1] == "4 passed, 2 failed"
+    assert sum("broken.png" in line for line in output.splitlines()) == 1  # one FAIL line, no worker's echo
+    assert len(runs["local"][3]) == 2  # the corner case's heatmap and overlay
+
+
+@dataclass
+class AlwaysDies(batch.ExplainTask):
+    """An explain task that SIGKILLs its worker process every time it meets `victim`."""
+
+    victim: str = ""
+
+    def compute(self, item):
+        if item.stem == self.victim:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().compute(item)
+
+
+@pytest.fixture
+def one_retry(cluster):
+    """Makes the shared cluster's scheduler give up on a task after its second worker death (default: 4th)."""
+    import dask.distributed as dd
+
+    def allow(dask_scheduler, failures):
+        previous, dask_scheduler.allowed_failures = dask_scheduler.allowed_failures, failures
+        return previous
+
+    with dd.Client(cluster.scheduler_address) as client:  # closed before lrp opens its own
+        previous = client.run_on_scheduler(allow, failures=1)
+    yield
+    with dd.Client(cluster.scheduler_address) as client:
+        client.run_on_scheduler(allow, failures=previous)
+
+
+@pytest.mark.slow
+def test_an_input_that_always_kills_its_worker_is_one_error_row(tiny_cnn_path, tmp_path, cluster, one_retry):
+    data = make_folder(tmp_path / "data", 8)
+    items = batch.expand_inputs([str(data)])
+    out = tmp_path / "out"
+    _, spec = batch.load_model(tiny_cnn_path)
+    lines = []
+    runner = batch.BatchRunner(AlwaysDies(spec, batch.api.Settings(), out, victim="im003"),
+                               echo=lambda text, err=False: lines.append(text))
+    rows = runner.run(items, scheduler=cluster.scheduler_address)  # 8 inputs, 2 workers: chunks of one
+    assert [row["status"] for row in rows] == ["ok"] * 3 + ["error"] + ["ok"] * 4
+    assert rows[3]["input"] == str(data / "im003.png") and "Dask workers running it died" in rows[3]["error"]
+    assert [line for line in lines if line.startswith("error:")] == [f"error: {rows[3]['error']}"]
+    assert {p.name.split(".")[0] for p in out.iterdir()} == {item.stem for item in items} - {"im003"}
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.slow
+def test_a_chunk_that_kills_its_workers_is_rerun_an_input_a_task(tiny_cnn_path, tmp_path, cluster, one_retry):
+    data = make_folder(tmp_path / "data", 20)  # 2 workers, 4 chunks each: 3 inputs a chunk
+    items = batch.expand_inputs([str(data)])
+    _, spec = batch.load_model(tiny_cnn_path)
+    task = AlwaysDies(spec, batch.api.Settings(), tmp_path / "out", victim="im007")
+    rows = batch.run_inputs(task, items, scheduler=cluster.scheduler_address, echo=lambda text, err=False: None)
+    statuses = [row["status"] for rows_of_input in rows for row in rows_of_input]
+    assert statuses == ["ok"] * 7 + ["error"] + ["ok"] * 12  # its chunk's other inputs are written
+
+
+def test_check_cases_of_an_input_whose_workers_died_fail_with_that_error(tmp_path, monkeypatch):
+    dd = pytest.importorskip("dask.distributed")
+    from lrp_cli import distributed
+    from test_check import OBJECT_CASES, _spec
+
+    class Dead:
+        def result(self):
+            raise dd.KilledWorker("run_chunk-1", SimpleNamespace(address="tcp://10.0.0.1:1234"), 3)
+
+    def dying_cluster(task, items, scheduler):  # what map_inputs yields when every chunk kills its workers
+        for index, item in enumerate(items):
+            yield index, distributed._chunk_results(dd, Dead(), [item])[0]
+
+    monkeypatch.setattr(distributed, "map_inputs", dying_cluster)
+    report = tmp_path / "r.json"
+    result = RUN.invoke(main, ["check", str(_spec(tmp_path, OBJECT_CASES)), "--scheduler", "tcp://10.0.0.1:8786",
+                               "--json", str(report)])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    outcomes = json.loads(report.read_text())["specs"][0]["results"]
+    assert [(o["case"], o["passed"]) for o in outcomes] == [("crosses", False), ("crosses", False),
+                                                           ("corner is unused", False)]
+    assert all("the Dask workers running it died" in o["error"] for o in outcomes)
+    assert result.output.splitlines()[-1] == "0 passed, 3 failed"

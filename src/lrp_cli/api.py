@@ -271,14 +271,19 @@ def resolve_targets(spec: str, scores: np.ndarray, labels: list[str] | None) -> 
         if not k.isdigit() or not 1 <= int(k) <= count:
             raise OptionError(f"--target {spec}: K must be an integer from 1 to {count}")
         return [int(i) for i in np.argsort(-scores, kind="stable")[:int(k)]]
+    return [class_index(spec, count, labels)]
+
+
+def class_index(spec: str, count: int | None, labels: list[str] | None) -> int:
+    """Returns the class a --target INDEX or LABEL names, among `count` classes (None: any index >= 0)."""
     if spec.lstrip("-").isdigit():
         index = int(spec)
-        if not 0 <= index < count:
+        if index < 0 or count is not None and index >= count:
             raise OptionError(f"--target {spec}: class index out of range (the model has {count} classes)")
-        return [index]
+        return index
     lowered = [label.lower() for label in labels or []]
     if spec.lower() in lowered:
-        return [lowered.index(spec.lower())]
+        return lowered.index(spec.lower())
     raise OptionError(f"--target {spec}: not 'pred', 'top:K', a class index or a known label")
 
 
@@ -475,12 +480,17 @@ def load_model_input(model: LoadedModel, input_path: Path, settings: Settings):
     config = preprocess_config(model, settings)
     if model.unbound is not None:
         model = bind_input(model, _open_input_shape(model, input_path, config))
+    check_size(model, config)
+    x, picture = load_input(input_path, config, model.graph.input_shape, model.layout)
+    return model, x, picture
+
+
+def check_size(model: LoadedModel, config: PreprocessConfig) -> None:
+    """Raises the OptionError of a --size (or sidecar size) that is not the (bound) model input's height, width."""
     nchw = to_nchw(model.graph.input_shape, model.layout)
     if config.size and tuple(config.size) != tuple(nchw[2:]):
         raise OptionError(f"--size {config.size[0]},{config.size[1]}: the model input is "
                           f"{list(model.graph.input_shape)}")
-    x, picture = load_input(input_path, config, model.graph.input_shape, model.layout)
-    return model, x, picture
 
 
 def model_view(model, input_path: str | Path, settings: Settings):
@@ -586,11 +596,8 @@ def save_explanation(model: LoadedModel, expl: Explanation, out_dir: Path, stem:
 
 
 def _save(model, expl: Explanation, paths: dict[str, Path], cmap: str, save_raw: bool, scale, start) -> dict:
-    normalized = render.normalize(pixel_map(model, expl), scale)
-    contents = {
-        paths["heatmap"]: outputs.png_bytes(render.colorize(normalized, cmap)),
-        paths["overlay"]: outputs.png_bytes(render.overlay(expl.picture, normalized, cmap)),
-    }
+    images = render.heatmap_images(pixel_map(model, expl), expl.picture, cmap, scale)
+    contents = {paths[kind]: outputs.png_bytes(rgb) for kind, rgb in images.items()}
     if save_raw:
         contents[paths["raw"]] = outputs.npy_bytes(expl.relevance.astype(np.float32))
     document = explanation_document(model, expl, paths, time.perf_counter() - start)

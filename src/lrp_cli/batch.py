@@ -184,6 +184,7 @@ class ExplainTask:
     save_raw: bool = False
     json_lines: bool = False
     batch_size: int = 1  # inputs explained in one pass (batched.py); jobs, workers and --scheduler take batches
+    thumbnails: bool = False  # --html: also STEM.input.png, the input as the model saw it
 
     def __call__(self, item: InputItem) -> InputResult:
         """Returns the InputResult of explaining one input and writing its files."""
@@ -247,6 +248,9 @@ class ExplainTask:
             stem = item.stem if len(explanations) == 1 else f"{item.stem}.class{expl.target['index']}"
             try:
                 document = api.save_explanation(model, expl, self.out_dir, stem, self.cmap, self.save_raw, scale)
+                if self.thumbnails:
+                    from lrp_cli import report
+                    report.save_thumbnail(expl.picture, document["outputs"]["heatmap"])
             except OSError as exc:
                 result.lines.append((f"error: {item.path}: cannot write outputs to {self.out_dir} ({exc})", True))
                 result.rows.append(summary_row(item, error=str(exc)))
@@ -303,8 +307,14 @@ def run_inputs(task, items: list[InputItem], jobs: int = 1, scheduler: str | Non
         completed = distributed.map_inputs(task, items, scheduler)
     else:
         completed = map_local(task, items, jobs)
-    with limit_threads():
+    with limit_threads(), outputs.batch_writes(task_folder(task)):
         return _collect(completed, len(items), show_progress, echo)
+
+
+def task_folder(task) -> Path | None:
+    """Returns the folder a task (or the task whose bound method it is) writes its files under (its out_dir), or
+    None when it names none."""
+    return getattr(getattr(task, "__self__", task), "out_dir", None)
 
 
 def _collect(completed, count: int, show_progress: bool, echo) -> list[list[dict]]:
@@ -351,22 +361,35 @@ def map_local(task, items, jobs, backend: str | None = None):
         yield from ((index, task(item)) for index, item in enumerate(items))
         return
     from joblib import Parallel, delayed
+
+    from lrp_cli.engines import onnx_engine
     backend = backend or JOBS_BACKEND
+    threads = max(1, CORES // jobs)
     if backend != "threading":
-        task = _InWorkerProcess(task)
-    yield from enumerate(Parallel(n_jobs=jobs, backend=backend, return_as="generator")(
-        delayed(task)(item) for item in items))
+        task = _InWorkerProcess(task, threads)
+    with onnx_engine.intra_op_threads(threads):
+        yield from enumerate(Parallel(n_jobs=jobs, backend=backend, return_as="generator")(
+            delayed(task)(item) for item in items))
+
+
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 @dataclass
 class _InWorkerProcess:
-    """A task run in a worker process (loky), whose BLAS pools are set to BLAS_THREADS for good."""
+    """A task run in a worker process (loky), whose BLAS pools are set to BLAS_THREADS for good, and whose
+    compiled sessions get `threads` onnxruntime threads."""
 
     task: object
+    threads: int = 0
 
     def __call__(self, item):
+        from lrp_cli.engines import onnx_engine
         limit_threads()
-        return self.task(item)
+        if task_folder(self.task) is not None:
+            outputs.swept_by_batch(task_folder(self.task))
+        with onnx_engine.intra_op_threads(self.threads):
+            return self.task(item)
 
 
 def in_batches(items: list, size: int) -> list[list]:
@@ -408,4 +431,5 @@ class BatchRunner:
                 bar.update(len(results))
         scale = api.global_scale(cached_model(self.task.spec), [e for ex, _ in computed if ex for e in ex])
         saved = ((index, self.task.save(items[index], *result, scale)) for index, result in enumerate(computed))
-        return _collect(saved, len(items), False, self.echo)
+        with outputs.batch_writes(self.task.out_dir):
+            return _collect(saved, len(items), False, self.echo)

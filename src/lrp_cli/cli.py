@@ -134,7 +134,7 @@ def explain(inputs, model_path, out_dir, method, cmap, normalize, save_raw, jobs
         _fail(exc)
     items = batch.expand_inputs(list(inputs))
     runner = batch.BatchRunner(batch.ExplainTask(model_spec, settings, out_dir, cmap, save_raw, json_lines,
-                                                 batch_size),
+                                                 batch_size, thumbnails=html),
                                normalize == "global")
     try:
         rows = runner.run(items, jobs, skip_existing, show_progress=not no_progress and sys.stderr.isatty(),
@@ -188,6 +188,7 @@ def _write_html(out_dir, rows, model, settings, cmap, global_scale):
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Inputs evaluated at once.")
 @click.option("--scheduler", help="Run on a Dask cluster: tcp://HOST:8786, or local:N for N worker processes "
               "(needs lrp-cli[dask]).")
+@interrupts.exit_on_signal
 def evaluate_command(inputs, model_path, methods, orders, perturbation, blur_sigma, patch, steps, seed, out_dir,
                      save_maps, strip, jobs, scheduler, **shared):
     """Pixel flipping (paper Figs 18-24): perturb each INPUT in the order of each method's relevance and record
@@ -308,11 +309,14 @@ def supported_ops_command():
 @click.option("--update-baselines", is_flag=True, help="(Re)write the baselines the specs name; they pass.")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Inputs explained at once.")
 @click.option("-k", "keyword", metavar="SUBSTRING", help="Run only the cases whose name contains SUBSTRING.")
-def check(specs, junit, markdown, json_path, evidence, update_baselines, jobs, keyword):
+@click.option("--scheduler", help="Run on a Dask cluster: tcp://HOST:8786, or local:N for N worker processes "
+              "(needs lrp-cli[dask]).")
+@interrupts.exit_on_signal
+def check(specs, junit, markdown, json_path, evidence, update_baselines, jobs, keyword, scheduler):
     """Check behaviour specs (TOML): where each model looks, as a CI gate. Exit 1 when any check fails."""
     from lrp_cli.check import reports, run_specs
     try:
-        results = run_specs(list(specs), jobs, keyword, update_baselines, evidence)
+        results = run_specs(list(specs), jobs, keyword, update_baselines, evidence, scheduler)
         for _, outcomes in results:
             for outcome in outcomes:
                 click.echo(reports.line(outcome))

@@ -53,8 +53,11 @@ def run_chunk(task, items: list) -> list:
     """Returns [task(item) for item in items]: the Dask task of one chunk of inputs, on one BLAS thread per
     worker thread (batch.BLAS_THREADS: the bytes then match a local run's; start workers with --nthreads 1 and
     as many --nworkers as cores)."""
-    from lrp_cli.batch import limit_threads
+    from lrp_cli import outputs
+    from lrp_cli.batch import limit_threads, task_folder
     limit_threads()  # for good: this is a worker process, lrp's to configure
+    if task_folder(task) is not None:  # the client swept it before it submitted the first chunk
+        outputs.swept_by_batch(task_folder(task))
     return [task(item) for item in items]
 
 
@@ -66,8 +69,9 @@ def chunk_size(count: int, workers: int) -> int:
 def map_inputs(task, items: list, scheduler: str):
     """Yields (index, task(item)) for every item as the cluster finishes its chunk (dask.distributed.as_completed).
 
-    `task` is a picklable callable returning a batch.InputResult; an input whose chunk keeps killing the workers
-    comes back as an error result instead of ending the run."""
+    `task` is a picklable callable returning a batch.InputResult; a chunk that keeps killing its workers is run
+    again an input a task, one task at a time, so that only the input that kills them comes back as an error
+    result (two of its inputs running side by side on one worker would die together)."""
     dd = _dask()
     local_workers(scheduler)  # a bad --scheduler is an error even when every input was done before
     if not items:
@@ -76,13 +80,21 @@ def map_inputs(task, items: list, scheduler: str):
     try:
         threads = sum(w.get("nthreads", 1) for w in client.scheduler_info(n_workers=-1)["workers"].values())
         size = chunk_size(len(items), threads)
-        chunks = {}
+        chunks, queued = {}, {}
         for start in range(0, len(items), size):
             future = client.submit(run_chunk, task, items[start:start + size], pure=False)
             chunks[future] = range(start, min(start + size, len(items)))
-        for future in dd.as_completed(chunks):
-            indices = chunks.pop(future)
-            yield from zip(indices, _chunk_results(dd, future, [items[i] for i in indices]))
+        pending = dd.as_completed(chunks)
+        for future in pending:
+            indices, queue = chunks.pop(future), queued.pop(future, [])
+            if len(indices) > 1 and future.status == "error" and isinstance(future.exception(), dd.KilledWorker):
+                queue = list(indices)
+            else:
+                yield from zip(indices, _chunk_results(dd, future, [items[i] for i in indices]))
+            if queue:
+                alone = client.submit(run_chunk, task, [items[queue[0]]], pure=False)
+                chunks[alone], queued[alone] = [queue[0]], queue[1:]
+                pending.add(alone)
     finally:
         client.close()
         if cluster is not None:

@@ -8,7 +8,9 @@ import io
 import json
 import math
 import os
+import re
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -65,8 +67,9 @@ def write_all(contents: dict[Path, bytes]) -> None:
     """Writes every file or none: each goes to a temporary name in its folder, then all are renamed (a stop
     signal waits until the set is done).
 
-    Temporaries of these paths left by a killed earlier run (SIGKILL runs no cleanup) are removed first."""
-    remove_stale_temporaries(contents)
+    Temporaries of these paths left by a killed earlier run (SIGKILL runs no cleanup) are removed first, unless
+    a batch has swept their folder for all of its writes (swept_by_batch)."""
+    remove_stale_temporaries([path for path in contents if not _in_swept_folder(path)])
     with interrupts.deferred():
         _write_renamed(contents)
 
@@ -105,6 +108,54 @@ def remove_stale_temporaries(paths) -> None:
         if path.parent.is_dir():
             for stale in path.parent.glob(f".{glob.escape(path.name)}.????????.tmp"):  # mkstemp adds 8 chars
                 stale.unlink(missing_ok=True)
+
+
+#: The temporaries write_all's mkstemp makes for the kinds of file lrp writes (.NAME.XXXXXXXX.tmp): a folder
+#: sweep leaves other programs' temporaries alone.
+TEMPORARY_NAME = re.compile(r"\..+\.(json|png|npy|csv|html)\.\w{8}\.tmp")
+_SWEPT: set[Path] = set()  # the folders (absolute) whose writes a batch swept for: see swept_by_batch
+
+
+def remove_temporaries(folder: Path) -> None:
+    """Removes every temporary that write_all left anywhere under `folder` (one walk of it)."""
+    folder = Path(folder)
+    if folder.is_dir():
+        for stale in folder.rglob(".*.tmp"):
+            if TEMPORARY_NAME.fullmatch(stale.name):
+                stale.unlink(missing_ok=True)
+
+
+def swept_by_batch(folder: Path) -> None:
+    """Lets this process's later writes under `folder` skip their search for stale temporaries: the batch that
+    writes there removed them once before its first write (and does again after its last), so that N files cost
+    one walk of the folder instead of N. Called in each process (client or worker) that runs the batch's tasks."""
+    _SWEPT.add(Path(os.path.abspath(folder)))
+
+
+def unswept(folder: Path) -> None:
+    """Makes this process's writes under `folder` search for stale temporaries again (a batch has ended)."""
+    _SWEPT.discard(Path(os.path.abspath(folder)))
+
+
+@contextmanager
+def batch_writes(folder: Path | None):
+    """Returns the context of a batch writing under `folder` (None: nothing to do): stale temporaries are removed
+    once before (and once after: a worker killed mid-batch leaves its own), and this process's writes skip their
+    own search meanwhile."""
+    if folder is None:
+        yield
+        return
+    remove_temporaries(folder)
+    swept_by_batch(folder)
+    try:
+        yield
+    finally:
+        unswept(folder)
+        remove_temporaries(folder)
+
+
+def _in_swept_folder(path: Path) -> bool:
+    return bool(_SWEPT) and not _SWEPT.isdisjoint(Path(os.path.abspath(path)).parents)
 
 
 def sha256_file(path: Path) -> str:

@@ -71,3 +71,11 @@ def overlay(picture: Image.Image | None, normalized: np.ndarray, cmap: str = "je
     alpha = (0.3 + 0.7 * np.sqrt(np.abs(np.clip(normalized, -1, 1))))[:, :, None]
     return np.round(base * (1 - alpha) + heat * alpha).astype(np.uint8)
 
+
+
+def heatmap_images(heat: np.ndarray, picture: Image.Image | None, cmap: str = "jet",
+                   scale: float | None = None) -> dict[str, np.ndarray]:
+    """Returns {"heatmap": ..., "overlay": ...}, the uint8 [H, W, 3] images of a pixel map scaled as normalize
+    does (by its own max|R|, or by `scale`)."""
+    normalized = normalize(heat, scale)
+    return {"heatmap": colorize(normalized, cmap), "overlay": overlay(picture, normalized, cmap)}

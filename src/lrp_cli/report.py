@@ -86,22 +86,32 @@ def thumbnail_path(heatmap: str | Path) -> Path:
     return Path(heatmap[:-len(HEATMAP_SUFFIX)] + ".input.png")
 
 
+def save_thumbnail(picture, heatmap: str | Path) -> Path | None:
+    """Writes STEM.input.png beside STEM.heatmap.png from the picture an explanation saw (the batch's own, so the
+    report decodes no input again); returns its path, or None for an input that is not an image."""
+    if picture is None:
+        return None
+    path = thumbnail_path(heatmap)
+    outputs.write_all({path: outputs.png_bytes(np.asarray(picture.convert("RGB")))})
+    return path
+
+
 def write_thumbnail(model, settings, row: dict) -> Path | None:
-    """Writes STEM.input.png, the input as the model saw it, for an explained summary row (unless it is already
-    newer than the heatmap); returns its path, or None when the input is not an image or cannot be read."""
+    """Returns the STEM.input.png of an explained summary row: the one its batch wrote when it is newer than the
+    heatmap, else (an input an earlier run without --html explained) the input decoded again as the model sees it,
+    or None when the input is not an image or cannot be read."""
     path = thumbnail_path(row["heatmap"])
     heatmap = Path(row["heatmap"])
     if path.exists() and heatmap.exists() and path.stat().st_mtime >= heatmap.stat().st_mtime:
         return path
+    if row["status"] != "skipped":  # this batch explained it and wrote no thumbnail: not an image
+        return None
     from lrp_cli import api
     try:
         picture = api.model_view(model, row["input"], settings)
     except LrpError:
         return None
-    if picture is None:
-        return None
-    outputs.write_all({path: outputs.png_bytes(np.asarray(picture.convert("RGB")))})
-    return path
+    return save_thumbnail(picture, row["heatmap"])
 
 
 def explain_rows(out_dir: Path, summary_rows: list[dict], model, settings) -> list[dict]:

@@ -3,7 +3,7 @@ through lrp_cli.api and measure each case's assertions on the explanation."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +13,7 @@ from lrp_cli import api, batch, outputs, render
 from lrp_cli.batch import InputItem
 from lrp_cli.check import metrics
 from lrp_cli.check.spec import Case, Spec, SpecError, explain_settings, load_spec
-from lrp_cli.errors import InputError, OptionError
+from lrp_cli.errors import InputError, LrpError, OptionError
 from lrp_cli.preprocess import fit_geometry, open_image, to_nchw
 from lrp_cli.propagate import conservation_error, output_scores
 
@@ -80,6 +80,35 @@ class Prepared:
     settings: api.Settings
     jobs: list[Job]
     cmap: str
+    model_spec: batch.ModelSpec  # what finds the model again in a worker process
+
+
+@dataclass(frozen=True)
+class SpecContext:
+    """What a worker needs of a spec to explain and measure its jobs: the model's spec (loaded once per process),
+    the explain settings, the spec file (for the outcomes) and the colormap of the evidence."""
+
+    model_spec: batch.ModelSpec
+    settings: api.Settings
+    spec_path: Path
+    cmap: str
+
+    @property
+    def model(self):
+        """Returns this process's copy of the spec's model (batch.cached_model)."""
+        return batch.cached_model(self.model_spec)
+
+
+@dataclass
+class Group:
+    """The jobs that share one (input, target): explained once, measured for every case; `indices` are the jobs'
+    places in the spec's list. `path` names the input in the error row of a group whose Dask workers died."""
+
+    context: SpecContext
+    path: Path
+    target: str
+    jobs: list[Job]
+    indices: list[int]
 
 
 def prepare(path: Path, keyword: str | None = None) -> Prepared:
@@ -87,19 +116,21 @@ def prepare(path: Path, keyword: str | None = None) -> Prepared:
     spec = load_spec(path)
     settings, load_options = explain_settings(spec)
     try:
-        model = api.load_model(spec.model, **load_options)
+        model, model_spec = batch.load_model(spec.model, **load_options)
     except OptionError as exc:  # the labels file; a model that cannot be loaded is a ModelLoadError (exit 3)
         raise spec.error("labels", str(exc)) from None
     if model.kind != "onnx":
         raise SpecError(f"{path}: model: {spec.model} is a {model.kind} pipeline; lrp check takes ONNX models")
     _check_settings(spec, model, settings)
     config = api.preprocess_config(model, settings)
+    try:
+        api.check_size(model, config)
+    except OptionError as exc:
+        raise spec.error("size", str(exc)) from None
     grid = tuple(to_nchw(model.graph.input_shape, model.layout)[2:])
-    if config.size and tuple(config.size) != grid:
-        raise spec.error("size", f"{list(config.size)}: the model input is {list(model.graph.input_shape)}")
     cases = [c for c in spec.cases if keyword is None or keyword in c.name]
     jobs = [job for case in cases for job in _case_jobs(case, model, config, grid)]
-    return Prepared(spec, model, settings, jobs, spec.settings.get("cmap", "jet"))
+    return Prepared(spec, model, settings, jobs, spec.settings.get("cmap", "jet"), model_spec)
 
 
 def _check_settings(spec: Spec, model, settings: api.Settings) -> None:
@@ -120,7 +151,7 @@ def _class_index(case: Case, key: str, value: str, labels) -> int:
     if value.startswith("top:"):
         raise case.source.error(f"{case.where}.{key}", f"'{value}': a case explains one class (use expect_top)")
     try:
-        return api.resolve_targets(value, np.zeros(len(labels) if labels else 1 << 30), labels)[0]
+        return api.class_index(value, len(labels) if labels else None, labels)
     except OptionError:
         known = "the model has no labels" if not labels else f"the model has {len(labels)} classes"
         raise case.source.error(f"{case.where}.{key}", f"'{value}' is not a class index or label ({known})") \
@@ -177,41 +208,82 @@ def _nonzero(picture: Image.Image) -> np.ndarray:
     return np.asarray(picture.convert("RGB")).any(axis=2)
 
 
-def run(prepared: Prepared, jobs: int = 1, update_baselines: bool = False,
-        evidence_dir: Path | None = None) -> list[Outcome]:
-    """Returns the outcome of every job, in spec order; each (input, target) is explained once for all cases."""
-    groups: dict[tuple[Path, str], list[int]] = {}
+def groups(prepared: Prepared) -> list[Group]:
+    """Returns the spec's jobs grouped by (input, target), in order of their first job."""
+    context = SpecContext(prepared.model_spec, prepared.settings, prepared.spec.path, prepared.cmap)
+    found: dict[tuple[Path, str], Group] = {}
     for index, job in enumerate(prepared.jobs):
-        groups.setdefault((job.item.path, job.target), []).append(index)
+        group = found.setdefault((job.item.path, job.target), Group(context, job.item.path, job.target, [], []))
+        group.jobs.append(job)
+        group.indices.append(index)
+    return list(found.values())
 
-    def measure_group(indices: list[int]) -> list[tuple[int, Outcome]]:
-        first = prepared.jobs[indices[0]]
-        settings = api.Settings(**{**vars(prepared.settings), "target": first.target})
+
+@dataclass
+class CheckTask:
+    """Explains one Group's input once and measures each of its jobs: a picklable callable, so threads and Dask
+    workers run it (batch.run_inputs); its rows carry (job index, Outcome)."""
+
+    update_baselines: bool = False
+    evidence_dir: Path | None = None
+
+    @property
+    def out_dir(self) -> Path | None:
+        """Returns the folder its files go under (the evidence; baselines live in each case's own folder)."""
+        return self.evidence_dir
+
+    def __call__(self, group: Group) -> batch.InputResult:
+        """Returns the batch.InputResult of one group: a row per job, or the error that ends the run."""
+        context = group.context
+        settings = replace(context.settings, target=group.target)
         try:
-            explanation = api.explain(prepared.model, first.item.path, settings)[0]
+            explanation = api.explain(context.model, group.path, settings)[0]
         except InputError as exc:
-            return [(i, _outcome(prepared, prepared.jobs[i], error=str(exc))) for i in indices]
-        return [(i, _measure(prepared, prepared.jobs[i], explanation, update_baselines, evidence_dir))
-                for i in indices]
-
-    with batch.limit_threads():  # one BLAS thread per explanation, as explain's batches: the same bytes
-        results = [group for _, group in batch.map_local(measure_group, list(groups.values()), jobs, "threading")]
-    return [outcome for _, outcome in sorted(pair for group in results for pair in group)]
+            return _rows(group, [_outcome(context, job, error=str(exc)) for job in group.jobs])
+        except LrpError as exc:
+            return batch.InputResult([], fatal=exc)
+        return _rows(group, [_measure(context, job, explanation, self.update_baselines, self.evidence_dir)
+                             for job in group.jobs])
 
 
-def _outcome(prepared: Prepared, job: Job, **kwargs) -> Outcome:
-    return Outcome(prepared.spec.path, job.case.name, job.item.path, **kwargs)
+def _rows(group: Group, outcomes: list[Outcome]) -> batch.InputResult:
+    return batch.InputResult([{"index": i, "outcome": o} for i, o in zip(group.indices, outcomes)])
 
 
-def _measure(prepared: Prepared, job: Job, expl: api.Explanation, update_baselines: bool,
+def run_groups(every: list[list[Group]], jobs: int = 1, update_baselines: bool = False,
+               evidence_dir: Path | None = None, scheduler: str | None = None) -> list[list[Outcome]]:
+    """Returns the outcomes of each spec's groups (one list per spec, in job order), all groups run together here,
+    in `jobs` threads or on the Dask cluster at `scheduler`; a group whose workers died is an error outcome."""
+    flat = [group for spec_groups in every for group in spec_groups]
+    results = batch.run_inputs(CheckTask(update_baselines, evidence_dir), flat, jobs, scheduler)
+    by_group = iter(results)
+    outcomes = []
+    for spec_groups in every:
+        found: dict[int, Outcome] = {}
+        for group, rows in zip(spec_groups, by_group):
+            for row in rows:
+                if "outcome" in row:
+                    found[row["index"]] = row["outcome"]
+                else:  # distributed's row of a chunk that kept killing its workers
+                    found.update((i, _outcome(group.context, job, error=row["error"]))
+                                 for i, job in zip(group.indices, group.jobs))
+        outcomes.append([found[i] for i in sorted(found)])
+    return outcomes
+
+
+def _outcome(context: SpecContext, job: Job, **kwargs) -> Outcome:
+    return Outcome(context.spec_path, job.case.name, job.item.path, **kwargs)
+
+
+def _measure(context: SpecContext, job: Job, expl: api.Explanation, update_baselines: bool,
              evidence_dir: Path | None) -> Outcome:
-    heat = api.pixel_map(prepared.model, expl).astype(np.float64)
+    heat = api.pixel_map(context.model, expl).astype(np.float64)
     measures = _prediction_measures(job, expl) + _region_measures(job, heat)
     if job.case.baseline is not None:
-        measures.append(_baseline_measure(prepared, job, expl, heat, update_baselines))
-    outcome = _outcome(prepared, job, measures=measures, seconds=sum(expl.timing.values()) - expl.timing["load"])
+        measures.append(_baseline_measure(context, job, expl, heat, update_baselines))
+    outcome = _outcome(context, job, measures=measures, seconds=sum(expl.timing.values()) - expl.timing["load"])
     if evidence_dir is not None and not outcome.passed:
-        outcome.evidence = _write_evidence(prepared, job, expl, heat, evidence_dir)
+        outcome.evidence = _write_evidence(context, job, expl, heat, evidence_dir)
     return outcome
 
 
@@ -255,7 +327,7 @@ def baseline_path(case: Case, item: InputItem) -> Path:
     return case.baseline.dir / f"{item.stem}.relevance.npy"
 
 
-def _baseline_measure(prepared: Prepared, job: Job, expl, heat: np.ndarray, update: bool) -> Measure:
+def _baseline_measure(context: SpecContext, job: Job, expl, heat: np.ndarray, update: bool) -> Measure:
     baseline, path = job.case.baseline, baseline_path(job.case, job.item)
     name, limit = f"{baseline.metric}[baseline]", f">= {baseline.min_similarity}"
     if update:
@@ -268,7 +340,7 @@ def _baseline_measure(prepared: Prepared, job: Job, expl, heat: np.ndarray, upda
         return Measure(name, "missing", f"({path}: {reason}; run --update-baselines)", False)
     if stored.shape != expl.relevance.shape:
         return Measure(name, f"shape {list(stored.shape)}", f"!= {list(expl.relevance.shape)} in {path}", False)
-    stored_heat = render.pixel_relevance(to_nchw(stored, prepared.model.layout)).astype(np.float64)
+    stored_heat = render.pixel_relevance(to_nchw(stored, context.model.layout)).astype(np.float64)
     similarity = metrics.SIMILARITIES[baseline.metric](heat, stored_heat)
     return Measure(name, similarity, limit, similarity >= baseline.min_similarity)
 
@@ -277,12 +349,10 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text).strip("_") or "case"
 
 
-def _write_evidence(prepared: Prepared, job: Job, expl, heat: np.ndarray, evidence_dir: Path) -> dict[str, str]:
+def _write_evidence(context: SpecContext, job: Job, expl, heat: np.ndarray, evidence_dir: Path) -> dict[str, str]:
     """Writes the heatmap and overlay of a failed (case, input) with every region outlined; returns their paths."""
-    folder = evidence_dir / _slug(prepared.spec.path.stem) / _slug(job.case.name)
-    normalized = render.normalize(heat)
-    images = {"heatmap": render.colorize(normalized, prepared.cmap),
-              "overlay": render.overlay(expl.picture, normalized, prepared.cmap)}
+    folder = evidence_dir / _slug(context.spec_path.stem) / _slug(job.case.name)
+    images = render.heatmap_images(heat, expl.picture, context.cmap)
     border = np.zeros(heat.shape, dtype=bool)
     for mask in job.masks:
         border |= metrics.outline(mask)
@@ -295,9 +365,11 @@ def _write_evidence(prepared: Prepared, job: Job, expl, heat: np.ndarray, eviden
 
 
 def run_specs(paths: list[Path], jobs: int = 1, keyword: str | None = None, update_baselines: bool = False,
-              evidence_dir: Path | None = None) -> list[tuple[Prepared, list[Outcome]]]:
-    """Returns (prepared spec, outcomes) per spec; every spec is validated before the first one runs."""
+              evidence_dir: Path | None = None, scheduler: str | None = None) -> list[tuple[Prepared, list[Outcome]]]:
+    """Returns (prepared spec, outcomes) per spec; every spec is validated before the first one runs, then the
+    groups of all specs run together (here, in `jobs` threads, or on the Dask cluster at `scheduler`)."""
     prepared = [prepare(Path(p), keyword) for p in paths]
     if not any(p.jobs for p in prepared):
         raise SpecError(f"-k {keyword}: no case name contains it" if keyword else "no case to run")
-    return [(p, run(p, jobs, update_baselines, evidence_dir)) for p in prepared]
+    outcomes = run_groups([groups(p) for p in prepared], jobs, update_baselines, evidence_dir, scheduler)
+    return list(zip(prepared, outcomes))

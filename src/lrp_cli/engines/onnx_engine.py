@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,18 @@ CACHE_ENV = "LRP_CLI_CACHE_DIR"
 DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
 _SESSIONS: dict[tuple, "CompiledSession"] = {}
 _FAILURES: dict[str, CompileError] = {}
+_INTRA_OP_THREADS = [0]  # of the sessions opened from now on; 0: onnxruntime's default (every core)
+
+
+@contextmanager
+def intra_op_threads(threads: int):
+    """Returns the context in which compiled sessions run each call on `threads` intra-op threads (0: every core):
+    N batch jobs at once give each cores // N, so that they do not fight over the cores."""
+    previous, _INTRA_OP_THREADS[0] = _INTRA_OP_THREADS[0], threads
+    try:
+        yield
+    finally:
+        _INTRA_OP_THREADS[0] = previous
 
 
 @dataclass
@@ -122,8 +135,9 @@ def session_for(model, method: str, rules: dict[str, Rule], providers=()) -> Com
     if unknown:  # before compiling: the compiled graph could not be run anyway
         raise OptionError(f"--providers {','.join(providers)}: onnxruntime has no {unknown[0]} here; available: "
                           f"{', '.join(ort.get_available_providers())}")
-    if (key, providers) in _SESSIONS:
-        return _SESSIONS[(key, providers)]
+    threads = _INTRA_OP_THREADS[0]
+    if (key, providers, threads) in _SESSIONS:
+        return _SESSIONS[(key, providers, threads)]
     if key in _FAILURES:
         raise _FAILURES[key]
     path = cache_dir() / f"{key}.lrp.onnx"
@@ -138,15 +152,16 @@ def session_for(model, method: str, rules: dict[str, Rule], providers=()) -> Com
         save_model(compiled, path)
         del compiled  # the session reads the file; the graph in memory would only add to the peak
         seconds = time.perf_counter() - start
-    session = _open(path, providers)
+    session = _open(path, providers, threads)
     layers = [tuple(entry) for entry in json.loads(session.get_modelmeta().custom_metadata_map["lrp_cli.layers"])]
-    _SESSIONS[(key, providers)] = CompiledSession(session, model.graph.input_name, layers, seconds, path)
-    return _SESSIONS[(key, providers)]
+    _SESSIONS[(key, providers, threads)] = CompiledSession(session, model.graph.input_name, layers, seconds, path)
+    return _SESSIONS[(key, providers, threads)]
 
 
-def _open(path: Path, providers) -> ort.InferenceSession:
+def _open(path: Path, providers, threads: int = 0) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    options.intra_op_num_threads = threads
     return ort.InferenceSession(str(path), options, providers=list(providers))
 
 
