@@ -1,5 +1,6 @@
 """The compiled engine's conv adjoints (a Conv by the flipped kernel at stride 1, else ConvTranspose) against the
-NumPy layer's float64 `apply_transposed` of a one-hot, for strided, padded, dilated, grouped and depthwise windows. Bound: 1e-5 of max |adjoint| (float32 weights)."""
+NumPy layer's float64 `apply_transposed` of a one-hot, for strided, padded, dilated, grouped and depthwise windows.
+Bound: 1e-5 of max |adjoint| (float32 weights)."""
 
 import numpy as np
 import pytest
