@@ -26,6 +26,7 @@ import numpy as np
 import onnx
 
 import resnet50_onnx
+import vgg16_onnx
 from lrp_cli import api, batch
 from lrp_cli.engines import onnx_engine
 from lrp_cli.preprocess import load_input
@@ -35,6 +36,8 @@ REPO = Path(__file__).resolve().parents[1]
 MODELS = ["digits-mlp.onnx", "shapes-cnn.onnx", "efficientnet-lite0.onnx"]
 SHARED = REPO.parent / "shared" / "models"
 SHARED_MODELS = ["mobilenet_v2_1.0_224.onnx"]
+#: Full-size models built with random weights (no torch): (table name, builder module).
+BUILT_MODELS = [("ResNet-50 (random weights)", resnet50_onnx), ("VGG-16 (random weights)", vgg16_onnx)]
 IMAGE = REPO / "sample_images" / "chelsea.png"
 PEAK_RSS = """
 import resource, sys
@@ -349,10 +352,11 @@ def main():
             for name in MODELS if (REPO / "models" / name).exists()]
     rows += [bench_model(SHARED / name, args.runs, args.precision) for name in SHARED_MODELS
              if (SHARED / name).exists()]
-    with tempfile.TemporaryDirectory() as folder:
-        resnet = Path(folder) / "resnet50.onnx"
-        onnx.save(resnet50_onnx.build(), str(resnet))
-        rows.append(bench_model(resnet, args.runs, args.precision, "ResNet-50 (random weights)"))
+    for name, builder in BUILT_MODELS:
+        with tempfile.TemporaryDirectory() as folder:
+            built = Path(folder) / f"{builder.__name__}.onnx"
+            onnx.save(builder.build(), str(built))
+            rows.append(bench_model(built, args.runs, args.precision, name))
     checked = bench_check(max(1, args.runs // 2))
     text = (f"## {datetime.date.today().isoformat()}: {machine()}\n\nMedian of {args.runs} runs, batch 1, "
             f"{args.precision}, each model's default composite (its sidecar's, else epsilon-plus-flat).\n\n"
