@@ -1,8 +1,10 @@
 """Profile the compiled relevance graph of one model with onnxruntime's per-node profiler (dev-only).
 
 `python benchmarks/profile_compiled.py MODEL.onnx [--runs N]` (or `resnet50` / `vgg16` for the random-weight
-bench models): prints the time of one onnxruntime forward, of one compiled run, and the compiled run's node
-time by op type, split into the model's forward nodes and the appended relevance nodes (`lrp/` prefix).
+bench models): prints the time of one onnxruntime forward, of one compiled run, the multiply-adds of the
+compiled graph's convolutions and matrix products (forward and relevance nodes: the compute floor of the ratio),
+and the compiled run's node time by op type, split into the model's forward nodes and the appended relevance
+nodes (`lrp/` prefix).
 """
 
 from __future__ import annotations
@@ -49,6 +51,26 @@ def node_times(profile: Path, runs: int) -> dict[tuple[str, str], float]:
     return totals
 
 
+def multiply_adds(model: onnx.ModelProto) -> dict[str, float]:
+    """Returns phase -> multiply-adds of the Conv, ConvTranspose, Gemm and MatMul nodes of a (shape-inferred)
+    model."""
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output)}
+    shapes |= {t.name: list(t.dims) for t in model.graph.initializer}
+    totals = {"forward": 0.0, "relevance": 0.0}
+    for node in model.graph.node:
+        phase = "relevance" if node.name.startswith("lrp/") else "forward"
+        ins = [shapes.get(name, []) for name in node.input]
+        out = shapes.get(node.output[0], [])
+        if node.op_type == "Conv" and out and len(ins[1]) == 4:
+            totals[phase] += np.prod(out, dtype=float) * np.prod(ins[1][1:], dtype=float)
+        elif node.op_type == "ConvTranspose" and ins[0] and len(ins[1]) == 4:
+            totals[phase] += np.prod(ins[0], dtype=float) * np.prod(ins[1][1:], dtype=float)
+        elif node.op_type in ("Gemm", "MatMul") and out and ins[1]:
+            totals[phase] += np.prod(out, dtype=float) * min(ins[1])
+    return totals
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("model")
@@ -79,6 +101,9 @@ def main():
         ratio = statistics.median(r[1] / r[0] for r in ratios)
         print(f"{path.name}: forward {forward * 1e3:.1f} ms, compiled {full * 1e3:.1f} ms, ratio {ratio:.2f}x "
               f"(median of {args.runs} interleaved runs)")
+        macs = multiply_adds(onnx.shape_inference.infer_shapes(compiled.model))
+        print(f"multiply-adds: forward {macs['forward'] / 1e9:.2f} G, relevance {macs['relevance'] / 1e9:.2f} G, "
+              f"compiled / forward {1 + macs['relevance'] / macs['forward']:.2f}x")
         options = ort.SessionOptions()
         options.enable_profiling = True
         options.profile_file_prefix = str(Path(folder) / "profile")
