@@ -27,6 +27,7 @@ import onnx
 
 import resnet50_onnx
 import vgg16_onnx
+from tables import markdown
 from lrp_cli import api, batch
 from lrp_cli.engines import onnx_engine
 from lrp_cli.preprocess import load_input
@@ -249,12 +250,11 @@ def bench_jobs(model_path: Path) -> list[dict]:
 def jobs_table(rows: list[dict]) -> str:
     """Returns the batch throughputs as a Markdown table."""
     base = rows[0]["images_per_s"]
-    lines = ["| --jobs | backend | BLAS threads per explanation | wall time | images/s | speed-up over --jobs 1 | "
-             "outputs equal --jobs 1's |", "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['jobs']} | {r['backend']} | {r['blas']} | {r['seconds']:.1f} s | {r['images_per_s']:.2f} | "
-                     f"{r['images_per_s'] / base:.2f}x | {'yes' if r['identical'] else 'NO'} |")
-    return "\n".join(lines)
+    header = ["--jobs", "backend", "BLAS threads per explanation", "wall time", "images/s", "speed-up over --jobs 1",
+              "outputs equal --jobs 1's"]
+    return markdown(header, [[str(r["jobs"]), r["backend"], str(r["blas"]), f"{r['seconds']:.1f} s",
+                              f"{r['images_per_s']:.2f}", f"{r['images_per_s'] / base:.2f}x",
+                              "yes" if r["identical"] else "NO"] for r in rows])
 
 
 def load_note() -> str:

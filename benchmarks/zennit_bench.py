@@ -24,6 +24,8 @@ from zennit.composites import EpsilonPlusFlat
 from zennit.torchvision import ResNetCanonizer, VGGCanonizer
 from zennit.canonizers import SequentialMergeBatchNorm
 
+from tables import markdown
+
 NETWORKS = {  # name -> (torchvision constructor, zennit canonizer)
     "VGG-16": (torchvision.models.vgg16, VGGCanonizer),
     "ResNet-50": (torchvision.models.resnet50, ResNetCanonizer),
@@ -73,12 +75,11 @@ def bench_network(name: str, runs: int) -> dict:
 
 def table(rows: list[dict]) -> str:
     """Returns the timings as a Markdown table."""
-    lines = ["| network | torch forward | torch gradient | zennit EpsilonPlusFlat | gradient / forward | "
-             "zennit / forward |", "|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['name']} | {r['forward'] * 1e3:.1f} ms | {r['gradient'] * 1e3:.1f} ms | "
-                     f"{r['zennit'] * 1e3:.1f} ms | {r['gradient_ratio']:.2f}x | {r['zennit_ratio']:.2f}x |")
-    return "\n".join(lines)
+    header = ["network", "torch forward", "torch gradient", "zennit EpsilonPlusFlat", "gradient / forward",
+              "zennit / forward"]
+    return markdown(header, [[r["name"], f"{r['forward'] * 1e3:.1f} ms", f"{r['gradient'] * 1e3:.1f} ms",
+                              f"{r['zennit'] * 1e3:.1f} ms", f"{r['gradient_ratio']:.2f}x",
+                              f"{r['zennit_ratio']:.2f}x"] for r in rows])
 
 
 def main():
