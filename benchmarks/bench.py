@@ -282,6 +282,9 @@ def compiled_table(rows: list[dict]) -> str:
         lines.append(f"| {r['model']} | {r['ort_interleaved'] * 1e3:.2f} ms | {r['compiled'] * 1e3:.2f} ms | "
                      f"{r['ratio']:.2f}x | {r['compile_s']:.2f} s | {r['session_s']:.2f} s | "
                      f"{r['compiled_rss_mb']:.0f} / {r['peak_rss_mb']:.0f} MB |")
+    return "\n".join(lines)
+
+
 def bench_methods(path: Path, runs: int) -> str:
     """Returns a Markdown table of the full explanation time (forward pass included) of every method on the photo."""
     model = api.load_model(path)
