@@ -27,6 +27,8 @@ import numpy as np
 import onnx
 
 import resnet50_onnx
+import vgg16_onnx
+from tables import markdown
 from lrp_cli import api, batch, batched
 from lrp_cli.engines import onnx_engine
 from lrp_cli.preprocess import load_input
@@ -36,6 +38,8 @@ REPO = Path(__file__).resolve().parents[1]
 MODELS = ["digits-mlp.onnx", "shapes-cnn.onnx", "efficientnet-lite0.onnx"]
 SHARED = REPO.parent / "shared" / "models"
 SHARED_MODELS = ["mobilenet_v2_1.0_224.onnx"]
+#: Full-size models built with random weights (no torch): (table name, builder module).
+BUILT_MODELS = [("ResNet-50 (random weights)", resnet50_onnx), ("VGG-16 (random weights)", vgg16_onnx)]
 IMAGE = REPO / "sample_images" / "chelsea.png"
 PEAK_RSS = """
 import resource, sys
@@ -251,20 +255,15 @@ def bench_jobs(model_path: Path) -> list[dict]:
     return rows
 
 
-def markdown_table(headers: list[str], cells: list[list]) -> str:
-    """Returns a Markdown table of the headers and rows of cells."""
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    return "\n".join(lines + ["| " + " | ".join(map(str, row)) + " |" for row in cells])
-
-
 def jobs_table(rows: list[dict]) -> str:
     """Returns the batch throughputs as a Markdown table."""
     base = rows[0]["images_per_s"]
-    return markdown_table(
+    return markdown(
         ["--jobs", "backend", "BLAS threads per explanation", "onnxruntime threads per job", "wall time", "images/s",
          "speed-up over --jobs 1", "outputs equal --jobs 1's"],
-        [[r["jobs"], r["backend"], r["blas"], r["ort"], f"{r['seconds']:.1f} s", f"{r['images_per_s']:.2f}",
-          f"{r['images_per_s'] / base:.2f}x", "yes" if r["identical"] else "NO"] for r in rows])
+        [[str(r["jobs"]), r["backend"], str(r["blas"]), str(r["ort"]), f"{r['seconds']:.1f} s",
+          f"{r['images_per_s']:.2f}", f"{r['images_per_s'] / base:.2f}x", "yes" if r["identical"] else "NO"]
+         for r in rows])
 
 
 BATCH_SIZES = (1, 4, 8)
@@ -294,7 +293,7 @@ def bench_batch_sizes(path: Path, runs: int, sizes=BATCH_SIZES) -> list[dict]:
 def batch_sizes_table(rows: list[dict]) -> str:
     """Returns the --batch-size throughputs as a Markdown table (per-image times, images/s, gain over batch 1)."""
     base = rows[0]["explain"]
-    return markdown_table(
+    return markdown(
         ["--batch-size", "onnxruntime forward / image", "compiled run / image", "explain_arrays / image", "images/s",
          "over batch 1"],
         [[str(r["size"]), f"{r['forward'] * 1e3:.1f} ms", f"{r['run'] * 1e3:.1f} ms", f"{r['explain'] * 1e3:.1f} ms",
@@ -326,6 +325,9 @@ def compiled_table(rows: list[dict]) -> str:
         lines.append(f"| {r['model']} | {r['ort_interleaved'] * 1e3:.2f} ms | {r['compiled'] * 1e3:.2f} ms | "
                      f"{r['ratio']:.2f}x | {r['compile_s']:.2f} s | {r['session_s']:.2f} s | "
                      f"{r['compiled_rss_mb']:.0f} / {r['peak_rss_mb']:.0f} MB |")
+    return "\n".join(lines)
+
+
 def bench_methods(path: Path, runs: int) -> str:
     """Returns a Markdown table of the full explanation time (forward pass included) of every method on the photo."""
     model = api.load_model(path)
@@ -411,10 +413,11 @@ def main():
             for name in MODELS if (REPO / "models" / name).exists()]
     rows += [bench_model(SHARED / name, args.runs, args.precision) for name in SHARED_MODELS
              if (SHARED / name).exists()]
-    with tempfile.TemporaryDirectory() as folder:
-        resnet = Path(folder) / "resnet50.onnx"
-        onnx.save(resnet50_onnx.build(), str(resnet))
-        rows.append(bench_model(resnet, args.runs, args.precision, "ResNet-50 (random weights)"))
+    for name, builder in BUILT_MODELS:
+        with tempfile.TemporaryDirectory() as folder:
+            built = Path(folder) / f"{builder.__name__}.onnx"
+            onnx.save(builder.build(), str(built))
+            rows.append(bench_model(built, args.runs, args.precision, name))
     checked = bench_check(max(1, args.runs // 2))
     text = (f"## {datetime.date.today().isoformat()}: {machine()}\n\nMedian of {args.runs} runs, batch 1, "
             f"{args.precision}, each model's default composite (its sidecar's, else epsilon-plus-flat).\n\n"

@@ -27,6 +27,29 @@ class Builder:
         self.inits.append(numpy_helper.from_array(value.astype(np.float32), name))
         return name
 
+    def dense(self, x: str, name: str, cin: int, cout: int, gain: float = 1.0) -> str:
+        """Returns the output of a Gemm layer (weight variance gain / cin, zero bias), as torch's Linear exports."""
+        w = self.rng.standard_normal((cout, cin)) * np.sqrt(gain / cin)
+        self.nodes.append(helper.make_node("Gemm", [x, self.const(name + ".w", w), self.const(name + ".b",
+                                                                                            np.zeros(cout))],
+                                           [name], name=name, transB=1))
+        return name
+
+    def model(self, name: str, output: str, classes: int) -> onnx.ModelProto:
+        """Returns the opset-13 model of the graph built so far: input [1,3,224,224] -> output [1,classes]."""
+        graph = helper.make_graph(self.nodes, name, [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                                                   [1, 3, 224, 224])],
+                                  [helper.make_tensor_value_info(output, TensorProto.FLOAT, [1, classes])],
+                                  self.inits)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+        model.ir_version = 8
+        return model
+
+    def relu(self, x: str) -> str:
+        """Returns the output of a Relu node."""
+        self.nodes.append(helper.make_node("Relu", [x], [x + ".relu"], name=x + ".relu"))
+        return x + ".relu"
+
     def conv_bn(self, x: str, name: str, cin: int, cout: int, k: int, stride: int, relu: bool) -> str:
         """Returns the output of Conv + BatchNorm (+ Relu)."""
         w = self.rng.standard_normal((cout, cin, k, k)) * np.sqrt(2.0 / (cin * k * k))
@@ -36,10 +59,7 @@ class Builder:
             ("g", self.rng.uniform(0.5, 1.0, cout)), ("b", self.rng.standard_normal(cout) * 0.1),
             ("m", self.rng.standard_normal(cout) * 0.1), ("v", self.rng.uniform(0.5, 1.5, cout)))]
         self.nodes.append(helper.make_node("BatchNormalization", [name] + bn, [name + ".bn"], name=name + ".bn"))
-        if not relu:
-            return name + ".bn"
-        self.nodes.append(helper.make_node("Relu", [name + ".bn"], [name + ".relu"], name=name + ".relu"))
-        return name + ".relu"
+        return self.relu(name + ".bn") if relu else name + ".bn"
 
     def bottleneck(self, x: str, name: str, cin: int, width: int, stride: int) -> str:
         """Returns the output of one bottleneck block with its residual Add."""
@@ -66,16 +86,8 @@ def build(classes: int = 1000) -> onnx.ModelProto:
             cin = width * 4
     b.nodes += [helper.make_node("GlobalAveragePool", [x], ["gap"]),
                 helper.make_node("Flatten", ["gap"], ["flat"])]
-    fc = b.rng.standard_normal((classes, cin)) / np.sqrt(cin)
-    b.nodes.append(helper.make_node("Gemm", ["flat", b.const("fc.w", fc), b.const("fc.b", np.zeros(classes))],
-                                    ["logits"], name="fc", transB=1))
-    graph = helper.make_graph(b.nodes, "resnet50", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
-                                                                                  [1, 3, 224, 224])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, classes])],
-                              b.inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    return model
+    b.dense("flat", "logits", cin, classes)
+    return b.model("resnet50", "logits", classes)
 
 
 if __name__ == "__main__":

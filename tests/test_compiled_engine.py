@@ -70,6 +70,26 @@ def test_cache_compiles_once_and_a_second_process_starts_warm(tiny_cnn_path, tmp
     assert len(list((tmp_path / "cache").glob("*.lrp.onnx"))) == 2  # other rules, another graph
 
 
+def test_cache_entry_keeps_its_weights_beside_the_graph_and_runs_as_compiled_in_memory(tmp_path, monkeypatch):
+    """The cached graph stores its initializers in an external .data file (mapped by onnxruntime, not copied);
+    its session gives bit for bit the relevance of a session of the same graph compiled in memory."""
+    from conftest import REPO
+    monkeypatch.setenv("LRP_CLI_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(onnx_engine, "_SESSIONS", {})
+    model = api.load_model(REPO / "models" / "shapes-cnn.onnx")
+    x = np.random.default_rng(3).uniform(0, 1, model.graph.input_shape).astype(np.float32)
+    cached = api.explain_array(model, x, api.Settings(engine="onnxruntime"))[0]
+    (graph_file,) = (tmp_path / "cache").glob("*.lrp.onnx")
+    (data_file,) = (tmp_path / "cache").glob("*.data")
+    assert data_file.name.startswith(graph_file.name) and data_file.stat().st_size > 20 * graph_file.stat().st_size
+    settings = api.Settings(engine="numpy")
+    rules = api.rules_for(model, settings, api.preprocess_config(model, settings))
+    compiled = onnx_engine.compile_model(model.path, model.graph, "lrp", rules, model.session.get_outputs()[0].name)
+    session = ort.InferenceSession(compiled.model.SerializeToString(), providers=["CPUExecutionProvider"])
+    fresh = session.run(["relevance"], {model.graph.input_name: x, "target": np.array([-1])})[0]
+    np.testing.assert_array_equal(cached.relevance, fresh.reshape(cached.relevance.shape))
+
+
 def test_top_k_and_layer_sums_on_the_compiled_engine(tiny_cnn_path):
     model = api.load_model(tiny_cnn_path)
     x = np.random.default_rng(1).uniform(0, 1, (1, 3, 16, 16)).astype(np.float32)

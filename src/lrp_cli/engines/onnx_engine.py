@@ -118,11 +118,14 @@ def io_doc(compiled: C.CompiledGraph) -> dict:
     return json.loads(next(p.value for p in compiled.model.metadata_props if p.key == "lrp_cli.io"))
 
 
-def save_model(compiled: C.CompiledGraph, path: Path) -> None:
-    """Writes a compiled graph atomically (temp name, then rename)."""
+def save_model(compiled: C.CompiledGraph, path: Path, external_data: bool = False) -> None:
+    """Writes a compiled graph atomically (temp name, then rename); with external_data, its weights go to a
+    `<name>.<pid>.data` file beside it (written before the graph that names it is renamed into place)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    onnx.save(compiled.model, str(temp))
+    extra = dict(save_as_external_data=True, all_tensors_to_one_file=True, size_threshold=1024,
+                 location=f"{path.name}.{os.getpid()}.data") if external_data else {}
+    onnx.save(compiled.model, str(temp), **extra)
     os.replace(temp, path)
 
 
@@ -149,7 +152,7 @@ def session_for(model, method: str, rules: dict[str, Rule], providers=()) -> Com
         except CompileError as exc:
             _FAILURES[key] = exc
             raise
-        save_model(compiled, path)
+        save_model(compiled, path, external_data=True)  # onnxruntime maps the weights instead of copying them
         del compiled  # the session reads the file; the graph in memory would only add to the peak
         seconds = time.perf_counter() - start
     session = _open(path, providers, threads)
@@ -162,6 +165,7 @@ def _open(path: Path, providers, threads: int = 0) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.intra_op_num_threads = threads
+    options.enable_mem_pattern = False  # it pre-plans one block for every tensor the backward keeps: a higher peak
     return ort.InferenceSession(str(path), options, providers=list(providers))
 
 
