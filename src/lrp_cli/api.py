@@ -105,7 +105,7 @@ def bind_input(model: LoadedModel, shape: tuple[int, ...]) -> LoadedModel:
     if shape not in model._bound:
         proto = onnx.load_from_string(model._proto)
         graph = import_onnx(model.path, model.sidecar.output, proto, shape)
-        session = _session(model.path, proto, graph, model.sidecar.output)
+        session = onnx_session(model.path, proto, graph, model.sidecar.output)
         model._bound[shape] = replace(model, graph=graph, session=session, _cast={}, unbound=None)
     return model._bound[shape]
 
@@ -161,7 +161,7 @@ def load_model(path: str | Path, output: str | None = None, labels: str | Path |
         return LoadedModel(path, None, sidecar, outputs.sha256_file(path), None, time.perf_counter() - start,
                            layout or sidecar.layout or shape_layout(exc.shape), unbound=exc,
                            _proto=proto.SerializeToString())
-    session = _session(path, proto, graph, sidecar.output)
+    session = onnx_session(path, proto, graph, sidecar.output)
     layout = layout or sidecar.layout or detect_layout(graph)
     return LoadedModel(path, graph, sidecar, outputs.sha256_file(path), session, time.perf_counter() - start,
                        layout)
@@ -177,7 +177,7 @@ def _load_bow(path: Path, labels, start: float) -> LoadedBowModel:
     return LoadedBowModel(path, bow, outputs.sha256_file(path), time.perf_counter() - start, names)
 
 
-def _session(path: Path, model: onnx.ModelProto, graph: Graph, output: str | None) -> ort.InferenceSession:
+def onnx_session(path: Path, model: onnx.ModelProto, graph: Graph, output: str | None) -> ort.InferenceSession:
     """Returns an onnxruntime session whose outputs are the chosen model output, then the IR's explained tensor.
 
     It rewrites the graph outputs of `model` in place: the import is done with it by then."""
@@ -346,18 +346,18 @@ def explain_array(model: LoadedModel, x: np.ndarray, settings: Settings, input_p
     start = time.perf_counter()
     model_output, ort_explained = model.run_onnxruntime(x)
     graph = model.graph_for(settings.precision)
-    with _overflow_reported_per_node():
+    with overflow_reported_per_node():
         values = graph.forward(x.astype(PRECISIONS[settings.precision]))
     forward_seconds = time.perf_counter() - start
     ir_out = values[graph.output_name]
-    _check_finite_forward(graph, values, input_path)
+    check_finite_forward(graph, values, input_path)
     diff, relative = ir_difference(ir_out, ort_explained)
     job = MethodInput(model, graph, values, rules, config, method.resolve(settings.method_options))
     extra = {"method_options": method.options_for(job)} if method.defaults else {}
     explanations = []
     for target in resolve_targets(settings.target, output_scores(ir_out), model.labels):
         start = time.perf_counter()
-        with _overflow_reported_per_node():
+        with overflow_reported_per_node():
             propagation = numpy_engine.backward(method, job, target)
         timing = {"load": model.load_seconds, "forward": forward_seconds, "backward": time.perf_counter() - start}
         explanations.append(target_explanation(model, settings, rules, input_path, x, picture, model_output, target,
@@ -375,12 +375,12 @@ def target_explanation(model, settings: Settings, rules: dict, input_path: Path,
         *ir_diff, timing, settings.method, extra | _finiteness_warnings(propagation, settings.precision))
 
 
-def _overflow_reported_per_node():
+def overflow_reported_per_node():
     """Returns a context silencing NumPy's overflow warnings: non-finite values are reported per node instead."""
     return np.errstate(over="ignore", invalid="ignore", divide="ignore")
 
 
-def _check_finite_forward(graph: Graph, values: dict[str, np.ndarray], input_path: Path) -> None:
+def check_finite_forward(graph: Graph, values: dict[str, np.ndarray], input_path: Path) -> None:
     """Raises InputError naming the first node whose output holds NaN or Inf when the graph output does."""
     if np.isfinite(values[graph.output_name]).all():
         return
@@ -591,7 +591,7 @@ def save_explanation(model: LoadedModel, expl: Explanation, out_dir: Path, stem:
     """Writes heatmap, overlay, JSON (and raw relevance) all-or-nothing; returns the JSON document."""
     start = time.perf_counter()
     paths = outputs.output_paths(out_dir, stem, save_raw)
-    with _overflow_reported_per_node():
+    with overflow_reported_per_node():
         return _save(model, expl, paths, cmap, save_raw, scale, start)
 
 

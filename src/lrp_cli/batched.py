@@ -53,7 +53,7 @@ def _rebind(model: api.LoadedModel, size: int) -> api.LoadedModel | None:
     shape = (size, *model.graph.input_shape[1:])
     try:
         graph = import_onnx(model.path, model.sidecar.output, onnx.load_from_string(data), shape)
-        session = api._session(model.path, onnx.load_from_string(data), graph, model.sidecar.output)
+        session = api.onnx_session(model.path, onnx.load_from_string(data), graph, model.sidecar.output)
     except Exception:  # a graph that fixes batch 1 fails in any of the importer's or onnxruntime's ways
         return None
     if not batch_first(model.graph, graph, size):
@@ -131,10 +131,10 @@ def _numpy_batch(model, x, settings, rules, config, paths, pictures) -> list[lis
     start = time.perf_counter()
     model_output, ort_explained = model.run_onnxruntime(x)
     graph = model.graph_for(settings.precision)
-    with api._overflow_reported_per_node():
+    with api.overflow_reported_per_node():
         values = graph.forward(x.astype(api.PRECISIONS[settings.precision]))
     forward_seconds = (time.perf_counter() - start) / len(x)
-    api._check_finite_forward(graph, values, Path("<batch>"))
+    api.check_finite_forward(graph, values, Path("<batch>"))
     ir_out = values[graph.output_name]
     job = MethodInput(model, graph, values, rules, config, method.resolve(settings.method_options))
     targets = [api.resolve_targets(settings.target, output_scores(ir_out[k:k + 1]), model.labels)
@@ -142,7 +142,7 @@ def _numpy_batch(model, x, settings, rules, config, paths, pictures) -> list[lis
     explanations = [[] for _ in x]
     for column in zip(*targets):
         start = time.perf_counter()
-        with api._overflow_reported_per_node():
+        with api.overflow_reported_per_node():
             propagation = numpy_engine.backward(method, job, np.array(column))
         timing = {"load": model.load_seconds, "forward": forward_seconds,
                   "backward": (time.perf_counter() - start) / len(x)}

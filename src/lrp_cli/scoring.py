@@ -94,13 +94,13 @@ def _build_scorer(model) -> _Scorer:
 
 
 def _batched_session(model) -> ort.InferenceSession:
-    """Returns a session like the model's own (`api._session`) on a copy of the ONNX graph with a symbolic batch."""
-    from lrp_cli.api import _session
+    """Returns a session like the model's own (`api.onnx_session`) on a copy of the ONNX graph with a symbolic batch."""
+    from lrp_cli.api import onnx_session
     from lrp_cli.importers.onnx_import import load_onnx
     proto = load_onnx(model.path)
     chosen = model.session.get_outputs()[0].name
     _symbolic_batch(proto, model.graph.input_name)
-    return _session(model.path, proto, model.graph, chosen)
+    return onnx_session(model.path, proto, model.graph, chosen)
 
 
 def _symbolic_batch(proto: onnx.ModelProto, input_name: str) -> None:
