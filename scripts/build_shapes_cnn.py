@@ -104,7 +104,8 @@ def _network(num_classes: int) -> nn.Sequential:
     return nn.Sequential(OrderedDict(layers))
 
 
-def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, batch: int = 64) -> None:
+def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, batch: int = 64,
+           name: str = "shapes-cnn") -> None:
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3, weight_decay=1e-4)
     steps = epochs * ((len(x) + batch - 1) // batch)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-3, total_steps=steps)
@@ -121,7 +122,7 @@ def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, batc
             optimizer.step()
             schedule.step()
             total += loss.item() * len(idx)
-        print(f"  shapes-cnn epoch {epoch + 1}/{epochs}: loss {total / len(x):.4f}", flush=True)
+        print(f"  {name} epoch {epoch + 1}/{epochs}: loss {total / len(x):.4f}", flush=True)
 
 
 def _predict(model: nn.Module, x: torch.Tensor) -> np.ndarray:
