@@ -33,10 +33,10 @@ import build_shapes_cnn as cnn  # noqa: E402
 from lrp_cli.synthetic import shapes  # noqa: E402
 
 PATCH = 8
-WIDTH = 64
+WIDTH = 48
 HEADS = 4
-DEPTH = 3
-MLP = 128
+DEPTH = 2
+MLP = 96
 TEST_IMAGES = cnn.TEST_IMAGES
 
 
@@ -90,7 +90,7 @@ class ShapesViT(nn.Module):
         return self.head(self.ln_final(self.blocks(t))[:, 0])
 
 
-def build(out_dir: Path = REPO, train_images: int = 12000, epochs: int = 12) -> dict:
+def build(out_dir: Path = REPO, train_images: int = 6000, epochs: int = 6) -> dict:
     """Return a summary dict after training, exporting and verifying shapes-vit under ``out_dir``."""
     cnn._make_deterministic()
     t0 = time.perf_counter()
@@ -151,8 +151,8 @@ def _write_sidecar(path: Path, accuracy: float, train_images: int, epochs: int) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train-images", type=int, default=12000)
-    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--train-images", type=int, default=6000)
+    parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--out-dir", type=Path, default=REPO, help="root for models/")
     args = parser.parse_args()
     print(json.dumps(build(args.out_dir, args.train_images, args.epochs), indent=2))
