@@ -105,17 +105,9 @@ def build(out_dir: Path = REPO, train_images: int = 6000, epochs: int = 6) -> di
     onnx_path = out_dir / "models" / "shapes-vit.onnx"
     _export(model, onnx_path)
     max_diff, agree = cnn._verify(onnx_path, x_test.numpy(), probs)
-    _write_sidecar(out_dir / "models" / "shapes-vit.lrp.toml", accuracy, train_images, epochs)
-    return {
-        "model": str(onnx_path.relative_to(out_dir)),
-        "test_accuracy": accuracy,
-        "train_images": train_images,
-        "test_images": TEST_IMAGES,
-        "onnx_bytes": onnx_path.stat().st_size,
-        "onnx_max_abs_diff": max_diff,
-        "onnx_predictions_agree": agree,
-        "seconds": {"data": round(t_data, 1), "train": round(t_train, 1), "total": round(time.perf_counter() - t0, 1)},
-    }
+    cnn._write_sidecar(out_dir / "models" / "shapes-vit.lrp.toml", accuracy, train_images, "build_shapes_vit.py",
+                       "attnlrp")
+    return cnn._summary(out_dir, onnx_path, accuracy, train_images, (max_diff, agree), (t0, t_data, t_train))
 
 
 def _export(model: nn.Module, path: Path) -> None:
@@ -128,25 +120,6 @@ def _export(model: nn.Module, path: Path) -> None:
     proto = onnx.load_from_string(buffer.getvalue())
     onnx.checker.check_model(proto, full_check=True)
     path.write_bytes(proto.SerializeToString())
-
-
-def _write_sidecar(path: Path, accuracy: float, train_images: int, epochs: int) -> None:
-    labels = json.dumps(list(shapes.CLASSES))
-    path.write_text(
-        "# Written by scripts/build_shapes_vit.py: preprocessing, labels and composite for lrp-cli.\n"
-        'preset = "unit"\n'
-        f"size = [{shapes.SIZE}, {shapes.SIZE}]\n"
-        f"labels = {labels}\n"
-        'composite = "attnlrp"\n'
-        "\n[training]\n"
-        f"test_accuracy = {accuracy:.4f}\n"
-        f"train_images = {train_images}\n"
-        f"epochs = {epochs}\n"
-        f"test_images = {TEST_IMAGES}\n"
-        f"seed = {cnn.TRAIN_SEED}\n"
-        f"test_seed = {cnn.TEST_SEED}\n",
-        encoding="utf-8",
-    )
 
 
 def main() -> None:
