@@ -1,5 +1,5 @@
-"""Build the bundled models (digits-mlp, shapes-cnn, the tag-shortcut/tag-clean pair, shapes-vit) and check each
-ONNX file against its source model.
+"""Build the bundled models (digits-mlp, shapes-cnn, the tag-shortcut/tag-clean pair) and check each ONNX file
+against its source model.
 
 Dev-only, run with the torch venv's python (`make models`). Each build re-runs its training from fixed
 seeds, exports the ONNX file, runs it with onnxruntime on the build's test set and compares the
@@ -20,7 +20,7 @@ sys.path.insert(0, str(SCRIPTS))
 MIN_ACCURACY = 0.95
 # onnxruntime and torch/numpy sum in different orders; a float32 rounding gap, not a wrong graph.
 MAX_ABS_DIFF = 1e-4
-NAMES = ("digits-mlp", "shapes-cnn", "tag-models", "shapes-vit")
+NAMES = ("digits-mlp", "shapes-cnn", "tag-models")
 
 
 def run(names: list[str], out_dir: Path) -> list[dict]:
@@ -46,10 +46,6 @@ def _builder(name: str):
         import build_tag_models
 
         return build_tag_models.build
-    if name == "shapes-vit":
-        import build_shapes_vit
-
-        return build_shapes_vit.build
     import build_shapes_cnn
 
     return build_shapes_cnn.build

@@ -72,7 +72,7 @@ def shapes_inputs(folder: Path) -> tuple[Path, list]:
     from lrp_cli.synthetic import shapes
     model = REPO / "models" / "shapes-vit.onnx"
     if not model.exists():
-        sys.exit(f"error: {model} is missing; build it with `make models`")
+        sys.exit(f"error: {model} is missing; train it with scripts/build_shapes_vit.py (torch venv)")
     images, _, _ = shapes.make_dataset(VIT_IMAGES, seed=1)
     for k, image in enumerate(images):
         Image.fromarray(image).save(folder / f"shape{k:03d}.png")
