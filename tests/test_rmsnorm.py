@@ -9,6 +9,7 @@ ViT with torch's nn.RMSNorm in place of every LayerNorm, exported by dynamo at o
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 from onnx import helper
 
@@ -18,7 +19,6 @@ from lrp_cli.importers.onnx_import import import_onnx
 from lrp_cli.ir.transformer import RMSNorm
 from lrp_cli.propagate import propagate
 from lrp_cli.rules import assign_rules, parse_rule
-from test_transformers import assert_imports_like_onnxruntime
 
 FIXTURES = Path(__file__).parent / "fixtures" / "transformers"
 STEMS = ["vit_rms_dynamo23", "vit_rms_dynamo18", "vit_rms_legacy17"]
@@ -114,6 +114,17 @@ def test_rmsnorm_forward_and_gradient_by_brute_force(axis, shape):
 
 
 # --- import: the op and the written-out forms ------------------------------------------------------------------
+
+
+def assert_imports_like_onnxruntime(model, tmp_path):
+    """Returns the imported graph after checking its forward pass against onnxruntime's on a random input (this
+    module's RNG: test_transformers' own draws stay as they are)."""
+    path = save_model(model, tmp_path / "m.onnx")
+    graph = import_onnx(path)
+    x = RNG.standard_normal(graph.input_shape).astype(np.float32)
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {graph.input_name: x})[0]
+    np.testing.assert_allclose(graph.forward(x)[graph.output_name], want, rtol=1e-5, atol=1e-5)
+    return graph
 
 
 @pytest.mark.parametrize("axis", [-1, 1])
