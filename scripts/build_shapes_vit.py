@@ -90,7 +90,7 @@ class ShapesViT(nn.Module):
         return self.head(self.ln_final(self.blocks(t))[:, 0])
 
 
-def build(out_dir: Path = REPO, train_images: int = 6000, epochs: int = 6) -> dict:
+def build(out_dir: Path = REPO, train_images: int = 8000, epochs: int = 60) -> dict:
     """Return a summary dict after training, exporting and verifying shapes-vit under ``out_dir``."""
     cnn._make_deterministic()
     t0 = time.perf_counter()
@@ -124,8 +124,8 @@ def _export(model: nn.Module, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train-images", type=int, default=6000)
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--train-images", type=int, default=8000)
+    parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--out-dir", type=Path, default=REPO, help="root for models/")
     args = parser.parse_args()
     print(json.dumps(build(args.out_dir, args.train_images, args.epochs), indent=2))
