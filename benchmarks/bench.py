@@ -345,6 +345,32 @@ def bench_methods(path: Path, runs: int) -> str:
     return "\n".join(lines)
 
 
+VIT = REPO / "models" / "vit_b_16.onnx"
+
+
+def vit_text(runs: int, path: Path = VIT) -> str:
+    """Returns the ViT-B/16 timing paragraph (load, onnxruntime forward, full explanation, peak RSS), or a line
+    saying it was skipped when the git-ignored model has not been exported."""
+    if not path.exists():
+        return (f"\nViT-B/16: skipped, {path.relative_to(REPO)} is absent (make it with "
+                "scripts/export_torchvision_vit.py in a torch venv).\n")
+    start = time.perf_counter()
+    model = api.load_model(path)
+    load = time.perf_counter() - start
+    settings = api.Settings(engine="numpy", preprocess={"preset": "imagenet"})
+    x, _ = load_input(IMAGE, api.preprocess_config(model, settings), model.graph.input_shape, model.layout)
+    results = []
+    ort, explain, ratio = interleaved_ratio(lambda: model.run_onnxruntime(x),
+                                            lambda: results.append(api.explain_array(model, x, settings)[0]), runs)
+    with tempfile.TemporaryDirectory() as out_dir:
+        rss = peak_rss_mb(path, Path(out_dir))
+    composite = results[-1].composite
+    return (f"\n{path.name} ({IMAGE.name}, {'x'.join(map(str, model.graph.input_shape))}, {composite}, NumPy "
+            f"engine), median of {runs} runs timed in turn with the onnxruntime forward: onnxruntime forward "
+            f"{ort:.2f} s, full explanation {explain:.2f} s ({ratio:.0f}x, median of per-run ratios); loading the "
+            f"model {load:.1f} s; peak RSS of one `lrp explain` {rss:.0f} MB; {load_note()}.\n")
+
+
 def machine() -> str:
     """Returns a one-line description of this machine."""
     cpu = platform.processor() or platform.machine()
@@ -391,6 +417,7 @@ def main():
     parser.add_argument("--jobs-only", action="store_true", help="Only the --jobs throughput of a 50-photo batch")
     parser.add_argument("--batch-only", action="store_true",
                         help="Only images/s at --batch-size 1, 4, 8 (compiled engine, EfficientNet-Lite0)")
+    parser.add_argument("--vit-only", action="store_true", help="Only the ViT-B/16 explanation (models/vit_b_16.onnx)")
     args = parser.parse_args()
     if args.batch_only:
         return _emit(f"## {datetime.date.today().isoformat()}: {machine()}\n\n{batch_text(args.runs)}", args.write)
@@ -409,6 +436,9 @@ def main():
                      f"efficientnet-lite0.onnx in one process, float32, {note}.\n\n{jobs_table(bench_jobs(effnet))}\n")
     if args.jobs_only:
         return _emit(f"## {datetime.date.today().isoformat()}: {machine()}\n{jobs_text}", args.write)
+    vit = vit_text(max(1, args.runs // 2))
+    if args.vit_only:
+        return _emit(f"## {datetime.date.today().isoformat()}: {machine()}\n{vit}", args.write)
     rows = [bench_model(REPO / "models" / name, args.runs, args.precision)
             for name in MODELS if (REPO / "models" / name).exists()]
     rows += [bench_model(SHARED / name, args.runs, args.precision) for name in SHARED_MODELS
@@ -429,7 +459,7 @@ def main():
             f"({checked['check'] / checked['explain'] - 1:+.0%}); CPU {checked['check_cpu']:.2f} s against "
             f"{checked['explain_cpu']:.2f} s ({checked['check_cpu'] / checked['explain_cpu'] - 1:+.0%}).\n"
             + (f"\nEvery method, median of {max(1, args.runs // 2)} runs, each method's "
-               f"defaults:\n\n{methods}\n" if methods else "") + evaluate_text() + jobs_text
+               f"defaults:\n\n{methods}\n" if methods else "") + evaluate_text() + jobs_text + vit
             + ("\n" + batch_text(args.runs) if effnet.exists() else ""))
     _emit(text, args.write)
 

@@ -57,14 +57,21 @@ def build(out_dir: Path = REPO, train_images: int = 8000, epochs: int = 8) -> di
     max_diff, agree = _verify(onnx_path, x_test.numpy(), probs)
     _write_sidecar(out_dir / "models" / "shapes-cnn.lrp.toml", accuracy, train_images)
     _write_samples(out_dir / "sample_images" / "shapes", test_images, test_masks, test_labels, probs)
+    return _summary(out_dir, onnx_path, accuracy, train_images, (max_diff, agree), (t0, t_data, t_train))
+
+
+def _summary(out_dir: Path, onnx_path: Path, accuracy: float, train_images: int, verified: tuple[float, bool],
+             clock: tuple[float, float, float]) -> dict:
+    """Return the build summary build_models.py checks: accuracy, size, onnxruntime agreement, seconds."""
+    t0, t_data, t_train = clock
     return {
         "model": str(onnx_path.relative_to(out_dir)),
         "test_accuracy": accuracy,
         "train_images": train_images,
         "test_images": TEST_IMAGES,
         "onnx_bytes": onnx_path.stat().st_size,
-        "onnx_max_abs_diff": max_diff,
-        "onnx_predictions_agree": agree,
+        "onnx_max_abs_diff": verified[0],
+        "onnx_predictions_agree": verified[1],
         "seconds": {
             "data": round(t_data, 1),
             "train": round(t_train, 1),
@@ -104,7 +111,8 @@ def _network(num_classes: int) -> nn.Sequential:
     return nn.Sequential(OrderedDict(layers))
 
 
-def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, batch: int = 64) -> None:
+def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, batch: int = 64,
+           name: str = "shapes-cnn") -> None:
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3, weight_decay=1e-4)
     steps = epochs * ((len(x) + batch - 1) // batch)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-3, total_steps=steps)
@@ -121,7 +129,7 @@ def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, batc
             optimizer.step()
             schedule.step()
             total += loss.item() * len(idx)
-        print(f"  shapes-cnn epoch {epoch + 1}/{epochs}: loss {total / len(x):.4f}", flush=True)
+        print(f"  {name} epoch {epoch + 1}/{epochs}: loss {total / len(x):.4f}", flush=True)
 
 
 def _predict(model: nn.Module, x: torch.Tensor) -> np.ndarray:
@@ -194,14 +202,15 @@ def _verify(path: Path, x: np.ndarray, reference: np.ndarray) -> tuple[float, bo
     return float(np.abs(got - reference).max()), bool((got.argmax(1) == reference.argmax(1)).all())
 
 
-def _write_sidecar(path: Path, accuracy: float, train_images: int) -> None:
+def _write_sidecar(path: Path, accuracy: float, train_images: int, script: str = "build_shapes_cnn.py",
+                   composite: str = "epsilon-plus-flat") -> None:
     labels = json.dumps(list(shapes.CLASSES))  # a JSON list of plain strings is valid TOML
     path.write_text(
-        "# Written by scripts/build_shapes_cnn.py: preprocessing, labels and composite for lrp-cli.\n"
+        f"# Written by scripts/{script}: preprocessing, labels and composite for lrp-cli.\n"
         'preset = "unit"\n'
         f"size = [{shapes.SIZE}, {shapes.SIZE}]\n"
         f"labels = {labels}\n"
-        'composite = "epsilon-plus-flat"\n'
+        f'composite = "{composite}"\n'
         "\n[training]\n"
         f"test_accuracy = {accuracy:.4f}\n"
         f"train_images = {train_images}\n"

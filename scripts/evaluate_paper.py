@@ -2,9 +2,11 @@
 
     .venv/bin/python scripts/evaluate_paper.py mnist     # LeNet-5 from ../shared on the 100 MNIST test digits
     .venv/bin/python scripts/evaluate_paper.py photos    # EfficientNet-Lite0 on the demo photos, 8x8 patches
+    .venv/bin/python scripts/evaluate_paper.py shapes-vit  # the bundled shapes-vit on 50 unseen shapes images
 
-Every method lrp-cli knows is evaluated (whatever `api.METHOD_NAMES` holds when it runs), LRP three times: the
-paper's epsilon = 0.01 everywhere, z everywhere, and the default composite. Writes evaluation.json/.csv and
+mnist and photos evaluate every method lrp-cli knows (whatever `api.METHOD_NAMES` holds when it runs), LRP three
+times: the paper's epsilon = 0.01 everywhere, z everywhere, and the default composite. shapes-vit evaluates LRP
+with the attnlrp and the cp-lrp composite against gradient x input and random. Writes evaluation.json/.csv and
 curves.png (and a strip for the first input) to --out, copies curves.png and the strip into docs/, and prints the
 AOPC table as Markdown. Equivalent to one `lrp evaluate` run per LRP rule set; one run here keeps every method in
 the same figure.
@@ -29,12 +31,17 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 LENET_SIDECAR = 'preset = "tf"\nlabels = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]\n'
 LRP_VARIANTS = {"lrp-epsilon-0.01": {"rule": "epsilon:0.01"}, "lrp-z": {"rule": "z"}, "lrp": {}}
+VIT_VARIANTS = {"lrp-attnlrp": {"composite": "attnlrp"}, "lrp-cp-lrp": {"composite": "cp-lrp"}}
+VIT_BASELINES = ("gradient-x-input", "random")
+VIT_IMAGES = 50
 
 
-def variants(model, base: api.Settings) -> list[evaluate.MethodVariant]:
-    """Returns the three LRP rule sets and every other method, in that order."""
-    lrp = [evaluate.MethodVariant(name, replace(base, **changes)) for name, changes in LRP_VARIANTS.items()]
-    others = [evaluate.MethodVariant(name, replace(base, method=name)) for name in api.METHOD_NAMES if name != "lrp"]
+def variants(model, base: api.Settings, lrp_variants: dict = LRP_VARIANTS,
+             others: tuple[str, ...] | None = None) -> list[evaluate.MethodVariant]:
+    """Returns the LRP rule sets and the other methods (default: every one), in that order."""
+    lrp = [evaluate.MethodVariant(name, replace(base, **changes)) for name, changes in lrp_variants.items()]
+    names = [name for name in api.METHOD_NAMES if name != "lrp"] if others is None else others
+    others = [evaluate.MethodVariant(name, replace(base, method=name)) for name in names]
     for variant in lrp + others:
         api.check_settings(model, variant.settings)
     return lrp + others
@@ -58,6 +65,18 @@ def photo_inputs(extra: list[str]) -> tuple[Path, list]:
         sys.exit(f"error: {model} is missing; build it with `.venv/bin/lrp zoo get efficientnet-lite0 --dest models`")
     specs = [str(REPO / "sample_images" / "chelsea.png"), str(REPO / "sample_images" / "coffee.png"), *extra]
     return model, batch.expand_inputs(specs)
+
+
+def shapes_inputs(folder: Path) -> tuple[Path, list]:
+    """Returns (the bundled shapes-vit, VIT_IMAGES shapes images of the test seed, unseen in training, as PNGs)."""
+    from lrp_cli.synthetic import shapes
+    model = REPO / "models" / "shapes-vit.onnx"
+    if not model.exists():
+        sys.exit(f"error: {model} is missing; train it with scripts/build_shapes_vit.py (torch venv)")
+    images, _, _ = shapes.make_dataset(VIT_IMAGES, seed=1)
+    for k, image in enumerate(images):
+        Image.fromarray(image).save(folder / f"shape{k:03d}.png")
+    return model, batch.expand_inputs([str(folder / "shape*.png")])
 
 
 def first_change(run: dict) -> float | None:
@@ -85,7 +104,7 @@ def markdown(document: dict, orders: list[str]) -> str:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("experiment", choices=["mnist", "photos"])
+    parser.add_argument("experiment", choices=["mnist", "photos", "shapes-vit"])
     parser.add_argument("--out", type=Path, help="Output folder [default: eval-EXPERIMENT]")
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--perturbation", default="flip", choices=list(evaluate.PERTURBATIONS))
@@ -98,16 +117,21 @@ def main():
         if args.experiment == "mnist":
             model_path, items = mnist_inputs(Path(folder))
             flip = evaluate.FlipSettings(("morf", "lerf"), args.perturbation, 1, args.steps)
+        elif args.experiment == "shapes-vit":
+            model_path, items = shapes_inputs(Path(folder))
+            flip = evaluate.FlipSettings(("morf", "lerf"), args.perturbation, 1, args.steps)
         else:
             model_path, items = photo_inputs(args.photos)
             flip = evaluate.FlipSettings(("morf", "lerf"), args.perturbation, 8, args.steps)
         model = api.load_model(model_path)
-        chosen = variants(model, api.Settings())
+        chosen = (variants(model, api.Settings(), VIT_VARIANTS, VIT_BASELINES) if args.experiment == "shapes-vit"
+                  else variants(model, api.Settings()))
         start = time.perf_counter()
         document, files = evaluate.run_evaluation(
             model, items, chosen, flip, out, strip=False, jobs=args.jobs)
         seconds = time.perf_counter() - start
-        _, strip = evaluate.run_evaluation(model, items[:1], chosen[2:3], flip, out, strip=True)
+        shown = chosen[:1] if args.experiment == "shapes-vit" else chosen[2:3]  # the default composite's LRP
+        _, strip = evaluate.run_evaluation(model, items[:1], shown, flip, out, strip=True)
         evaluation_files.write_evaluation(out, document, {**files, **strip})
     runs = document["runs"]
     agree = sum(r["predicted"][0] == r["target"] for r in runs) / len(runs)

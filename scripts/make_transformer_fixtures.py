@@ -15,13 +15,18 @@ The model is plain torch (no torchvision): a patch-embedding convolution, a clas
 pre-LN blocks of multi-head attention and a GELU MLP, a final LayerNorm and a linear head on the class token.
 It is exported with the legacy exporter (opset 17: LayerNormalization, Erf-form GELU), with the legacy exporter
 at opset 14 (LayerNorm decomposed into ReduceMean/Sub/Pow/Sqrt/Div), with a tanh-approximated GELU, and with
-the dynamo exporter (opset 18).
+the dynamo exporter (opset 18). The same ViT with RMSNorm in place of every LayerNorm (torch's nn.RMSNorm) is
+exported by dynamo at opset 23 (RMSNormalization) and 18 (written out: Pow, ReduceMean, Add, Sqrt, Reciprocal, Mul,
+Mul), and, written out by hand as x * rsqrt(mean(x^2) + eps) * weight (the legacy exporter has no aten::rms_norm),
+by the legacy exporter at opset 17. `--only` remakes only some files (summary.json keeps the others' entries).
 
 The references are written here in PyTorch float64, independently of lrp-cli's NumPy code, as gradient x input
 of the network with the rule's constants detached (Ali et al. 2022 define CP-LRP this way):
 - every linear map (Linear, Conv, LayerNorm with its standard deviation detached, the residual and position
   embedding sums) scales the gradient passing down by z / stab(z), which makes gradient x input the epsilon (or z)
   rule exactly; element-wise activations pass relevance unchanged (their slope y / x is a detached gate);
+- RMSNorm with its root mean square detached: under cp-lrp scaled by z / stab(z) like a linear map, under attnlrp
+  not at all (the identity rule: relevance passes the element-wise scaling unchanged);
 - cp-lrp: the Softmax output is detached, so relevance reaches the attention only through the values;
 - attnlrp: the Softmax is differentiated as is (x * (R - s * sum R) is gradient x input through it, the
   paper's Proposition 3.1), the products QK^T and AV scale by z / (2 stab(z)) (the uniform rule: half to each
@@ -64,8 +69,9 @@ def stab(z: torch.Tensor, eps: float) -> torch.Tensor:
 class Modes:
     """How the forward pass is modified for a reference (None: the plain model that is exported)."""
 
-    def __init__(self, kind: str | None):
+    def __init__(self, kind: str | None, norm: str = "layer"):
         self.kind = kind
+        self.norm = norm  # "layer", "rms" (nn.RMSNorm) or "rms-written" (RMSNorm spelt out for the legacy exporter)
 
     def linear(self, z: torch.Tensor, eps: float = EPSILON, share: float = 1.0) -> torch.Tensor:
         """Returns z whose gradient is scaled by share * z / stab(z): the epsilon rule as gradient x input."""
@@ -138,10 +144,32 @@ class LayerNorm(nn.LayerNorm):
         return self.modes.linear(centred / std * self.weight + self.bias)
 
 
+class RMSNorm(nn.RMSNorm):
+    """nn.RMSNorm whose reference forms detach the root mean square (cp-lrp: epsilon on the map, attnlrp: identity)."""
+
+    def __init__(self, modes: Modes, width: int = WIDTH):
+        super().__init__(width, eps=1e-6)
+        self.modes = modes
+
+    def forward(self, x):
+        if self.modes.kind is None and self.modes.norm == "rms":
+            return super().forward(x)
+        if self.modes.kind is None:
+            return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+        rms = torch.sqrt(x.pow(2).mean(-1, keepdim=True) + self.eps).detach()
+        y = x / rms * self.weight
+        return self.modes.linear(y) if self.modes.kind == "cp-lrp" else y
+
+
+def make_norm(modes: Modes) -> nn.Module:
+    """Returns the normalization the model's modes ask for."""
+    return LayerNorm(modes) if modes.norm == "layer" else RMSNorm(modes)
+
+
 class Block(nn.Module):
     def __init__(self, modes: Modes, gelu: str):
         super().__init__()
-        self.norm1, self.norm2 = LayerNorm(modes), LayerNorm(modes)
+        self.norm1, self.norm2 = make_norm(modes), make_norm(modes)
         self.attn = Attention(modes)
         self.fc1, self.fc2 = nn.Linear(WIDTH, MLP), nn.Linear(MLP, WIDTH)
         self.gelu = gelu
@@ -156,14 +184,14 @@ class Block(nn.Module):
 
 
 class TinyViT(nn.Module):
-    def __init__(self, kind: str | None = None, gelu: str = "none"):
+    def __init__(self, kind: str | None = None, gelu: str = "none", norm: str = "layer"):
         super().__init__()
-        self.modes = Modes(kind)
+        self.modes = Modes(kind, norm)
         self.patch = nn.Conv2d(3, WIDTH, PATCH, stride=PATCH)
         self.cls = nn.Parameter(torch.zeros(1, 1, WIDTH))
         self.pos = nn.Parameter(torch.zeros(1, (IMAGE // PATCH) ** 2 + 1, WIDTH))
         self.blocks = nn.ModuleList(Block(self.modes, gelu) for _ in range(DEPTH))
-        self.norm = LayerNorm(self.modes)
+        self.norm = make_norm(self.modes)
         self.head = nn.Linear(WIDTH, CLASSES)
 
     def embed(self, x):
@@ -179,10 +207,10 @@ class TinyViT(nn.Module):
         return self.modes.linear(self.head(self.norm(x)[:, 0]))
 
 
-def make_model(seed: int = 0, gelu: str = "none") -> TinyViT:
+def make_model(seed: int = 0, gelu: str = "none", norm: str = "layer") -> TinyViT:
     """Returns the tiny ViT with deterministic random weights (LayerNorm affine parameters randomised too)."""
     torch.manual_seed(seed)
-    model = TinyViT(gelu=gelu)
+    model = TinyViT(gelu=gelu, norm=norm)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("norm1.weight") or name.endswith("norm2.weight") or name == "norm.weight":
@@ -492,7 +520,7 @@ def lxt_attnlrp(plain: TinyViT, image: np.ndarray, target: int, eps: float) -> n
 
 def lxt_cross_check(model: nn.Module, image: np.ndarray, target: int, info: dict) -> None:
     """Adds to info how far LXT's AttnLRP of a ViT is from the reference (says so when lxt is absent)."""
-    if not isinstance(model, TinyViT):
+    if not isinstance(model, TinyViT) or model.modes.norm != "layer":
         return
     try:
         lxt = lxt_attnlrp(model, image, target, LXT_EPSILON)
@@ -522,6 +550,9 @@ def main() -> None:
         "swin_dynamo18": (make_swin, True, 18),
         "swinv2_legacy17": (lambda: make_swin(v2=True), False, 17),
         "swinv2_dynamo18": (lambda: make_swin(v2=True), True, 18),
+        "vit_rms_dynamo23": (lambda: make_model(norm="rms"), True, 23),
+        "vit_rms_dynamo18": (lambda: make_model(norm="rms"), True, 18),
+        "vit_rms_legacy17": (lambda: make_model(norm="rms-written"), False, 17),
     }
     summary_path = args.out / "summary.json"
     summary = json.loads(summary_path.read_text()) if args.only and summary_path.exists() else {}

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lrp_cli.ir.layers import Conv, Dense, Linear, stabilize
+from lrp_cli.ir.transformer import RMSNorm
 
 #: zennit's stabilizer for every rule other than Epsilon.
 STABILIZER = 1e-6
@@ -369,6 +370,7 @@ class Composite:
     product: str = "uniform"
     attention_product: str | None = None
     maxpool: str = "maxpool:first"
+    rms_norm: str | None = None  # an RMSNorm's rule, when it differs from LayerNorm's
 
     def spec_for(self, layer, first: bool) -> str:
         """Returns the rule spec this composite gives a rule-driven layer (`first`: the first linear layer)."""
@@ -379,6 +381,8 @@ class Composite:
         if layer.rule_kind == "product":
             weights = getattr(layer, "weights_operand", None) is not None
             return self.attention_product if weights and self.attention_product else self.product
+        if self.rms_norm and isinstance(layer, RMSNorm):
+            return self.rms_norm
         return {"norm": self.norm, "softmax": self.softmax, "maxpool": self.maxpool}[layer.rule_kind]
 
 
@@ -393,8 +397,9 @@ COMPOSITES = {
     # Ali et al. 2022: LayerNorm std and attention weights are constants; relevance follows the value path.
     "cp-lrp": Composite(None, "epsilon", "epsilon", softmax="constant", attention_product="value"),
     # Achtibat et al. 2024: LayerNorm identity on 1/std and the scaling (epsilon on the centring), Softmax by its
-    # Taylor rule, QK^T and AV uniform, gamma on the (patch-embedding) convolutions.
-    "attnlrp": Composite(None, "gamma", "epsilon"),
+    # Taylor rule, QK^T and AV uniform, gamma on the (patch-embedding) convolutions; RMSNorm (no centring) is
+    # all element-wise scaling, so the identity rule.
+    "attnlrp": Composite(None, "gamma", "epsilon", rms_norm="identity"),
 }
 DEFAULT_COMPOSITE = "epsilon-plus-flat"
 #: The default for a graph with a LayerNorm, an in-graph Softmax or a product of two activations.
@@ -402,7 +407,7 @@ TRANSFORMER_COMPOSITE = "attnlrp"
 #: The layer kinds that make a graph a transformer's.
 TRANSFORMER_KINDS = ("norm", "softmax", "product")
 #: What each layer kind is called in messages.
-KIND_NAMES = {"linear": "Conv/Dense", "maxpool": "MaxPool", "norm": "LayerNorm", "softmax": "Softmax",
+KIND_NAMES = {"linear": "Conv/Dense", "maxpool": "MaxPool", "norm": "LayerNorm/RMSNorm", "softmax": "Softmax",
               "product": "product (MatMul/Einsum of two activations)"}
 
 

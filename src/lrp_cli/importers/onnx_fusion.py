@@ -2,6 +2,9 @@
 
 - LayerNorm written out (ReduceMean, Sub, Pow 2 or Mul, ReduceMean, Add eps, Sqrt, Div or Reciprocal+Mul, then an
   optional Mul by a scale and Add of a bias), as older opsets and tf2onnx write it;
+- RMSNorm written out (Pow 2 or Mul, ReduceMean, Add eps, Sqrt, Div, or Reciprocal or Div(1, .) then Mul, then an
+  optional Mul by a scale), as the dynamo exporter writes torch's nn.RMSNorm before opset 23 and the legacy one
+  x * rsqrt(mean(x^2) + eps);
 - GELU in its Erf form x * 0.5 * (1 + erf(x / sqrt 2)) or tanh approximation, or any other element-wise
   expression of one tensor that contains a product of two activations: it is fused when it computes c * GELU(x),
   checked numerically on probe values; otherwise the product stays an error naming its node.
@@ -25,8 +28,8 @@ MAX_EXPRESSION_NODES = 16
 
 @dataclass
 class Region:
-    """A fused group of ONNX nodes: `kind` ("layernorm", "expression" or "l2norm"), node indices in graph order, the
-    dynamic input tensor and the tensor the last node writes."""
+    """A fused group of ONNX nodes: `kind` ("layernorm", "rmsnorm", "l2norm" or "expression"), node indices in graph
+    order, the dynamic input tensor and the tensor the last node writes."""
 
     kind: str
     nodes: list[int]
@@ -69,13 +72,16 @@ class GraphIndex:
 
 
 def find_regions(model: onnx.ModelProto) -> dict[int, Region]:
-    """Returns last node index -> Region for every decomposed LayerNorm and fusable element-wise expression."""
+    """Returns last node index -> Region for every decomposed LayerNorm, RMSNorm and fusable element-wise
+    expression."""
     index = GraphIndex(model)
     regions: dict[int, Region] = {}
     taken: set[int] = set()
     # LayerNorms in graph order; expressions from the last product back, so the outermost product claims its
     # whole expression (the x * x inside a tanh-form GELU is part of it)
     candidates = [(k, _layernorm_region) for k, n in enumerate(index.nodes) if n.op_type == "ReduceMean"]
+    # after the LayerNorms: the variance half of a LayerNorm is an RMSNorm of the centred input
+    candidates += [(k, _rmsnorm_region) for k, n in enumerate(index.nodes) if n.op_type == "ReduceMean"]
     candidates += [(k, _expression_region) for k, n in reversed(list(enumerate(index.nodes)))
                    if n.op_type == "Mul" and len(index.dynamic_inputs(k)) == 2]
     candidates += [(k, _l2norm_region) for k, n in enumerate(index.nodes) if n.op_type == "ReduceL2"]
@@ -131,6 +137,40 @@ def _layernorm_region(index: GraphIndex, k: int) -> Region | None:
             break
     chain = sorted(chain)
     return Region("layernorm", chain, x, nodes[chain[-1]].output[0])
+
+
+def _rmsnorm_region(index: GraphIndex, k: int) -> Region | None:
+    """Returns the RMSNorm x / sqrt(mean(x^2) + eps) [* scale] whose ReduceMean is node k, if it is one."""
+    nodes = index.nodes
+    square = index.producer.get(nodes[k].input[0])
+    if square is None or nodes[square].op_type not in ("Pow", "Mul"):
+        return None
+    x = nodes[square].input[0]
+    if x in index.constant or not _is_square(index, square, x) or index.sole_consumer(
+            nodes[square].output[0], "ReduceMean") != k:
+        return None
+    chain = [square, k]
+    for ops in (("Add",), ("Sqrt",)):
+        nxt = index.sole_consumer(nodes[chain[-1]].output[0], ops)
+        if nxt is None:
+            return None
+        chain.append(nxt)
+    std = nodes[chain[-1]].output[0]
+    divide = index.sole_consumer(std, ("Div", "Reciprocal"))
+    if divide is not None and (nodes[divide].op_type == "Reciprocal" or nodes[divide].input[0] in index.constant):
+        # 1 / std, then x * it: the legacy exporter writes rsqrt as Div(1, Sqrt); the 1 is checked at conversion
+        chain.append(divide)
+        divide = index.sole_consumer(nodes[divide].output[0], "Mul")
+        if divide is None or set(nodes[divide].input) != {x, nodes[chain[-1]].output[0]}:
+            return None
+    elif divide is None or list(nodes[divide].input) != [x, std]:
+        return None
+    chain.append(divide)
+    scale = index.sole_consumer(nodes[divide].output[0], "Mul")
+    if scale is not None and len(index.dynamic_inputs(scale)) == 1:
+        chain.append(scale)
+    chain = sorted(chain)
+    return Region("rmsnorm", chain, x, nodes[chain[-1]].output[0])
 
 
 def _is_square(index: GraphIndex, k: int, tensor: str) -> bool:

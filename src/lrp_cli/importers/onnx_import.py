@@ -867,7 +867,7 @@ def _einsum(ctx, node):
     _product(ctx, node, equation)
 
 
-@converter("LayerNormalization")
+@converter("LayerNormalization", "RMSNormalization")
 def _layer_norm(ctx, node):
     if any(o for o in node.output[1:]):
         raise ctx.error(node, "the Mean/InvStdDev outputs of LayerNormalization are not supported")
@@ -876,7 +876,8 @@ def _layer_norm(ctx, node):
         raise ctx.error(node, "only stash_type 1 (float32 statistics) is supported")
     scale = ctx.const(node, 1)
     bias = ctx.const(node, 2)
-    ctx.add(node, T.LayerNorm(int(a.get("axis", -1)), scale, bias, float(a.get("epsilon", 1e-5))))
+    norm = T.RMSNorm if node.op_type == "RMSNormalization" else T.LayerNorm
+    ctx.add(node, norm(int(a.get("axis", -1)), scale, bias, float(a.get("epsilon", 1e-5))))
 
 
 def _erf(x):
@@ -900,13 +901,13 @@ def _pow(ctx, node):
 
 
 def _convert_region(ctx, region: onnx_fusion.Region) -> None:
-    """Converts a decomposed LayerNorm or GELU as one layer; when it is not one after all, node by node."""
+    """Converts a decomposed LayerNorm, RMSNorm or GELU as one layer; when it is not one after all, node by node."""
     nodes = [ctx.model.graph.node[k] for k in region.nodes]
     try:
-        if region.kind == "l2norm":
-            layer = _fused_l2norm(ctx, nodes)
-        else:
-            layer = _fused_norm(ctx, nodes) if region.kind == "layernorm" else _fused_expression(ctx, nodes, region)
+        if region.kind == "expression":
+            layer = _fused_expression(ctx, nodes, region)
+        else:  # layernorm and rmsnorm share one converter
+            layer = _fused_l2norm(ctx, nodes) if region.kind == "l2norm" else _fused_norm(ctx, nodes)
     except (ValueError, KeyError, IndexError, ModelLoadError):
         layer = None
     if layer is None:
@@ -914,26 +915,34 @@ def _convert_region(ctx, region: onnx_fusion.Region) -> None:
             for node in nodes:
                 _convert_node(ctx, node)
         except ModelLoadError as exc:
-            if region.kind != "layernorm":
+            if region.kind not in _NORMS:  # an expression or an L2 norm that is not one: the node's own error
                 raise
-            raise ctx.error(nodes[-1], "a normalization of activations that is not a LayerNorm over the trailing "
-                                       f"axes has no LRP rule ({exc})".replace(str(ctx.path) + ": ", "")) from None
+            reason = str(exc).replace(str(ctx.path) + ": ", "")
+            raise ctx.error(nodes[-1], f"a normalization of activations that is not {_NORMS[region.kind]} over the "
+                                       f"trailing axes has no LRP rule ({reason})") from None
         return
     ctx.add(nodes[-1], layer, [region.source], region.output).source_op = layer.op
     ctx.notes.append(f"fused {len(nodes)} nodes ending at '{nodes[-1].name or region.output}' into one "
                      f"{layer.op}")
 
 
+_NORMS = {"layernorm": "a LayerNorm", "rmsnorm": "an RMSNorm"}
+
+
 def _fused_norm(ctx, nodes) -> T.LayerNorm | None:
+    """Returns the LayerNorm (two ReduceMeans: mean and variance) or RMSNorm (one: mean square) the nodes compute,
+    or None when it does not normalize over the trailing axes."""
     means = [n for n in nodes if n.op_type == "ReduceMean"]
     rank = len(ctx.shape(nodes[0].input[0]))
     axes = [sorted(a % rank for a in (_axes(ctx, n) or range(rank))) for n in means]
     keep = [attributes(n).get("keepdims", 1) for n in means]
-    if axes[0] != axes[1] or axes[0] != list(range(axes[0][0], rank)) or not all(keep):
+    if axes[0] != axes[-1] or axes[0] != list(range(axes[0][0], rank)) or not all(keep):
         return None
     powers = [n for n in nodes if n.op_type == "Pow"]
     if powers and float(ctx.const(powers[0], 1).reshape(-1)[0]) != 2.0:
         return None
+    if any(n.op_type == "Div" and ctx.is_constant(n.input[0]) and np.any(ctx.const(n, 0) != 1) for n in nodes):
+        return None  # Div(c, std) is 1 / std only for c = 1
     adds = [n for n in nodes if n.op_type == "Add"]
     epsilon = float(_constant_operand(ctx, adds[0]).reshape(-1)[0])
     after_sqrt = nodes[[n.op_type for n in nodes].index("Sqrt") + 1:]
@@ -944,7 +953,7 @@ def _fused_norm(ctx, nodes) -> T.LayerNorm | None:
     for const in (scale, bias):
         if const is not None and np.squeeze(const).ndim > normalized:
             return None
-    return T.LayerNorm(axes[0][0], scale, bias, epsilon)
+    return (T.LayerNorm if len(means) == 2 else T.RMSNorm)(axes[0][0], scale, bias, epsilon)
 
 
 def _has_constant(ctx, node) -> bool:

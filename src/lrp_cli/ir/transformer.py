@@ -1,4 +1,4 @@
-"""Transformer layer kinds: LayerNorm, an in-graph Softmax and the product of two activations (attention).
+"""Transformer layer kinds: LayerNorm (and RMSNorm), an in-graph Softmax and the product of two activations (attention).
 
 Their relevance is rule-driven like a linear layer's: each names its `rule_kind` and hands relevance to the rule
 object `rules.py` assigns it ("norm", "softmax" or "product"), so `--layer-rule` and the composites reach them.
@@ -24,17 +24,14 @@ class FrozenNorm:
         self.weight = norm.scale_for(x)
         self.bias = norm.bias
 
-    def _centre(self, x):
-        return x - x.mean(axis=self.norm.axes(x), keepdims=True)
-
     def apply(self, x, weight, bias):
         """Returns the frozen map of x with the given scale and bias."""
-        y = self._centre(x) / self.std * weight
+        y = self.norm.centre(x) / self.std * weight
         return y if bias is None else y + bias
 
     def apply_transposed(self, c, weight, input_shape):
         """Returns the adjoint of the frozen map (centring is symmetric) applied to output-shaped c."""
-        return self._centre(c * weight / self.std)
+        return self.norm.centre(c * weight / self.std)
 
 
 class LayerNorm(Layer):
@@ -43,6 +40,8 @@ class LayerNorm(Layer):
     op = "LayerNormalization"
     params = ("scale", "bias")
     rule_kind = "norm"
+    #: False for RMSNorm, which divides by the root mean square without subtracting the mean
+    centred = True
 
     def __init__(self, axis: int, scale: np.ndarray | None, bias: np.ndarray | None, epsilon: float):
         self.axis = axis
@@ -54,11 +53,15 @@ class LayerNorm(Layer):
         """Returns the normalized axes of x."""
         return tuple(range(self.axis % x.ndim, x.ndim))
 
+    def centre(self, x: np.ndarray) -> np.ndarray:
+        """Returns x minus its mean over the normalized axes (x itself for RMSNorm)."""
+        return x - x.mean(axis=self.axes(x), keepdims=True) if self.centred else x
+
     def std(self, x: np.ndarray) -> np.ndarray:
-        """Returns the standard deviation (with epsilon) over the normalized axes, kept as broadcastable dims."""
-        axes = self.axes(x)
-        centred = x - x.mean(axis=axes, keepdims=True)
-        return np.sqrt((centred * centred).mean(axis=axes, keepdims=True) + x.dtype.type(self.epsilon))
+        """Returns the standard deviation (RMSNorm: root mean square) with epsilon over the normalized axes, kept
+        as broadcastable dims."""
+        centred = self.centre(x)
+        return np.sqrt((centred * centred).mean(axis=self.axes(x), keepdims=True) + x.dtype.type(self.epsilon))
 
     def scale_for(self, x: np.ndarray) -> np.ndarray:
         """Returns the element-wise scale (1 when the node has none)."""
@@ -74,14 +77,21 @@ class LayerNorm(Layer):
         x = xs[0]
         axes = self.axes(x)
         std = self.std(x)
-        normed = (x - x.mean(axis=axes, keepdims=True)) / std
+        normed = self.centre(x) / std
         gn = g * self.scale_for(x)
-        mean_g = gn.mean(axis=axes, keepdims=True)
         mean_gn = (gn * normed).mean(axis=axes, keepdims=True)
-        return [(gn - mean_g - normed * mean_gn) / std]
+        return [(self.centre(gn) - normed * mean_gn) / std]
 
     def describe(self):
         return f"axis={self.axis} eps={self.epsilon:g}"
+
+
+class RMSNorm(LayerNorm):
+    """RMS normalization (ONNX RMSNormalization, opset 23): x / sqrt(mean(x^2) + eps) * scale over the axes from
+    `axis` to the last; the same frozen-map rules as LayerNorm, without the centring."""
+
+    op = "RMSNormalization"
+    centred = False
 
 
 class Softmax(Layer):
