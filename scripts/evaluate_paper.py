@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/evaluate_paper.py mnist     # LeNet-5 from ../shared on the 100 MNIST test digits
     .venv/bin/python scripts/evaluate_paper.py photos    # EfficientNet-Lite0 on the demo photos, 8x8 patches
-    .venv/bin/python scripts/evaluate_paper.py shapes-vit  # the bundled shapes-vit on 50 unseen shapes images
+    .venv/bin/python scripts/evaluate_paper.py shapes-vit  # models/shapes-vit.onnx (build_shapes_vit.py) on 50 unseen images
 
 mnist and photos evaluate every method lrp-cli knows (whatever `api.METHOD_NAMES` holds when it runs), LRP three
 times: the paper's epsilon = 0.01 everywhere, z everywhere, and the default composite. shapes-vit evaluates LRP
@@ -68,7 +68,7 @@ def photo_inputs(extra: list[str]) -> tuple[Path, list]:
 
 
 def shapes_inputs(folder: Path) -> tuple[Path, list]:
-    """Returns (the bundled shapes-vit, VIT_IMAGES shapes images of the test seed, unseen in training, as PNGs)."""
+    """Returns (models/shapes-vit.onnx, VIT_IMAGES shapes images of the test seed, unseen in training, as PNGs)."""
     from lrp_cli.synthetic import shapes
     model = REPO / "models" / "shapes-vit.onnx"
     if not model.exists():
