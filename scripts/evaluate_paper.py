@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/evaluate_paper.py mnist     # LeNet-5 from ../shared on the 100 MNIST test digits
     .venv/bin/python scripts/evaluate_paper.py photos    # EfficientNet-Lite0 on the demo photos, 8x8 patches
-    .venv/bin/python scripts/evaluate_paper.py shapes-vit  # models/shapes-vit.onnx (build_shapes_vit.py) on 50 unseen images
+    .venv/bin/python scripts/evaluate_paper.py shapes-vit  # models/shapes-vit.onnx (build_shapes_vit.py), 50 images
 
 mnist and photos evaluate every method lrp-cli knows (whatever `api.METHOD_NAMES` holds when it runs), LRP three
 times: the paper's epsilon = 0.01 everywhere, z everywhere, and the default composite. shapes-vit evaluates LRP

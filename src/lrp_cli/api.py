@@ -19,7 +19,8 @@ from lrp_cli.ir.graph import Graph
 from lrp_cli.methods import METHODS, MethodInput
 from lrp_cli.preprocess import (PreprocessConfig, Sidecar, load_input, load_sidecar, open_image,
                                 read_labels, shape_text, tensor_shape, to_nchw)
-from lrp_cli.propagate import LayerRecord, Propagation, conservation_error, first_non_finite, output_scores
+from lrp_cli.propagate import (LayerRecord, Propagation, conservation_error, first_non_finite, item_of,
+                               output_scores)
 from lrp_cli.rules import RuleError, ZBox, assign_rules, default_composite, parse_rule
 
 PRECISIONS = {"float32": np.float32, "float64": np.float64}
@@ -339,29 +340,43 @@ def explain_array(model: LoadedModel, x: np.ndarray, settings: Settings, input_p
     config = preprocess_config(model, settings)
     rules = rules_for(model, settings, config) if settings.method == "lrp" else {}
     compiled = compiled_session(model, settings, rules)
-    explanations = _explain_compiled(model, compiled, x, settings, rules, input_path, picture) if compiled else None
-    if explanations is not None:
-        return explanations
+    if compiled is not None:
+        explanations = compiled_explanations(model, compiled, x, settings, rules, [input_path], [picture])
+        if explanations is not None:
+            return explanations[0]
+    return numpy_explanations(model, x, settings, rules, config, [input_path], [picture])[0]
+
+
+def numpy_explanations(model: LoadedModel, x: np.ndarray, settings: Settings, rules: dict, config: PreprocessConfig,
+                       paths: list[Path], pictures: list) -> list[list[Explanation]]:
+    """Returns, per item of the batch x, its explanations by the NumPy engine: one forward pass, one backward pass
+    per target column (top:K has K), each item its own target."""
     method = METHODS[settings.method]
     start = time.perf_counter()
     model_output, ort_explained = model.run_onnxruntime(x)
     graph = model.graph_for(settings.precision)
     with overflow_reported_per_node():
         values = graph.forward(x.astype(PRECISIONS[settings.precision]))
-    forward_seconds = time.perf_counter() - start
+    forward_seconds = (time.perf_counter() - start) / len(x)
     ir_out = values[graph.output_name]
-    check_finite_forward(graph, values, input_path)
-    diff, relative = ir_difference(ir_out, ort_explained)
+    check_finite_forward(graph, values, paths[0] if len(paths) == 1 else Path("<batch>"))
     job = MethodInput(model, graph, values, rules, config, method.resolve(settings.method_options))
-    extra = {"method_options": method.options_for(job)} if method.defaults else {}
-    explanations = []
-    for target in resolve_targets(settings.target, output_scores(ir_out), model.labels):
+    extra = {"engine": "numpy"} | ({"method_options": method.options_for(job)} if method.defaults else {})
+    targets = [resolve_targets(settings.target, output_scores(ir_out[k:k + 1]), model.labels)
+               for k in range(len(x))]
+    per_item = len(x) > 1  # one input keeps a scalar target, which every method takes; batched methods take a column
+    explanations = [[] for _ in paths]
+    for column in zip(*targets):
         start = time.perf_counter()
         with overflow_reported_per_node():
-            propagation = numpy_engine.backward(method, job, target)
-        timing = {"load": model.load_seconds, "forward": forward_seconds, "backward": time.perf_counter() - start}
-        explanations.append(target_explanation(model, settings, rules, input_path, x, picture, model_output, target,
-                                               propagation, (diff, relative), timing, {"engine": "numpy"} | extra))
+            propagation = numpy_engine.backward(method, job, np.array(column) if per_item else column[0])
+        timing = {"load": model.load_seconds, "forward": forward_seconds,
+                  "backward": (time.perf_counter() - start) / len(x)}
+        for k, target in enumerate(column):
+            explanations[k].append(target_explanation(
+                model, settings, rules, paths[k], x[k:k + 1], pictures[k], model_output[k:k + 1], target,
+                item_of(propagation, k) if per_item else propagation,
+                ir_difference(ir_out[k:k + 1], ort_explained[k:k + 1]), dict(timing), dict(extra)))
     return explanations
 
 
@@ -435,25 +450,25 @@ def compile_explainer(model: LoadedModel, settings: Settings, out_path: Path, ba
             "layers": len(compiled.layers), "io": onnx_engine.io_doc(compiled)}
 
 
-def _explain_compiled(model, compiled, x, settings: Settings, rules: dict, input_path: Path, picture
-                      ) -> list[Explanation]:
-    """Returns the explanations of one input by the compiled engine (one onnxruntime run per target), or None
-    when the forward pass is not finite."""
+def compiled_explanations(model, compiled, x: np.ndarray, settings: Settings, rules: dict, paths: list[Path],
+                          pictures: list) -> list[list[Explanation]] | None:
+    """Returns, per item of the batch x, its explanations by the compiled engine (one onnxruntime run per target
+    column), or None when a forward pass is not finite (the NumPy pass then names the input and the node)."""
     start = time.perf_counter()
-    classes = int(np.prod(model.graph.shapes[model.graph.output_name]))
     spec = str(settings.target).strip()
-    needs_scores = spec == "pred" or spec.startswith("top:")  # -1: the graph explains its own argmax
-    first = compiled.run(x, -1 if needs_scores else resolve_targets(spec, np.zeros(classes), model.labels)[0])
-    if not np.isfinite(first.model_output).all():
-        return None  # the NumPy pass names the first node whose output is not finite
-    targets = resolve_targets(spec, first.scores, model.labels)
-    runs = {first.target: first}
-    for target in targets:
-        if target not in runs:
-            runs[target] = compiled.run(x, target)
-    seconds = (time.perf_counter() - start) / len(runs)
-    return [compiled_explanation(model, compiled, runs[target], settings, rules, input_path, x, picture, seconds)
-            for target in targets]
+    if spec == "pred" or spec.startswith("top:"):
+        first = compiled.run_items(x, [-1] * len(x))  # -1: the graph explains each item's own argmax
+    else:
+        classes = int(np.prod(model.graph.shapes[model.graph.output_name][1:]))
+        first = compiled.run_items(x, resolve_targets(spec, np.zeros(classes), model.labels) * len(x))
+    if not all(np.isfinite(run.model_output).all() for run in first):
+        return None
+    targets = [resolve_targets(spec, run.scores, model.labels) for run in first]
+    columns = [first if list(column) == [run.target for run in first] else compiled.run_items(x, column)
+               for column in zip(*targets)]
+    seconds = (time.perf_counter() - start) / (len(x) * len(columns))
+    return [[compiled_explanation(model, compiled, runs[k], settings, rules, paths[k], x[k:k + 1], pictures[k],
+                                  seconds) for runs in columns] for k in range(len(x))]
 
 
 def compiled_explanation(model, compiled, run, settings: Settings, rules: dict, input_path: Path, x, picture,

@@ -8,7 +8,6 @@ and a batch whose pass fails (one input's non-finite forward, say) are explained
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,13 +15,10 @@ import numpy as np
 import onnx
 
 from lrp_cli import api
-from lrp_cli.engines import numpy_engine, onnx_engine
+from lrp_cli.engines import onnx_engine
 from lrp_cli.engines.onnx_builder import CompileError
 from lrp_cli.errors import LrpError
 from lrp_cli.importers.onnx_import import import_onnx, load_onnx
-from lrp_cli.methods import METHODS
-from lrp_cli.methods.base import MethodInput
-from lrp_cli.propagate import item_of, output_scores
 
 #: The methods that run batched; the others explain one input at a time.
 BATCHED_METHODS = ("lrp", "gradient", "gradient-x-input")
@@ -114,60 +110,14 @@ def _explain_batch(single, model, x: np.ndarray, settings: api.Settings, paths, 
     rules = api.rules_for(model, settings, config) if settings.method == "lrp" else {}
     engine = onnx_engine.choose(settings.engine, settings.precision, model.kind, settings.method)
     if engine == "numpy":
-        return _numpy_batch(model, x, settings, rules, config, paths, pictures)
+        return api.numpy_explanations(model, x, settings, rules, config, paths, pictures)
     try:
         compiled = onnx_engine.session_for(model, settings.method, rules, settings.providers)
     except CompileError:
         if engine == "auto" and api.compiled_session(single, settings, rules) is None:
-            return _numpy_batch(model, x, settings, rules, config, paths, pictures)
+            return api.numpy_explanations(model, x, settings, rules, config, paths, pictures)
         raise NotBatchable() from None  # the batch-1 graph compiles: one at a time on it
-    return _compiled_batch(model, compiled, x, settings, rules, paths, pictures)
-
-
-def _numpy_batch(model, x, settings, rules, config, paths, pictures) -> list[list[api.Explanation]]:
-    """Returns the explanations of a batch by the NumPy engine: one forward pass, one backward pass per target
-    column (top:K has K), each item its own target."""
-    method = METHODS[settings.method]
-    start = time.perf_counter()
-    model_output, ort_explained = model.run_onnxruntime(x)
-    graph = model.graph_for(settings.precision)
-    with api.overflow_reported_per_node():
-        values = graph.forward(x.astype(api.PRECISIONS[settings.precision]))
-    forward_seconds = (time.perf_counter() - start) / len(x)
-    api.check_finite_forward(graph, values, Path("<batch>"))
-    ir_out = values[graph.output_name]
-    job = MethodInput(model, graph, values, rules, config, method.resolve(settings.method_options))
-    targets = [api.resolve_targets(settings.target, output_scores(ir_out[k:k + 1]), model.labels)
-               for k in range(len(x))]
-    explanations = [[] for _ in x]
-    for column in zip(*targets):
-        start = time.perf_counter()
-        with api.overflow_reported_per_node():
-            propagation = numpy_engine.backward(method, job, np.array(column))
-        timing = {"load": model.load_seconds, "forward": forward_seconds,
-                  "backward": (time.perf_counter() - start) / len(x)}
-        for k, target in enumerate(column):
-            diff = api.ir_difference(ir_out[k:k + 1], ort_explained[k:k + 1])
-            explanations[k].append(api.target_explanation(
-                model, settings, rules, paths[k], x[k:k + 1], pictures[k], model_output[k:k + 1], target,
-                item_of(propagation, k), diff, dict(timing), {"engine": "numpy"}))
-    return explanations
-
-
-def _compiled_batch(model, compiled, x, settings, rules, paths, pictures) -> list[list[api.Explanation]]:
-    """Returns the explanations of a batch by the compiled engine: one onnxruntime run per target column."""
-    start = time.perf_counter()
-    spec = str(settings.target).strip()
-    if spec == "pred" or spec.startswith("top:"):
-        first = compiled.run_items(x, [-1] * len(x))  # -1: the graph explains each item's own argmax
-    else:
-        classes = int(np.prod(model.graph.shapes[model.graph.output_name][1:]))
-        first = compiled.run_items(x, api.resolve_targets(spec, np.zeros(classes), model.labels) * len(x))
-    if not all(np.isfinite(run.model_output).all() for run in first):
+    explanations = api.compiled_explanations(model, compiled, x, settings, rules, paths, pictures)
+    if explanations is None:
         raise NotBatchable()  # one at a time, the NumPy pass names the input and node that is not finite
-    targets = [api.resolve_targets(spec, run.scores, model.labels) for run in first]
-    columns = [first if list(column) == [run.target for run in first] else compiled.run_items(x, column)
-               for column in zip(*targets)]
-    seconds = (time.perf_counter() - start) / (len(x) * len(columns))
-    return [[api.compiled_explanation(model, compiled, runs[k], settings, rules, paths[k], x[k:k + 1], pictures[k],
-                                      seconds) for runs in columns] for k in range(len(x))]
+    return explanations
