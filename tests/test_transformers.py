@@ -227,7 +227,10 @@ def test_channels_last_layernorm_between_transposes(tmp_path):
     assert [n.layer.op for n in graph.nodes] == ["Conv", "Transpose", "LayerNormalization", "Transpose"]
 
 
-def test_decomposed_layernorm_with_reciprocal_is_one_layer(tmp_path):
+@pytest.mark.parametrize("inverse", [helper.make_node("Reciprocal", ["s"], ["inv"]),
+                                     helper.make_node("Div", ["one", "s"], ["inv"])], ids=["reciprocal", "div-1"])
+def test_decomposed_layernorm_with_reciprocal_is_one_layer(tmp_path, inverse):
+    """1 / std as Reciprocal or as Div(1, std) (the form the legacy exporter writes for rsqrt), then times x - mean."""
     nodes = [
         helper.make_node("ReduceMean", ["x"], ["m"], axes=[-1]),
         helper.make_node("Sub", ["x", "m"], ["d"]),
@@ -235,12 +238,12 @@ def test_decomposed_layernorm_with_reciprocal_is_one_layer(tmp_path):
         helper.make_node("ReduceMean", ["sq"], ["v"], axes=[-1]),
         helper.make_node("Add", ["v", "eps"], ["ve"]),
         helper.make_node("Sqrt", ["ve"], ["s"]),
-        helper.make_node("Reciprocal", ["s"], ["inv"]),
+        inverse,
         helper.make_node("Mul", ["d", "inv"], ["n"]),
         helper.make_node("Mul", ["n", "g"], ["ng"]),
         helper.make_node("Add", ["ng", "b"], ["y"], name="ln_out"),
     ]
-    inits = {"eps": np.array(1e-5, np.float32), "g": 1 + f32(6), "b": f32(6)}
+    inits = {"eps": np.array(1e-5, np.float32), "one": np.array(1.0, np.float32), "g": 1 + f32(6), "b": f32(6)}
     graph = assert_imports_like_onnxruntime(onnx_model(nodes, [1, 3, 6], initializers=inits), tmp_path)
     assert [n.layer.op for n in graph.nodes] == ["LayerNormalization"]
     assert graph.nodes[0].name == "ln_out" and "fused 10 nodes" in graph.notes[0]

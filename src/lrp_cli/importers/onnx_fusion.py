@@ -94,6 +94,8 @@ def find_regions(model: onnx.ModelProto) -> dict[int, Region]:
 
 
 def _layernorm_region(index: GraphIndex, k: int) -> Region | None:
+    """Returns the LayerNorm whose mean is ReduceMean node k: x - mean(x), divided as an RMSNorm divides (see
+    `_scaled_by_rms`), then an optional element-wise bias."""
     nodes = index.nodes
     x = nodes[k].input[0]
     if x in index.constant:
@@ -105,36 +107,16 @@ def _layernorm_region(index: GraphIndex, k: int) -> Region | None:
     sub = readers[0]
     centred = nodes[sub].output[0]
     readers = index.consumers.get(centred, [])
-    if len(readers) != 2:
+    if len(readers) != 2:  # the square and the division
         return None
     square = next((r for r in readers if _is_square(index, r, centred)), None)
-    if square is None:
+    scaled = None if square is None else _scaled_by_rms(index, square, centred)
+    if scaled is None or not set(readers) <= set(scaled):
         return None
-    chain = [k, sub, square]
-    for ops in (("ReduceMean",), ("Add",), ("Sqrt",)):
-        nxt = index.sole_consumer(nodes[chain[-1]].output[0], ops)
-        if nxt is None:
-            return None
-        chain.append(nxt)
-    divide = next(r for r in readers if r != square)
-    std = nodes[chain[-1]].output[0]
-    if nodes[divide].op_type == "Div" and index.sole_consumer(std, "Div") == divide:
-        chain.append(divide)
-    elif nodes[divide].op_type == "Mul":
-        inverse = index.sole_consumer(std, "Reciprocal")
-        if inverse is None or index.sole_consumer(nodes[inverse].output[0], "Mul") != divide:
-            return None
-        chain += [inverse, divide]
-    else:
-        return None
-    for op in ("Mul", "Add"):  # the optional element-wise scale and bias
-        nxt = index.sole_consumer(nodes[chain[-1]].output[0], op)
-        if nxt is not None and len(index.dynamic_inputs(nxt)) == 1:
-            chain.append(nxt)
-        elif op == "Mul":
-            continue
-        else:
-            break
+    chain = [k, sub] + scaled
+    bias = index.sole_consumer(nodes[chain[-1]].output[0], "Add")
+    if bias is not None and len(index.dynamic_inputs(bias)) == 1:
+        chain.append(bias)
     chain = sorted(chain)
     return Region("layernorm", chain, x, nodes[chain[-1]].output[0])
 
@@ -146,11 +128,21 @@ def _rmsnorm_region(index: GraphIndex, k: int) -> Region | None:
     if square is None or nodes[square].op_type not in ("Pow", "Mul"):
         return None
     x = nodes[square].input[0]
-    if x in index.constant or not _is_square(index, square, x) or index.sole_consumer(
-            nodes[square].output[0], "ReduceMean") != k:
+    if x in index.constant or not _is_square(index, square, x):
         return None
-    chain = [square, k]
-    for ops in (("Add",), ("Sqrt",)):
+    chain = _scaled_by_rms(index, square, x)
+    if chain is None or chain[1] != k:
+        return None
+    chain = sorted(chain)
+    return Region("rmsnorm", chain, x, nodes[chain[-1]].output[0])
+
+
+def _scaled_by_rms(index: GraphIndex, square: int, x: str) -> list[int] | None:
+    """Returns the nodes from `square` (x * x or x ** 2) through ReduceMean, Add eps, Sqrt, the division of x
+    (Div, Reciprocal then Mul, or Div(1, .) then Mul) to an optional element-wise scale Mul, or None."""
+    nodes = index.nodes
+    chain = [square]
+    for ops in (("ReduceMean",), ("Add",), ("Sqrt",)):
         nxt = index.sole_consumer(nodes[chain[-1]].output[0], ops)
         if nxt is None:
             return None
@@ -169,8 +161,7 @@ def _rmsnorm_region(index: GraphIndex, k: int) -> Region | None:
     scale = index.sole_consumer(nodes[divide].output[0], "Mul")
     if scale is not None and len(index.dynamic_inputs(scale)) == 1:
         chain.append(scale)
-    chain = sorted(chain)
-    return Region("rmsnorm", chain, x, nodes[chain[-1]].output[0])
+    return chain
 
 
 def _is_square(index: GraphIndex, k: int, tensor: str) -> bool:
