@@ -113,6 +113,37 @@ def test_a_worker_killed_mid_run_has_its_inputs_redone_elsewhere(tiny_cnn_path, 
     assert output_contents(out) == output_contents(local)
 
 
+class OnnxruntimeThreads:
+    """A task that returns the intra-op thread count its compiled sessions would get."""
+
+    def __call__(self, item):
+        from lrp_cli.engines import onnx_engine
+        return onnx_engine._INTRA_OP_THREADS[0]
+
+
+@pytest.mark.slow
+def test_each_worker_gives_onnxruntime_its_share_of_the_hosts_cores(cluster):
+    import dask.distributed as dd
+
+    from lrp_cli.distributed import host_threads, run_chunk
+    with dd.Client(cluster.scheduler_address) as client:
+        client.wait_for_workers(2, timeout=60)  # the killed-worker tests leave one restarting
+        per_host = host_threads(client.scheduler_info(n_workers=-1)["workers"])
+        assert per_host == {"127.0.0.1": 2}
+        assert client.submit(run_chunk, OnnxruntimeThreads(), [0], per_host, pure=False).result() == [
+            max(1, batch.CORES // 2)]
+        # a worker the client did not see counts its own thread only
+        assert client.submit(run_chunk, OnnxruntimeThreads(), [0], {}, pure=False).result() == [batch.CORES]
+
+
+def test_onnxruntime_threads_are_the_hosts_cores_over_its_task_slots():
+    from lrp_cli.distributed import core_share, host_threads
+    workers = {"tcp://a:1": {"host": "a", "nthreads": 1}, "tcp://a:2": {"host": "a", "nthreads": 3},
+               "tcp://b:1": {"host": "b", "nthreads": 2}}
+    assert host_threads(workers) == {"a": 4, "b": 2}
+    assert [core_share(16, 4), core_share(2, 2), core_share(2, 4), core_share(8, 0)] == [4, 1, 1, 8]
+
+
 def batch_worker_pids(cluster):
     import dask.distributed as dd
     with dd.Client(cluster.scheduler_address) as client:

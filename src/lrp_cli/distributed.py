@@ -49,16 +49,40 @@ def connect(scheduler: str):
         raise OptionError(f"--scheduler {scheduler}: cannot reach the Dask scheduler ({exc})") from None
 
 
-def run_chunk(task, items: list) -> list:
+def run_chunk(task, items: list, host_threads: dict[str, int] | None = None) -> list:
     """Returns [task(item) for item in items]: the Dask task of one chunk of inputs, on one BLAS thread per
     worker thread (batch.BLAS_THREADS: the bytes then match a local run's; start workers with --nthreads 1 and
-    as many --nworkers as cores)."""
+    as many --nworkers as cores) and this worker's share of its host's cores for onnxruntime."""
     from lrp_cli import outputs
-    from lrp_cli.batch import limit_threads, task_folder
+    from lrp_cli.batch import CORES, limit_threads, task_folder
+    from lrp_cli.engines import onnx_engine
     limit_threads()  # for good: this is a worker process, lrp's to configure
     if task_folder(task) is not None:  # the client swept it before it submitted the first chunk
         outputs.swept_by_batch(task_folder(task))
-    return [task(item) for item in items]
+    with onnx_engine.intra_op_threads(core_share(CORES, _this_worker_host_threads(host_threads or {}))):
+        return [task(item) for item in items]
+
+
+def core_share(cores: int, host_threads: int) -> int:
+    """Returns the onnxruntime intra-op threads of one task when `host_threads` tasks run at once on a host of
+    `cores` cores: every worker's sessions taking all the cores would make them fight over them."""
+    return max(1, cores // max(host_threads, 1))
+
+
+def host_threads(workers: dict) -> dict[str, int]:
+    """Returns, per host, how many tasks its workers run at once (the sum of their nthreads), from
+    Client.scheduler_info()["workers"]."""
+    totals: dict[str, int] = {}
+    for info in workers.values():
+        totals[info.get("host", "")] = totals.get(info.get("host", ""), 0) + info.get("nthreads", 1)
+    return totals
+
+
+def _this_worker_host_threads(totals: dict[str, int]) -> int:
+    """Returns the task slots of this worker's host; a worker that joined after the client looked (a restarted
+    one) counts its own threads only."""
+    worker = _dask().get_worker()
+    return totals.get(worker.address.split("://")[-1].rsplit(":", 1)[0], worker.state.nthreads)
 
 
 def chunk_size(count: int, workers: int) -> int:
@@ -78,11 +102,12 @@ def map_inputs(task, items: list, scheduler: str):
         return
     client, cluster = connect(scheduler)
     try:
-        threads = sum(w.get("nthreads", 1) for w in client.scheduler_info(n_workers=-1)["workers"].values())
-        size = chunk_size(len(items), threads)
+        workers = client.scheduler_info(n_workers=-1)["workers"]
+        per_host = host_threads(workers)
+        size = chunk_size(len(items), sum(per_host.values()))
         chunks, queued = {}, {}
         for start in range(0, len(items), size):
-            future = client.submit(run_chunk, task, items[start:start + size], pure=False)
+            future = client.submit(run_chunk, task, items[start:start + size], per_host, pure=False)
             chunks[future] = range(start, min(start + size, len(items)))
         pending = dd.as_completed(chunks)
         for future in pending:
@@ -92,7 +117,7 @@ def map_inputs(task, items: list, scheduler: str):
             else:
                 yield from zip(indices, _chunk_results(dd, future, [items[i] for i in indices]))
             if queue:
-                alone = client.submit(run_chunk, task, [items[queue[0]]], pure=False)
+                alone = client.submit(run_chunk, task, [items[queue[0]]], per_host, pure=False)
                 chunks[alone], queued[alone] = [queue[0]], queue[1:]
                 pending.add(alone)
     finally:
