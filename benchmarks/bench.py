@@ -20,6 +20,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -268,6 +269,44 @@ def jobs_table(rows: list[dict]) -> str:
          for r in rows])
 
 
+def bench_jobs_bound(model_path: Path, jobs1_per_image: float, runs: int = 20) -> dict:
+    """Returns what bounds `--jobs 2` over `--jobs 1` here: the compiled run on every core (t2), on one thread
+    alone (t1) and beside a second one-thread run (t1_shared), the rest of an input's time in the `--jobs 1` batch
+    (rest), and the speed-up of two jobs that overlap perfectly, 2 (t2 + rest) / (t1_shared + rest)."""
+    model = api.load_model(model_path)
+    settings = api.Settings(engine="onnxruntime")
+    x, _ = load_input(IMAGE, api.preprocess_config(model, settings), model.graph.input_shape, model.layout)
+    rules = api.rules_for(model, settings, api.preprocess_config(model, settings))
+    every_core = onnx_engine.session_for(model, "lrp", rules)
+    with onnx_engine.intra_op_threads(1):
+        one_thread = onnx_engine.session_for(model, "lrp", rules)
+    t2 = median_seconds(lambda: every_core.run(x, -1), runs)
+    t1 = median_seconds(lambda: one_thread.run(x, -1), runs)
+
+    def loop():
+        for _ in range(runs):
+            one_thread.run(x, -1)
+    pair = [threading.Thread(target=loop) for _ in range(2)]
+    start = time.perf_counter()
+    for thread in pair:
+        thread.start()
+    for thread in pair:
+        thread.join()
+    t1_shared = (time.perf_counter() - start) / runs
+    rest = jobs1_per_image - t2
+    return {"runs": runs, "t2": t2, "t1": t1, "t1_shared": t1_shared, "rest": rest, "bound": 2 * (t2 + rest) / (t1_shared + rest)}
+
+
+def jobs_bound_text(b: dict) -> str:
+    """Returns the paragraph on what bounds `--jobs 2`."""
+    return (f"What bounds `--jobs 2` here (compiled run of one photo, median of {b['runs']}): {b['t2'] * 1e3:.1f} ms on "
+            f"every core, {b['t1'] * 1e3:.1f} ms on one thread alone ({b['t1'] / b['t2']:.2f}x), "
+            f"{b['t1_shared'] * 1e3:.1f} ms on one thread while a second such run goes on (per run, "
+            f"{b['t1_shared'] / b['t1']:.2f}x alone); the rest of an input in the `--jobs 1` batch (decode, PNGs, "
+            f"JSON) {b['rest'] * 1e3:.1f} ms. Two jobs overlapping perfectly would give 2 (t2 + rest) / "
+            f"(t1 shared + rest) = {b['bound']:.2f}x `--jobs 1`.\n")
+
+
 BATCH_SIZES = (1, 4, 8)
 
 
@@ -434,8 +473,10 @@ def main():
     jobs_text = ""
     if effnet.exists():
         note = load_note()
+        jobs_rows = bench_jobs(effnet)
         jobs_text = (f"\n{BATCH_SIZE} photos (crops and mirrors of the two sample photos) explained by "
-                     f"efficientnet-lite0.onnx in one process, float32, {note}.\n\n{jobs_table(bench_jobs(effnet))}\n")
+                     f"efficientnet-lite0.onnx in one process, float32, {note}.\n\n{jobs_table(jobs_rows)}\n\n"
+                     f"{jobs_bound_text(bench_jobs_bound(effnet, 1 / jobs_rows[0]['images_per_s']))}")
     if args.jobs_only:
         return _emit(f"## {datetime.date.today().isoformat()}: {machine()}\n{jobs_text}", args.write)
     vit = vit_text(max(1, args.runs // 2))
