@@ -294,13 +294,15 @@ def bench_jobs_bound(model_path: Path, jobs1_per_image: float, runs: int = 20) -
         thread.join()
     t1_shared = (time.perf_counter() - start) / runs
     rest = jobs1_per_image - t2
-    return {"runs": runs, "t2": t2, "t1": t1, "t1_shared": t1_shared, "rest": rest, "bound": 2 * (t2 + rest) / (t1_shared + rest)}
+    return {"runs": runs, "t2": t2, "t1": t1, "t1_shared": t1_shared, "rest": rest,
+            "bound": 2 * (t2 + rest) / (t1_shared + rest)}
 
 
 def jobs_bound_text(b: dict) -> str:
     """Returns the paragraph on what bounds `--jobs 2`."""
-    return (f"What bounds `--jobs 2` here (compiled run of one photo, median of {b['runs']}): {b['t2'] * 1e3:.1f} ms on "
-            f"every core, {b['t1'] * 1e3:.1f} ms on one thread alone ({b['t1'] / b['t2']:.2f}x), "
+    return (f"What bounds `--jobs 2` here (compiled run of one photo, median of {b['runs']}): "
+            f"{b['t2'] * 1e3:.1f} ms on every core, {b['t1'] * 1e3:.1f} ms on one thread alone "
+            f"({b['t1'] / b['t2']:.2f}x), "
             f"{b['t1_shared'] * 1e3:.1f} ms on one thread while a second such run goes on (per run, "
             f"{b['t1_shared'] / b['t1']:.2f}x alone); the rest of an input in the `--jobs 1` batch (decode, PNGs, "
             f"JSON) {b['rest'] * 1e3:.1f} ms. Two jobs overlapping perfectly would give 2 (t2 + rest) / "
