@@ -175,3 +175,31 @@ def test_where_by_a_constant_mask_compiles_for_relevance_and_gradient(tmp_path):
     for method in ("lrp", "gradient"):
         fast = assert_matches_numpy_float64(model, x, method=method, rule="epsilon:1e-9")
         assert {r.op for r in fast.propagation.layers} >= {"Where"}
+
+
+def test_an_uncompilable_node_of_an_attention_graph_falls_back_and_is_a_one_line_error(tmp_path):
+    """Every transformer kind compiles; an Expand of the pooled attention output to 16 copies per element (an index
+    map whose adjoint would need 16 gathers) does not: auto runs NumPy, --engine onnxruntime is exit 3."""
+    rng = np.random.default_rng(9)
+    nodes = [helper.make_node("MatMul", ["x", "wq"], ["q"]),
+             helper.make_node("Transpose", ["x"], ["kt"], perm=[0, 2, 1]), helper.make_node("MatMul", ["q", "kt"], ["logits"]), helper.make_node("Softmax", ["logits"], ["att"]),
+             helper.make_node("MatMul", ["att", "x"], ["mixed"]),
+             helper.make_node("ReduceMean", ["mixed"], ["pooled"], axes=[1]),
+             helper.make_node("Expand", ["pooled", "wide"], ["copies"], name="expand"),
+             helper.make_node("Reshape", ["copies", "flat"], ["f"]), helper.make_node("MatMul", ["f", "head"], ["y"])]
+    inits = {"wq": rng.standard_normal((8, 8)).astype(np.float32), "wide": np.array([1, 16, 8]),
+             "flat": np.array([1, 128]), "head": rng.standard_normal((128, 3)).astype(np.float32)}
+    path = save_model(onnx_model(nodes, [1, 4, 8], "y", inits), tmp_path / "pooled.onnx")
+    report = json.loads(RUN.invoke(main, ["inspect", str(path), "--json"]).output)
+    assert report["engine"] == "numpy" and list(report["compile_errors"]) == ["expand"]
+    x = tmp_path / "x.npy"
+    np.save(x, rng.standard_normal((1, 4, 8)).astype(np.float32))
+    auto = RUN.invoke(main, ["explain", str(x), "--model", str(path), "--out", str(tmp_path / "auto")])
+    assert auto.exit_code == 0, auto.output
+    assert json.loads((tmp_path / "auto" / "x.json").read_text())["engine"] == "numpy"
+    refused = RUN.invoke(main, ["explain", str(x), "--model", str(path), "--engine", "onnxruntime",
+                                "--out", str(tmp_path / "out")])
+    lines = refused.output.strip().splitlines()
+    assert refused.exit_code == 3 and len(lines) == 1
+    assert lines[0].startswith("error:") and "cannot compile node expand (Expand)" in lines[0]
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
