@@ -182,7 +182,8 @@ def test_an_uncompilable_node_of_an_attention_graph_falls_back_and_is_a_one_line
     map whose adjoint would need 16 gathers) does not: auto runs NumPy, --engine onnxruntime is exit 3."""
     rng = np.random.default_rng(9)
     nodes = [helper.make_node("MatMul", ["x", "wq"], ["q"]),
-             helper.make_node("Transpose", ["x"], ["kt"], perm=[0, 2, 1]), helper.make_node("MatMul", ["q", "kt"], ["logits"]), helper.make_node("Softmax", ["logits"], ["att"]),
+             helper.make_node("Transpose", ["x"], ["kt"], perm=[0, 2, 1]),
+             helper.make_node("MatMul", ["q", "kt"], ["logits"]), helper.make_node("Softmax", ["logits"], ["att"]),
              helper.make_node("MatMul", ["att", "x"], ["mixed"]),
              helper.make_node("ReduceMean", ["mixed"], ["pooled"], axes=[1]),
              helper.make_node("Expand", ["pooled", "wide"], ["copies"], name="expand"),
