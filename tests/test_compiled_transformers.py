@@ -129,7 +129,7 @@ def test_inspect_says_a_vit_compiles():
     assert "engine under --engine auto: onnxruntime" in table and "not compiled" not in table
 
 
-# --- single kinds: the activations' derivatives, Einsum products, Where ------------------------------------
+# --- single kinds: the activations' derivatives (transformer-era and the CNN ones), Einsum products, Where ------
 
 
 def _activation_model(tmp_path, act_nodes, opset=20):
@@ -140,7 +140,8 @@ def _activation_model(tmp_path, act_nodes, opset=20):
              helper.make_node("Reshape", ["p", "flat"], ["f"]), helper.make_node("MatMul", ["f", "w2"], ["y"])]
     inits = {"w1": rng.standard_normal((6, 6)).astype(np.float32) * 0.7, "flat": np.array([1, 36]),
              "w2": rng.standard_normal((36, 3)).astype(np.float32), "p3": np.array(3.0, np.float32),
-             "root2": np.array(np.sqrt(2), np.float32), "one": np.array(1.0, np.float32)}
+             "root2": np.array(np.sqrt(2), np.float32), "one": np.array(1.0, np.float32),
+             "slope": np.linspace(-0.5, 0.5, 6).astype(np.float32)}
     return api.load_model(save_model(onnx_model(nodes, [1, 2, 6], "y", inits, opset=opset), tmp_path / "a.onnx"))
 
 
@@ -151,7 +152,12 @@ def _activation_model(tmp_path, act_nodes, opset=20):
     [helper.make_node("Pow", ["a", "p3"], ["act"])],
     [helper.make_node("Div", ["a", "root2"], ["h"]), helper.make_node("Erf", ["h"], ["e"]),  # 2 GELU(a)
      helper.make_node("Add", ["e", "one"], ["e1"]), helper.make_node("Mul", ["a", "e1"], ["act"])],
-], ids=["gelu", "gelu-tanh", "erf", "pow", "scaled-erf-gelu"])
+    [helper.make_node("HardSigmoid", ["a"], ["act"], alpha=0.3, beta=0.4)],
+    [helper.make_node("HardSwish", ["a"], ["act"])],
+    [helper.make_node("Elu", ["a"], ["act"], alpha=0.7)],
+    [helper.make_node("Selu", ["a"], ["act"])],
+    [helper.make_node("PRelu", ["a", "slope"], ["act"])],
+], ids=["gelu", "gelu-tanh", "erf", "pow", "scaled-erf-gelu", "hardsigmoid", "hardswish", "elu", "selu", "prelu"])
 @pytest.mark.parametrize("method", ["gradient", "lrp"])
 def test_activation_derivatives_and_einsum_compile(tmp_path, act_nodes, method):
     model = _activation_model(tmp_path, act_nodes)

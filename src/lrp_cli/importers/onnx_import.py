@@ -544,7 +544,7 @@ def _activation(ctx, node):
 def _prelu(ctx, node):
     slope = ctx.const(node, 1).astype(np.float64)
     ctx.add(node, L.Activation("PRelu", lambda x: np.where(x >= 0, x, slope.astype(x.dtype) * x),
-                               lambda x, y: np.where(x > 0, 1.0, slope.astype(x.dtype))))
+                               lambda x, y: np.where(x > 0, 1.0, slope.astype(x.dtype)), attrs={"slope": slope}))
 
 
 @converter("MaxPool")
