@@ -210,3 +210,19 @@ def test_an_uncompilable_node_of_an_attention_graph_falls_back_and_is_a_one_line
     assert refused.exit_code == 3 and len(lines) == 1
     assert lines[0].startswith("error:") and "cannot compile node expand (Expand)" in lines[0]
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+@pytest.mark.parametrize("stem", ["vit_dynamo18", pytest.param("swin_legacy17", marks=SLOW)])
+def test_a_batch_of_transformer_inputs_compiles_and_equals_its_batch_one_runs(stem):
+    from lrp_cli import batched
+    model, ref = fixture(stem)
+    rng = np.random.default_rng(4)
+    xs = [ref["input"], rng.standard_normal(ref["input"].shape).astype(np.float32)]
+    settings = api.Settings(engine="onnxruntime", target="top:2")
+    per_item = batched.explain_arrays(model, xs, settings, [Path(f"item{k}.npy") for k in range(2)], [None, None])
+    got = [e for item in per_item for e in item]
+    want = [e for x in xs for e in api.explain_array(model, x, settings)]
+    assert [e.target for e in got] == [e.target for e in want] and len(got) == 4
+    for a, b in zip(got, want):
+        assert a.extra["engine"] == "onnxruntime"
+        assert np.abs(a.relevance - b.relevance).max() <= 1e-5 * np.abs(b.relevance).max()
