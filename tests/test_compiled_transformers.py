@@ -226,3 +226,28 @@ def test_a_batch_of_transformer_inputs_compiles_and_equals_its_batch_one_runs(st
     for a, b in zip(got, want):
         assert a.extra["engine"] == "onnxruntime"
         assert np.abs(a.relevance - b.relevance).max() <= 1e-5 * np.abs(b.relevance).max()
+
+
+def test_a_contiguous_slice_or_gather_goes_back_by_a_pad_and_a_strided_one_by_gathers(tmp_path):
+    """The q/k/v split (Gather of one index of a leading axis) and a Slice of a leading block copy one contiguous
+    run of the input: their adjoint is a Pad; a Slice along the last axis is not contiguous and keeps the Gathers."""
+    from lrp_cli.engines.onnx_compiler import compile_relevance
+    from lrp_cli.importers.onnx_import import load_onnx
+    rng = np.random.default_rng(11)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["qkv"]), helper.make_node("Reshape", ["qkv", "split"], ["parts"]),
+             helper.make_node("Transpose", ["parts"], ["heads"], perm=[1, 0, 2]),
+             helper.make_node("Gather", ["heads", "one"], ["k"], axis=0, name="take_k"),
+             helper.make_node("Slice", ["k", "s0", "s1", "ax0"], ["tokens"], name="leading_block"),
+             helper.make_node("Slice", ["tokens", "s0", "s1", "ax1"], ["narrow"], name="last_axis"),
+             helper.make_node("Reshape", ["narrow", "flat"], ["f"]), helper.make_node("MatMul", ["f", "head"], ["y"])]
+    inits = {"w": rng.standard_normal((6, 18)).astype(np.float32), "split": np.array([4, 3, 6]),
+             "one": np.array(1), "s0": np.array([1]), "s1": np.array([3]), "ax0": np.array([0]),
+             "ax1": np.array([1]), "flat": np.array([1, 4]), "head": rng.standard_normal((4, 3)).astype(np.float32)}
+    path = save_model(onnx_model(nodes, [1, 4, 6], "y", inits), tmp_path / "split.onnx")
+    model = api.load_model(path)
+    x = rng.standard_normal((1, 4, 6)).astype(np.float32)
+    for method in ("lrp", "gradient"):
+        assert_matches_numpy_float64(model, x, method=method, rule="epsilon:1e-9")
+    graph = compile_relevance(load_onnx(path), model.graph, "gradient", {}).model.graph
+    appended = [n.op_type for n in graph.node if n.name.startswith("lrp/")]
+    assert appended.count("Pad") == 2 and appended.count("Gather") == 1

@@ -102,13 +102,27 @@ def _concat(site):
 MAX_COPIES = 8
 
 
+def _contiguous_start(index: np.ndarray) -> int | None:
+    """Returns the first input position when an index map copies one contiguous run of the flat input in order
+    (a Slice or Gather of a leading block: attention's q/k/v split, the class token), else None."""
+    if index.size == 0 or index[0] < 0:
+        return None
+    start = int(index[0])
+    return start if np.array_equal(index, np.arange(start, start + index.size)) else None
+
+
 @emitter(RELEVANCE, L.IndexMap)
 @emitter(GRADIENT, L.IndexMap)
 def _index_map(site):
-    """The adjoint of a traced index map: every input element gathers the output elements that copy it (one
-    Gather per copy; a sentinel index reads an appended zero)."""
+    """The adjoint of a traced index map: a contiguous run is padded back to the input with zeros; otherwise
+    every input element gathers the output elements that copy it (one Gather per copy; a sentinel index reads an
+    appended zero)."""
     b, index = site.b, site.layer.index.reshape(-1)
     size = int(np.prod(site.x_shapes[0]))
+    start = _contiguous_start(index)
+    if start is not None:
+        padded = b.pad(b.reshape(site.r, [-1]), [start, size - start - index.size])
+        return [b.reshape(padded, site.x_shapes[0])]
     valid = np.flatnonzero(index >= 0)
     sources = index[valid]
     copies = np.bincount(sources, minlength=size)
