@@ -55,14 +55,15 @@ def _centre(site, x: str) -> str:
     return site.b.sub(x, _mean(site, x, _norm_axes(site)))
 
 
-def _statistic(site) -> str:
+def _statistic(site, centred: str | None = None) -> str:
     """Returns the divisor of the frozen map from the forward input: LayerNorm's sqrt(mean(centred^2) + eps)
-    (RMSNorm: of x^2), L2Normalize's max(||x||_2, eps), kept as broadcastable dims."""
+    (RMSNorm: of x^2), L2Normalize's max(||x||_2, eps), kept as broadcastable dims (`centred`: the centred input
+    when the caller has it already)."""
     b, x, axes = site.b, site.xs[0], _norm_axes(site)
     if isinstance(site.layer, L2Normalize):
         norm = b.op("Sqrt", [b.reduce_sum(b.mul(x, x), axes)])
         return b.op("Max", [norm, b.scalar(site.layer.epsilon)])
-    centred = _centre(site, x)
+    centred = centred or _centre(site, x)
     variance = _mean(site, b.mul(centred, centred), axes)
     return b.op("Sqrt", [b.add(variance, b.scalar(site.layer.epsilon))])
 
@@ -103,8 +104,9 @@ def _norm(site):
 def _layernorm_gradient(site):
     """(centre(g * scale) - n * mean(g * scale * n)) / std with n = centre(x) / std, as LayerNorm.gradient."""
     b = site.b
-    std = _statistic(site)
-    normed = b.div(_centre(site, site.xs[0]), std)
+    centred = _centre(site, site.xs[0])
+    std = _statistic(site, centred)
+    normed = b.div(centred, std)
     scale = _scale(site)
     gn = site.r if scale is None else b.mul(site.r, scale)
     mean_gn = _mean(site, b.mul(gn, normed), _norm_axes(site))
