@@ -392,8 +392,8 @@ VIT = REPO / "models" / "vit_b_16.onnx"
 
 
 def vit_text(runs: int, path: Path = VIT) -> str:
-    """Returns the ViT-B/16 timing paragraph (load, onnxruntime forward, full explanation, peak RSS), or a line
-    saying it was skipped when the git-ignored model has not been exported."""
+    """Returns the ViT-B/16 timing paragraph (load, onnxruntime forward, full explanation on NumPy and on the compiled
+    engine, peak RSS of both), or a line saying it was skipped when the git-ignored model has not been exported."""
     if not path.exists():
         return (f"\nViT-B/16: skipped, {path.relative_to(REPO)} is absent (make it with "
                 "scripts/export_torchvision_vit.py in a torch venv).\n")
@@ -408,10 +408,16 @@ def vit_text(runs: int, path: Path = VIT) -> str:
     with tempfile.TemporaryDirectory() as out_dir:
         rss = peak_rss_mb(path, Path(out_dir))
     composite = results[-1].composite
+    fast = bench_compiled(path, model, x, api.rules_for(model, settings, api.preprocess_config(model, settings)), runs)
     return (f"\n{path.name} ({IMAGE.name}, {'x'.join(map(str, model.graph.input_shape))}, {composite}, NumPy "
             f"engine), median of {runs} runs timed in turn with the onnxruntime forward: onnxruntime forward "
             f"{ort:.2f} s, full explanation {explain:.2f} s ({ratio:.0f}x, median of per-run ratios); loading the "
-            f"model {load:.1f} s; peak RSS of one `lrp explain` {rss:.0f} MB; {load_note()}.\n")
+            f"model {load:.1f} s; peak RSS of one `lrp explain` {rss:.0f} MB; {load_note()}.\n"
+            f"Compiled engine (`--engine onnxruntime`), timed in turn with the onnxruntime forward: forward + "
+            f"relevance {fast['compiled']:.2f} s against {fast['ort_interleaved']:.2f} s ({fast['ratio']:.2f}x, "
+            f"median of per-run ratios); compile {fast['compile_s']:.1f} s (cold cache), session start "
+            f"{fast['session_s']:.1f} s; peak RSS of one warm `lrp explain --engine onnxruntime` "
+            f"{fast['compiled_rss_mb']:.0f} MB.\n")
 
 
 def machine() -> str:

@@ -102,13 +102,27 @@ def _concat(site):
 MAX_COPIES = 8
 
 
+def _contiguous_start(index: np.ndarray) -> int | None:
+    """Returns the first input position when an index map copies one contiguous run of the flat input in order
+    (a Slice or Gather of a leading block: attention's q/k/v split, the class token), else None."""
+    if index.size == 0 or index[0] < 0:
+        return None
+    start = int(index[0])
+    return start if np.array_equal(index, np.arange(start, start + index.size)) else None
+
+
 @emitter(RELEVANCE, L.IndexMap)
 @emitter(GRADIENT, L.IndexMap)
 def _index_map(site):
-    """The adjoint of a traced index map: every input element gathers the output elements that copy it (one
-    Gather per copy; a sentinel index reads an appended zero)."""
+    """The adjoint of a traced index map: a contiguous run is padded back to the input with zeros; otherwise
+    every input element gathers the output elements that copy it (one Gather per copy; a sentinel index reads an
+    appended zero)."""
     b, index = site.b, site.layer.index.reshape(-1)
     size = int(np.prod(site.x_shapes[0]))
+    start = _contiguous_start(index)
+    if start is not None:
+        padded = b.pad(b.reshape(site.r, [-1]), [start, size - start - index.size])
+        return [b.reshape(padded, site.x_shapes[0])]
     valid = np.flatnonzero(index >= 0)
     sources = index[valid]
     copies = np.bincount(sources, minlength=size)
@@ -321,8 +335,44 @@ def _softplus_slope(site, x, y):
     return site.b.op("Sigmoid", [x])
 
 
+def _prelu_slope(site, x, y):
+    b = site.b
+    return b.op("Where", [b.op("Greater", [x, b.scalar(0.0)]), b.scalar(1.0),
+                          b.const(site.layer.attrs["slope"], "slope")])
+
+
+def _hard_sigmoid_slope(site, x, y):
+    """alpha where 0 < alpha x + beta < 1, else 0."""
+    b, attrs = site.b, site.layer.attrs
+    alpha = float(attrs.get("alpha", 0.2))
+    linear = b.add(b.mul(x, b.scalar(alpha)), b.scalar(float(attrs.get("beta", 0.5))))
+    inside = b.op("And", [b.op("Greater", [linear, b.scalar(0.0)]), b.op("Less", [linear, b.scalar(1.0)])])
+    return b.mul(b.indicator(inside), b.scalar(alpha))
+
+
+def _hard_swish_slope(site, x, y):
+    """0 below -3, 1 above 3, x / 3 + 1/2 between."""
+    b = site.b
+    middle = b.add(b.div(x, b.scalar(3.0)), b.scalar(0.5))
+    upper = b.op("Where", [b.op("Greater", [x, b.scalar(3.0)]), b.scalar(1.0), middle])
+    return b.op("Where", [b.op("Less", [x, b.scalar(-3.0)]), b.scalar(0.0), upper])
+
+
+def _elu_slope(site, x, y, gamma=1.0, alpha=1.0):
+    """gamma where x > 0, else gamma alpha exp(x) (Selu: Elu with its own gamma and alpha)."""
+    b, attrs = site.b, site.layer.attrs
+    gamma, alpha = float(attrs.get("gamma", gamma)), float(attrs.get("alpha", alpha))
+    below = b.mul(b.op("Exp", [b.negative(x)]), b.scalar(alpha))
+    return b.mul(b.op("Where", [b.op("Greater", [x, b.scalar(0.0)]), b.scalar(1.0), below]), b.scalar(gamma))
+
+
+def _selu_slope(site, x, y):
+    return _elu_slope(site, x, y, 1.05070102214813232421875, 1.67326319217681884765625)
+
+
 SLOPES = {"Relu": _relu_slope, "Clip": _clip_slope, "LeakyRelu": _leaky_slope, "Sigmoid": _sigmoid_slope,
-          "Tanh": _tanh_slope, "Softplus": _softplus_slope}
+          "Tanh": _tanh_slope, "Softplus": _softplus_slope, "PRelu": _prelu_slope,
+          "HardSigmoid": _hard_sigmoid_slope, "HardSwish": _hard_swish_slope, "Elu": _elu_slope, "Selu": _selu_slope}
 
 
 @emitter(GRADIENT, L.Activation)

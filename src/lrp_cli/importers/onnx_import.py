@@ -529,16 +529,22 @@ ACTIVATIONS = {
 }
 
 
+def _text_values(attrs: dict) -> dict:
+    """Returns the attributes with byte strings decoded (ONNX stores string attributes as bytes)."""
+    return {k: v.decode() if isinstance(v, bytes) else v for k, v in attrs.items()}
+
+
 @converter(*ACTIVATIONS)
 def _activation(ctx, node):
-    ctx.add(node, L.Activation(node.op_type, *ACTIVATIONS[node.op_type](attributes(node))))
+    a = attributes(node)
+    ctx.add(node, L.Activation(node.op_type, *ACTIVATIONS[node.op_type](a), attrs=_text_values(a)))
 
 
 @converter("PRelu")
 def _prelu(ctx, node):
     slope = ctx.const(node, 1).astype(np.float64)
     ctx.add(node, L.Activation("PRelu", lambda x: np.where(x >= 0, x, slope.astype(x.dtype) * x),
-                               lambda x, y: np.where(x > 0, 1.0, slope.astype(x.dtype))))
+                               lambda x, y: np.where(x > 0, 1.0, slope.astype(x.dtype)), attrs={"slope": slope}))
 
 
 @converter("MaxPool")
@@ -897,7 +903,7 @@ def _pow(ctx, node):
         raise ctx.error(node, "only a Pow by one constant exponent is supported")
     p = float(exponent.reshape(-1)[0])
     ctx.add(node, L.Activation("Pow", lambda x: x ** x.dtype.type(p),
-                               lambda x, y: p * x ** x.dtype.type(p - 1)))
+                               lambda x, y: p * x ** x.dtype.type(p - 1), attrs={"exponent": p}))
 
 
 def _convert_region(ctx, region: onnx_fusion.Region) -> None:
@@ -978,7 +984,8 @@ def _fused_expression(ctx, nodes, region) -> L.Activation | None:
         return None
     approximate, scale = match
     fn, derivative = _gelu({"approximate": approximate})
-    return L.Activation("Gelu", lambda x: (scale * fn(x)).astype(x.dtype), lambda x, y: scale * derivative(x, y))
+    return L.Activation("Gelu", lambda x: (scale * fn(x)).astype(x.dtype), lambda x, y: scale * derivative(x, y),
+                        attrs={"approximate": approximate, "scale": scale})
 
 
 # --- Swin: masks ----------------------------------------------------------------------------------------------

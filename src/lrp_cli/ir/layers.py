@@ -81,14 +81,16 @@ class Routing(Layer):
 
 
 class Activation(PassThrough):
-    """An element-wise activation function; `derivative(x, y)` gives its slope for gradient methods."""
+    """An element-wise activation function; `derivative(x, y)` gives its slope for gradient methods; `attrs` the
+    numbers that define it (GELU's form and scale, Pow's exponent) for engines that write the slope themselves."""
 
     params = ()
 
-    def __init__(self, op: str, fn, derivative=None):
+    def __init__(self, op: str, fn, derivative=None, attrs: dict | None = None):
         self.op = op
         self.fn = fn
         self.derivative = derivative
+        self.attrs = attrs or {}
 
     def forward(self, x):
         return self.fn(x)
