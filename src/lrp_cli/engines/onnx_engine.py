@@ -131,7 +131,7 @@ def save_model(compiled: C.CompiledGraph, path: Path, external_data: bool = Fals
 
 def session_for(model, method: str, rules: dict[str, Rule], providers=()) -> CompiledSession:
     """Returns the (cached) compiled session of a loaded ONNX model; CompileError when it does not compile."""
-    output = model.session.get_outputs()[0].name
+    output = model.output_name
     key = cache_key(model.sha256, method, rules, output, model.graph.input_shape)
     providers = tuple(providers) or DEFAULT_PROVIDERS
     unknown = [p for p in providers if p not in ort.get_available_providers()]
@@ -155,7 +155,10 @@ def session_for(model, method: str, rules: dict[str, Rule], providers=()) -> Com
         save_model(compiled, path, external_data=True)  # onnxruntime maps the weights instead of copying them
         del compiled  # the session reads the file; the graph in memory would only add to the peak
         seconds = time.perf_counter() - start
-    session = _open(path, providers, threads)
+    try:
+        session = _open(path, providers, threads)
+    except Exception as exc:  # onnxruntime raises its own exception types (the model's own ops, too)
+        raise CompileError(f"onnxruntime cannot load the compiled graph: {exc}".splitlines()[0]) from None
     layers = [tuple(entry) for entry in json.loads(session.get_modelmeta().custom_metadata_map["lrp_cli.layers"])]
     _SESSIONS[(key, providers, threads)] = CompiledSession(session, model.graph.input_name, layers, seconds, path)
     return _SESSIONS[(key, providers, threads)]
