@@ -17,6 +17,7 @@ from lrp_cli.engines.onnx_builder import CompileError
 from lrp_cli.errors import InputError, ModelLoadError, OptionError
 from lrp_cli.importers.onnx_import import SymbolicInputError, import_onnx, load_onnx
 from lrp_cli.ir.graph import Graph
+from lrp_cli.memory import release_freed_memory
 from lrp_cli.methods import METHODS, MethodInput
 from lrp_cli.preprocess import (PreprocessConfig, Sidecar, load_input, load_sidecar, open_image,
                                 read_labels, shape_text, tensor_shape, to_nchw)
@@ -179,8 +180,11 @@ def load_model(path: str | Path, output: str | None = None, labels: str | Path |
                            layout or sidecar.layout or shape_layout(exc.shape), unbound=exc,
                            _proto=proto.SerializeToString(), output_name=reported_output(proto, None, sidecar.output))
     layout = layout or sidecar.layout or detect_layout(graph)
+    output_name = reported_output(proto, graph, sidecar.output)
+    del proto
+    release_freed_memory()
     return LoadedModel(path, graph, sidecar, outputs.sha256_file(path), None, time.perf_counter() - start, layout,
-                       output_name=reported_output(proto, graph, sidecar.output))
+                       output_name=output_name)
 
 
 def _load_bow(path: Path, labels, start: float) -> LoadedBowModel:
