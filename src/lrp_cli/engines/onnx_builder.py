@@ -50,6 +50,13 @@ class GraphBuilder:
         self.initializers.append(numpy_helper.from_array(array, name=name))
         return name
 
+    def take_initializers(self):
+        """Returns an iterator over the initializers that drops each from the builder as it hands it out: moved into
+        a graph one at a time, the weights are never all held twice."""
+        self.initializers.reverse()
+        while self.initializers:
+            yield self.initializers.pop()
+
     def scalar(self, value: float, dtype=np.float32) -> str:
         """Returns a shared initializer for a scalar constant."""
         key = (float(value), np.dtype(dtype).str)

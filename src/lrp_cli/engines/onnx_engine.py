@@ -21,6 +21,7 @@ from lrp_cli.engines import onnx_compiler as C
 from lrp_cli.engines.onnx_builder import CompileError
 from lrp_cli.errors import OptionError
 from lrp_cli.importers.onnx_import import load_onnx
+from lrp_cli.memory import release_freed_memory
 from lrp_cli.propagate import LayerRecord
 from lrp_cli.rules import Rule
 
@@ -111,7 +112,7 @@ def compile_model(path: Path, graph, method: str, rules: dict[str, Rule], output
     """Returns the compiled relevance pass of the ONNX file at path (whose IR is graph), or of its bytes re-bound
     to another batch size (`batch_proto`, see batched.batch_model)."""
     proto = load_onnx(path) if batch_proto is None else onnx.load_from_string(batch_proto)
-    return C.compile_relevance(proto, graph, method, rules, output)
+    return C.compile_relevance(proto, graph, method, rules, output, owned=True)
 
 
 def io_doc(compiled: C.CompiledGraph) -> dict:
@@ -155,6 +156,7 @@ def session_for(model, method: str, rules: dict[str, Rule], providers=()) -> Com
             raise
         save_model(compiled, path, external_data=True)  # onnxruntime maps the weights instead of copying them
         del compiled  # the session reads the file; the graph in memory would only add to the peak
+        release_freed_memory()
         seconds = time.perf_counter() - start
     try:
         session = _open_optimized(path, threads) if providers == DEFAULT_PROVIDERS else _open(path, providers, threads)
@@ -189,12 +191,15 @@ def _open_optimized(path: Path, threads: int = 0) -> ort.InferenceSession:
     if not optimized.is_file():
         temp = optimized.with_name(f".{optimized.name}.{os.getpid()}.tmp")
         options = _options()
+        options.enable_cpu_mem_arena = False  # this session only writes the file: it never runs
+        options.add_session_config_entry("session.disable_prepacking", "1")
         options.optimized_model_filepath = str(temp)
         options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
                                          f"{optimized.name}.{os.getpid()}.data")  # beside it, written first
         options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
         ort.InferenceSession(str(path), options, providers=list(DEFAULT_PROVIDERS))  # made to write the file
         os.replace(temp, optimized)
+        release_freed_memory()  # that session's copies of the weights, before the run needs as much again
     level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return ort.InferenceSession(str(optimized), _options(threads, level), providers=list(DEFAULT_PROVIDERS))
 
