@@ -91,7 +91,8 @@ def _check_plain_float32(proto: onnx.ModelProto) -> None:
 
 
 def compile_relevance(proto: onnx.ModelProto, graph: Graph, method: str, rules: dict[str, Rule],
-                      model_output: str | None = None, errors: dict | None = None, owned: bool = False) -> CompiledGraph:
+                      model_output: str | None = None, errors: dict | None = None,
+                      owned: bool = False) -> CompiledGraph:
     """Returns the relevance pass of `method` ("lrp", "gradient", "gradient-x-input") with per-node rules as
     one ONNX graph built on the model's own forward graph; CompileError names a node that cannot be compiled
     (or, given an `errors` dict, each such node is recorded there and sends zero relevance on). An `owned` proto
