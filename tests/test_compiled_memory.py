@@ -6,6 +6,8 @@ These tests count constructions; the peak RSS they keep down is measured by benc
 import json
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
 
@@ -86,3 +88,67 @@ def test_a_model_onnxruntime_rejects_still_exits_3_when_the_session_is_first_nee
     assert result.exit_code == 3
     assert "onnxruntime cannot load the model: [ONNXRuntimeError] : 1 : FAIL : unsupported op" in result.output
     assert "Traceback" not in result.output and not (tmp_path / "o" / "x.json").exists()
+
+
+def torch_style_mlp():
+    """Returns (an MLP whose dense weights are stored [out, in] for Gemm transB=1, as torch exports Linear, then
+    one stored [in, out] for a MatMul; its weights by name)."""
+    from onnx import helper
+
+    from conftest import onnx_model
+    rng = np.random.default_rng(7)
+    weights = {"w1": rng.standard_normal((8, 12)).astype(np.float32), "b1": rng.standard_normal(8).astype(np.float32),
+               "w2": rng.standard_normal((8, 6)).astype(np.float32),
+               "w3": rng.standard_normal((5, 6)).astype(np.float32), "b3": rng.standard_normal(5).astype(np.float32)}
+    nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["h1"], name="fc1", transB=1),
+             helper.make_node("Relu", ["h1"], ["a1"], name="relu1"),
+             helper.make_node("MatMul", ["a1", "w2"], ["h2"], name="fc2"),
+             helper.make_node("Relu", ["h2"], ["a2"], name="relu2"),
+             helper.make_node("Gemm", ["a2", "w3", "b3"], ["y"], name="fc3", transB=1)]
+    return onnx_model(nodes, [1, 12], "y", weights), weights
+
+
+def test_dense_adjoints_use_the_models_own_weights_and_store_no_copy():
+    """LRP-epsilon of the MLP by hand in float64 (R_in = a * (W^T (R / stab(z)))) against the compiled graph,
+    whose adjoint Gemms read the model's own initializers: no lrp/ initializer holds a weight or its transpose."""
+    from lrp_cli.engines.onnx_compiler import compile_relevance
+    from lrp_cli.importers.onnx_import import import_onnx
+    from lrp_cli.rules import Epsilon
+    model, w = torch_style_mlp()
+    graph = import_onnx("<memory>", model=model)
+    compiled = compile_relevance(model, graph, "lrp", {n.name: Epsilon(0.01) for n in graph.linear_nodes()})
+    own = [a for name, a in w.items() if name.startswith("w")]
+    added = [onnx.numpy_helper.to_array(t) for t in compiled.model.graph.initializer if t.name.startswith("lrp/")]
+    assert not [a for a in added for o in own if a.shape in (o.shape, o.T.shape) and
+                (np.array_equal(a, o) or np.array_equal(a, o.T))]
+    adjoints = {n.input[1] for n in compiled.model.graph.node if n.op_type == "Gemm" and n.name.startswith("lrp/")}
+    assert adjoints == {"w1", "w2", "w3"}
+
+    x = np.random.default_rng(8).uniform(-1, 1, (1, 12))
+    f64 = {k: v.astype(np.float64) for k, v in w.items()}
+    layers = [(f64["w1"].T, f64["b1"]), (f64["w2"], 0.0), (f64["w3"].T, f64["b3"])]
+    inputs, a = [], x
+    for k, (weight, bias) in enumerate(layers):
+        inputs.append(a)
+        z = a @ weight + bias
+        a = np.maximum(z, 0) if k < 2 else z
+    target = int(np.argmax(a))
+    r = np.zeros_like(a)
+    r[0, target] = a[0, target]
+    for (weight, bias), a_in in reversed(list(zip(layers, inputs))):
+        z = a_in @ weight + bias
+        r = a_in * ((r / (z + np.where(z >= 0, 0.01, -0.01))) @ weight.T)
+    session = ort.InferenceSession(compiled.model.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = session.run(["relevance"], {"x": x.astype(np.float32), "target": np.array([-1])})[0]
+    np.testing.assert_allclose(got, r, rtol=0, atol=1e-5 * np.abs(r).max())
+
+
+def test_equal_constants_are_one_initializer():
+    from lrp_cli.engines.onnx_builder import GraphBuilder
+    b = GraphBuilder()
+    b.know([onnx.numpy_helper.from_array(np.arange(6, dtype=np.float32).reshape(2, 3), name="model_w")])
+    assert b.const(np.arange(6.0).reshape(2, 3)) == "model_w"  # float64 numbers cast to the model's float32
+    first = b.const(np.ones((2, 2)))
+    assert b.const(np.ones((2, 2))) == first and b.const(np.ones(4)) != first  # another shape
+    assert b.const(np.ones((2, 2)), dtype=np.int64) != first and b.scalar(2.0) == b.scalar(2.0)
+    assert len(b.initializers) == 4  # ones [2, 2], ones [4], int64 ones [2, 2], the scalar

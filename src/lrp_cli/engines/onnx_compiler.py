@@ -106,6 +106,7 @@ def compile_relevance(proto: onnx.ModelProto, graph: Graph, method: str, rules: 
     _check_names(available)
     params = activation_params(model, graph)
     b = GraphBuilder()
+    b.know(model.graph.initializer)
     start, target_index = _start_relevance(b, graph, method)
     relevance, layers, sums = _walk(b, graph, method, rules, start, params, errors)
     if method == "gradient-x-input":
