@@ -152,3 +152,31 @@ def test_equal_constants_are_one_initializer():
     assert b.const(np.ones((2, 2))) == first and b.const(np.ones(4)) != first  # another shape
     assert b.const(np.ones((2, 2)), dtype=np.int64) != first and b.scalar(2.0) == b.scalar(2.0)
     assert len(b.initializers) == 4  # ones [2, 2], ones [4], int64 ones [2, 2], the scalar
+
+
+def test_a_warm_start_opens_the_cached_optimized_graph_once_without_optimizing(tiny_cnn_path, tmp_path,
+                                                                               monkeypatch):
+    """A cold start writes onnxruntime's optimized form beside the compiled graph (a session made only to write
+    it, then the one that runs); a warm start opens that file alone, optimizations off."""
+    monkeypatch.setenv("LRP_CLI_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(onnx_engine, "_SESSIONS", {})
+    opened = []
+    build = onnx_engine.ort.InferenceSession
+
+    def counting(path, options, providers):
+        opened.append((str(path), options.graph_optimization_level, options.optimized_model_filepath))
+        return build(path, options, providers=providers)
+
+    monkeypatch.setattr(onnx_engine.ort, "InferenceSession", counting)
+    model = api.load_model(tiny_cnn_path)
+    x = np.random.default_rng(2).uniform(0, 1, (1, 3, 16, 16)).astype(np.float32)
+    (cold,) = api.explain_array(model, x, api.Settings(engine="onnxruntime"))
+    (optimized,) = (tmp_path / "cache").glob("*.ort.onnx")
+    assert [o[2] != "" for o in opened] == [True, False]  # the writing session, then the running one
+    assert opened[1] == (str(optimized), onnx_engine.ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "")
+    onnx_engine._SESSIONS.clear()  # as a new process would start
+    del opened[:]
+    (warm,) = api.explain_array(api.load_model(tiny_cnn_path), x, api.Settings(engine="onnxruntime"))
+    assert opened == [(str(optimized), onnx_engine.ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "")]
+    np.testing.assert_array_equal(warm.relevance, cold.relevance)
+    assert optimized.name.split(".")[1] == onnx_engine._platform_tag() and len(onnx_engine._platform_tag()) == 12
