@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import io
 import os
@@ -55,11 +56,20 @@ print(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(
 """
 
 
-def peak_rss_mb(model: Path, out_dir: Path, engine: str = "numpy") -> float:
-    """Returns the peak resident memory (MB) of one `lrp explain` run of the photo, in a fresh process."""
+def peak_rss_mb(model: Path, out_dir: Path, engine: str = "numpy", cache: Path | None = None) -> float:
+    """Returns the peak resident memory (MB) of one `lrp explain` run of the photo, in a fresh process (compiled
+    graphs cached in `cache` when given, else where this process keeps them)."""
     args = ["explain", str(IMAGE), "--model", str(model), "--out", str(out_dir), "--no-progress", "--engine", engine]
-    result = subprocess.run([sys.executable, "-c", PEAK_RSS, *args], capture_output=True, text=True, check=True)
+    env = os.environ | ({onnx_engine.CACHE_ENV: str(cache)} if cache else {})
+    result = subprocess.run([sys.executable, "-c", PEAK_RSS, *args], capture_output=True, text=True, check=True,
+                            env=env)
     return int(result.stdout.strip().splitlines()[-1]) / 1024
+
+
+def compiled_rss_mb(model: Path) -> tuple[float, float]:
+    """Returns the peak RSS (MB) of one `lrp explain --engine onnxruntime` on an empty cache, then on the warm one."""
+    with tempfile.TemporaryDirectory() as cache, tempfile.TemporaryDirectory() as out_dir:
+        return tuple(peak_rss_mb(model, Path(out_dir), "onnxruntime", Path(cache)) for _ in ("cold", "warm"))
 
 
 def median_seconds(fn, runs: int) -> float:
@@ -98,11 +108,11 @@ def bench_compiled(path: Path, model, x: np.ndarray, rules: dict, runs: int) -> 
         compiled = onnx_engine.session_for(model, "lrp", rules)
         session_seconds = time.perf_counter() - start
         ort, fast, ratio = interleaved_ratio(lambda: model.run_onnxruntime(x), lambda: compiled.run(x, -1), runs)
-        with tempfile.TemporaryDirectory() as out_dir:
-            rss = peak_rss_mb(path, Path(out_dir), "onnxruntime")
         onnx_engine._SESSIONS.clear()
+    cold, warm = compiled_rss_mb(path)
     return {"compile_s": compiled.compile_seconds, "session_s": session_seconds - compiled.compile_seconds,
-            "ort_interleaved": ort, "compiled": fast, "ratio": ratio, "compiled_rss_mb": rss}
+            "ort_interleaved": ort, "compiled": fast, "ratio": ratio, "compiled_rss_mb": warm,
+            "compiled_cold_rss_mb": cold}
 
 
 def bench_model(path: Path, runs: int, precision: str, name: str | None = None) -> dict:
@@ -362,13 +372,60 @@ def table(rows: list[dict]) -> str:
 def compiled_table(rows: list[dict]) -> str:
     """Returns the compiled engine's timings as a Markdown table."""
     lines = ["| model | onnxruntime forward | compiled forward + relevance | ratio (median of per-run ratios) | "
-             "compile (cold cache) | session start | peak RSS, compiled / NumPy engine |",
+             "compile (cold cache) | session start | peak RSS, compiled cold / warm / NumPy engine |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['ort_interleaved'] * 1e3:.2f} ms | {r['compiled'] * 1e3:.2f} ms | "
                      f"{r['ratio']:.2f}x | {r['compile_s']:.2f} s | {r['session_s']:.2f} s | "
-                     f"{r['compiled_rss_mb']:.0f} / {r['peak_rss_mb']:.0f} MB |")
+                     f"{r['compiled_cold_rss_mb']:.0f} / {r['compiled_rss_mb']:.0f} / {r['peak_rss_mb']:.0f} MB |")
     return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def memory_models():
+    """Returns the context of the four models of the memory table: [(name, path)], the built ones in a temporary
+    folder."""
+    paths = [("efficientnet-lite0.onnx", REPO / "models" / "efficientnet-lite0.onnx"),
+             ("mobilenet_v2_1.0_224.onnx", SHARED / "mobilenet_v2_1.0_224.onnx")]
+    with tempfile.TemporaryDirectory() as folder:
+        for name, builder in BUILT_MODELS:
+            onnx.save(builder.build(), str(Path(folder) / f"{builder.__name__}.onnx"))
+            paths.append((name, Path(folder) / f"{builder.__name__}.onnx"))
+        yield [(name, path) for name, path in paths if path.exists()]
+
+
+def bench_memory(path: Path, runs: int) -> dict:
+    """Returns the peak RSS of one `lrp explain` on each engine (compiled: cold and warm cache) and the run time of
+    the cached optimized session against one that optimizes the compiled graph again (the way before), in turn."""
+    with tempfile.TemporaryDirectory() as out_dir:
+        numpy_rss = peak_rss_mb(path, Path(out_dir))
+    cold, warm = compiled_rss_mb(path)
+    model = api.load_model(path)
+    x = np.random.default_rng(0).uniform(0, 1, model.graph.input_shape).astype(np.float32)
+    settings = api.Settings(engine="onnxruntime")
+    with tempfile.TemporaryDirectory() as cache:
+        os.environ[onnx_engine.CACHE_ENV] = cache
+        onnx_engine._SESSIONS.clear()
+        compiled = onnx_engine.session_for(model, "lrp", api.rules_for(model, settings,
+                                                                      api.preprocess_config(model, settings)))
+        again = dataclasses.replace(compiled, session=onnx_engine._open(compiled.path, onnx_engine.DEFAULT_PROVIDERS))
+        _, _, ratio = interleaved_ratio(lambda: again.run(x, -1), lambda: compiled.run(x, -1), runs)
+        onnx_engine._SESSIONS.clear()
+    return {"numpy": numpy_rss, "cold": cold, "warm": warm, "ratio": ratio}
+
+
+def memory_text(runs: int) -> str:
+    """Returns the peak-memory table of the four models (`--memory-only`)."""
+    with memory_models() as models:
+        rows = [(name, bench_memory(path, runs)) for name, path in models]
+    table_text = markdown(
+        ["model", "NumPy engine", "compiled, cold cache", "compiled, warm cache",
+         "cached optimized session / re-optimized session (run time)"],
+        [[name, f"{r['numpy']:.0f} MB", f"{r['cold']:.0f} MB", f"{r['warm']:.0f} MB", f"{r['ratio']:.2f}x"]
+         for name, r in rows])
+    return (f"\nPeak RSS (VmHWM) of one `lrp explain` of {IMAGE.name} in a fresh process, float32, default composite; "
+            f"run times median of {runs} per-run ratios, timed in turn in one process; {load_note()}.\n\n"
+            f"{table_text}\n")
 
 
 def bench_methods(path: Path, runs: int) -> str:
@@ -467,7 +524,11 @@ def main():
     parser.add_argument("--batch-only", action="store_true",
                         help="Only images/s at --batch-size 1, 4, 8 (compiled engine, EfficientNet-Lite0)")
     parser.add_argument("--vit-only", action="store_true", help="Only the ViT-B/16 explanation (models/vit_b_16.onnx)")
+    parser.add_argument("--memory-only", action="store_true",
+                        help="Only the peak RSS of both engines (compiled: cold and warm cache) on four models")
     args = parser.parse_args()
+    if args.memory_only:
+        return _emit(f"## {datetime.date.today().isoformat()}: {machine()}\n{memory_text(args.runs)}", args.write)
     if args.batch_only:
         return _emit(f"## {datetime.date.today().isoformat()}: {machine()}\n\n{batch_text(args.runs)}", args.write)
     if args.evaluate_only:

@@ -80,7 +80,7 @@ def test_cache_entry_keeps_its_weights_beside_the_graph_and_runs_as_compiled_in_
     x = np.random.default_rng(3).uniform(0, 1, model.graph.input_shape).astype(np.float32)
     cached = api.explain_array(model, x, api.Settings(engine="onnxruntime"))[0]
     (graph_file,) = (tmp_path / "cache").glob("*.lrp.onnx")
-    (data_file,) = (tmp_path / "cache").glob("*.data")
+    (data_file,) = (tmp_path / "cache").glob(f"{graph_file.name}.*.data")
     assert data_file.name.startswith(graph_file.name) and data_file.stat().st_size > 20 * graph_file.stat().st_size
     settings = api.Settings(engine="numpy")
     rules = api.rules_for(model, settings, api.preprocess_config(model, settings))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -16,6 +17,7 @@ from lrp_cli.engines.onnx_builder import CompileError
 from lrp_cli.errors import InputError, ModelLoadError, OptionError
 from lrp_cli.importers.onnx_import import SymbolicInputError, import_onnx, load_onnx
 from lrp_cli.ir.graph import Graph
+from lrp_cli.memory import release_freed_memory
 from lrp_cli.methods import METHODS, MethodInput
 from lrp_cli.preprocess import (PreprocessConfig, Sidecar, load_input, load_sidecar, open_image,
                                 read_labels, shape_text, tensor_shape, to_nchw)
@@ -31,13 +33,14 @@ IR_DIFF_WARNING = 1e-4
 
 @dataclass
 class LoadedModel:
-    """An ONNX classifier: its IR graph, its onnxruntime session and its sidecar settings."""
+    """An ONNX classifier: its IR graph, its onnxruntime session (built on first use) and its sidecar settings."""
 
     path: Path
     graph: Graph
     sidecar: Sidecar
     sha256: str
-    session: ort.InferenceSession
+    #: The plain session, None until `session` builds it: the compiled engine runs without it.
+    plain_session: ort.InferenceSession | None
     load_seconds: float
     layout: str = "nchw"
     kind: str = "onnx"
@@ -49,11 +52,24 @@ class LoadedModel:
     _batch_scorer: object = field(default=None, repr=False)  # scoring.score_batch builds it on first use
     #: The ONNX bytes re-bound to a batch size other than 1 (batched.batch_model); the compiled engine builds on it.
     batch_proto: bytes | None = field(default=None, repr=False)
+    #: The model output reported as model_output: the session's first output (`reported_output`).
+    output_name: str | None = None
 
     @property
     def labels(self) -> list[str] | None:
         """Returns the class labels from the sidecar (or --labels), if any."""
         return self.sidecar.labels
+
+    @property
+    def session(self) -> ort.InferenceSession:
+        """Returns the onnxruntime session of the model (its output, then the IR's explained tensor), built on
+        first use from the file (or the bytes it was re-bound from): it holds a copy of the weights."""
+        with _SESSION_LOCK:
+            if self.plain_session is None:
+                source = self.batch_proto or self._proto
+                proto = onnx.load_from_string(source) if source else load_onnx(self.path)
+                self.plain_session = onnx_session(self.path, proto, self.graph, self.sidecar.output)
+        return self.plain_session
 
     def graph_for(self, precision: str) -> Graph:
         """Returns the IR graph with parameters in the given precision (cached)."""
@@ -69,6 +85,7 @@ class LoadedModel:
         return results[0], results[-1]
 
 
+_SESSION_LOCK = threading.Lock()  # threads of one batch share a model: its session is built once
 #: onnxruntime input types other than float32 that lrp-cli feeds (its own computation stays float32/float64).
 ORT_INPUT_TYPES = {"tensor(float16)": np.float16, "tensor(double)": np.float64}
 
@@ -106,8 +123,8 @@ def bind_input(model: LoadedModel, shape: tuple[int, ...]) -> LoadedModel:
     if shape not in model._bound:
         proto = onnx.load_from_string(model._proto)
         graph = import_onnx(model.path, model.sidecar.output, proto, shape)
-        session = onnx_session(model.path, proto, graph, model.sidecar.output)
-        model._bound[shape] = replace(model, graph=graph, session=session, _cast={}, unbound=None)
+        model._bound[shape] = replace(model, graph=graph, plain_session=None, _cast={}, unbound=None,
+                                      output_name=reported_output(proto, graph, model.sidecar.output))
     return model._bound[shape]
 
 
@@ -161,11 +178,13 @@ def load_model(path: str | Path, output: str | None = None, labels: str | Path |
     except SymbolicInputError as exc:
         return LoadedModel(path, None, sidecar, outputs.sha256_file(path), None, time.perf_counter() - start,
                            layout or sidecar.layout or shape_layout(exc.shape), unbound=exc,
-                           _proto=proto.SerializeToString())
-    session = onnx_session(path, proto, graph, sidecar.output)
+                           _proto=proto.SerializeToString(), output_name=reported_output(proto, None, sidecar.output))
     layout = layout or sidecar.layout or detect_layout(graph)
-    return LoadedModel(path, graph, sidecar, outputs.sha256_file(path), session, time.perf_counter() - start,
-                       layout)
+    output_name = reported_output(proto, graph, sidecar.output)
+    del proto
+    release_freed_memory()
+    return LoadedModel(path, graph, sidecar, outputs.sha256_file(path), None, time.perf_counter() - start, layout,
+                       output_name=output_name)
 
 
 def _load_bow(path: Path, labels, start: float) -> LoadedBowModel:
@@ -176,6 +195,15 @@ def _load_bow(path: Path, labels, start: float) -> LoadedBowModel:
         raise ModelLoadError(str(exc)) from None
     names = read_labels(Path(labels)) if labels is not None else [str(c) for c in bow.classes]
     return LoadedBowModel(path, bow, outputs.sha256_file(path), time.perf_counter() - start, names)
+
+
+def reported_output(model: onnx.ModelProto, graph: Graph | None, output: str | None) -> str:
+    """Returns the first output of `onnx_session`'s session: the chosen graph output, else the IR's explained
+    tensor."""
+    chosen = output or model.graph.output[0].name
+    if graph is None or any(o.name == chosen for o in model.graph.output):
+        return chosen
+    return graph.output_name
 
 
 def onnx_session(path: Path, model: onnx.ModelProto, graph: Graph, output: str | None) -> ort.InferenceSession:
@@ -441,7 +469,7 @@ def compile_explainer(model: LoadedModel, settings: Settings, out_path: Path, ba
                               "of the batch axis); compile it at batch 1")
     rules = rules_for(model, settings, preprocess_config(model, settings)) if settings.method == "lrp" else {}
     compiled = onnx_engine.compile_model(model.path, model.graph, settings.method, rules,
-                                         model.session.get_outputs()[0].name, model.batch_proto)
+                                         model.output_name, model.batch_proto)
     try:
         onnx_engine.save_model(compiled, Path(out_path))
     except OSError as exc:

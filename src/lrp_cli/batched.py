@@ -54,7 +54,7 @@ def _rebind(model: api.LoadedModel, size: int) -> api.LoadedModel | None:
         return None
     if not batch_first(model.graph, graph, size):
         return None
-    return replace(model, graph=graph, session=session, _cast={}, unbound=None, _batch_scorer=None,
+    return replace(model, graph=graph, plain_session=session, _cast={}, unbound=None, _batch_scorer=None,
                    batch_proto=data)
 
 

@@ -98,9 +98,8 @@ def _batched_session(model) -> ort.InferenceSession:
     from lrp_cli.api import onnx_session
     from lrp_cli.importers.onnx_import import load_onnx
     proto = load_onnx(model.path)
-    chosen = model.session.get_outputs()[0].name
     _symbolic_batch(proto, model.graph.input_name)
-    return onnx_session(model.path, proto, model.graph, chosen)
+    return onnx_session(model.path, proto, model.graph, model.output_name)
 
 
 def _symbolic_batch(proto: onnx.ModelProto, input_name: str) -> None:

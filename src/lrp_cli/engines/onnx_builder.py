@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
@@ -22,6 +24,11 @@ def registrar(registry: dict, *kinds: type):
     return register
 
 
+def _digest(array: np.ndarray) -> bytes:
+    """Returns a hash of an array's bytes (with its dtype and shape, the key of identical initializers)."""
+    return hashlib.blake2b(np.ascontiguousarray(array).data, digest_size=16).digest()
+
+
 class GraphBuilder:
     """Collects the nodes and initializers appended to an ONNX graph."""
 
@@ -30,7 +37,24 @@ class GraphBuilder:
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self._count = 0
-        self._scalars: dict[tuple, str] = {}
+        self._by_content: dict[tuple, str] = {}  # (dtype, shape, digest) -> initializer name
+        self._unhashed: dict[tuple, list] = {}  # (dtype, shape) -> the model's own initializers not hashed yet
+
+    def know(self, initializers) -> None:
+        """Registers the model's own initializers: a constant equal to one of them is that one, not a copy."""
+        for tensor in initializers:
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
+            self._unhashed.setdefault((dtype.str, tuple(tensor.dims)), []).append(tensor)
+
+    def existing(self, array: np.ndarray) -> str | None:
+        """Returns the name of an initializer (the model's own or one made here) equal to array, else None."""
+        return self._by_content.get(self._content_key(array))
+
+    def _content_key(self, array: np.ndarray) -> tuple:
+        shape_key = (array.dtype.str, array.shape)
+        for tensor in self._unhashed.pop(shape_key, []):  # hashed only when a constant of their shape comes
+            self._by_content.setdefault(shape_key + (_digest(numpy_helper.to_array(tensor)),), tensor.name)
+        return shape_key + (_digest(array),)
 
     def fresh(self, hint: str) -> str:
         """Returns a new tensor name that no other tensor of the builder has."""
@@ -44,18 +68,25 @@ class GraphBuilder:
         return out
 
     def const(self, value, hint: str = "const", dtype=np.float32) -> str:
-        """Returns the name of a new initializer holding value (float32 unless dtype says otherwise)."""
+        """Returns the name of an initializer holding value (float32 unless dtype says otherwise): a new one, or
+        the one (the model's own or made before) that already holds exactly these numbers."""
         array = np.ascontiguousarray(np.asarray(value, dtype=dtype))
-        name = self.fresh(hint)
-        self.initializers.append(numpy_helper.from_array(array, name=name))
-        return name
+        key = self._content_key(array)
+        if key not in self._by_content:
+            self._by_content[key] = self.fresh(hint)
+            self.initializers.append(numpy_helper.from_array(array, name=self._by_content[key]))
+        return self._by_content[key]
+
+    def take_initializers(self):
+        """Returns an iterator over the initializers that drops each from the builder as it hands it out: moved into
+        a graph one at a time, the weights are never all held twice."""
+        self.initializers.reverse()
+        while self.initializers:
+            yield self.initializers.pop()
 
     def scalar(self, value: float, dtype=np.float32) -> str:
         """Returns a shared initializer for a scalar constant."""
-        key = (float(value), np.dtype(dtype).str)
-        if key not in self._scalars:
-            self._scalars[key] = self.const(np.asarray(value, dtype=dtype), "scalar", dtype)
-        return self._scalars[key]
+        return self.const(np.asarray(value, dtype=dtype), "scalar", dtype)
 
     def ints(self, values) -> str:
         """Returns an int64 1-D initializer (shapes, axes, slice bounds)."""

@@ -92,12 +92,14 @@ def _check_plain_float32(proto: onnx.ModelProto) -> None:
 
 
 def compile_relevance(proto: onnx.ModelProto, graph: Graph, method: str, rules: dict[str, Rule],
-                      model_output: str | None = None, errors: dict | None = None) -> CompiledGraph:
+                      model_output: str | None = None, errors: dict | None = None,
+                      owned: bool = False) -> CompiledGraph:
     """Returns the relevance pass of `method` ("lrp", "gradient", "gradient-x-input") with per-node rules as
     one ONNX graph built on the model's own forward graph; CompileError names a node that cannot be compiled
-    (or, given an `errors` dict, each such node is recorded there and sends zero relevance on)."""
+    (or, given an `errors` dict, each such node is recorded there and sends zero relevance on). An `owned` proto
+    is built on in place instead of copied (the caller hands it over)."""
     _check_plain_float32(proto)
-    model = _forward_model(proto)
+    model = _forward_model(proto, owned)
     available = {t for n in model.graph.node for t in n.output} | {i.name for i in model.graph.input}
     missing = [t for n in graph.nodes for t in n.inputs + [n.output] if t not in available]
     if missing:
@@ -105,6 +107,7 @@ def compile_relevance(proto: onnx.ModelProto, graph: Graph, method: str, rules: 
     _check_names(available)
     params = activation_params(model, graph)
     b = GraphBuilder()
+    b.know(model.graph.initializer)
     start, target_index = _start_relevance(b, graph, method)
     relevance, layers, sums = _walk(b, graph, method, rules, start, params, errors)
     if method == "gradient-x-input":
@@ -123,10 +126,12 @@ def compile_relevance(proto: onnx.ModelProto, graph: Graph, method: str, rules: 
     return CompiledGraph(model, graph.input_name, layers)
 
 
-def _forward_model(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """Returns a copy of the model at opset >= MIN_OPSET (converted when older)."""
-    model = onnx.ModelProto()
-    model.CopyFrom(proto)
+def _forward_model(proto: onnx.ModelProto, owned: bool = False) -> onnx.ModelProto:
+    """Returns the model (a copy unless owned) at opset >= MIN_OPSET (converted when older)."""
+    model = proto
+    if not owned:
+        model = onnx.ModelProto()
+        model.CopyFrom(proto)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
     if opset < MIN_OPSET:
         try:
@@ -232,7 +237,8 @@ def _finish(model: onnx.ModelProto, graph: Graph, b: GraphBuilder, outputs: dict
     for name, tensor in outputs.items():
         b.nodes.append(helper.make_node("Identity", [tensor], [name], name=f"lrp/{name}"))
     g.node.extend(b.nodes)
-    g.initializer.extend(b.initializers)
+    for tensor in b.take_initializers():
+        g.initializer.append(tensor)
     data = next(i for i in g.input if i.name == graph.input_name)
     data.type.tensor_type.shape.CopyFrom(helper.make_tensor_value_info("_", 1, list(graph.input_shape))
                                          .type.tensor_type.shape)

@@ -6,8 +6,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from lrp_cli.engines import onnx_compiler as C
 from lrp_cli.engines.onnx_builder import CompileError
 from lrp_cli.errors import OptionError
 from lrp_cli.importers.onnx_import import load_onnx
+from lrp_cli.memory import release_freed_memory
 from lrp_cli.propagate import LayerRecord
 from lrp_cli.rules import Rule
 
@@ -110,7 +112,7 @@ def compile_model(path: Path, graph, method: str, rules: dict[str, Rule], output
     """Returns the compiled relevance pass of the ONNX file at path (whose IR is graph), or of its bytes re-bound
     to another batch size (`batch_proto`, see batched.batch_model)."""
     proto = load_onnx(path) if batch_proto is None else onnx.load_from_string(batch_proto)
-    return C.compile_relevance(proto, graph, method, rules, output)
+    return C.compile_relevance(proto, graph, method, rules, output, owned=True)
 
 
 def io_doc(compiled: C.CompiledGraph) -> dict:
@@ -131,7 +133,7 @@ def save_model(compiled: C.CompiledGraph, path: Path, external_data: bool = Fals
 
 def session_for(model, method: str, rules: dict[str, Rule], providers=()) -> CompiledSession:
     """Returns the (cached) compiled session of a loaded ONNX model; CompileError when it does not compile."""
-    output = model.session.get_outputs()[0].name
+    output = model.output_name
     key = cache_key(model.sha256, method, rules, output, model.graph.input_shape)
     providers = tuple(providers) or DEFAULT_PROVIDERS
     unknown = [p for p in providers if p not in ort.get_available_providers()]
@@ -154,19 +156,62 @@ def session_for(model, method: str, rules: dict[str, Rule], providers=()) -> Com
             raise
         save_model(compiled, path, external_data=True)  # onnxruntime maps the weights instead of copying them
         del compiled  # the session reads the file; the graph in memory would only add to the peak
+        release_freed_memory()
         seconds = time.perf_counter() - start
-    session = _open(path, providers, threads)
+    try:
+        session = _open_optimized(path, threads) if providers == DEFAULT_PROVIDERS else _open(path, providers, threads)
+    except Exception as exc:  # onnxruntime raises its own exception types (the model's own ops, too)
+        raise CompileError(f"onnxruntime cannot load the compiled graph: {exc}".splitlines()[0]) from None
     layers = [tuple(entry) for entry in json.loads(session.get_modelmeta().custom_metadata_map["lrp_cli.layers"])]
     _SESSIONS[(key, providers, threads)] = CompiledSession(session, model.graph.input_name, layers, seconds, path)
     return _SESSIONS[(key, providers, threads)]
 
 
-def _open(path: Path, providers, threads: int = 0) -> ort.InferenceSession:
+def _options(threads: int = 0, level=ort.GraphOptimizationLevel.ORT_ENABLE_ALL) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.intra_op_num_threads = threads
+    options.graph_optimization_level = level
     options.enable_mem_pattern = False  # it pre-plans one block for every tensor the backward keeps: a higher peak
-    return ort.InferenceSession(str(path), options, providers=list(providers))
+    return options
+
+
+def _open(path: Path, providers, threads: int = 0) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), _options(threads), providers=list(providers))
+
+
+def _open_optimized(path: Path, threads: int = 0) -> ort.InferenceSession:
+    """Returns a CPU session of onnxruntime's own optimized form of the compiled graph at path, written once beside
+    it and opened without optimizing again.
+
+    Optimizing at every start re-lays out every weight (NCHWc blocks) into new memory while the mapped originals
+    are read: a ResNet-50 session held 560 MB after one run, the saved form 410 MB, at the same speed and bit for
+    bit the same outputs. That form fits this onnxruntime on this CPU only, hence the tag in its name."""
+    optimized = path.with_name(f"{path.name.removesuffix('.lrp.onnx')}.{_platform_tag()}.ort.onnx")
+    if not optimized.is_file():
+        temp = optimized.with_name(f".{optimized.name}.{os.getpid()}.tmp")
+        options = _options()
+        options.enable_cpu_mem_arena = False  # this session only writes the file: it never runs
+        options.add_session_config_entry("session.disable_prepacking", "1")
+        options.optimized_model_filepath = str(temp)
+        options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                         f"{optimized.name}.{os.getpid()}.data")  # beside it, written first
+        options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+        ort.InferenceSession(str(path), options, providers=list(DEFAULT_PROVIDERS))  # made to write the file
+        os.replace(temp, optimized)
+        release_freed_memory()  # that session's copies of the weights, before the run needs as much again
+    level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(str(optimized), _options(threads, level), providers=list(DEFAULT_PROVIDERS))
+
+
+def _platform_tag() -> str:
+    """Returns a short hash of what an optimized graph is specific to: the onnxruntime version, the machine and its
+    CPU's instruction-set flags (the kernels' weight layouts follow the vector width)."""
+    flags = platform.processor()
+    with suppress(OSError):
+        flags = next((line for line in open("/proc/cpuinfo", encoding="utf-8") if line.startswith("flags")), flags)
+    content = json.dumps([ort.__version__, platform.machine(), flags])
+    return hashlib.sha256(content.encode()).hexdigest()[:12]
 
 
 def choose(engine: str, precision: str, kind: str, method: str = "lrp") -> str:

@@ -1,7 +1,8 @@
 """The two maps every rule is written against (`Linear.apply` and `Linear.apply_transposed`), as ONNX ops.
 
 Conv runs as Conv and its adjoint as ConvTranspose; ConvTranspose the other way round; Dense as MatMul and its
-adjoint as Gemm by the transposed weight (transB, so no transposed copy of the weight is stored).
+adjoint as Gemm by the transposed weight (transB, so no transposed copy of the weight is stored), or by the model's
+own [out, in] copy of the weight where it has one (a Gemm with transB=1, as torch exports Linear).
 """
 
 from __future__ import annotations
@@ -41,6 +42,16 @@ class Weight:
     def __init__(self, b: GraphBuilder, value: np.ndarray):
         self.b, self.value = b, value
         self._names: dict[str, str] = {}
+
+    def existing(self, form: str, make) -> str | None:
+        """Returns the initializer already holding make(weight) in float32 (the model's own, or made before), if any:
+        a map that can use that form instead of making the as-is one stores no copy."""
+        if form not in self._names:
+            name = self.b.existing(np.ascontiguousarray(make(self.value), dtype=np.float32))
+            if name is None:
+                return None
+            self._names[form] = name
+        return self._names[form]
 
     def name(self, form: str = "as_is", make=None) -> str:
         """Returns the initializer of the weight, or of make(weight) for another form, created once."""
@@ -121,10 +132,10 @@ class DenseOps(LinearOps):
         return self.b.add(z, bias) if bias else z
 
     def transposed(self, c, weight):
-        if len(self.y_shape) == 2:
-            return self.b.op("Gemm", [c, weight.name()], transB=1)
-        flat = self.b.reshape(c, [-1, self.y_shape[-1]])
-        return self.b.reshape(self.b.op("Gemm", [flat, weight.name()], transB=1), self.x_shape)
+        flat = c if len(self.y_shape) == 2 else self.b.reshape(c, [-1, self.y_shape[-1]])
+        stored = weight.existing("transposed", lambda w: w.T)  # the model's own [out, in] weight (Gemm transB=1)
+        out = self.b.op("Gemm", [flat, stored]) if stored else self.b.op("Gemm", [flat, weight.name()], transB=1)
+        return out if len(self.y_shape) == 2 else self.b.reshape(out, self.x_shape)
 
 
 LINEAR_OPS = {Conv: ConvOps, ConvTranspose: ConvTransposeOps, Dense: DenseOps}
