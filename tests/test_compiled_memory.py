@@ -180,3 +180,31 @@ def test_a_warm_start_opens_the_cached_optimized_graph_once_without_optimizing(t
     assert opened == [(str(optimized), onnx_engine.ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "")]
     np.testing.assert_array_equal(warm.relevance, cold.relevance)
     assert optimized.name.split(".")[1] == onnx_engine._platform_tag() and len(onnx_engine._platform_tag()) == 12
+
+
+@pytest.mark.parametrize("damage", ["truncated optimized graph", "deleted weight files", "garbage graph"])
+def test_a_damaged_cache_entry_is_compiled_again(tiny_cnn_path, tmp_path, monkeypatch, damage):
+    """A cache entry a crash, a full disk or a clean-up left broken is rebuilt, not a fall-back to NumPy for good."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("LRP_CLI_CACHE_DIR", str(cache))
+    monkeypatch.setattr(onnx_engine, "_SESSIONS", {})
+    x = np.random.default_rng(3).uniform(0, 1, (1, 3, 16, 16)).astype(np.float32)
+    settings = api.Settings(engine="onnxruntime")
+    (first,) = api.explain_array(api.load_model(tiny_cnn_path), x, settings)
+    if damage == "truncated optimized graph":
+        (optimized,) = cache.glob("*.ort.onnx")
+        optimized.write_bytes(optimized.read_bytes()[:100])
+    elif damage == "deleted weight files":
+        weights = list(cache.glob("*.data"))
+        assert weights
+        for path in weights:
+            path.unlink()
+    else:
+        for path in cache.glob("*.onnx"):
+            path.write_bytes(b"not a protobuf")
+    onnx_engine._SESSIONS.clear()  # as a new process would start
+    (again,) = api.explain_array(api.load_model(tiny_cnn_path), x, settings)
+    assert again.extra["engine"] == "onnxruntime"
+    np.testing.assert_array_equal(again.relevance, first.relevance)
+    onnx_engine._SESSIONS.clear()
+    assert api.explain_array(api.load_model(tiny_cnn_path), x, settings)[0].extra["engine"] == "onnxruntime"

@@ -146,25 +146,48 @@ def session_for(model, method: str, rules: dict[str, Rule], providers=()) -> Com
     if key in _FAILURES:
         raise _FAILURES[key]
     path = cache_dir() / f"{key}.lrp.onnx"
-    seconds = 0.0
-    if not path.is_file():
-        start = time.perf_counter()
-        try:
-            compiled = compile_model(model.path, model.graph, method, rules, output, model.batch_proto)
-        except CompileError as exc:
-            _FAILURES[key] = exc
-            raise
-        save_model(compiled, path, external_data=True)  # onnxruntime maps the weights instead of copying them
-        del compiled  # the session reads the file; the graph in memory would only add to the peak
-        release_freed_memory()
-        seconds = time.perf_counter() - start
+    warm = path.is_file()
+    seconds = 0.0 if warm else _compile_into(path, model, method, rules, output, key)
     try:
-        session = _open_optimized(path, threads) if providers == DEFAULT_PROVIDERS else _open(path, providers, threads)
-    except Exception as exc:  # onnxruntime raises its own exception types (the model's own ops, too)
-        raise CompileError(f"onnxruntime cannot load the compiled graph: {exc}".splitlines()[0]) from None
+        session = _open_cached(path, providers, threads)
+    except CompileError:
+        if not warm:
+            raise
+        _discard_entry(path.parent, key)  # a damaged or half-deleted cache entry: compiled again, once
+        seconds = _compile_into(path, model, method, rules, output, key)
+        session = _open_cached(path, providers, threads)
     layers = [tuple(entry) for entry in json.loads(session.get_modelmeta().custom_metadata_map["lrp_cli.layers"])]
     _SESSIONS[(key, providers, threads)] = CompiledSession(session, model.graph.input_name, layers, seconds, path)
     return _SESSIONS[(key, providers, threads)]
+
+
+def _compile_into(path: Path, model, method: str, rules: dict[str, Rule], output: str | None, key: str) -> float:
+    """Returns the seconds it took to compile the model's relevance pass and write it to the cache at path."""
+    start = time.perf_counter()
+    try:
+        compiled = compile_model(model.path, model.graph, method, rules, output, model.batch_proto)
+    except CompileError as exc:
+        _FAILURES[key] = exc
+        raise
+    save_model(compiled, path, external_data=True)  # onnxruntime maps the weights instead of copying them
+    del compiled  # the session reads the file; the graph in memory would only add to the peak
+    release_freed_memory()
+    return time.perf_counter() - start
+
+
+def _open_cached(path: Path, providers, threads: int) -> ort.InferenceSession:
+    """Returns the session of the cached compiled graph at path; CompileError when onnxruntime cannot open it."""
+    try:
+        return _open_optimized(path, threads) if providers == DEFAULT_PROVIDERS else _open(path, providers, threads)
+    except Exception as exc:  # onnxruntime raises its own exception types (the model's own ops, too)
+        raise CompileError(f"onnxruntime cannot load the compiled graph: {exc}".splitlines()[0]) from None
+
+
+def _discard_entry(folder: Path, key: str) -> None:
+    """Removes every file of one cache entry (graph, optimized forms, their weight files)."""
+    for stale in folder.glob(f"{key}.*"):
+        with suppress(OSError):
+            stale.unlink()
 
 
 def _options(threads: int = 0, level=ort.GraphOptimizationLevel.ORT_ENABLE_ALL) -> ort.SessionOptions:
