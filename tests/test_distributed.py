@@ -276,7 +276,7 @@ def test_an_input_that_always_kills_its_worker_is_one_error_row(tiny_cnn_path, t
 
 
 @pytest.mark.slow
-def test_a_chunk_that_kills_its_workers_is_rerun_an_input_a_task(tiny_cnn_path, tmp_path, cluster, one_retry):
+def test_a_chunk_that_kills_its_workers_is_rerun_an_input_at_a_time(tiny_cnn_path, tmp_path, cluster, one_retry):
     data = make_folder(tmp_path / "data", 20)  # 2 workers, 4 chunks each: 3 inputs a chunk
     items = batch.expand_inputs([str(data)])
     _, spec = batch.load_model(tiny_cnn_path)

@@ -93,33 +93,31 @@ def chunk_size(count: int, workers: int) -> int:
 def map_inputs(task, items: list, scheduler: str):
     """Yields (index, task(item)) for every item as the cluster finishes its chunk (dask.distributed.as_completed).
 
-    `task` is a picklable callable returning a batch.InputResult; a chunk that keeps killing its workers is run
-    again an input a task, one task at a time, so that only the input that kills them comes back as an error
-    result (two of its inputs running side by side on one worker would die together)."""
+    `task` is a picklable callable returning a batch.InputResult. The inputs of a task that keeps killing its
+    workers are run again at the end, one at a time with nothing else on the cluster, so that only an input that
+    kills its worker by itself comes back as an error result: Dask also fails the tasks that merely shared or
+    queued on a dying worker."""
     dd = _dask()
     local_workers(scheduler)  # a bad --scheduler is an error even when every input was done before
     if not items:
         return
     client, cluster = connect(scheduler)
     try:
-        workers = client.scheduler_info(n_workers=-1)["workers"]
-        per_host = host_threads(workers)
+        per_host = host_threads(client.scheduler_info(n_workers=-1)["workers"])
         size = chunk_size(len(items), sum(per_host.values()))
-        chunks, queued = {}, {}
-        for start in range(0, len(items), size):
-            future = client.submit(run_chunk, task, items[start:start + size], per_host, pure=False)
-            chunks[future] = range(start, min(start + size, len(items)))
-        pending = dd.as_completed(chunks)
-        for future in pending:
-            indices, queue = chunks.pop(future), queued.pop(future, [])
-            if len(indices) > 1 and future.status == "error" and isinstance(future.exception(), dd.KilledWorker):
-                queue = list(indices)
+        chunks = {client.submit(run_chunk, task, items[start:start + size], per_host, pure=False):
+                  range(start, min(start + size, len(items))) for start in range(0, len(items), size)}
+        suspects = []
+        for future in dd.as_completed(chunks):
+            indices = chunks.pop(future)
+            if future.status == "error" and isinstance(future.exception(), dd.KilledWorker):
+                suspects.extend(indices)
             else:
                 yield from zip(indices, _chunk_results(dd, future, [items[i] for i in indices]))
-            if queue:
-                alone = client.submit(run_chunk, task, [items[queue[0]]], per_host, pure=False)
-                chunks[alone], queued[alone] = [queue[0]], queue[1:]
-                pending.add(alone)
+        for index in sorted(suspects):
+            alone = client.submit(run_chunk, task, [items[index]], per_host, pure=False)
+            dd.wait(alone)
+            yield index, _chunk_results(dd, alone, [items[index]])[0]
     finally:
         client.close()
         if cluster is not None:
