@@ -81,8 +81,9 @@ def host_threads(workers: dict) -> dict[str, int]:
 def _this_worker_host_threads(totals: dict[str, int]) -> int:
     """Returns the task slots of this worker's host; a worker that joined after the client looked (a restarted
     one) counts its own threads only."""
+    from distributed.comm import get_address_host  # the scheduler's own "host" of a worker (IPv6 too)
     worker = _dask().get_worker()
-    return totals.get(worker.address.split("://")[-1].rsplit(":", 1)[0], worker.state.nthreads)
+    return totals.get(get_address_host(worker.address), worker.state.nthreads)
 
 
 def chunk_size(count: int, workers: int) -> int:
