@@ -101,8 +101,7 @@ def interleaved_ratio(reference, fn, runs: int) -> tuple[float, float, float]:
 def bench_compiled(path: Path, model, x: np.ndarray, rules: dict, runs: int) -> dict:
     """Returns the compiled engine's figures: compile time (cold cache), forward + relevance time against one
     onnxruntime forward (interleaved), and the peak memory of one warm `lrp explain --engine onnxruntime`."""
-    with tempfile.TemporaryDirectory() as cache:
-        os.environ[onnx_engine.CACHE_ENV] = cache
+    with tempfile.TemporaryDirectory() as cache, cache_folder(cache):
         onnx_engine._SESSIONS.clear()
         start = time.perf_counter()
         compiled = onnx_engine.session_for(model, "lrp", rules)
@@ -382,16 +381,37 @@ def compiled_table(rows: list[dict]) -> str:
 
 
 @contextlib.contextmanager
+def built_models():
+    """Returns the context of the torch-free BUILT_MODELS written into a temporary folder: [(name, path)]."""
+    with tempfile.TemporaryDirectory() as folder:
+        paths = [(name, Path(folder) / f"{builder.__name__}.onnx") for name, builder in BUILT_MODELS]
+        for (_, path), (_, builder) in zip(paths, BUILT_MODELS):
+            onnx.save(builder.build(), str(path))
+        yield paths
+
+
+@contextlib.contextmanager
 def memory_models():
     """Returns the context of the four models of the memory table: [(name, path)], the built ones in a temporary
     folder."""
     paths = [("efficientnet-lite0.onnx", REPO / "models" / "efficientnet-lite0.onnx"),
              ("mobilenet_v2_1.0_224.onnx", SHARED / "mobilenet_v2_1.0_224.onnx")]
-    with tempfile.TemporaryDirectory() as folder:
-        for name, builder in BUILT_MODELS:
-            onnx.save(builder.build(), str(Path(folder) / f"{builder.__name__}.onnx"))
-            paths.append((name, Path(folder) / f"{builder.__name__}.onnx"))
-        yield [(name, path) for name, path in paths if path.exists()]
+    with built_models() as built:
+        yield [(name, path) for name, path in paths if path.exists()] + built
+
+
+@contextlib.contextmanager
+def cache_folder(folder: str):
+    """Returns the context in which this process caches compiled graphs in folder (the previous setting after)."""
+    previous = os.environ.get(onnx_engine.CACHE_ENV)
+    os.environ[onnx_engine.CACHE_ENV] = folder
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ[onnx_engine.CACHE_ENV]
+        else:
+            os.environ[onnx_engine.CACHE_ENV] = previous
 
 
 def bench_memory(path: Path, runs: int) -> dict:
@@ -403,8 +423,7 @@ def bench_memory(path: Path, runs: int) -> dict:
     model = api.load_model(path)
     x = np.random.default_rng(0).uniform(0, 1, model.graph.input_shape).astype(np.float32)
     settings = api.Settings(engine="onnxruntime")
-    with tempfile.TemporaryDirectory() as cache:
-        os.environ[onnx_engine.CACHE_ENV] = cache
+    with tempfile.TemporaryDirectory() as cache, cache_folder(cache):
         onnx_engine._SESSIONS.clear()
         compiled = onnx_engine.session_for(model, "lrp", api.rules_for(model, settings,
                                                                       api.preprocess_config(model, settings)))
@@ -555,11 +574,8 @@ def main():
             for name in MODELS if (REPO / "models" / name).exists()]
     rows += [bench_model(SHARED / name, args.runs, args.precision) for name in SHARED_MODELS
              if (SHARED / name).exists()]
-    for name, builder in BUILT_MODELS:
-        with tempfile.TemporaryDirectory() as folder:
-            built = Path(folder) / f"{builder.__name__}.onnx"
-            onnx.save(builder.build(), str(built))
-            rows.append(bench_model(built, args.runs, args.precision, name))
+    with built_models() as built:
+        rows += [bench_model(path, args.runs, args.precision, name) for name, path in built]
     checked = bench_check(max(1, args.runs // 2))
     text = (f"## {datetime.date.today().isoformat()}: {machine()}\n\nMedian of {args.runs} runs, batch 1, "
             f"{args.precision}, each model's default composite (its sidecar's, else epsilon-plus-flat).\n\n"
