@@ -9,6 +9,7 @@ import json
 import os
 import re
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -384,12 +385,21 @@ class _InWorkerProcess:
     threads: int = 0
 
     def __call__(self, item):
-        from lrp_cli.engines import onnx_engine
-        limit_threads()
-        if task_folder(self.task) is not None:
-            outputs.swept_by_batch(task_folder(self.task))
-        with onnx_engine.intra_op_threads(self.threads):
+        with in_worker_process(self.task, self.threads):
             return self.task(item)
+
+
+@contextmanager
+def in_worker_process(task, onnxruntime_threads: int):
+    """Returns the context a worker process (loky or Dask) runs a batch's tasks in: its BLAS pools at BLAS_THREADS
+    for good (the process is lrp's to configure), the task's folder known as swept (the client swept it before
+    the first task), compiled sessions on `onnxruntime_threads` intra-op threads."""
+    from lrp_cli.engines import onnx_engine
+    limit_threads()
+    if task_folder(task) is not None:
+        outputs.swept_by_batch(task_folder(task))
+    with onnx_engine.intra_op_threads(onnxruntime_threads):
+        yield
 
 
 def in_batches(items: list, size: int) -> list[list]:

@@ -53,13 +53,8 @@ def run_chunk(task, items: list, host_threads: dict[str, int] | None = None) -> 
     """Returns [task(item) for item in items]: the Dask task of one chunk of inputs, on one BLAS thread per
     worker thread (batch.BLAS_THREADS: the bytes then match a local run's; start workers with --nthreads 1 and
     as many --nworkers as cores) and this worker's share of its host's cores for onnxruntime."""
-    from lrp_cli import outputs
-    from lrp_cli.batch import CORES, limit_threads, task_folder
-    from lrp_cli.engines import onnx_engine
-    limit_threads()  # for good: this is a worker process, lrp's to configure
-    if task_folder(task) is not None:  # the client swept it before it submitted the first chunk
-        outputs.swept_by_batch(task_folder(task))
-    with onnx_engine.intra_op_threads(core_share(CORES, _this_worker_host_threads(host_threads or {}))):
+    from lrp_cli.batch import CORES, in_worker_process
+    with in_worker_process(task, core_share(CORES, _this_worker_host_threads(host_threads or {}))):
         return [task(item) for item in items]
 
 
