@@ -8,7 +8,7 @@ A pre-LN ViT: 8x8 patches of the 64x64 `unit` input (x/255, NCHW) embedded by a 
 token, a learned position embedding, DEPTH blocks of HEADS-head self-attention (QK^T, Softmax, AV written out,
 so the ONNX graph holds the MatMuls the rules see) and a GELU MLP, a final LayerNorm and a linear head on the
 class token. Exported by the legacy exporter at opset 17 (LayerNormalization, Erf-form GELU) with an output
-Softmax as the bundled shapes-cnn, for `lrp evaluate` (pixel flipping on a ViT, README "Transformers").
+Softmax as the bundled shapes-cnn, for `lrp evaluate` (pixel flipping on a ViT, docs/transformers.md).
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ SAMPLES = 8
 NAMES = {"tag-shortcut": tags.TAG_FRACTION, "tag-clean": 0.0}
 #: A floor that catches a broken build, not a quality target: the first build measured 0.684 (clean) and 0.580
 #: (shortcut, which misses every untagged circle) against the 0.85 planned for these half-width networks trained
-#: 6 epochs on 4000 images (README).
+#: 6 epochs on 4000 images (docs/check.md).
 MIN_ACCURACY = 0.55
 #: The issue's proof of a real shortcut: accuracy on tagged test circles drops this much without the tag.
 MIN_SHORTCUT_DROP = 0.30

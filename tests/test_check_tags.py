@@ -55,7 +55,8 @@ def test_the_shortcut_is_real(fresh):
 
 def test_the_tag_does_not_make_the_clean_model_say_circle(fresh):
     # The clean model's own circle accuracy also falls when the tag is pasted (0.72 -> 0.57 on the build's test
-    # split, README): the unseen marks disturb an under-trained net; but they do not pull other classes to circle.
+    # split, docs/check.md): the unseen marks disturb an under-trained net; but they do not pull other classes to
+    # circle.
     images, circles = fresh
     assert (_predict("tag-clean", tags.paste_tag(images[~circles])) == tags.TAGGED_CLASS).mean() < 0.10
 

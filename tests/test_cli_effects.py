@@ -1,4 +1,5 @@
-"""README claims about `lrp explain` checked by their effects: model inputs, pixels, JSON values, batch files.
+"""Documented claims (docs/commands.md) about `lrp explain` checked by their effects: model inputs, pixels, JSON
+values, batch files.
 
 Most tests use a probe model, y_k = sum(x) + b_k (Flatten, MatMul by ones, Add). Under LRP-0 (`--rule z`) its
 input relevance is the model input itself (R_i = x_i * 1 * f / z, with f = z), so `--save-raw` shows exactly
@@ -20,7 +21,7 @@ from lrp_cli import api, outputs
 from lrp_cli.cli import main
 
 RUN = CliRunner()
-#: Channel means of the caffe preset (BGR order), as the README gives them.
+#: Channel means of the caffe preset (BGR order), as docs/commands.md gives them.
 CAFFE_MEAN = np.array([104.0, 117.0, 123.0])
 IMAGENET = (np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225]))
 #: jet at normalized relevance n (t = (n + 1) / 2): r, g, b = clip(1.5 - |4t - 3|), clip(1.5 - |4t - 2|), ...

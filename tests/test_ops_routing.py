@@ -1,4 +1,4 @@
-"""Ops with no test before issue 12: IR forward == onnxruntime, and the relevance behaviour the README gives.
+"""Ops with no test before issue 12: IR forward == onnxruntime, and the relevance behaviour docs/ops.md gives.
 
 Element routing (DepthToSpace, SpaceToDepth, Tile, Expand, Upsample) moves relevance by the same index map,
 copies of one input summing on it; Sum splits in proportion; constant Sub/Div/Mul fold into the preceding
@@ -74,7 +74,7 @@ def test_expand_sums_the_relevance_over_the_broadcast_axes(tmp_path):
 
 
 # Upsample is read through ONNX's reference evaluator, which runs only the opset-9 form (scales as an input) in
-# nearest mode: opset-7 attribute scales and mode="linear" are refused at load time (README: Upsample nearest).
+# nearest mode: opset-7 attribute scales and mode="linear" are refused at load time (docs/ops.md: Upsample nearest).
 def test_upsample_nearest_gives_each_pixel_its_block(tmp_path):
     model = onnx_model([helper.make_node("Upsample", ["x", "s"], ["y"], mode="nearest")], [1, 2, 3, 2], opset=9,
                        initializers={"s": np.array([1, 1, 2, 3], np.float32)})
