@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from lrp_cli import __version__, outputs, render
+from lrp_cli import __version__, absorption, outputs, render
 from lrp_cli.engines import numpy_engine, onnx_engine
 from lrp_cli.engines.onnx_builder import CompileError
 from lrp_cli.errors import InputError, ModelLoadError, OptionError
@@ -502,7 +502,7 @@ def compiled_explanations(model, compiled, x: np.ndarray, settings: Settings, ru
 def compiled_explanation(model, compiled, run, settings: Settings, rules: dict, input_path: Path, x, picture,
                          seconds: float) -> Explanation:
     """Returns the Explanation of one compiled run (one input, its explained target)."""
-    propagation = Propagation(run.relevance, float(run.scores[run.target]), compiled.records(run.layer_sums))
+    propagation = Propagation(run.relevance, float(run.scores[run.target]), compiled.records(run))
     timing = {"load": model.load_seconds, "compile": compiled.compile_seconds, "forward_backward": seconds}
     return target_explanation(model, settings, rules, input_path, x, picture, run.model_output, run.target,
                               propagation, (None, None), timing, {"engine": "onnxruntime"})
@@ -608,8 +608,9 @@ def explanation_document(model: LoadedModel, expl: Explanation, paths: dict[str,
             "abs_max": float(np.abs(relevance).max()),
             "conservation_error": expl.extra.get("conservation_error",
                                                  conservation_error(total, expl.propagation.f_x)),
+            "absorbed": absorption.summary(expl.propagation, expl.method),
         },
-        "layers": [vars(record) for record in expl.propagation.layers],
+        "layers": absorption.layer_documents(expl.propagation, expl.method),
         "ir_max_abs_diff": expl.ir_max_abs_diff,
         "outputs": {key: str(path) for key, path in paths.items() if key != "json"} | {"raw": (
             str(paths["raw"]) if "raw" in paths else None)},

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from lrp_cli import api, batched, outputs
+from lrp_cli import absorption, api, batched, outputs
 from lrp_cli.errors import LrpError, ModelLoadError, OptionError
 from lrp_cli.preprocess import IMAGE_SUFFIXES
 
@@ -268,8 +268,7 @@ class ExplainTask:
         label = f" ({target['label']})" if target["label"] else ""
         pred = expl.prediction
         lines = [(f"{item.path}: target {target['index']}{label}, predicted {pred['index']} score "
-                  f"{pred['score']:.4g}, f(x)={document['f_x']:.4g}, conservation error "
-                  f"{document['relevance']['conservation_error']:.2e} -> {document['outputs']['heatmap']}", False)]
+                  f"{pred['score']:.4g}, {absorption.describe(document)} -> {document['outputs']['heatmap']}", False)]
         if expl.ir_diff_relative is not None and expl.ir_diff_relative > api.IR_DIFF_WARNING:
             lines.append((f"warning: {item.path}: IR output differs from onnxruntime by "
                           f"{expl.ir_max_abs_diff:.3g} (relative {expl.ir_diff_relative:.2e})", True))
