@@ -258,3 +258,31 @@ def test_explain_prints_the_class_name(built, tmp_path):
                                        "--out", str(tmp_path), "--no-progress"])
     assert result.exit_code == 0, result.output
     assert "target 967 (espresso)" in result.output
+
+
+@pytest.mark.slow
+@needs_wheel
+@needs_labels
+@needs_photos
+def test_both_engines_say_where_the_relevance_went(built, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from lrp_cli.cli import main
+
+    docs = {}
+    for engine in ("numpy", "onnxruntime"):
+        out = tmp_path / engine
+        result = CliRunner().invoke(main, ["explain", str(PHOTOS / "chelsea.png"), "--model", str(built), "--out",
+                                           str(out), "--engine", engine, "--no-progress"])
+        assert result.exit_code == 0, result.output
+        assert "% absorbed by biases/stabilisers (most in '" in result.output
+        docs[engine] = json.loads((out / "chelsea.json").read_text())
+    shares = [np.array([layer["absorbed"] for layer in doc["layers"]]) for doc in docs.values()]
+    # float32 in both engines over 49 convolutions, summed in other orders: 1e-4 of f(x) per node.
+    np.testing.assert_allclose(shares[0], shares[1], atol=1e-4)
+    totals = [doc["relevance"]["absorbed"] for doc in docs.values()]
+    assert totals[0]["fraction"] == pytest.approx(totals[1]["fraction"], abs=1e-4)
+    assert totals[0]["fraction"] > 0.99 and totals[0]["most"]["layer"] == totals[1]["most"]["layer"]
+    assert sum(shares[0]) == pytest.approx(1 - docs["numpy"]["relevance"]["sum"] / docs["numpy"]["f_x"], abs=1e-6)
