@@ -48,7 +48,7 @@ def test_explain_writes_heatmap_overlay_json_and_raw(tiny_cnn_path, rgb_image, t
     assert doc["ir_max_abs_diff"] < 1e-5 if engine == "numpy" else doc["ir_max_abs_diff"] is None
     assert [layer["op"] for layer in doc["layers"]] == ["MatMul", "Flatten", "MaxPool", "Relu", "Conv"]
     assert len(doc["input"]["sha256"]) == 64
-    assert "f(x)=" in result.output and "conservation error" in result.output
+    assert "of f(x) = " in result.output and "absorbed by biases/stabilisers" in result.output
 
 
 def test_heatmap_zero_is_green_and_extremes_are_red_and_blue(tiny_cnn_path, rgb_image, tmp_path):

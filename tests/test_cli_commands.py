@@ -205,7 +205,7 @@ def test_pixel_relevance_of_each_input_shape():
 
 def test_normalize_and_colorize_edges():
     np.testing.assert_array_equal(render.normalize(np.array([[2.0, -4.0]])), [[0.5, -1.0]])
-    np.testing.assert_array_equal(render.normalize(np.array([[2.0, -4.0]]), scale=8.0), [[0.25, -0.5]])
+    np.testing.assert_array_equal(render.normalize(np.array([[2.0, -4.0]]), render.Scale(divisor=8.0)), [[0.25, -0.5]])
     np.testing.assert_array_equal(render.normalize(np.zeros((2, 2))), np.zeros((2, 2)))
     assert render.colorize(np.array([[5.0, -5.0]])).tolist() == [[[128, 0, 0], [0, 0, 128]]]  # clipped to +-1
 

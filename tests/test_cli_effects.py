@@ -245,10 +245,12 @@ def test_printed_line_reports_the_json_values(tmp_path):
     out = tmp_path / "o"
     result = explain(tmp_path / "t.npy", "--model", probe_model(tmp_path, bias=-2.0), "--out", out, "--rule", "z")
     assert result.exit_code == 0, result.output
-    # f(x) = 24 - 2 = 22, sum R = 24: conservation error 2/22.
+    # f(x) = 24 - 2 = 22, sum R = 24: the bias -2 adds 2/22 of f(x) at the MatMul+Add node.
     assert result.stderr == ""
-    assert result.stdout.strip() == (f"{tmp_path / 't.npy'}: target 0, predicted 0 score 22, f(x)=22, "
-                                     f"conservation error 9.09e-02 -> {out / 't.heatmap.png'}")
+    node = json.loads((out / "t.json").read_text())["layers"][0]["name"]
+    assert result.stdout.strip() == (f"{tmp_path / 't.npy'}: target 0, predicted 0 score 22, "
+                                     f"sum R = 24 of f(x) = 22; 9.09 % added by biases/stabilisers "
+                                     f"(most in '{node}') -> {out / 't.heatmap.png'}")
 
 
 def test_precision_float64_changes_the_arithmetic_and_ir_diff_is_measured(tmp_path):

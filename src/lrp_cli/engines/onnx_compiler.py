@@ -9,7 +9,8 @@ Inputs: the model's data input (float32, the IR's shape: batch 1, or N for a gra
 `target` (int64 [N]; -1 = the predicted class). Outputs: `scores` (float32 [N, K], the explained pre-softmax
 scores), `relevance` (float32, input shape), `target_index` (int64 [N]), `layer_relevance_sums` (float32 [L*N],
 node-major: one per node of `lrp_cli.layers` and item), `model_output` (the model's own chosen output, e.g.
-softmax probabilities).
+softmax probabilities), `layer_relevance_in_sums` (float32 [L*N], like `layer_relevance_sums`: the relevance that
+reached each node).
 """
 
 from __future__ import annotations
@@ -33,8 +34,11 @@ from lrp_cli.rules import Rule
 
 #: The opset the appended ops are written for; older models are converted up to it.
 MIN_OPSET = 13
-TARGET, SCORES, RELEVANCE_OUT, TARGET_INDEX, LAYER_SUMS, MODEL_OUTPUT = (
-    "target", "scores", "relevance", "target_index", "layer_relevance_sums", "model_output")
+TARGET, SCORES, RELEVANCE_OUT, TARGET_INDEX, LAYER_SUMS, MODEL_OUTPUT, LAYER_IN_SUMS = (
+    "target", "scores", "relevance", "target_index", "layer_relevance_sums", "model_output",
+    "layer_relevance_in_sums")
+#: Part of the cache key: a graph cached by a build with other outputs is compiled again.
+GRAPH_FORMAT = 2
 IO_DOC = {
     "inputs": {
         "<data input>": "float32, the model input shape at batch N (lrp_cli.batch_size, 1 unless compiled with "
@@ -48,6 +52,8 @@ IO_DOC = {
         LAYER_SUMS: "float32 [L*N]: relevance each node passed down, summed per item, node-major (reshape to "
                     "[L, N]; names in lrp_cli.layers)",
         MODEL_OUTPUT: "the model's own output (e.g. softmax probabilities), as the original model computes it",
+        LAYER_IN_SUMS: "float32 [L*N]: relevance that reached each node, summed per item, node-major; minus "
+                       "layer_relevance_sums, what the node absorbed (biases, stabilisers)",
     },
 }
 NONNEGATIVE_ACTIVATIONS = {"Relu", "Sigmoid", "Softplus", "HardSigmoid"}
@@ -109,13 +115,13 @@ def compile_relevance(proto: onnx.ModelProto, graph: Graph, method: str, rules: 
     b = GraphBuilder()
     b.know(model.graph.initializer)
     start, target_index = _start_relevance(b, graph, method)
-    relevance, layers, sums = _walk(b, graph, method, rules, start, params, errors)
+    relevance, layers, sums, in_sums = _walk(b, graph, method, rules, start, params, errors)
     if method == "gradient-x-input":
         relevance = b.mul(relevance, graph.input_name)
     chosen = model_output or model.graph.output[0].name
     outputs = {SCORES: b.reshape(graph.output_name, [batch_size(graph), -1]), RELEVANCE_OUT: relevance,
-               TARGET_INDEX: target_index, LAYER_SUMS: b.op("Concat", sums, axis=0) if sums else b.const([]),
-               MODEL_OUTPUT: chosen}
+               TARGET_INDEX: target_index, LAYER_SUMS: _concat(b, sums), MODEL_OUTPUT: chosen,
+               LAYER_IN_SUMS: _concat(b, in_sums)}
     _finish(model, graph, b, outputs)
     onnx.helper.set_model_props(model, {
         "lrp_cli.version": __version__, "lrp_cli.method": method,
@@ -144,7 +150,7 @@ def _forward_model(proto: onnx.ModelProto, owned: bool = False) -> onnx.ModelPro
 
 
 def _check_names(available: set) -> None:
-    taken = available & {TARGET, SCORES, RELEVANCE_OUT, TARGET_INDEX, LAYER_SUMS, MODEL_OUTPUT}
+    taken = available & {TARGET, SCORES, RELEVANCE_OUT, TARGET_INDEX, LAYER_SUMS, MODEL_OUTPUT, LAYER_IN_SUMS}
     if taken:
         raise CompileError(f"cannot compile: the model already has a tensor named '{sorted(taken)[0]}'")
 
@@ -171,16 +177,18 @@ def _start_relevance(b: GraphBuilder, graph: Graph, method: str) -> tuple[str, s
 
 
 def _walk(b: GraphBuilder, graph: Graph, method: str, rules: dict, start: str, params: dict, errors: dict | None):
-    """Returns (input relevance, [(name, op, rule)], [per-node sum tensors]) of the backward walk."""
+    """Returns (input relevance, [(name, op, rule)], [per-node sum tensors], [per-node received-sum tensors]) of
+    the backward walk."""
     registry = RELEVANCE if method == "lrp" else GRADIENT
     nonnegative = nonnegative_tensors(graph, params)
     items = batch_size(graph)
     pending = {graph.output_name: start}
-    layers, sums = [], []
+    layers, sums, in_sums = [], [], []
     for node in reversed(graph.nodes):
         r = pending.pop(node.output, None)
         if r is None:
             continue
+        in_sums.append(_item_sums(b, r, items))
         rule = rules.get(node.name) if method == "lrp" else None
         site = NodeSite(b, node, list(node.inputs), node.output, r, graph.shapes, params.get(node.name, {}),
                         nonnegative, rule)
@@ -205,7 +213,12 @@ def _walk(b: GraphBuilder, graph: Graph, method: str, rules: dict, start: str, p
     relevance = pending.get(graph.input_name)
     if relevance is None:
         relevance = b.const(np.zeros(graph.input_shape), "zero")
-    return relevance, layers, sums
+    return relevance, layers, sums, in_sums
+
+
+def _concat(b: GraphBuilder, parts: list[str]) -> str:
+    """Returns the node-major concatenation of per-node [N] sums (an empty tensor for a graph of no nodes)."""
+    return b.op("Concat", parts, axis=0) if parts else b.const([])
 
 
 def _item_sums(b: GraphBuilder, r: str, items: int) -> str:
@@ -257,6 +270,7 @@ def _finish(model: onnx.ModelProto, graph: Graph, b: GraphBuilder, outputs: dict
     if chosen_type is not None:
         model_out.type.CopyFrom(chosen_type)
     g.output.append(model_out)
+    g.output.append(helper.make_tensor_value_info(LAYER_IN_SUMS, onnx.TensorProto.FLOAT, None))
 
 
 def _constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:

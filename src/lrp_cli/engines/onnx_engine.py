@@ -46,13 +46,15 @@ def intra_op_threads(threads: int):
 
 @dataclass
 class CompiledRun:
-    """The outputs of one compiled run: scores, input relevance, explained class, per-node sums, model output."""
+    """The outputs of one compiled run: scores, input relevance, explained class, per-node sums (passed down and
+    received), model output."""
 
     scores: np.ndarray
     relevance: np.ndarray
     target: int
     layer_sums: np.ndarray
     model_output: np.ndarray
+    layer_in_sums: np.ndarray
 
 
 @dataclass
@@ -72,16 +74,17 @@ class CompiledSession:
     def run_items(self, x: np.ndarray, targets) -> list[CompiledRun]:
         """Returns one batch-1 run per item of a batch x (the graph's batch size) and its class targets (-1: the
         predicted class)."""
-        scores, relevance, index, sums, output = self.session.run(
-            [C.SCORES, C.RELEVANCE_OUT, C.TARGET_INDEX, C.LAYER_SUMS, C.MODEL_OUTPUT],
+        scores, relevance, index, sums, output, in_sums = self.session.run(
+            [C.SCORES, C.RELEVANCE_OUT, C.TARGET_INDEX, C.LAYER_SUMS, C.MODEL_OUTPUT, C.LAYER_IN_SUMS],
             {self.input_name: x.astype(np.float32, copy=False), C.TARGET: np.asarray(targets, dtype=np.int64)})
-        sums = sums.reshape(-1, len(scores))
-        return [CompiledRun(scores[k], relevance[k:k + 1], int(index[k]), sums[:, k], output[k:k + 1])
+        sums, in_sums = sums.reshape(-1, len(scores)), in_sums.reshape(-1, len(scores))
+        return [CompiledRun(scores[k], relevance[k:k + 1], int(index[k]), sums[:, k], output[k:k + 1], in_sums[:, k])
                 for k in range(len(scores))]
 
-    def records(self, sums: np.ndarray) -> list[LayerRecord]:
+    def records(self, run: CompiledRun) -> list[LayerRecord]:
         """Returns the per-node records of a run's layer sums."""
-        return [LayerRecord(name, op, rule, float(total)) for (name, op, rule), total in zip(self.layers, sums)]
+        return [LayerRecord(name, op, rule, float(total), float(received))
+                for (name, op, rule), total, received in zip(self.layers, run.layer_sums, run.layer_in_sums)]
 
 
 def cache_dir() -> Path:
@@ -101,8 +104,8 @@ def _rule_key(rule: Rule) -> list:
 def cache_key(model_sha256: str, method: str, rules: dict[str, Rule], output: str | None,
               input_shape: tuple = ()) -> str:
     """Returns the content hash naming a compiled graph: model bytes, method, rules, output, the input shape it is
-    bound to (a model with symbolic sizes compiles once per shape), lrp-cli version."""
-    content = json.dumps([__version__, model_sha256, method, output, [int(d) for d in input_shape],
+    bound to (a model with symbolic sizes compiles once per shape), lrp-cli version and the graph's output format."""
+    content = json.dumps([__version__, C.GRAPH_FORMAT, model_sha256, method, output, [int(d) for d in input_shape],
                           sorted((name, _rule_key(rule)) for name, rule in rules.items())])
     return hashlib.sha256(content.encode()).hexdigest()[:32]
 
