@@ -21,7 +21,7 @@ from lrp_cli.errors import ModelLoadError
 from lrp_cli.ir import layers as L
 from lrp_cli.ir import masks
 from lrp_cli.ir.l2norm import L2Normalize
-from lrp_cli.importers import onnx_fusion
+from lrp_cli.importers import onnx_fusion, onnx_tensors
 from lrp_cli.ir import transformer as T
 from lrp_cli.ir.graph import Graph, Node
 from lrp_cli.ir.windows import Window, same_pads
@@ -161,13 +161,15 @@ class ImportContext:
 
 
 def load_onnx(path: Path) -> onnx.ModelProto:
-    """Returns the ONNX model stored in a file (a one-line load error naming the file if it is not one)."""
+    """Returns the ONNX model stored in a file, its external data loaded (a one-line load error naming the file,
+    and the tensor when one is missing, truncated or ill-sized)."""
     try:
-        model = onnx.load(str(path))
+        model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # onnx raises several unrelated types for a bad file
         raise ModelLoadError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})".splitlines()[0])
     if not model.HasField("graph"):  # an empty file parses as an empty message
         raise ModelLoadError(f"{path}: not an ONNX model (it holds no graph)")
+    onnx_tensors.load_tensors(model, Path(path))
     return model
 
 
