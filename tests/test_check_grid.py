@@ -311,3 +311,48 @@ target = "object"
                 for spec in (first, second) for stem in ("a", "b")]
     got = [(row[0].lstrip("| "), row[1], row[2], row[3]) for row in table]
     assert got == [(v, s, c, i) for v, s, c, i in expected], got
+
+
+def test_mask_of_an_image_input_is_brought_to_the_non_square_grid(grid_model, tmp_path):
+    # A white 20x12 image resized to the 10x6 input: the mask drawn on the image's OBJECT area (rows 6-11,
+    # columns 12-19) lands on OBJECT, so class object's relevance is all inside it and none in the transposed spot.
+    Image.fromarray(np.full((12, 20), 255, dtype=np.uint8)).save(tmp_path / "white.png")
+    masks = {"object": (slice(6, 12), slice(12, 20)), "transposed": (slice(0, 6), slice(0, 12))}
+    for name, area in masks.items():
+        picture = np.zeros((12, 20), dtype=np.uint8)
+        picture[area] = 255
+        Image.fromarray(picture).save(tmp_path / f"white.{name}.png")
+    spec = _spec(tmp_path, grid_model, 'preset = "unit"\n' + "".join(f'''
+[[case]]
+name = "{name}"
+inputs = ["white.png"]
+target = "object"
+  [[case.region]]
+  mask = "{{stem}}.{name}.png"
+  min_positive_share = 0
+''' for name in masks))
+    result, document = _check(spec)
+    assert result.exit_code == 0, result.output
+    shares = [m["share[region0]"] for m in _measures(document)]
+    assert shares[0] == pytest.approx(1.0) and shares[1] == 0.0
+
+
+def test_evidence_of_a_non_square_input_outlines_the_box(grid_model, tmp_path):
+    _input(tmp_path, "ones")
+    spec = _spec(tmp_path, grid_model, '''
+[[case]]
+name = "fails"
+inputs = ["ones.npy"]
+target = "object"
+  [[case.region]]
+  box = [0.6, 0.5, 1.0, 1.0]
+  max_positive_share = 0.5
+''')
+    result, _ = _check(spec, "--evidence", tmp_path / "ev")
+    assert result.exit_code == 1
+    heatmap = np.asarray(Image.open(tmp_path / "ev" / "spec" / "fails" / "ones.heatmap.png"))
+    assert heatmap.shape == (H, W, 3)
+    magenta = (heatmap == (255, 0, 255)).all(axis=2)
+    expected = np.zeros((H, W), dtype=bool)
+    expected[3, 6:10] = expected[5, 6:10] = expected[3:6, 6] = expected[3:6, 9] = True
+    assert np.array_equal(magenta, expected)
