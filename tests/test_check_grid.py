@@ -356,3 +356,16 @@ target = "object"
     expected = np.zeros((H, W), dtype=bool)
     expected[3, 6:10] = expected[5, 6:10] = expected[3:6, 6] = expected[3:6, 9] = True
     assert np.array_equal(magenta, expected)
+
+
+def test_an_including_spec_keys_win_over_the_included_ones(grid_model, tmp_path):
+    _input(tmp_path, "ones")
+    base = _spec(tmp_path, grid_model, 'precision = "float64"\ncmap = "seismic"\n[[case]]\nname = "base"\n'
+                                       'inputs = ["ones.npy"]\nmin_score = 0\n')
+    (tmp_path / "sub").mkdir()
+    top = tmp_path / "sub" / "top.toml"
+    top.write_text(f'include = "../{base.name}"\nprecision = "float32"\n')
+    spec = load_spec(top)
+    assert spec.settings["precision"] == "float32" and spec.settings["cmap"] == "seismic"
+    assert spec.settings["rule"] == "epsilon:1e-9" and spec.model == grid_model
+    assert [item.path for item in spec.cases[0].inputs] == [tmp_path / "ones.npy"]  # against base's folder
