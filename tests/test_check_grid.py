@@ -62,6 +62,13 @@ def _spec(folder: Path, model: Path, body: str) -> Path:
     return path
 
 
+def _case(name: str, inputs: str, *lines: str, region: tuple[str, ...] = ()) -> str:
+    """Returns the TOML of one [[case]] named `name` on one input, with its own `lines` and one region's."""
+    body = "".join(f"{line}\n" for line in lines)
+    regions = "  [[case.region]]\n" + "".join(f"  {line}\n" for line in region) if region else ""
+    return f'\n[[case]]\nname = "{name}"\ninputs = ["{inputs}"]\n{body}{regions}'
+
+
 def _check(spec: Path, *options) -> tuple[object, dict]:
     report = spec.parent / "r.json"
     result = RUN.invoke(main, ["check", str(spec), "--json", str(report), *map(str, options)])
@@ -130,15 +137,8 @@ target = "peak"
                                      ("[0, 0, 6, 10]", False), ("[9, 5, 10, 6]", True)])
 def test_px_box_at_the_edge_of_a_non_square_input(grid_model, tmp_path, box, ok):
     _input(tmp_path, "ones")
-    spec = _spec(tmp_path, grid_model, f'''
-[[case]]
-name = "edge"
-inputs = ["ones.npy"]
-  [[case.region]]
-  box = {box}
-  units = "px"
-  max_positive_share = 1.0
-''')
+    spec = _spec(tmp_path, grid_model, _case("edge", "ones.npy", region=(f"box = {box}", 'units = "px"',
+                                                                       "max_positive_share = 1.0")))
     result, _ = _check(spec)
     if ok:
         assert result.exit_code == 0, result.output
@@ -149,15 +149,8 @@ inputs = ["ones.npy"]
 
 def test_a_box_between_pixel_centres_is_a_spec_error(grid_model, tmp_path):
     _input(tmp_path, "ones")
-    spec = _spec(tmp_path, grid_model, '''
-[[case]]
-name = "thin"
-inputs = ["ones.npy"]
-  [[case.region]]
-  box = [2.6, 0, 3.4, 6]
-  units = "px"
-  max_positive_share = 1.0
-''')
+    spec = _spec(tmp_path, grid_model, _case("thin", "ones.npy", region=("box = [2.6, 0, 3.4, 6]", 'units = "px"',
+                                                                       "max_positive_share = 1.0")))
     result, _ = _check(spec)
     assert result.exit_code == 2 and "holds no pixel centre of the 10x6 px model input" in result.output
 
@@ -168,15 +161,8 @@ def test_mask_of_a_tensor_input_is_the_model_grid(grid_model, tmp_path, size, ok
     picture = np.zeros(size[::-1], dtype=np.uint8)
     picture[:3, :] = 255  # the top three rows of a 10 x 6 mask
     Image.fromarray(picture).save(tmp_path / "ones.mask.png")
-    spec = _spec(tmp_path, grid_model, '''
-[[case]]
-name = "masked"
-inputs = ["ones.npy"]
-target = "peak"
-  [[case.region]]
-  mask = "{stem}.mask.png"
-  min_positive_share = 1.0
-''')
+    spec = _spec(tmp_path, grid_model, _case("masked", "ones.npy", 'target = "peak"',
+                                             region=('mask = "{stem}.mask.png"', "min_positive_share = 1.0")))
     result, document = _check(spec)
     if ok:
         assert result.exit_code == 0, result.output
@@ -190,23 +176,16 @@ def test_a_misclassified_input_explains_its_expected_class_by_default(grid_model
     x = np.load(_input(tmp_path, "dim", object_scale=0.5))
     model = api.load_model(grid_model)
     assert int(np.argmax(model.run_onnxruntime(x)[1])) == 1
-    body = '''
-[[case]]
-name = "expected"
-inputs = ["dim.npy"]
-expect = "object"
-{target}
-  [[case.region]]
-  box = [0.6, 0.5, 1.0, 1.0]
-  min_positive_share = 0.99
-'''
-    result, document = _check(_spec(tmp_path, grid_model, body.format(target="")))
+    def body(*target):
+        return _case("expected", "dim.npy", 'expect = "object"', *target,
+                     region=("box = [0.6, 0.5, 1.0, 1.0]", "min_positive_share = 0.99"))
+    result, document = _check(_spec(tmp_path, grid_model, body()))
     assert result.exit_code == 1
     measured = _measures(document)[0]
     assert measured["predicted"] == "peak" and measured["share[region0]"] == pytest.approx(1.0)
-    result, document = _check(_spec(tmp_path, grid_model, body.format(target='target = "pred"')))
+    result, document = _check(_spec(tmp_path, grid_model, body('target = "pred"')))
     assert _measures(document)[0]["share[region0]"] == 0.0  # the other target measures something else
-    result, document = _check(_spec(tmp_path, grid_model, body.format(target='target = "expect"')))
+    result, document = _check(_spec(tmp_path, grid_model, body('target = "expect"')))
     assert _measures(document)[0]["share[region0]"] == pytest.approx(1.0)
 
 
@@ -271,36 +250,24 @@ min_score = 0
 def test_share_limits_hold_at_the_edge_and_fail_one_step_past(grid_model, tmp_path, key, step):
     # Class object on ones: the box [0.6, 0.5, 0.8, 1] holds 6 of its 12 equal pixels, a share of (about) 0.5.
     _input(tmp_path, "ones")
-    body = f'''
-[[case]]
-name = "half"
-inputs = ["ones.npy"]
-target = "object"
-  [[case.region]]
-  box = [0.6, 0.5, 0.8, 1.0]
-  {key} = {{limit!r}}
-'''
-    _, document = _check(_spec(tmp_path, grid_model, body.format(limit=0.5)))
+    def body(limit: float) -> str:
+        return _case("half", "ones.npy", 'target = "object"',
+                     region=("box = [0.6, 0.5, 0.8, 1.0]", f"{key} = {limit!r}"))
+    _, document = _check(_spec(tmp_path, grid_model, body(0.5)))
     share = _measures(document)[0]["share[region0]"]
     assert share == pytest.approx(0.5, abs=1e-12)
-    at_edge, _ = _check(_spec(tmp_path, grid_model, body.format(limit=share)))
+    at_edge, _ = _check(_spec(tmp_path, grid_model, body(share)))
     assert at_edge.exit_code == 0, at_edge.output  # a share equal to its limit passes
-    past, _ = _check(_spec(tmp_path, grid_model, body.format(limit=float(np.nextafter(share, step)))))
+    past, _ = _check(_spec(tmp_path, grid_model, body(float(np.nextafter(share, step)))))
     assert past.exit_code == 1, past.output
 
 
 def test_markdown_lists_failures_first_then_in_run_order(grid_model, tmp_path):
     _input(tmp_path, "a")
     _input(tmp_path, "b")
-    cases = "".join(f'''
-[[case]]
-name = "{name}"
-inputs = ["a.npy", "b.npy"]
-target = "object"
-  [[case.region]]
-  box = [0.6, 0.5, 1.0, 1.0]
-  {key} = 0.5
-''' for name, key in (("passes", "min_positive_share"), ("fails", "max_positive_share")))
+    cases = "".join(_case(name, 'a.npy", "b.npy', 'target = "object"', region=("box = [0.6, 0.5, 1.0, 1.0]",
+                                                                               f"{key} = 0.5"))
+                    for name, key in (("passes", "min_positive_share"), ("fails", "max_positive_share")))
     first = _spec(tmp_path, grid_model, cases)
     second = first.with_name("second.toml")
     second.write_text(first.read_text())
@@ -322,15 +289,9 @@ def test_mask_of_an_image_input_is_brought_to_the_non_square_grid(grid_model, tm
         picture = np.zeros((12, 20), dtype=np.uint8)
         picture[area] = 255
         Image.fromarray(picture).save(tmp_path / f"white.{name}.png")
-    spec = _spec(tmp_path, grid_model, 'preset = "unit"\n' + "".join(f'''
-[[case]]
-name = "{name}"
-inputs = ["white.png"]
-target = "object"
-  [[case.region]]
-  mask = "{{stem}}.{name}.png"
-  min_positive_share = 0
-''' for name in masks))
+    spec = _spec(tmp_path, grid_model, 'preset = "unit"\n' + "".join(
+        _case(name, "white.png", 'target = "object"',
+              region=(f'mask = "{{stem}}.{name}.png"', "min_positive_share = 0")) for name in masks))
     result, document = _check(spec)
     assert result.exit_code == 0, result.output
     shares = [m["share[region0]"] for m in _measures(document)]
@@ -339,15 +300,8 @@ target = "object"
 
 def test_evidence_of_a_non_square_input_outlines_the_box(grid_model, tmp_path):
     _input(tmp_path, "ones")
-    spec = _spec(tmp_path, grid_model, '''
-[[case]]
-name = "fails"
-inputs = ["ones.npy"]
-target = "object"
-  [[case.region]]
-  box = [0.6, 0.5, 1.0, 1.0]
-  max_positive_share = 0.5
-''')
+    spec = _spec(tmp_path, grid_model, _case("fails", "ones.npy", 'target = "object"',
+                                             region=("box = [0.6, 0.5, 1.0, 1.0]", "max_positive_share = 0.5")))
     result, _ = _check(spec, "--evidence", tmp_path / "ev")
     assert result.exit_code == 1
     heatmap = np.asarray(Image.open(tmp_path / "ev" / "spec" / "fails" / "ones.heatmap.png"))

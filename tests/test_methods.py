@@ -310,6 +310,20 @@ def test_channels_last_models_get_relevance_in_their_layout(tmp_path):
     np.testing.assert_allclose(expl.relevance.sum(axis=(0, 3)), total / count, rtol=1e-5, atol=1e-5)
 
 
+def check_every_method(model, x: np.ndarray, occlusion_defaults: dict, samples: int) -> None:
+    """Asserts that the perturbation and Grad-CAM methods give finite, non-zero maps of x's shape on a
+    one-channel model (the tf preset) and record the options they used."""
+    for method, options, recorded in [("gradcam", {}, None), ("occlusion", {}, occlusion_defaults),
+                                      ("lime", {"samples": samples}, {"samples": samples, "seed": 0}),
+                                      ("random", {}, {"seed": 0})]:
+        settings = api.Settings(method=method, preprocess={"preset": "tf"}, method_options=options)
+        expl = api.explain_array(model, x, settings)[0]
+        assert expl.relevance.shape == x.shape and np.isfinite(expl.relevance).all()
+        assert np.abs(expl.relevance).max() > 0
+        if recorded:
+            assert expl.extra["method_options"] == recorded
+
+
 def lenet_like(last_kernel: tuple[int, int]):
     """A LeNet-5-like classifier on one-channel 12x16 inputs built here: Conv 5x5 -> ReLU -> MaxPool 2 -> Conv 3x3
     (2x4 maps) -> ReLU -> Conv `last_kernel` -> ReLU -> Dense 3; a last kernel of 2x4 gives 1x1 maps (as LeNet-5's
@@ -338,15 +352,7 @@ def test_every_method_on_a_lenet_like_model_built_here(tmp_path, last_kernel, ch
     # Conv whose 1x1 output Grad-CAM passes over (a 1x3 output is still a map, the last one).
     model = api.load_model(save_model(lenet_like(last_kernel), tmp_path / "lenet.onnx"))
     x = np.random.default_rng(2).uniform(-1, 1, (1, 1, 12, 16)).astype(np.float32)
-    for method, options, recorded in [("gradcam", {}, None), ("occlusion", {}, {"patch": 1, "stride": 1}),
-                                      ("lime", {"samples": 40}, {"samples": 40, "seed": 0}),
-                                      ("random", {}, {"seed": 0})]:
-        settings = api.Settings(method=method, preprocess={"preset": "tf"}, method_options=options)
-        expl = api.explain_array(model, x, settings)[0]
-        assert expl.relevance.shape == (1, 1, 12, 16) and np.isfinite(expl.relevance).all()
-        assert np.abs(expl.relevance).max() > 0
-        if recorded:
-            assert expl.extra["method_options"] == recorded
+    check_every_method(model, x, {"patch": 1, "stride": 1}, 40)
     shapes = {n.name: model.graph.shapes[n.output][2:] for n in model.graph.nodes if n.op == "Conv"}
     assert shapes == {"conv1": (8, 12), "conv2": (2, 4), "conv3": (3 - last_kernel[0], 5 - last_kernel[1])}
     expl = api.explain_array(model, x, api.Settings(method="gradcam"))[0]
@@ -370,15 +376,7 @@ def test_every_method_on_the_shared_lenet5():
     model = api.load_model(shared_path("models", "lenet5_mnist.onnx"))
     digit = np.load(shared_path("images", "mnist", "mnist_test_first100_uint8.npy"))[0]
     x = (np.pad(digit, 2).astype(np.float32) / 127.5 - 1)[None, None]
-    for method, options, recorded in [("gradcam", {}, None), ("occlusion", {}, {"patch": 3, "stride": 2}),
-                                      ("lime", {"samples": 100}, {"samples": 100, "seed": 0}),
-                                      ("random", {}, {"seed": 0})]:
-        settings = api.Settings(method=method, preprocess={"preset": "tf"}, method_options=options)
-        expl = api.explain_array(model, x, settings)[0]
-        assert expl.relevance.shape == (1, 1, 32, 32) and np.isfinite(expl.relevance).all()
-        assert np.abs(expl.relevance).max() > 0
-        if recorded:
-            assert expl.extra["method_options"] == recorded
+    check_every_method(model, x, {"patch": 3, "stride": 2}, 100)
     assert model._batch_scorer.batched
     convs = [n for n in model.graph.nodes if n.op == "Conv"]
     assert model.graph.shapes[convs[-1].output][2:] == (1, 1)  # LeNet-5's C5 is a Conv with a 1x1 output ...
