@@ -69,6 +69,19 @@ def _hard_swish_op():
     return [helper.make_node("HardSwish", ["s"], ["h"], name="hswish")], 14
 
 
+def _squeeze_excite(gate: str):
+    """MobileNetV3's squeeze-excite: x * hard_sigmoid(Conv1x1(GlobalAveragePool(x))), the hard sigmoid as Keras
+    writes it (relu6(t + 3) * (1/6); the Add folds into the Conv's bias) or as the HardSigmoid op."""
+    if gate == "written":
+        hard = [helper.make_node("Add", ["q", "three"], ["t"], name="add3"), *_clip("relu6", "t", "r", 13),
+                helper.make_node("Mul", ["r", "sixth"], ["g"], name="scale")]
+    else:
+        hard = [helper.make_node("HardSigmoid", ["q"], ["g"], name="hsig", alpha=1 / 6, beta=0.5)]
+    return [helper.make_node("GlobalAveragePool", ["s"], ["se"], name="squeeze"),
+            helper.make_node("Conv", ["se", "wse", "bse"], ["q"], name="excite"), *hard,
+            helper.make_node("Mul", ["s", "g"], ["h"], name="gate")], 13
+
+
 FORMS = {
     "paddle div": lambda: _paddle(True, False, False),
     "paddle mul 1/6, operands swapped": lambda: _paddle(False, True, True),
@@ -90,7 +103,8 @@ def network(form, input_dims=None):
         "gamma": rng.uniform(0.5, 2, 4).astype(F32), "beta": rng.standard_normal(4).astype(F32),
         "mean": rng.standard_normal(4).astype(F32) * 0.1, "var": rng.uniform(0.5, 1.5, 4).astype(F32),
         "fc": rng.standard_normal((4, 5)).astype(F32), "three": _c(3), "six": _c(6), "zero": _c(0),
-        "sixth": _c(1 / 6),
+        "sixth": _c(1 / 6), "wse": rng.standard_normal((4, 4, 1, 1)).astype(F32) * 0.3,
+        "bse": _c([-5.0, 0.0, 2.0, 6.0]),  # with the folded + 3: one channel below 0, two inside, one above 6
     }
     middle, opset = form()
     nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
@@ -137,6 +151,22 @@ def test_written_hard_swish_is_a_gate_with_the_hard_swish_relevance(form, refere
     # The two graphs differ only in how the same function is written; a stored 1/6 is float32 (0.16666667, 2e-8
     # relative off), so the forms agree to 1e-7 of the largest value; another rule is off by far more.
     np.testing.assert_allclose(r, expected, rtol=0, atol=1e-7 * scale)
+
+
+def test_squeeze_excite_gate_written_out_is_the_hard_sigmoid_gate(tmp_path):
+    # The gate is a function of the pooled features, not of the signal, and its Add folds into the Conv's bias:
+    # still a hard sigmoid, so the same rule as the HardSigmoid op's gate.
+    written = api.load_model(save_model(network(lambda: _squeeze_excite("written")), tmp_path / "w.onnx"))
+    op = api.load_model(save_model(network(lambda: _squeeze_excite("op")), tmp_path / "o.onnx"))
+    x = _x()
+    gates = {n.inputs[n.layer.signal] for n in written.graph.nodes if type(n.layer).__name__ == "GatedProduct"}
+    assert gates == {"s"}
+    t = written.graph.forward(x.astype(np.float64))["t"]  # the excite Conv writes t once the Add is folded into it
+    assert (t < 0).any() and ((t > 0) & (t < 6)).any() and (t > 6).any()  # both bounds and the slope are used
+    np.testing.assert_allclose(written.graph.forward(x)[written.graph.output_name], written.run_onnxruntime(x)[1],
+                               rtol=1e-5, atol=1e-5)
+    expected = _relevance(op, x)
+    np.testing.assert_allclose(_relevance(written, x), expected, rtol=0, atol=1e-7 * np.abs(expected).max())
 
 
 @pytest.mark.parametrize("form", ["keras max min", "paddle opset 10 clip attributes"])
