@@ -708,9 +708,10 @@ def _reduce_mean(ctx, node):
 
 
 GATE_OPS = ("Sigmoid", "HardSigmoid")
-#: Element-wise steps a hard sigmoid written out is made of: relu6(x + 3) / 6 is Add, Clip (or Max and Min, or
-#: Relu and Clip), then Div or Mul; a scalar scale or shift folds into nothing else before the product.
+#: The activations of a hard sigmoid written out, relu6(x + 3) / 6 (Min/Max of a scalar import as Clip); its
+#: scalar Add/Sub/Mul/Div steps are Affine layers. Exporters write at most 5 steps; 6 bounds the walk back.
 _WRITTEN_GATE_STEPS = ("Clip", "Relu")
+_MAX_GATE_STEPS = 6
 _GATE_PROBE = np.linspace(-64.0, 64.0, 4097)  # 1/32 apart, wide enough for any breakpoints an exporter writes
 
 
@@ -732,7 +733,7 @@ def _is_written_hard_sigmoid(ctx, tensor: str) -> bool:
     gate, whichever exporter wrote it out."""
     by_output = {n.output: n for n in ctx.nodes}
     chain = []
-    while len(chain) < 6 and tensor in by_output and _is_gate_step(by_output[tensor]):
+    while len(chain) < _MAX_GATE_STEPS and tensor in by_output and _is_gate_step(by_output[tensor]):
         chain.append(by_output[tensor])
         tensor = chain[-1].inputs[0]
         if isinstance(chain[-1].layer, L.Activation) and _fits_hard_sigmoid(chain):

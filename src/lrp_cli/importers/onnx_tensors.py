@@ -61,17 +61,17 @@ def tensor_problem(tensor: onnx.TensorProto) -> str | None:
         return None
     except Exception as exc:  # numpy_helper raises ValueError, TypeError or onnx's own kinds for bad data
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    dims, needed = list(tensor.dims), math.prod(tensor.dims)
+    shape, needed = "x".join(map(str, tensor.dims)) or "scalar", math.prod(tensor.dims)
     try:
         dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type))
     except Exception:  # an element type number onnx does not know
         return f"element type {tensor.data_type} is not an ONNX tensor type"
     if tensor.HasField("raw_data"):
-        return (f"{len(tensor.raw_data)} bytes of raw data for a {'x'.join(map(str, dims)) or 'scalar'} {dtype} "
-                f"tensor, which needs {needed * dtype.itemsize} (truncated or ill-sized)")
+        return (f"{len(tensor.raw_data)} bytes of raw data for a {shape} {dtype} tensor, which needs "
+                f"{needed * dtype.itemsize} (truncated or ill-sized)")
     stored = max((len(getattr(tensor, f)) for f in _FIELDS), default=0)
     if stored != needed:
-        return f"{stored} stored values for a {'x'.join(map(str, dims)) or 'scalar'} tensor, which needs {needed}"
+        return f"{stored} stored values for a {shape} tensor, which needs {needed}"
     return f"cannot be read ({reason})"
 
 
