@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 from onnx import helper
 
-from conftest import onnx_model, save_model
+from conftest import REPO, onnx_model, save_model
 from lrp_cli import api
 from lrp_cli.cli import main
 from lrp_cli.errors import ModelLoadError
@@ -213,3 +213,20 @@ def test_paddle_ocr_like_classifier_with_symbolic_height_width_explains_by_the_c
     relevance = np.load(tmp_path / "out" / "line.relevance.npy")
     assert relevance.shape == (1, 3, 12, 40) and np.isfinite(relevance).all() and np.abs(relevance).max() > 0
 
+
+
+FIXTURES = REPO / "tests" / "fixtures" / "hardswish"  # scripts/make_hardswish_fixtures.py: real torch.onnx exports
+
+
+@pytest.mark.parametrize("stem", ["relu6_op13", "relu6_op9", "hardtanh_op13", "gate_side_op13", "hardsigmoid_op13"])
+def test_torch_onnx_exports_of_hard_swish_get_the_hard_swish_op_relevance(stem):
+    model, reference = api.load_model(FIXTURES / f"{stem}.onnx"), api.load_model(FIXTURES / "reference.onnx")
+    assert any(n.op == "HardSwish" for n in reference.graph.nodes)
+    assert [type(n.layer).__name__ for n in model.graph.nodes].count("GatedProduct") == 1
+    x = RNG.uniform(-6, 6, SHAPE).astype(F32)
+    conv = model.graph.forward(x.astype(np.float64))[model.graph.nodes[0].output]
+    assert (conv < -3).any() and (conv > 3).any() and (np.abs(conv) < 3).any()  # every piece of relu6 is used
+    np.testing.assert_allclose(model.graph.forward(x)[model.graph.output_name], model.run_onnxruntime(x)[1],
+                               rtol=1e-5, atol=1e-5)  # float32 round-off
+    expected = _relevance(reference, x)
+    np.testing.assert_allclose(_relevance(model, x), expected, rtol=0, atol=1e-7 * np.abs(expected).max())
