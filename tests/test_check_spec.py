@@ -217,3 +217,32 @@ def test_spec_error_in_a_real_process_has_no_traceback(corpus_dir):
     done = subprocess.run([sys.executable, "-m", "lrp_cli", "check", str(path)], capture_output=True, text=True)
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+
+
+_ABOVE_ONE, _BELOW_ZERO = repr(float(np.nextafter(1.0, 2.0))), repr(float(np.nextafter(0.0, -1.0)))
+#: (id, the line at the edge of what a key allows, the same key one step past it, the key the error names).
+EDGES = [
+    ("min-share-one", "min_positive_share = 1.0", f"min_positive_share = {_ABOVE_ONE}", "min_positive_share"),
+    ("max-share-zero", "max_positive_share = 0.0", f"max_positive_share = {_BELOW_ZERO}", "max_positive_share"),
+    ("box-fraction-one", "box = [0, 0, 1.0, 1.0]", f"box = [0, 0, {_ABOVE_ONE}, 1.0]", "box"),
+    ("box-fraction-zero", "box = [0.0, 0.0, 1, 1]", f"box = [{_BELOW_ZERO}, 0.0, 1, 1]", "box"),
+    ("box-width-one-step", "box = [0.5, 0, 0.5000000000000001, 1]", "box = [0.5, 0, 0.5, 1]", "box"),
+    ("box-height-one-step", "box = [0, 0.5, 1, 0.5000000000000001]", "box = [0, 0.5, 1, 0.5]", "box"),
+]
+
+
+@pytest.mark.parametrize("name, edge, past, key", EDGES, ids=[e[0] for e in EDGES])
+def test_region_values_at_the_edge_load_and_one_step_past_do_not(corpus_dir, name, edge, past, key):
+    from lrp_cli.check.spec import SpecError, load_spec
+    region = "\n  [[case.region]]\n  {line}\n  max_positive_share = 1\n" if "share" not in key else \
+        "\n  [[case.region]]\n  box = [0, 0, 1, 1]\n  {line}\n"
+    load_spec(_write(corpus_dir, VALID + region.format(line=edge)))
+    with pytest.raises(SpecError, match=rf"case\[0\]\.region\[1\]\.{key}"):
+        load_spec(_write(corpus_dir, VALID + region.format(line=past)))
+
+
+def test_expect_top_one_is_the_least(corpus_dir):
+    from lrp_cli.check.spec import SpecError, load_spec
+    assert load_spec(_write(corpus_dir, _case_with("expect_top = 1"))).cases[0].expect_top == 1
+    with pytest.raises(SpecError, match=r"case\[0\]\.expect_top: expected a positive integer, got 0"):
+        load_spec(_write(corpus_dir, _case_with("expect_top = 0")))

@@ -144,6 +144,24 @@ def test_onnxruntime_threads_are_the_hosts_cores_over_its_task_slots():
     assert [core_share(16, 4), core_share(2, 2), core_share(2, 4), core_share(8, 0)] == [4, 1, 1, 8]
 
 
+@pytest.mark.parametrize("address, nthreads, totals, expected", [
+    ("tcp://10.0.0.5:4000", 1, {"10.0.0.5": 4, "10.0.0.6": 1}, 2),  # 8 cores over the host's 4 task slots
+    ("tcp://[::1]:4000", 1, {"::1": 2}, 4),  # an IPv6 worker: the scheduler's host is '::1', not '[::1]'
+    ("tcp://10.0.0.7:4000", 2, {"10.0.0.5": 4}, 4),  # a host the client did not see: its own 2 threads
+    ("tcp://10.0.0.5:4000", 1, {"10.0.0.5": 16}, 1),  # never below one thread
+])
+def test_a_chunk_gives_onnxruntime_its_hosts_share_without_a_cluster(monkeypatch, address, nthreads, totals,
+                                                                      expected):
+    # run_chunk as a Dask worker runs it, the worker faked: its address and thread count decide the share.
+    dd = pytest.importorskip("dask.distributed")
+    from lrp_cli import distributed
+    worker = SimpleNamespace(address=address, state=SimpleNamespace(nthreads=nthreads))
+    monkeypatch.setattr(dd, "get_worker", lambda: worker)
+    monkeypatch.setattr(batch, "CORES", 8)
+    monkeypatch.setattr(batch, "limit_threads", lambda: None)  # the test process keeps its BLAS pools
+    assert distributed.run_chunk(OnnxruntimeThreads(), [0, 1], totals) == [expected, expected]
+
+
 def batch_worker_pids(cluster):
     import dask.distributed as dd
     with dd.Client(cluster.scheduler_address) as client:

@@ -310,20 +310,73 @@ def test_channels_last_models_get_relevance_in_their_layout(tmp_path):
     np.testing.assert_allclose(expl.relevance.sum(axis=(0, 3)), total / count, rtol=1e-5, atol=1e-5)
 
 
+def check_every_method(model, x: np.ndarray, occlusion_defaults: dict, samples: int) -> None:
+    """Asserts that the perturbation and Grad-CAM methods give finite, non-zero maps of x's shape on a
+    one-channel model (the tf preset) and record the options they used."""
+    for method, options, recorded in [("gradcam", {}, None), ("occlusion", {}, occlusion_defaults),
+                                      ("lime", {"samples": samples}, {"samples": samples, "seed": 0}),
+                                      ("random", {}, {"seed": 0})]:
+        settings = api.Settings(method=method, preprocess={"preset": "tf"}, method_options=options)
+        expl = api.explain_array(model, x, settings)[0]
+        assert expl.relevance.shape == x.shape and np.isfinite(expl.relevance).all()
+        assert np.abs(expl.relevance).max() > 0
+        if recorded:
+            assert expl.extra["method_options"] == recorded
+
+
+def lenet_like(last_kernel: tuple[int, int]):
+    """A LeNet-5-like classifier on one-channel 12x16 inputs built here: Conv 5x5 -> ReLU -> MaxPool 2 -> Conv 3x3
+    (2x4 maps) -> ReLU -> Conv `last_kernel` -> ReLU -> Dense 3; a last kernel of 2x4 gives 1x1 maps (as LeNet-5's
+    C5), 2x2 gives 1x3."""
+    rng = np.random.default_rng(11)
+    out_hw = (3 - last_kernel[0], 5 - last_kernel[1])
+    inits = {"w1": rng.standard_normal((4, 1, 5, 5)).astype(np.float32) * 0.3,
+             "w2": rng.standard_normal((6, 4, 3, 3)).astype(np.float32) * 0.3,
+             "w3": rng.standard_normal((8, 6, *last_kernel)).astype(np.float32) * 0.3,
+             "w4": rng.standard_normal((8 * out_hw[0] * out_hw[1], 3)).astype(np.float32) * 0.3}
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], name="conv1"),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("MaxPool", ["r1"], ["p1"], name="pool1", kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Conv", ["p1", "w2"], ["c2"], name="conv2"),
+             helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+             helper.make_node("Conv", ["r2", "w3"], ["c3"], name="conv3"),
+             helper.make_node("Relu", ["c3"], ["r3"], name="relu3"),
+             helper.make_node("Flatten", ["r3"], ["f"], name="flat"),
+             helper.make_node("MatMul", ["f", "w4"], ["y"], name="fc")]
+    return onnx_model(nodes, [1, 1, 12, 16], "y", inits)
+
+
+@pytest.mark.parametrize("last_kernel, chosen", [((2, 4), "conv2"), ((2, 2), "conv3")])
+def test_every_method_on_a_lenet_like_model_built_here(tmp_path, last_kernel, chosen):
+    # What the shared LeNet-5 test checks, on a fresh clone too: one channel, a non-square input, and a last
+    # Conv whose 1x1 output Grad-CAM passes over (a 1x3 output is still a map, the last one).
+    model = api.load_model(save_model(lenet_like(last_kernel), tmp_path / "lenet.onnx"))
+    x = np.random.default_rng(2).uniform(-1, 1, (1, 1, 12, 16)).astype(np.float32)
+    check_every_method(model, x, {"patch": 1, "stride": 1}, 40)
+    shapes = {n.name: model.graph.shapes[n.output][2:] for n in model.graph.nodes if n.op == "Conv"}
+    assert shapes == {"conv1": (8, 12), "conv2": (2, 4), "conv3": (3 - last_kernel[0], 5 - last_kernel[1])}
+    expl = api.explain_array(model, x, api.Settings(method="gradcam"))[0]
+    assert expl.extra["method_options"]["layer"] == chosen
+
+
+def test_occlusion_patch_may_be_the_shorter_side_and_no_more(tmp_path):
+    from lrp_cli.errors import OptionError
+    model = api.load_model(save_model(lenet_like((2, 4)), tmp_path / "lenet.onnx"))
+    x = np.random.default_rng(3).uniform(-1, 1, (1, 1, 12, 16)).astype(np.float32)
+    expl = explain_with(model, x, "occlusion", patch=12, stride=4)  # 12 rows: the whole height, at the edge
+    assert expl.extra["method_options"] == {"patch": 12, "stride": 4}
+    # the patches (0, 0), (0, 4) in columns 0-11 and 4-15 cover everything, so every pixel has a value
+    assert np.isfinite(expl.relevance).all()
+    with pytest.raises(OptionError, match="--patch 13: larger than the 12x16 model input"):
+        explain_with(model, x, "occlusion", patch=13)
+
+
 def test_every_method_on_the_shared_lenet5():
     from conftest import shared_path
     model = api.load_model(shared_path("models", "lenet5_mnist.onnx"))
     digit = np.load(shared_path("images", "mnist", "mnist_test_first100_uint8.npy"))[0]
     x = (np.pad(digit, 2).astype(np.float32) / 127.5 - 1)[None, None]
-    for method, options, recorded in [("gradcam", {}, None), ("occlusion", {}, {"patch": 3, "stride": 2}),
-                                      ("lime", {"samples": 100}, {"samples": 100, "seed": 0}),
-                                      ("random", {}, {"seed": 0})]:
-        settings = api.Settings(method=method, preprocess={"preset": "tf"}, method_options=options)
-        expl = api.explain_array(model, x, settings)[0]
-        assert expl.relevance.shape == (1, 1, 32, 32) and np.isfinite(expl.relevance).all()
-        assert np.abs(expl.relevance).max() > 0
-        if recorded:
-            assert expl.extra["method_options"] == recorded
+    check_every_method(model, x, {"patch": 3, "stride": 2}, 100)
     assert model._batch_scorer.batched
     convs = [n for n in model.graph.nodes if n.op == "Conv"]
     assert model.graph.shapes[convs[-1].output][2:] == (1, 1)  # LeNet-5's C5 is a Conv with a 1x1 output ...

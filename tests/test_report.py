@@ -4,6 +4,8 @@ import base64
 import io
 import json
 import re
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -73,3 +75,37 @@ def test_html_option_writes_the_report_and_the_model_view_thumbnails(tiny_cnn_pa
 def test_relative_urls_are_percent_encoded(tmp_path):
     assert report.relative_url(tmp_path / "sub dir" / "a#1.png", tmp_path) == "sub%20dir/a%231.png"
     assert report.relative_url(None, tmp_path) is None
+
+
+ROWS = [[3.0, "img 10"], [None, "img 2"], [1.5, None], [2.0, "img 1"], [1.5, "img 2"], [-2.0, "IMG 3"],
+        [1.25, "img 20"]]  # 1.25 < 1.5 and -2 < 1 only as numbers, not as text
+
+
+def sorted_in_node(rows, k: int, numeric: bool, direction: int) -> list[int]:
+    """Returns the row indices in the order the page's own rowOrder (report.SORT_JS) sorts them, run by Node."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is absent: the column order is then checked by the browser tests only")
+    script = report.SORT_JS + (f"var rows = {json.dumps(rows)};\n"
+                               f"var order = rows.map(function (_, i) {{ return i; }});\n"
+                               f"order.sort(rowOrder(rows, {k}, {json.dumps(numeric)}, {direction}));\n"
+                               "process.stdout.write(JSON.stringify(order));\n")
+    done = subprocess.run([node, "-e", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+@pytest.mark.parametrize("k, numeric, direction, expected", [
+    (0, True, 1, [5, 6, 2, 4, 3, 0, 1]),  # by value, the two 1.5 in their rows' order, the empty cell last
+    (0, True, -1, [0, 3, 2, 4, 6, 5, 1]),  # descending: ties still in their rows' order, the empty cell still last
+    (1, False, 1, [3, 1, 4, 5, 0, 6, 2]),  # natural order: img 1, img 2, img 2, IMG 3, img 10, img 20; empty last
+    (1, False, -1, [6, 0, 5, 1, 4, 3, 2]),
+])
+def test_column_sort_order_of_the_page(k, numeric, direction, expected):
+    assert sorted_in_node(ROWS, k, numeric, direction) == expected
+
+
+def test_page_sorts_with_the_tested_order():
+    page = report.render_html("t", [{"name": "a", "value": 1.0}],
+                              [report.Column("name", "name"), report.Column("value", "value", "number")])
+    assert report.SORT_JS in page and "order.sort(rowOrder(rows, k, " in page

@@ -195,7 +195,26 @@ tr.error td { background: #fff1f0; }
 td.error-text { color: #a00; }
 """
 
-JS = r"""
+#: The order of a column sort, on its own so that a test runs it without a browser (tests/test_report.py):
+#: rowOrder(rows, k, numeric, direction) compares two row indices by column k; empty cells last in both directions,
+#: numbers by value, text in natural order ("img 2" before "img 10"), ties in the rows' own order.
+SORT_JS = r"""
+var rowOrder = (function () {
+  "use strict";
+  var collator = new Intl.Collator(undefined, {numeric: true});
+  return function (rows, k, numeric, direction) {
+    return function (a, b) {
+      var x = rows[a][k], y = rows[b][k];
+      if (x === null || x === undefined) return (y === null || y === undefined) ? a - b : 1;
+      if (y === null || y === undefined) return -1;
+      var d = numeric ? x - y : collator.compare(String(x), String(y));
+      return d !== 0 ? direction * d : a - b;
+    };
+  };
+})();
+"""
+
+JS = SORT_JS + r"""
 (function () {
   "use strict";
   // Only the rows in and near the viewport are in the DOM (a virtual table): sorting and filtering are array
@@ -267,16 +286,6 @@ JS = r"""
   }, {passive: true});
   window.addEventListener("resize", draw);
   var collator = new Intl.Collator(undefined, {numeric: true});
-  function compare(k, direction) {
-    var numeric = columns[k].kind === "number";
-    return function (a, b) {
-      var x = rows[a][k], y = rows[b][k];
-      if (x === null || x === undefined) return (y === null || y === undefined) ? a - b : 1;
-      if (y === null || y === undefined) return -1;
-      var d = numeric ? x - y : collator.compare(String(x), String(y));
-      return d !== 0 ? direction * d : a - b;
-    };
-  }
   var colgroup = document.createElement("colgroup");
   columns.forEach(function (column, k) {
     var col = document.createElement("col");
@@ -291,7 +300,7 @@ JS = r"""
       var direction = th.getAttribute("aria-sort") === "ascending" ? -1 : 1;
       headRow.querySelectorAll("th").forEach(function (h) { h.removeAttribute("aria-sort"); });
       th.setAttribute("aria-sort", direction === 1 ? "ascending" : "descending");
-      order.sort(compare(k, direction));
+      order.sort(rowOrder(rows, k, columns[k].kind === "number", direction));
       render();
     });
     headRow.appendChild(th);

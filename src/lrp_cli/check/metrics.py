@@ -59,13 +59,16 @@ SIMILARITIES = {"spearman": spearman, "cosine": cosine, "topk-iou": topk_iou}
 
 
 def box_mask(box: tuple[float, float, float, float], units: str, shape: tuple[int, int]) -> np.ndarray:
-    """Returns the bool [H, W] mask of a box [x0, y0, x1, y1) in pixels or in fractions of the width/height."""
+    """Returns the bool [H, W] mask of a box [x0, y0, x1, y1) in pixels or in fractions of the width (x) and
+    height (y): the pixels whose centre lies inside the box (so two boxes that share an edge never share a pixel,
+    and an edge at a half pixel falls the same way wherever it is)."""
     height, width = shape
     x0, y0, x1, y1 = box
     if units == "fraction":
         x0, x1, y0, y1 = x0 * width, x1 * width, y0 * height, y1 * height
+    first = lambda edge: int(np.ceil(edge - 0.5))  # noqa: E731 - the first pixel whose centre k + 0.5 >= edge
     mask = np.zeros(shape, dtype=bool)
-    mask[int(round(y0)):int(round(y1)), int(round(x0)):int(round(x1))] = True
+    mask[max(first(y0), 0):first(y1), max(first(x0), 0):first(x1)] = True
     return mask
 
 

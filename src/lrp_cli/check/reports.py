@@ -62,11 +62,11 @@ def _cell(text) -> str:
 
 
 def markdown_text(results: list[tuple[Prepared, list[Outcome]]]) -> str:
-    """Returns a Markdown summary (a heading with the totals, one table row per (case, input)), failures first."""
+    """Returns a Markdown summary (a heading with the totals, one table row per (case, input)), failures first,
+    each part in run order."""
     rows = ["| result | spec | case | input | measured |", "| --- | --- | --- | --- | --- |"]
-    ordered = sorted(((o.passed, k, p, o) for p, outcomes in results for k, o in enumerate(outcomes)),
-                     key=lambda row: row[:2])
-    for _, _, prepared, outcome in ordered:
+    ordered = sorted(((p, o) for p, outcomes in results for o in outcomes), key=lambda row: row[1].passed)
+    for prepared, outcome in ordered:  # a stable sort: in run order (spec, then case and input) within each
         rows.append("| " + " | ".join(_cell(v) for v in (
             f"{'✅' if outcome.passed else '❌'} {verdict(outcome)}", prepared.spec.path, outcome.case,
             outcome.input, outcome.detail())) + " |")

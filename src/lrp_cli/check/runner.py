@@ -176,7 +176,11 @@ def _region_mask(case: Case, index: int, item: InputItem, config, grid) -> np.nd
         if region.units == "px" and (region.box[2] > width or region.box[3] > height):
             raise case.source.error(f"{where}.box", f"{list(region.box)} lies outside the {width}x{height} px "
                                                     "model input")
-        return metrics.box_mask(region.box, region.units, grid)
+        mask = metrics.box_mask(region.box, region.units, grid)
+        if not mask.any():  # its shares would be 0 and its pointing game lost, whatever the model does
+            raise case.source.error(f"{where}.box", f"{list(region.box)} holds no pixel centre of the "
+                                                    f"{width}x{height} px model input")
+        return mask
     path = Path(region.mask.replace("{stem}", item.stem))
     try:
         picture = open_image(path)

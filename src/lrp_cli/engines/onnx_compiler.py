@@ -299,6 +299,8 @@ def activation_params(model: onnx.ModelProto, graph: Graph) -> dict[str, dict]:
                 if len(source.input) > index and source.input[index]:
                     value = constants.get(source.input[index])
                     found[key] = None if value is None else float(np.asarray(value).reshape(-1)[0])
+        if source.op_type in ("Min", "Max"):  # imported as a one-sided Clip, its bound in the layer's attrs
+            found.update(node.layer.attrs)
         params[node.name] = found
     return params
 

@@ -21,7 +21,7 @@ from lrp_cli.errors import ModelLoadError
 from lrp_cli.ir import layers as L
 from lrp_cli.ir import masks
 from lrp_cli.ir.l2norm import L2Normalize
-from lrp_cli.importers import onnx_fusion
+from lrp_cli.importers import onnx_fusion, onnx_tensors
 from lrp_cli.ir import transformer as T
 from lrp_cli.ir.graph import Graph, Node
 from lrp_cli.ir.windows import Window, same_pads
@@ -161,13 +161,15 @@ class ImportContext:
 
 
 def load_onnx(path: Path) -> onnx.ModelProto:
-    """Returns the ONNX model stored in a file (a one-line load error naming the file if it is not one)."""
+    """Returns the ONNX model stored in a file, its external data loaded (a one-line load error naming the file,
+    and the tensor when one is missing, truncated or ill-sized)."""
     try:
-        model = onnx.load(str(path))
+        model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # onnx raises several unrelated types for a bad file
         raise ModelLoadError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})".splitlines()[0])
     if not model.HasField("graph"):  # an empty file parses as an empty message
         raise ModelLoadError(f"{path}: not an ONNX model (it holds no graph)")
+    onnx_tensors.load_tensors(model, Path(path))
     return model
 
 
@@ -473,6 +475,19 @@ def _clip(ctx, node):
     ctx.add(node, L.Activation("Clip", lambda x: np.clip(x, low, high), lambda x, y: (x > low) & (x < high)))
 
 
+@converter("Min", "Max")
+def _min_max(ctx, node):
+    """Min or Max of an activation and a scalar constant: a Clip on one side (tf2onnx's Minimum/Maximum relu6)."""
+    dynamic = [t for t in node.input if not ctx.is_constant(t)]
+    constants = [np.asarray(ctx.constants[ctx.name(t)]) for t in node.input if ctx.is_constant(t)]
+    if len(dynamic) != 1 or len(constants) != 1 or np.ptp(constants[0]) > 0:
+        raise ctx.error(node, f"{node.op_type} has an LRP rule only of one activation and one scalar constant")
+    bound = float(constants[0].reshape(-1)[0])
+    low, high = (bound, np.inf) if node.op_type == "Max" else (-np.inf, bound)
+    ctx.add(node, L.Activation("Clip", lambda x: np.clip(x, low, high), lambda x, y: (x > low) & (x < high),
+                               attrs={"min": low, "max": high}), dynamic)
+
+
 @converter("LeakyRelu")
 def _leaky_relu(ctx, node):
     alpha = float(attributes(node).get("alpha", 0.01))
@@ -693,16 +708,60 @@ def _reduce_mean(ctx, node):
 
 
 GATE_OPS = ("Sigmoid", "HardSigmoid")
+#: The activations of a hard sigmoid written out, relu6(x + 3) / 6 (Min/Max of a scalar import as Clip); its
+#: scalar Add/Sub/Mul/Div steps are Affine layers. Exporters write at most 5 steps; 6 bounds the walk back.
+_WRITTEN_GATE_STEPS = ("Clip", "Relu")
+_MAX_GATE_STEPS = 6
+_GATE_PROBE = np.linspace(-64.0, 64.0, 4097)  # 1/32 apart, wide enough for any breakpoints an exporter writes
 
 
 def _gated_product(ctx, node):
     producers = ctx.producer_ops()
-    gates = [producers.get(ctx.name(t)) in GATE_OPS for t in node.input[:2]]
+    gates = [producers.get(ctx.name(t)) in GATE_OPS or _is_written_hard_sigmoid(ctx, ctx.name(t))
+             for t in node.input[:2]]
     if gates == [False, False]:
         raise ctx.error(node, "a product of two activations has an LRP rule only when one operand is a gate "
-                              "(the output of a Sigmoid/HardSigmoid)")
+                              "(the output of a Sigmoid/HardSigmoid, or a hard sigmoid written out as "
+                              "relu6(x + 3) / 6)")
     signal = 0 if gates[1] else 1
     ctx.add(node, L.GatedProduct(signal), list(node.input[:2]))
+
+
+def _is_written_hard_sigmoid(ctx, tensor: str) -> bool:
+    """Returns True when the tensor is k * clip(a t + b, 0, 1) of an earlier tensor t (k > 0, a != 0), computed by
+    a chain of scalar Add/Sub/Mul/Div and Clip/Relu/Min/Max nodes (checked on probe values, as a HardSigmoid): a
+    gate, whichever exporter wrote it out."""
+    by_output = {n.output: n for n in ctx.nodes}
+    chain = []
+    while len(chain) < _MAX_GATE_STEPS and tensor in by_output and _is_gate_step(by_output[tensor]):
+        chain.append(by_output[tensor])
+        tensor = chain[-1].inputs[0]
+        if isinstance(chain[-1].layer, L.Activation) and _fits_hard_sigmoid(chain):
+            return True
+    return False
+
+
+def _is_gate_step(ir_node: Node) -> bool:
+    layer = ir_node.layer
+    if isinstance(layer, L.Affine):
+        return layer.scale.size == 1 and layer.shift.size == 1
+    return isinstance(layer, L.Activation) and layer.op in _WRITTEN_GATE_STEPS
+
+
+def _fits_hard_sigmoid(chain: list[Node]) -> bool:
+    """Returns whether the chain (last node first) computes k * clip(a t + b, 0, 1) on the probe values."""
+    values = _GATE_PROBE
+    for ir_node in reversed(chain):
+        values = np.asarray(ir_node.layer.forward(values), dtype=np.float64).reshape(-1)
+    top = float(values.max())
+    if not np.isfinite(values).all() or top <= 0:
+        return False
+    share = values / top
+    inside = (share > 1e-9) & (share < 1 - 1e-9)
+    if inside.sum() < 2 or (share < 1e-12).sum() < 2 or (share > 1 - 1e-9).sum() < 2:
+        return False  # both plateaus inside the probe: a ReLU alone is no gate
+    slope, offset = np.polyfit(_GATE_PROBE[inside], share[inside], 1)
+    return slope != 0 and float(np.abs(np.clip(slope * _GATE_PROBE + offset, 0, 1) - share).max()) < 1e-6
 
 
 def _resize_matrix(ctx, node, axis: int, size: int, feeds: dict) -> np.ndarray:

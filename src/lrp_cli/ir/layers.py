@@ -485,8 +485,9 @@ class ReduceMean(Layer):
 
 
 class GatedProduct(Layer):
-    """a * b where one operand is a gate (it comes out of a Sigmoid/HardSigmoid): the signal takes all the
-    relevance (the signal-take-all rule for multiplicative connections, Arras et al. 2017)."""
+    """a * b where one operand is a gate (a Sigmoid/HardSigmoid, or a hard sigmoid written out as relu6(x + 3) / 6):
+    the signal takes all the relevance (the signal-take-all rule for multiplicative connections, Arras et al.
+    2017)."""
 
     op = "Mul"
 
