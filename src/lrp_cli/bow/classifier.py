@@ -87,19 +87,19 @@ def is_one_vs_one(clf) -> bool:
     return isinstance(clf, (SVC, NuSVC)) and len(clf.classes_) > 2
 
 
-def binary_svm_decision(svc, columns=None) -> BinaryDecision:
-    """Return the decision of a binary SVC/NuSVC, positive for classes_[1] (as sklearn's); columns: see
-    support_matrix."""
-    return BinaryDecision(support_matrix(svc, columns), np.asarray(svc.dual_coef_[0], dtype=np.float64),
+def binary_svm_decision(svc, support=support_matrix) -> BinaryDecision:
+    """Return the decision of a binary SVC/NuSVC, positive for classes_[1] (as sklearn's); support(svc) gives
+    the support-vector matrix (default: dense, all columns)."""
+    return BinaryDecision(support(svc), np.asarray(svc.dual_coef_[0], dtype=np.float64),
                           float(svc.intercept_[0]), kernel_of(svc))
 
 
-def pair_decision(svc, i: int, j: int, columns=None) -> BinaryDecision:
-    """Return the one-vs-one decision between classes i < j of a multi-class SVC, positive for i; columns: see
-    support_matrix."""
+def pair_decision(svc, i: int, j: int, support=support_matrix) -> BinaryDecision:
+    """Return the one-vs-one decision between classes i < j of a multi-class SVC, positive for i; support: see
+    binary_svm_decision."""
     starts = np.concatenate([[0], np.cumsum(svc.n_support_)])
     si, sj = slice(starts[i], starts[i + 1]), slice(starts[j], starts[j + 1])
-    S = support_matrix(svc, columns)
+    S = support(svc)
     # libsvm layout: class i's SVs carry their pair-(i, j) coefficient in row j - 1, class j's in row i.
     coef = np.concatenate([svc.dual_coef_[j - 1, si], svc.dual_coef_[i, sj]])
     n = len(svc.classes_)
@@ -116,24 +116,24 @@ def class_scores(clf, X: np.ndarray) -> np.ndarray:
     return dec
 
 
-def target_decision(clf, target: int, pair=None, columns=None) -> BinaryDecision:
+def target_decision(clf, target: int, pair=None, support=support_matrix) -> BinaryDecision:
     """Return the binary decision explaining class index `target` (pair: the two classes for one-vs-one;
-    columns: see support_matrix)."""
+    support: see binary_svm_decision)."""
     n = len(clf.classes_)
     if not 0 <= target < n:
         raise ClassifierError(f"target {target} is out of range for {n} classes")
     if isinstance(clf, OneVsRestClassifier):
         if len(clf.estimators_) == 1:  # two classes: one estimator, positive for classes_[1]
-            d = binary_svm_decision(clf.estimators_[0], columns)
+            d = binary_svm_decision(clf.estimators_[0], support)
             return d if target == 1 else d.flipped()
-        return binary_svm_decision(clf.estimators_[target], columns)
+        return binary_svm_decision(clf.estimators_[target], support)
     if n == 2:
-        d = binary_svm_decision(clf, columns)
+        d = binary_svm_decision(clf, support)
         return d if target == 1 else d.flipped()
     if pair is None:
         raise ClassifierError("one-vs-one multi-class SVM: give a pair of classes to explain")
     i, j = sorted(int(c) for c in pair)
     if target not in (i, j) or i == j:
         raise ClassifierError(f"target {target} must be one of the pair ({i}, {j})")
-    d = pair_decision(clf, i, j, columns)
+    d = pair_decision(clf, i, j, support)
     return d if target == i else d.flipped()
