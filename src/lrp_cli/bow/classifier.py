@@ -62,6 +62,12 @@ def support_matrix(svc, columns=None) -> np.ndarray:
     return np.asarray(svc.support_vectors_, dtype=np.float64)
 
 
+def dual_coefficients(svc) -> np.ndarray:
+    """Return dual_coef_ as a dense array (sklearn stores it sparse for an SVM fitted on sparse data)."""
+    dual = svc.dual_coef_
+    return dual.toarray() if sparse.issparse(dual) else np.asarray(dual, dtype=np.float64)
+
+
 def check_svm(svc) -> None:
     """Raise ClassifierError/UnsupportedKernelError unless `svc` is a fitted SVC/NuSVC we can explain."""
     if not isinstance(svc, (SVC, NuSVC)):
@@ -90,7 +96,7 @@ def is_one_vs_one(clf) -> bool:
 def binary_svm_decision(svc, support=support_matrix) -> BinaryDecision:
     """Return the decision of a binary SVC/NuSVC, positive for classes_[1] (as sklearn's); support(svc) gives
     the support-vector matrix (default: dense, all columns)."""
-    return BinaryDecision(support(svc), np.asarray(svc.dual_coef_[0], dtype=np.float64),
+    return BinaryDecision(support(svc), dual_coefficients(svc)[0],
                           float(svc.intercept_[0]), kernel_of(svc))
 
 
@@ -101,7 +107,8 @@ def pair_decision(svc, i: int, j: int, support=support_matrix) -> BinaryDecision
     si, sj = slice(starts[i], starts[i + 1]), slice(starts[j], starts[j + 1])
     S = support(svc)
     # libsvm layout: class i's SVs carry their pair-(i, j) coefficient in row j - 1, class j's in row i.
-    coef = np.concatenate([svc.dual_coef_[j - 1, si], svc.dual_coef_[i, sj]])
+    dual = dual_coefficients(svc)
+    coef = np.concatenate([dual[j - 1, si], dual[i, sj]])
     n = len(svc.classes_)
     pair_index = sum(n - 1 - a for a in range(i)) + (j - i - 1)
     return BinaryDecision(np.concatenate([S[si], S[sj]]), np.asarray(coef, dtype=np.float64),

@@ -1,0 +1,200 @@
+"""Explain one text with a scikit-learn text pipeline: decision value -> features -> occurrences -> tokens.
+
+Feature j's relevance is shared by its occurrences in proportion to each one's signed contribution to the raw
+count (equal shares for plain counts; a hashed feature's sign as HashingVectorizer adds it; equal shares when the
+signs cancel); an occurrence shares its relevance equally over its units (the n words of a word n-gram, the n
+characters of a char n-gram, a char_wb n-gram's padding going to the word's edge characters). Relevance on
+features absent from the document (a Taylor root point can make them count) is spread evenly over all the
+document's occurrences, as the paper's Eq 27 does for unmapped BoW dimensions, and reported.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import sparse
+from sklearn.feature_extraction.text import HashingVectorizer
+
+from lrp_cli.errors import InputError, OptionError
+from lrp_cli.text import analysis, steps
+from lrp_cli.text.decision import decompose
+from lrp_cli.text.document import TextExplanation
+from lrp_cli.text.pipeline import TextModel
+
+TOP_FEATURES = 20
+
+
+def _cached(model: TextModel, key: str, build):
+    if key not in model.cache:
+        model.cache[key] = build()
+    return model.cache[key]
+
+
+def feature_columns(model: TextModel, features: list) -> tuple[np.ndarray, np.ndarray]:
+    """Return per feature occurrence (column, sign): column -1 for a feature outside the vocabulary."""
+    vec = model.vectorizer
+    if isinstance(vec, HashingVectorizer):
+        if not features:
+            return np.zeros(0, np.int64), np.zeros(0)
+        from sklearn.feature_extraction import FeatureHasher
+
+        hasher = _cached(model, "hasher", lambda: FeatureHasher(n_features=vec.n_features, input_type="string",
+                                                                 alternate_sign=vec.alternate_sign))
+        rows = hasher.transform([f] for f in features)  # one row per occurrence, one entry each
+        return rows.indices.astype(np.int64), rows.data.astype(np.float64)
+    vocab = vec.vocabulary_
+    cols = np.fromiter((vocab.get(f, -1) for f in features), dtype=np.int64, count=len(features))
+    return cols, np.ones(len(features))
+
+
+def n_features(model: TextModel) -> int:
+    """Return the width of the vectorizer's output."""
+    vec = model.vectorizer
+    return vec.n_features if isinstance(vec, HashingVectorizer) else len(vec.vocabulary_)
+
+
+def raw_counts(cols: np.ndarray, signs: np.ndarray, width: int) -> sparse.csr_matrix:
+    """Return the 1 x width matrix of summed (signed) occurrence counts, as the vectorizer counts them."""
+    ok = cols >= 0
+    present, inverse = np.unique(cols[ok], return_inverse=True)
+    data = np.bincount(inverse, signs[ok], minlength=len(present))
+    nz = data != 0  # a hashed column whose signs cancel is not stored
+    return sparse.csr_matrix((data[nz], present[nz], [0, int(nz.sum())]), shape=(1, width))
+
+
+def occurrence_relevance(r_x0: np.ndarray, cols: np.ndarray, signs: np.ndarray) -> tuple[np.ndarray, float]:
+    """Return (relevance per occurrence, relevance of features absent from the document spread over them)."""
+    ok = cols >= 0
+    safe = np.where(ok, cols, 0)
+    total = np.bincount(safe[ok], signs[ok], minlength=len(r_x0))
+    n_occ = np.bincount(safe[ok], minlength=len(r_x0))
+    share = np.where(total[safe] != 0, signs / np.where(total[safe] != 0, total[safe], 1.0),
+                     1.0 / np.maximum(n_occ[safe], 1))
+    r_occ = np.where(ok, r_x0[safe] * share, 0.0)
+    present = np.zeros(len(r_x0), bool)
+    present[safe[ok]] = True
+    absent = float(r_x0[~present].sum())
+    if ok.any() and absent != 0.0:
+        r_occ = r_occ + np.where(ok, absent / ok.sum(), 0.0)
+    return r_occ, absent
+
+
+def resolve_class(model: TextModel, value, what: str) -> int:
+    """Return the class index named by `value` (a label or an index)."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        if 0 <= int(value) < len(model.classes):
+            return int(value)
+    elif str(value) in model.classes:
+        return model.classes.index(str(value))
+    elif str(value).lstrip("-").isdigit():
+        return resolve_class(model, int(value), what)
+    raise OptionError(f"{what} {value!r}: not a class of the model (classes: {', '.join(model.classes)})")
+
+
+def prediction(model: TextModel, u) -> dict:
+    """Return {index, label, probability (when the classifier gives one)} of the classifier at u."""
+    clf = model.classifier
+    label = clf.predict(u)[0]
+    index = int(np.flatnonzero(clf.classes_ == label)[0])
+    out = {"index": index, "label": model.classes[index]}
+    try:
+        out["probability"] = float(clf.predict_proba(u)[0, index])
+    except AttributeError:  # LinearSVC, SVC(probability=False), ... have no probabilities
+        pass
+    return out
+
+
+def _targets(model: TextModel, target, pair, predicted: int):
+    """Return (target index, pair as sorted indices or None)."""
+    if model.one_vs_one:
+        if pair is None:
+            raise OptionError("one-vs-one multi-class SVM: give a pair of classes to explain (--pair A,B)")
+        pair = sorted(resolve_class(model, p, "pair class") for p in pair)
+    else:
+        pair = None
+    if target is None or target == "pred":
+        return (pair[0] if pair and predicted not in pair else predicted), pair
+    return resolve_class(model, target, "target"), pair
+
+
+def _top_features(model: TextModel, features, cols, x0, r_x0, top: int) -> list:
+    """Return the `top` features of largest |relevance|: name, vectorizer value, count and relevance."""
+    ok = cols >= 0
+    names: dict[int, list] = {}
+    for f, c in zip(features, cols.tolist()):  # one step per occurrence of one document
+        if c >= 0 and f not in names.setdefault(c, []):
+            names[c].append(f)
+    candidates = np.union1d(np.fromiter(names, dtype=np.int64, count=len(names)), np.flatnonzero(r_x0))
+    order = candidates[np.argsort(-np.abs(r_x0[candidates]), kind="stable")][:top]
+    counts = np.bincount(cols[ok], minlength=len(r_x0)) if ok.any() else np.zeros(len(r_x0), int)
+    dense = x0.toarray().ravel() if sparse.issparse(x0) else np.asarray(x0).ravel()
+    return [{"feature": " | ".join(names.get(int(c), [])) or _feature_name(model, int(c)), "column": int(c),
+             "count": int(counts[c]), "value": float(dense[c]), "relevance": float(r_x0[c])} for c in order]
+
+
+def _feature_name(model: TextModel, column: int) -> str:
+    vec = model.vectorizer
+    if isinstance(vec, HashingVectorizer):
+        return f"<hash column {column}>"
+    return str(_cached(model, "names", vec.get_feature_names_out)[column])
+
+
+def _tokens(an: analysis.Analysis, r_occ: np.ndarray, char_level: bool) -> list:
+    unit_rel = np.bincount(an.unit, r_occ[an.owner] * an.weight, minlength=an.n_units)
+    rel = an.to_tokens(unit_rel)
+    return [{"text": t, "start": s, "end": e, "relevance": float(r)} for (t, s, e), r in zip(an.tokens, rel)
+            if not (char_level and r == 0.0 and t.isspace())]
+
+
+def trace(model: TextModel, text: str, features: list, name: str):
+    """Return the Analysis with offsets, or None (with the reason) when the analysis has none; raise InputError
+    when our analysis differs from the vectorizer's."""
+    try:
+        an = analysis.analyze(model.vectorizer, text)
+    except analysis.NoOffsets as exc:
+        return None, str(exc)
+    if an.features != features:
+        k = next((i for i, (a, b) in enumerate(zip(an.features, features)) if a != b),
+                 min(len(an.features), len(features)))
+        mine = an.features[k] if k < len(an.features) else "<end>"
+        theirs = features[k] if k < len(features) else "<end>"
+        raise InputError(f"{name}: our analysis of the text differs from the vectorizer's at feature {k} "
+                         f"({mine!r} vs {theirs!r}); no offsets can be trusted")
+    return an, None
+
+
+def explain_text(model: TextModel, text: str, target=None, pair=None, source: dict | None = None,
+                 top: int = TOP_FEATURES) -> TextExplanation:
+    """Return the TextExplanation of `text` (target: None/'pred', a label or an index; pair: two classes for a
+    one-vs-one SVM; source: what the JSON says about the input)."""
+    source = source or {"kind": "text"}
+    name = source.get("path") or source.get("kind", "text")
+    analyzer = _cached(model, "analyzer", model.vectorizer.build_analyzer)
+    features = list(analyzer(text))
+    an, why = trace(model, text, features, name)
+    cols, signs = feature_columns(model, features)
+    x0 = steps.vectorizer_output(model.vectorizer, raw_counts(cols, signs, n_features(model)))
+    acts = steps.forward(model.steps, x0)
+    u = acts[-1]
+    pred = prediction(model, u)
+    t, pair = _targets(model, target, pair, pred["index"])
+    dec = decompose(model.classifier, u, t, pair)
+    r_x0 = steps.backward(model.steps, acts, dec.relevance)
+    r_occ, absent = occurrence_relevance(r_x0, cols, signs)
+    method = {"name": "lrp", "decision": dec.decision, "rule": dec.rule,
+              "steps": [{"name": n, "type": type(s).__name__, "rule": steps.step_rule(s)} for n, s in model.steps],
+              **dec.details}
+    notes = []
+    if absent:
+        notes.append(f"{absent:.6g} of relevance sat on features absent from the text; spread evenly over its "
+                     "feature occurrences (paper Eq 27)")
+    if an is None:
+        notes.append(f"no character offsets: {why}; relevance is given per feature only")
+    char_level = model.vectorizer.analyzer in ("char", "char_wb")
+    return TextExplanation(
+        text=text, tokens=_tokens(an, r_occ, char_level) if an is not None else [], f_x=dec.f_x,
+        intercept=dec.intercept,
+        target={"index": t, "label": model.classes[t], **({"pair": [model.classes[p] for p in pair]} if pair else {})},
+        prediction=pred, method=method,
+        model={"path": model.path, "sha256": model.sha256, "kind": model.kind}, source=source,
+        top_features=_top_features(model, features, cols, x0, r_x0, top), offsets=an is not None, notes=notes,
+        features_sum=float(r_occ.sum()))
