@@ -43,36 +43,39 @@ class Mapped:
         return int(self.start[a]), int(self.end[b - 1])
 
 
-def _pieces(text: str, func, pattern) -> Mapped | None:
-    """Return func applied piece by piece (pieces: matches of `pattern`), if that equals func(text), else None."""
-    whole = func(text)
+def _traced(text: str, func) -> Mapped | None:
+    """Return func(text) traced word by word (runs of whitespace count as words), each word character by
+    character where that gives the same result, else as a whole; None if the pieces do not add up to func(text)."""
     parts, starts, ends = [], [], []
-    for m in pattern.finditer(text):  # per piece of one document, only when the cheap checks failed
-        out = func(m.group())
-        parts.append(out)
-        starts.append(np.full(len(out), m.start()))
-        ends.append(np.full(len(out), m.end()))
-    if "".join(parts) != whole:
+    for m in WORDS.finditer(text):  # per word of one document, only when the cheap check failed
+        word, out = m.group(), func(m.group())
+        chars = [func(c) for c in word]
+        if "".join(chars) == out:
+            spans = [(m.start() + k, m.start() + k + 1, c) for k, c in enumerate(chars)]
+        else:
+            spans = [(m.start(), m.end(), out)]
+        for a, b, piece in spans:
+            parts.append(piece)
+            starts.append(np.full(len(piece), a))
+            ends.append(np.full(len(piece), b))
+    whole = "".join(parts)
+    if whole != func(text):
         return None
     if not parts:
         return Mapped(whole, np.zeros(0, int), np.zeros(0, int))
     return Mapped(whole, np.concatenate(starts), np.concatenate(ends))
 
 
-CHARS = re.compile(r".", re.S)
-
-
 def preprocess(text: str, func) -> Mapped:
     """Return func(text) with offsets: identity when the length is kept and the text is ASCII (lowercasing,
-    accent stripping), else traced character by character, else word by word; raise NoOffsets otherwise."""
+    accent stripping), else traced word by word and character by character; raise NoOffsets otherwise."""
     out = func(text)
     if out == text or (len(out) == len(text) and text.isascii()):
         return Mapped(out, *_identity_arrays(len(text)))
-    for pattern in (CHARS, WORDS):
-        mapped = _pieces(text, func, pattern)
-        if mapped is not None:
-            return mapped
-    raise NoOffsets("the preprocessor changes the text in a way that cannot be traced to its characters")
+    mapped = _traced(text, func)
+    if mapped is None:
+        raise NoOffsets("the preprocessor changes the text in a way that cannot be traced to its characters")
+    return mapped
 
 
 def _identity_arrays(n: int):

@@ -1,0 +1,158 @@
+"""The one output module of every text model kind: a TextExplanation as JSON, HTML, PNG and terminal colours.
+
+Colours follow the image heatmaps (lrp_cli.render): token relevance divided by max |R| over the text (Eq 35, or a
+given global scale), mapped from [-1, 1] through a named colormap. The default for text is bwr, white at 0, so
+that unimportant words stay readable on their background; jet and the others are available.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from lrp_cli import outputs
+from lrp_cli.render import colorize, normalize
+from lrp_cli.text.document import TextExplanation, to_json
+
+DEFAULT_CMAP = "bwr"
+PNG_WIDTH = 640  # text width in pixels of the bitmap font, before the 2x scale
+PNG_SCALE = 2
+LINE_HEIGHT = 14
+MARGIN = 6
+
+
+def token_colours(ex: TextExplanation, cmap: str = DEFAULT_CMAP, scale: float | None = None) -> np.ndarray:
+    """Return the uint8 (n_tokens, 3) background colour of each token."""
+    if not ex.tokens:
+        return np.zeros((0, 3), np.uint8)
+    return colorize(normalize(ex.relevance, scale), cmap)
+
+
+def _ink(rgb) -> tuple:
+    """Return black or white, whichever reads better on the background `rgb`."""
+    luma = 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]
+    return (0, 0, 0) if luma > 140 else (255, 255, 255)
+
+
+def pieces(ex: TextExplanation) -> list:
+    """Return the text as consecutive pieces (string, token index or None): tokens and the gaps between them."""
+    out, cursor = [], 0
+    for i, tok in enumerate(ex.tokens):  # one step per token of one text
+        if tok["start"] > cursor:
+            out.append((ex.text[cursor:tok["start"]], None))
+        out.append((ex.text[tok["start"]:tok["end"]], i))
+        cursor = max(cursor, tok["end"])
+    if cursor < len(ex.text):
+        out.append((ex.text[cursor:], None))
+    return out
+
+
+def headline(ex: TextExplanation) -> str:
+    """Return the one-line summary: target, prediction, f(x), intercept and residual."""
+    b = "n/a" if ex.intercept is None else f"{ex.intercept:+.4g}"
+    return (f"target {ex.target['label']} | prediction {ex.prediction['label']} | f(x) = {ex.f_x:+.4g} | "
+            f"intercept {b} | residual {ex.residual:+.2g}")
+
+
+def html_page(ex: TextExplanation, cmap: str = DEFAULT_CMAP, scale: float | None = None) -> str:
+    """Return a self-contained HTML page: the text, each token on its relevance colour, the value on hover."""
+    colours = token_colours(ex, cmap, scale)
+    spans = []
+    for text, i in pieces(ex):
+        if i is None:
+            spans.append(html.escape(text))
+            continue
+        bg, fg = tuple(int(c) for c in colours[i]), _ink(colours[i])
+        spans.append(f'<span class="t" style="background:rgb{bg};color:rgb{fg}" '
+                     f'title="{ex.tokens[i]["relevance"]:+.6g}">{html.escape(text)}</span>')
+    feats = "".join(f"<tr><td>{html.escape(f['feature'])}</td><td>{f['value']:.4g}</td>"
+                    f"<td>{f['relevance']:+.4g}</td></tr>" for f in ex.top_features)
+    notes = "".join(f"<p class=note>{html.escape(n)}</p>" for n in ex.notes)
+    return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>"
+            f"{html.escape(str(ex.source.get('path') or ex.source.get('kind', 'text')))}</title><style>"
+            "body{font-family:sans-serif;max-width:60em;margin:2em auto}"
+            ".text{white-space:pre-wrap;line-height:1.8;font-size:1.1em}.t{padding:1px 2px;border-radius:3px}"
+            ".note{color:#555}td{padding:0 1em}</style></head><body>"
+            f"<p><b>{html.escape(headline(ex))}</b></p><p>{html.escape(ex.method.get('decision', ''))}</p>"
+            f"<div class=\"text\">{''.join(spans)}</div>{notes}"
+            f"<table><tr><th>feature</th><th>value</th><th>relevance</th></tr>{feats}</table></body></html>\n")
+
+
+def ansi(ex: TextExplanation, cmap: str = DEFAULT_CMAP, scale: float | None = None) -> str:
+    """Return the text for a terminal: each token on its relevance colour (ANSI 24-bit), then the headline."""
+    colours = token_colours(ex, cmap, scale)
+    out = []
+    for text, i in pieces(ex):
+        if i is None:
+            out.append(text)
+        else:
+            (r, g, b), (fr, fg, fb) = colours[i], _ink(colours[i])
+            out.append(f"\x1b[48;2;{r};{g};{b}m\x1b[38;2;{fr};{fg};{fb}m{text}\x1b[0m")
+    return "".join(out) + "\n" + headline(ex) + "\n"
+
+
+def _layout(draw, font, items: list) -> list:
+    """Return [(x, y, string, colour or None)] placing the items word by word, wrapped at PNG_WIDTH."""
+    placed, x, y = [], MARGIN, MARGIN + LINE_HEIGHT + 4
+    for text, colour in items:
+        for part in _words(text):  # one step per word or space of one text
+            if part == "\n":
+                x, y = MARGIN, y + LINE_HEIGHT
+                continue
+            width = draw.textlength(part, font=font)
+            if x + width > PNG_WIDTH - MARGIN and x > MARGIN:
+                x, y = MARGIN, y + LINE_HEIGHT
+                if part.isspace():
+                    continue
+            placed.append((x, y, part, colour))
+            x += width
+    return placed
+
+
+def _words(text: str) -> list:
+    """Return the text split into words, runs of spaces and single newlines (tabs and returns as spaces)."""
+    return re.findall(r"\n|[^\S\n]+|\S+", text.replace("\r\n", "\n").replace("\t", " "))
+
+
+def _latin1(text: str) -> str:
+    """Return the text as the bitmap font can draw it (characters outside Latin-1 become '?')."""
+    return text.encode("latin-1", "replace").decode("latin-1")
+
+
+def png_image(ex: TextExplanation, cmap: str = DEFAULT_CMAP, scale: float | None = None) -> np.ndarray:
+    """Return the uint8 (H, W, 3) image of the text heatmap, wrapped, drawn with Pillow's bitmap font."""
+    font = ImageFont.load_default_imagefont()
+    colours = token_colours(ex, cmap, scale)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    items = [(_latin1(t), None if i is None else tuple(int(c) for c in colours[i])) for t, i in pieces(ex)]
+    placed = _layout(probe, font, items)
+    height = (max((y for _, y, _, _ in placed), default=MARGIN + LINE_HEIGHT) + LINE_HEIGHT + MARGIN)
+    img = Image.new("RGB", (PNG_WIDTH, height), (255, 255, 255))
+    draw = ImageDraw.Draw(img)
+    draw.text((MARGIN, MARGIN), _latin1(headline(ex)), fill=(0, 0, 0), font=font)
+    for x, y, part, colour in placed:  # one step per placed word
+        if colour is not None:
+            draw.rectangle([x, y - 1, x + draw.textlength(part, font=font) - 1, y + LINE_HEIGHT - 3], fill=colour)
+        draw.text((x, y), part, fill=(0, 0, 0) if colour is None else _ink(colour), font=font)
+    img = img.resize((img.width * PNG_SCALE, img.height * PNG_SCALE), Image.NEAREST)
+    return np.asarray(img)
+
+
+def output_paths(out_dir: Path, stem: str) -> dict[str, Path]:
+    """Return the paths of one text's outputs: json, html and png."""
+    return {"json": out_dir / f"{stem}.json", "html": out_dir / f"{stem}.html", "png": out_dir / f"{stem}.png"}
+
+
+def write_outputs(ex: TextExplanation, out_dir, stem: str, cmap: str = DEFAULT_CMAP,
+                  scale: float | None = None) -> dict:
+    """Write STEM.json, STEM.html and STEM.png all or none (outputs.write_all); return the JSON document."""
+    paths = output_paths(Path(out_dir), stem)
+    doc = to_json(ex, {k: p.name for k, p in paths.items()})
+    outputs.write_all({paths["json"]: outputs.json_bytes(doc),
+                       paths["html"]: html_page(ex, cmap, scale).encode("utf-8"),
+                       paths["png"]: outputs.png_bytes(png_image(ex, cmap, scale))})
+    return doc
