@@ -12,7 +12,7 @@ from sklearn.pipeline import make_pipeline
 
 from lrp_cli.errors import InputError
 from lrp_cli.text import analysis
-from lrp_cli.text.explain import explain_text, feature_columns, raw_counts
+from lrp_cli.text.explain import explain_text, feature_columns, occurrence_groups, raw_counts
 from lrp_cli.text.pipeline import load_text_model
 
 DOCS = ["Hello  World! The café   is déjà vu; ΣΑΣ  İstanbul ﬁne.", "  a b  c ", "",
@@ -102,4 +102,5 @@ def test_hashing_columns_and_signs_sum_to_the_vectorizer_counts():
         vectorizer, cache = vec, {}
 
     cols, signs = feature_columns(Model, feats)
-    np.testing.assert_array_equal(raw_counts(cols, signs, 16).toarray(), vec.transform([text]).toarray())
+    counts = raw_counts(occurrence_groups(cols, signs), 16)
+    np.testing.assert_array_equal(counts.toarray(), vec.transform([text]).toarray())

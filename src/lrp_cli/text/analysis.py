@@ -38,10 +38,6 @@ class Mapped:
         pos = np.arange(len(text))
         return cls(text, pos, pos + 1)
 
-    def span(self, a: int, b: int) -> tuple[int, int]:
-        """Return the original [start, end) of this text's [a, b) (b > a)."""
-        return int(self.start[a]), int(self.end[b - 1])
-
 
 def _traced(text: str, func) -> Mapped | None:
     """Return func(text) traced word by word (runs of whitespace count as words), each word character by
@@ -71,16 +67,11 @@ def preprocess(text: str, func) -> Mapped:
     accent stripping), else traced word by word and character by character; raise NoOffsets otherwise."""
     out = func(text)
     if out == text or (len(out) == len(text) and text.isascii()):
-        return Mapped(out, *_identity_arrays(len(text)))
+        return Mapped.identity(out)
     mapped = _traced(text, func)
     if mapped is None:
         raise NoOffsets("the preprocessor changes the text in a way that cannot be traced to its characters")
     return mapped
-
-
-def _identity_arrays(n: int):
-    pos = np.arange(n)
-    return pos, pos + 1
 
 
 def collapse_whitespace(m: Mapped) -> Mapped:
@@ -126,29 +117,33 @@ def _shares(owner: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return 1.0 / np.repeat(lengths, lengths).astype(np.float64) if len(owner) else np.zeros(0)
 
 
-def word_tokens(vec, mapped: Mapped) -> list:
-    """Return [(token, start, end)] in the preprocessed text: the token pattern's matches (its group when it has
+def word_tokens(vec, mapped: Mapped) -> tuple[list, np.ndarray]:
+    """Return (tokens, (n, 2) spans in the preprocessed text): the token pattern's matches (its group when it has
     one), or a custom tokenizer's tokens found in order in the text (NoOffsets when one is not found)."""
+    text = mapped.text
     if vec.tokenizer is None:
         pattern = re.compile(vec.token_pattern)
         group = 1 if pattern.groups == 1 else 0
-        return [(m.group(group), m.start(group), m.end(group)) for m in pattern.finditer(mapped.text)]
-    out, cursor = [], 0
-    for tok in vec.tokenizer(mapped.text):  # one step per token of one document
-        at = mapped.text.find(tok, cursor)
+        spans = [m.span(group) for m in pattern.finditer(text)]
+        return [text[a:b] for a, b in spans], np.asarray(spans, dtype=np.int64).reshape(-1, 2)
+    tokens, spans, cursor = [], [], 0
+    for tok in vec.tokenizer(text):  # one step per token of one document
+        at = text.find(tok, cursor)
         if at < 0 or not tok:
             raise NoOffsets(f"the custom tokenizer's token {tok!r} is not a piece of the text")
-        out.append((tok, at, at + len(tok)))
+        tokens.append(tok)
+        spans.append((at, at + len(tok)))
         cursor = at + len(tok)
-    return out
+    return tokens, np.asarray(spans, dtype=np.int64).reshape(-1, 2)
 
 
 def analyze_words(vec, mapped: Mapped, text: str) -> Analysis:
     """Return the Analysis of the word analyzer: n-grams of the tokens left after stop-word removal."""
-    found = word_tokens(vec, mapped)
+    found, spans = word_tokens(vec, mapped)
     stop = vec.get_stop_words()
-    kept = [i for i, t in enumerate(found) if stop is None or t[0] not in stop]
-    words = [found[i][0] for i in kept]
+    kept = np.arange(len(found)) if stop is None else np.asarray(
+        [i for i, t in enumerate(found) if t not in stop], dtype=np.int64)
+    words = found if stop is None else [found[i] for i in kept]
     min_n, max_n = vec.ngram_range
     features, starts, lengths = [], [], []
     for n in range(min_n, min(max_n, len(words)) + 1):  # a few n-gram orders
@@ -158,17 +153,15 @@ def analyze_words(vec, mapped: Mapped, text: str) -> Analysis:
     starts = np.concatenate(starts) if starts else np.zeros(0, int)
     lengths = np.concatenate(lengths) if lengths else np.zeros(0, int)
     owner, unit = _ranges(starts, lengths)
-    spans = [mapped.span(a, b) for _, a, b in found]
-    tokens = [(text[s:e], s, e) for s, e in spans]
-    kept_index = np.asarray(kept, dtype=np.int64)
+    first = mapped.start[spans[:, 0]].tolist()
+    last = mapped.end[np.maximum(spans[:, 1] - 1, spans[:, 0])].tolist()
+    tokens = [(text[s:e], s, e) for s, e in zip(first, last)]
     return Analysis(features, owner, unit, _shares(owner, lengths), len(words), tokens,
-                    partial(_scatter, kept_index, len(tokens)))
+                    partial(_scatter, kept, len(tokens)))
 
 
 def _scatter(index: np.ndarray, size: int, values: np.ndarray) -> np.ndarray:
-    out = np.zeros(size)
-    np.add.at(out, index, values)
-    return out
+    return np.bincount(index, values, minlength=size) if size else np.zeros(0)
 
 
 def char_occurrences(text: str, min_n: int, max_n: int):

@@ -10,9 +10,12 @@ document's occurrences, as the paper's Eq 27 does for unmapped BoW dimensions, a
 
 from __future__ import annotations
 
+from itertools import repeat
+
 import numpy as np
 from scipy import sparse
 from sklearn.feature_extraction.text import HashingVectorizer
+from sklearn.linear_model._base import LinearClassifierMixin
 
 from lrp_cli.errors import InputError, OptionError
 from lrp_cli.text import analysis, steps
@@ -41,8 +44,7 @@ def feature_columns(model: TextModel, features: list) -> tuple[np.ndarray, np.nd
                                                                  alternate_sign=vec.alternate_sign))
         rows = hasher.transform([f] for f in features)  # one row per occurrence, one entry each
         return rows.indices.astype(np.int64), rows.data.astype(np.float64)
-    vocab = vec.vocabulary_
-    cols = np.fromiter((vocab.get(f, -1) for f in features), dtype=np.int64, count=len(features))
+    cols = np.fromiter(map(vec.vocabulary_.get, features, repeat(-1)), dtype=np.int64, count=len(features))
     return cols, np.ones(len(features))
 
 
@@ -52,29 +54,32 @@ def n_features(model: TextModel) -> int:
     return vec.n_features if isinstance(vec, HashingVectorizer) else len(vec.vocabulary_)
 
 
-def raw_counts(cols: np.ndarray, signs: np.ndarray, width: int) -> sparse.csr_matrix:
-    """Return the 1 x width matrix of summed (signed) occurrence counts, as the vectorizer counts them."""
+def occurrence_groups(cols: np.ndarray, signs: np.ndarray):
+    """Return (columns present, per in-vocabulary occurrence its index among them, summed signs per column)."""
     ok = cols >= 0
     present, inverse = np.unique(cols[ok], return_inverse=True)
-    data = np.bincount(inverse, signs[ok], minlength=len(present))
-    nz = data != 0  # a hashed column whose signs cancel is not stored
-    return sparse.csr_matrix((data[nz], present[nz], [0, int(nz.sum())]), shape=(1, width))
+    return present, inverse, np.bincount(inverse, signs[ok], minlength=len(present))
 
 
-def occurrence_relevance(r_x0: np.ndarray, cols: np.ndarray, signs: np.ndarray) -> tuple[np.ndarray, float]:
+def raw_counts(groups, width: int) -> sparse.csr_matrix:
+    """Return the 1 x width matrix of summed (signed) occurrence counts, as the vectorizer counts them."""
+    present, _, total = groups
+    nz = total != 0  # a hashed column whose signs cancel is not stored
+    return sparse.csr_matrix((total[nz], present[nz], [0, int(nz.sum())]), shape=(1, width))
+
+
+def occurrence_relevance(r_x0: np.ndarray, cols: np.ndarray, signs: np.ndarray, groups):
     """Return (relevance per occurrence, relevance of features absent from the document spread over them)."""
+    present, inverse, total = groups
     ok = cols >= 0
-    safe = np.where(ok, cols, 0)
-    total = np.bincount(safe[ok], signs[ok], minlength=len(r_x0))
-    n_occ = np.bincount(safe[ok], minlength=len(r_x0))
-    share = np.where(total[safe] != 0, signs / np.where(total[safe] != 0, total[safe], 1.0),
-                     1.0 / np.maximum(n_occ[safe], 1))
-    r_occ = np.where(ok, r_x0[safe] * share, 0.0)
-    present = np.zeros(len(r_x0), bool)
-    present[safe[ok]] = True
-    absent = float(r_x0[~present].sum())
+    count = np.bincount(inverse, minlength=len(present))
+    t = total[inverse]
+    share = np.where(t != 0, signs[ok] / np.where(t != 0, t, 1.0), 1.0 / count[inverse])
+    r_occ = np.zeros(len(cols))
+    r_occ[ok] = r_x0[present][inverse] * share
+    absent = float(r_x0.sum() - r_x0[present].sum())
     if ok.any() and absent != 0.0:
-        r_occ = r_occ + np.where(ok, absent / ok.sum(), 0.0)
+        r_occ[ok] += absent / ok.sum()
     return r_occ, absent
 
 
@@ -93,8 +98,11 @@ def resolve_class(model: TextModel, value, what: str) -> int:
 def prediction(model: TextModel, u) -> dict:
     """Return {index, label, probability (when the classifier gives one)} of the classifier at u."""
     clf = model.classifier
-    label = clf.predict(u)[0]
-    index = int(np.flatnonzero(clf.classes_ == label)[0])
+    if isinstance(clf, LinearClassifierMixin):  # its predict, without the input validation that costs a forward
+        scores = np.asarray(u @ clf.coef_.T).ravel() + clf.intercept_
+        index = int(scores[0] > 0) if scores.size == 1 else int(np.argmax(scores))
+    else:
+        index = int(np.flatnonzero(clf.classes_ == clf.predict(u)[0])[0])
     out = {"index": index, "label": model.classes[index]}
     try:
         out["probability"] = float(clf.predict_proba(u)[0, index])
@@ -116,19 +124,20 @@ def _targets(model: TextModel, target, pair, predicted: int):
     return resolve_class(model, target, "target"), pair
 
 
-def _top_features(model: TextModel, features, cols, x0, r_x0, top: int) -> list:
+def _top_features(model: TextModel, features, cols, x0, r_x0, groups, top: int) -> list:
     """Return the `top` features of largest |relevance|: name, vectorizer value, count and relevance."""
-    ok = cols >= 0
-    names: dict[int, list] = {}
-    for f, c in zip(features, cols.tolist()):  # one step per occurrence of one document
-        if c >= 0 and f not in names.setdefault(c, []):
-            names[c].append(f)
-    candidates = np.union1d(np.fromiter(names, dtype=np.int64, count=len(names)), np.flatnonzero(r_x0))
+    present, inverse, _ = groups
+    candidates = np.union1d(present, np.flatnonzero(r_x0))
     order = candidates[np.argsort(-np.abs(r_x0[candidates]), kind="stable")][:top]
-    counts = np.bincount(cols[ok], minlength=len(r_x0)) if ok.any() else np.zeros(len(r_x0), int)
+    counts = np.zeros(len(r_x0), np.int64)
+    counts[present] = np.bincount(inverse, minlength=len(present))
     dense = x0.toarray().ravel() if sparse.issparse(x0) else np.asarray(x0).ravel()
-    return [{"feature": " | ".join(names.get(int(c), [])) or _feature_name(model, int(c)), "column": int(c),
-             "count": int(counts[c]), "value": float(dense[c]), "relevance": float(r_x0[c])} for c in order]
+    out = []
+    for c in order.tolist():  # the top features only
+        names = list(dict.fromkeys(features[i] for i in np.flatnonzero(cols == c)))  # hashing: several strings
+        out.append({"feature": " | ".join(names) or _feature_name(model, c), "column": c, "count": int(counts[c]),
+                    "value": float(dense[c]), "relevance": float(r_x0[c])})
+    return out
 
 
 def _feature_name(model: TextModel, column: int) -> str:
@@ -172,14 +181,15 @@ def explain_text(model: TextModel, text: str, target=None, pair=None, source: di
     features = list(analyzer(text))
     an, why = trace(model, text, features, name)
     cols, signs = feature_columns(model, features)
-    x0 = steps.vectorizer_output(model.vectorizer, raw_counts(cols, signs, n_features(model)))
+    groups = occurrence_groups(cols, signs)
+    x0 = steps.vectorizer_output(model.vectorizer, raw_counts(groups, n_features(model)))
     acts = steps.forward(model.steps, x0)
     u = acts[-1]
     pred = prediction(model, u)
     t, pair = _targets(model, target, pair, pred["index"])
     dec = decompose(model.classifier, u, t, pair)
     r_x0 = steps.backward(model.steps, acts, dec.relevance)
-    r_occ, absent = occurrence_relevance(r_x0, cols, signs)
+    r_occ, absent = occurrence_relevance(r_x0, cols, signs, groups)
     method = {"name": "lrp", "decision": dec.decision, "rule": dec.rule,
               "steps": [{"name": n, "type": type(s).__name__, "rule": steps.step_rule(s)} for n, s in model.steps],
               **dec.details}
@@ -196,5 +206,5 @@ def explain_text(model: TextModel, text: str, target=None, pair=None, source: di
         target={"index": t, "label": model.classes[t], **({"pair": [model.classes[p] for p in pair]} if pair else {})},
         prediction=pred, method=method,
         model={"path": model.path, "sha256": model.sha256, "kind": model.kind}, source=source,
-        top_features=_top_features(model, features, cols, x0, r_x0, top), offsets=an is not None, notes=notes,
+        top_features=_top_features(model, features, cols, x0, r_x0, groups, top), offsets=an is not None, notes=notes,
         features_sum=float(r_occ.sum()))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import numpy as np
 from scipy import sparse
 from sklearn.feature_extraction.text import HashingVectorizer, TfidfVectorizer
-from sklearn.preprocessing import normalize
 
 # Which relevance rule each step kind gets, for the JSON's method description.
 PASS_THROUGH = "identity (a diagonal map at x)"
@@ -30,8 +29,15 @@ def vectorizer_output(vec, counts: sparse.csr_matrix) -> sparse.csr_matrix:
         if vec.use_idf:
             x.data *= vec.idf_[x.indices]
     if isinstance(vec, (TfidfVectorizer, HashingVectorizer)) and vec.norm is not None:
-        x = normalize(x, norm=vec.norm, copy=False)
+        x.data /= row_norm(x.data, vec.norm)
     return x
+
+
+def row_norm(values: np.ndarray, norm: str) -> float:
+    """Return the l1, l2 or max norm of one row's values, 1 for a zero row (as sklearn's normalize leaves it)."""
+    size = {"l1": lambda v: np.abs(v).sum(), "l2": lambda v: np.sqrt(np.dot(v, v)),
+            "max": lambda v: np.abs(v).max(initial=0.0)}[norm](values)
+    return size if size > 0 else 1.0
 
 
 def forward(steps: list, x0) -> list:
