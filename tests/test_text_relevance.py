@@ -177,6 +177,10 @@ def test_one_vs_one_svm_needs_a_pair_and_explains_its_decision(tmp_path):
     with pytest.raises(OptionError, match="pair"):
         explain_text(model, DOC)
     ovo = pipe.decision_function([DOC])[0]  # pairs (x,y), (x,z), (y,z), positive for the first
+    with pytest.raises(OptionError, match="not one of the pair x,z"):
+        explain_text(model, DOC, target="y", pair=("z", "x"))
+    winner = explain_text(model, DOC, pair=("x", "z"))
+    assert winner.target["label"] == ("x" if ovo[1] >= 0 else "z") and winner.f_x >= 0
     ex = explain_text(model, DOC, target="z", pair=("x", "z"))
     assert ex.f_x == pytest.approx(-ovo[1], abs=1e-10)
     assert abs(ex.relevance.sum() + ex.intercept - ex.f_x) <= EXACT

@@ -112,7 +112,7 @@ def prediction(model: TextModel, u) -> dict:
 
 
 def _targets(model: TextModel, target, pair, predicted: int):
-    """Return (target index, pair as sorted indices or None)."""
+    """Return (target index, pair as sorted indices or None); the index is None for the winner of a pair."""
     if model.one_vs_one:
         if pair is None:
             raise OptionError("one-vs-one multi-class SVM: give a pair of classes to explain (--pair A,B)")
@@ -120,8 +120,11 @@ def _targets(model: TextModel, target, pair, predicted: int):
     else:
         pair = None
     if target is None or target == "pred":
-        return (pair[0] if pair and predicted not in pair else predicted), pair
-    return resolve_class(model, target, "target"), pair
+        return (None if pair else predicted), pair
+    index = resolve_class(model, target, "target")
+    if pair and index not in pair:
+        raise OptionError(f"target {target!r} is not one of the pair {model.classes[pair[0]]},{model.classes[pair[1]]}")
+    return index, pair
 
 
 def _top_features(model: TextModel, features, cols, x0, r_x0, groups, top: int) -> list:
@@ -187,6 +190,8 @@ def explain_text(model: TextModel, text: str, target=None, pair=None, source: di
     u = acts[-1]
     pred = prediction(model, u)
     t, pair = _targets(model, target, pair, pred["index"])
+    if t is None:  # the winner of the pair: the pair's decision oriented for its first class is positive
+        t = pair[0] if decompose(model.classifier, u, pair[0], pair).f_x >= 0 else pair[1]
     dec = decompose(model.classifier, u, t, pair)
     r_x0 = steps.backward(model.steps, acts, dec.relevance)
     r_occ, absent = occurrence_relevance(r_x0, cols, signs, groups)
