@@ -52,10 +52,10 @@ def pieces(ex: TextExplanation) -> list:
 
 
 def headline(ex: TextExplanation) -> str:
-    """Return the one-line summary: target, prediction, f(x), intercept and residual."""
+    """Return the one-line summary: model file, target, prediction, f(x), intercept and residual."""
     b = "n/a" if ex.intercept is None else f"{ex.intercept:+.4g}"
-    return (f"target {ex.target['label']} | prediction {ex.prediction['label']} | f(x) = {ex.f_x:+.4g} | "
-            f"intercept {b} | residual {ex.residual:+.2g}")
+    return (f"{Path(ex.model.get('path', '')).name}: target {ex.target['label']} | prediction "
+            f"{ex.prediction['label']} | f(x) = {ex.f_x:+.4g} | intercept {b} | residual {ex.residual:+.2g}")
 
 
 def html_page(ex: TextExplanation, cmap: str = DEFAULT_CMAP, scale: float | None = None) -> str:
@@ -97,7 +97,7 @@ def ansi(ex: TextExplanation, cmap: str = DEFAULT_CMAP, scale: float | None = No
 
 def _layout(draw, font, items: list) -> list:
     """Return [(x, y, string, colour or None)] placing the items word by word, wrapped at PNG_WIDTH."""
-    placed, x, y = [], MARGIN, MARGIN + LINE_HEIGHT + 4
+    placed, x, y = [], MARGIN, MARGIN
     for text, colour in items:
         for part in _words(text):  # one step per word or space of one text
             if part == "\n":
@@ -124,16 +124,16 @@ def _latin1(text: str) -> str:
 
 
 def png_image(ex: TextExplanation, cmap: str = DEFAULT_CMAP, scale: float | None = None) -> np.ndarray:
-    """Return the uint8 (H, W, 3) image of the text heatmap, wrapped, drawn with Pillow's bitmap font."""
+    """Return the uint8 (H, W, 3) image of the headline and the text heatmap, wrapped, in Pillow's bitmap font."""
     font = ImageFont.load_default_imagefont()
     colours = token_colours(ex, cmap, scale)
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    items = [(_latin1(t), None if i is None else tuple(int(c) for c in colours[i])) for t, i in pieces(ex)]
+    items = [(_latin1(headline(ex)) + "\n\n", None)]
+    items += [(_latin1(t), None if i is None else tuple(int(c) for c in colours[i])) for t, i in pieces(ex)]
     placed = _layout(probe, font, items)
     height = (max((y for _, y, _, _ in placed), default=MARGIN + LINE_HEIGHT) + LINE_HEIGHT + MARGIN)
     img = Image.new("RGB", (PNG_WIDTH, height), (255, 255, 255))
     draw = ImageDraw.Draw(img)
-    draw.text((MARGIN, MARGIN), _latin1(headline(ex)), fill=(0, 0, 0), font=font)
     for x, y, part, colour in placed:  # one step per placed word
         if colour is not None:
             draw.rectangle([x, y - 1, x + draw.textlength(part, font=font) - 1, y + LINE_HEIGHT - 3], fill=colour)
