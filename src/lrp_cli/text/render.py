@@ -58,17 +58,26 @@ def headline(ex: TextExplanation) -> str:
             f"{ex.prediction['label']} | f(x) = {ex.f_x:+.4g} | intercept {b} | residual {ex.residual:+.2g}")
 
 
+def coloured(ex: TextExplanation, cmap: str = DEFAULT_CMAP, scale: float | None = None) -> list:
+    """Return the text as pieces (string, background, ink, relevance): tokens on their colour, gaps with Nones."""
+    colours = token_colours(ex, cmap, scale)
+    out = []
+    for text, i in pieces(ex):
+        bg = None if i is None else tuple(int(c) for c in colours[i])
+        out.append((text, bg, None if bg is None else _ink(bg), None if i is None else ex.tokens[i]["relevance"]))
+    return out
+
+
+def _html_piece(text: str, bg, fg, relevance) -> str:
+    if bg is None:
+        return html.escape(text)
+    return (f'<span class="t" style="background:rgb{bg};color:rgb{fg}" title="{relevance:+.6g}">'
+            f'{html.escape(text)}</span>')
+
+
 def html_page(ex: TextExplanation, cmap: str = DEFAULT_CMAP, scale: float | None = None) -> str:
     """Return a self-contained HTML page: the text, each token on its relevance colour, the value on hover."""
-    colours = token_colours(ex, cmap, scale)
-    spans = []
-    for text, i in pieces(ex):
-        if i is None:
-            spans.append(html.escape(text))
-            continue
-        bg, fg = tuple(int(c) for c in colours[i]), _ink(colours[i])
-        spans.append(f'<span class="t" style="background:rgb{bg};color:rgb{fg}" '
-                     f'title="{ex.tokens[i]["relevance"]:+.6g}">{html.escape(text)}</span>')
+    spans = [_html_piece(*piece) for piece in coloured(ex, cmap, scale)]
     feats = "".join(f"<tr><td>{html.escape(f['feature'])}</td><td>{f['value']:.4g}</td>"
                     f"<td>{f['relevance']:+.4g}</td></tr>" for f in ex.top_features)
     notes = "".join(f"<p class=note>{html.escape(n)}</p>" for n in ex.notes)
@@ -82,17 +91,15 @@ def html_page(ex: TextExplanation, cmap: str = DEFAULT_CMAP, scale: float | None
             f"<table><tr><th>feature</th><th>value</th><th>relevance</th></tr>{feats}</table></body></html>\n")
 
 
+def _ansi_piece(text: str, bg, fg, relevance) -> str:
+    if bg is None:
+        return text
+    return f"\x1b[48;2;{bg[0]};{bg[1]};{bg[2]}m\x1b[38;2;{fg[0]};{fg[1]};{fg[2]}m{text}\x1b[0m"
+
+
 def ansi(ex: TextExplanation, cmap: str = DEFAULT_CMAP, scale: float | None = None) -> str:
     """Return the text for a terminal: each token on its relevance colour (ANSI 24-bit), then the headline."""
-    colours = token_colours(ex, cmap, scale)
-    out = []
-    for text, i in pieces(ex):
-        if i is None:
-            out.append(text)
-        else:
-            (r, g, b), (fr, fg, fb) = colours[i], _ink(colours[i])
-            out.append(f"\x1b[48;2;{r};{g};{b}m\x1b[38;2;{fr};{fg};{fb}m{text}\x1b[0m")
-    return "".join(out) + "\n" + headline(ex) + "\n"
+    return "".join(_ansi_piece(*piece) for piece in coloured(ex, cmap, scale)) + "\n" + headline(ex) + "\n"
 
 
 def _layout(draw, font, items: list) -> list:
@@ -126,10 +133,9 @@ def _latin1(text: str) -> str:
 def png_image(ex: TextExplanation, cmap: str = DEFAULT_CMAP, scale: float | None = None) -> np.ndarray:
     """Return the uint8 (H, W, 3) image of the headline and the text heatmap, wrapped, in Pillow's bitmap font."""
     font = ImageFont.load_default_imagefont()
-    colours = token_colours(ex, cmap, scale)
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     items = [(_latin1(headline(ex)) + "\n\n", None)]
-    items += [(_latin1(t), None if i is None else tuple(int(c) for c in colours[i])) for t, i in pieces(ex)]
+    items += [(_latin1(text), bg) for text, bg, _, _ in coloured(ex, cmap, scale)]
     placed = _layout(probe, font, items)
     height = (max((y for _, y, _, _ in placed), default=MARGIN + LINE_HEIGHT) + LINE_HEIGHT + MARGIN)
     img = Image.new("RGB", (PNG_WIDTH, height), (255, 255, 255))
