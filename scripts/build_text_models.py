@@ -114,8 +114,12 @@ def main() -> None:
     for name, rates in SHORTCUT_RATES.items():
         texts, y = corpus(args.reviews, seed=1, rates=rates)
         labels = np.where(y == 1, "positive", "negative")
-        pipe = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), min_df=3), LinearSVC(C=0.5)).fit(texts, labels)
+        pipe = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), min_df=3), LinearSVC(C=0.5, random_state=0))
+        pipe.fit(texts, labels)
         path = REPO / "models" / f"{name}.joblib"
+        # The vectorizer caches id(stop_words), a memory address: left in, every build would write other bytes
+        # (scikit-learn sets it again on first use).
+        vars(pipe[0]).pop("_stop_words_id", None)
         joblib.dump(pipe, path)
         models[name] = load_text_model(path)
         accuracy = float(np.mean(pipe.predict(test_texts) == np.where(test_y == 1, "positive", "negative")))
