@@ -154,6 +154,18 @@ def test_kernel_svm_taylor_reports_its_residual(tmp_path, kernel):
     assert ex.intercept is None
     assert ex.method["root"]["found"] and abs(ex.method["root"]["f_x0"]) < 1e-6
     assert ex.relevance.sum() + ex.residual == pytest.approx(ex.f_x, abs=1e-12)
+    # Relevance on features absent from the text (x0 != x there) reaches the tokens too (Eq 27's even split).
+    assert ex.relevance.sum() == pytest.approx(ex.features_sum, abs=1e-12)
+    again = explain_text(model, DOC, target=1)  # the support vectors' side now comes from the model's cache
+    assert again.f_x == ex.f_x and again.tokens == ex.tokens
+
+
+def test_text_without_features_is_the_intercept_alone(tmp_path):
+    model, pipe = saved(tmp_path, make_pipeline(TfidfVectorizer(), LinearSVC()))
+    for text in ("", "  \n ", "qqq zzz"):
+        ex = explain_text(model, text, target=1)
+        assert ex.f_x == ex.intercept == pytest.approx(pipe.decision_function([text])[0], abs=1e-12)
+        assert not ex.relevance.any() and ex.residual == 0.0
 
 
 def test_sparse_column_folding_equals_the_dense_bow_decomposition(tmp_path):

@@ -99,25 +99,36 @@ def _sparse_support(svc):
     return sparse.csr_matrix(svc.support_vectors_, dtype=np.float64)
 
 
-def _taylor_columns(clf, target, pair, part, x: sparse.csr_matrix):
-    """Return (columns the root search can touch, f at every support vector) for a sparse kernel SVM: x's own
-    columns and those of the support vectors find_root will search towards (chosen exactly as it will)."""
+def _support_side(clf, target, pair, part):
+    """Return (sparse decision, f at every support vector, their squared norms): what the root search needs of
+    the support vectors, the same for every document."""
     from lrp_cli.bow.classifier import target_decision
-    from lrp_cli.bow.relevance import root_candidates
 
     dec = target_decision(clf, target, pair, support=_sparse_support)
     S = dec.support
-    f_sv = dec.intercept + dec.coef @ sparse_gram(part, S, S)
+    return dec, dec.intercept + dec.coef @ sparse_gram(part, S, S), np.asarray(S.multiply(S).sum(axis=1)).ravel()
+
+
+def _taylor_columns(clf, target, pair, part, x: sparse.csr_matrix, cache: dict):
+    """Return (columns the root search can touch, f at every support vector) for a sparse kernel SVM: x's own
+    columns and those of the support vectors find_root will search towards (chosen exactly as it will)."""
+    from lrp_cli.bow.relevance import root_candidates
+
+    key = ("support side", target, None if pair is None else tuple(pair))
+    if key not in cache:
+        cache[key] = _support_side(clf, target, pair, part)
+    dec, f_sv, sq = cache[key]
+    S = dec.support
     fx = float(dec.intercept + dec.coef @ sparse_gram(part, S, x)[:, 0])
-    sq = np.asarray(S.multiply(S).sum(axis=1)).ravel()
     dist = np.sqrt(np.maximum(sq - 2.0 * (S @ x.T).toarray().ravel() + x.multiply(x).sum(), 0.0))
     keep, _ = root_candidates(dec.coef, f_sv, dist, np.sign(fx) or 1.0, N_CANDIDATES)
     cols = np.union1d(x.indices, S[keep].indices)
     return cols, f_sv
 
 
-def svm_decomposition(clf, u, target: int, pair) -> Decomposition:
-    """Return the BoW module's kernel decomposition of an SVM's decision for `target` (pair for one-vs-one)."""
+def svm_decomposition(clf, u, target: int, pair, cache: dict | None = None) -> Decomposition:
+    """Return the BoW module's kernel decomposition of an SVM's decision for `target` (pair for one-vs-one;
+    cache: a dict kept with the model, for what does not depend on the document)."""
     from sklearn.multiclass import OneVsRestClassifier
 
     from lrp_cli.bow.classifier import support_matrix, target_decision
@@ -131,7 +142,7 @@ def svm_decomposition(clf, u, target: int, pair) -> Decomposition:
         if kernel.decomposable:
             cols, f_sv = x.indices, None
         else:
-            cols, f_sv = _taylor_columns(clf, target, pair, kernel.parts[0], x)
+            cols, f_sv = _taylor_columns(clf, target, pair, kernel.parts[0], x, {} if cache is None else cache)
         dec = target_decision(clf, target, pair, support=partial(support_matrix, columns=cols))
         view = np.concatenate([x[:, cols].toarray().ravel(), [0.0]])  # 0 in the folded-columns slot
     else:
@@ -153,8 +164,9 @@ def svm_decomposition(clf, u, target: int, pair) -> Decomposition:
                                    "candidates": root.n_candidates}})
 
 
-def decompose(clf, u, target: int, pair=None) -> Decomposition:
-    """Return the decomposition of the classifier's decision value for class index `target` at input u."""
+def decompose(clf, u, target: int, pair=None, cache: dict | None = None) -> Decomposition:
+    """Return the decomposition of the classifier's decision value for class index `target` at input u (cache:
+    see svm_decomposition)."""
     from sklearn.calibration import CalibratedClassifierCV
     from sklearn.linear_model._base import LinearClassifierMixin
     from sklearn.naive_bayes import ComplementNB, MultinomialNB
@@ -169,4 +181,4 @@ def decompose(clf, u, target: int, pair=None) -> Decomposition:
     if isinstance(clf, CalibratedClassifierCV):
         w, b, what = calibrated_weights(clf, target)
         return linear_decomposition(w, b, u, f"{what} (class {label!r})")
-    return svm_decomposition(clf, u, target, pair)
+    return svm_decomposition(clf, u, target, pair, cache)

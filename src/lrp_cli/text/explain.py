@@ -191,8 +191,8 @@ def explain_text(model: TextModel, text: str, target=None, pair=None, source: di
     pred = prediction(model, u)
     t, pair = _targets(model, target, pair, pred["index"])
     if t is None:  # the winner of the pair: the pair's decision oriented for its first class is positive
-        t = pair[0] if decompose(model.classifier, u, pair[0], pair).f_x >= 0 else pair[1]
-    dec = decompose(model.classifier, u, t, pair)
+        t = pair[0] if decompose(model.classifier, u, pair[0], pair, model.cache).f_x >= 0 else pair[1]
+    dec = decompose(model.classifier, u, t, pair, model.cache)
     r_x0 = steps.backward(model.steps, acts, dec.relevance)
     r_occ, absent = occurrence_relevance(r_x0, cols, signs, groups)
     method = {"name": "lrp", "decision": dec.decision, "rule": dec.rule,
@@ -200,8 +200,9 @@ def explain_text(model: TextModel, text: str, target=None, pair=None, source: di
               **dec.details}
     notes = []
     if absent:
-        notes.append(f"{absent:.6g} of relevance sat on features absent from the text; spread evenly over its "
-                     "feature occurrences (paper Eq 27)")
+        where = ("spread evenly over its feature occurrences (paper Eq 27)" if (cols >= 0).any()
+                 else "no feature of the model occurs in the text to carry it: it is in the residual")
+        notes.append(f"{absent:.6g} of relevance sat on features absent from the text; {where}")
     if an is None:
         notes.append(f"no character offsets: {why}; relevance is given per feature only")
     char_level = model.vectorizer.analyzer in ("char", "char_wb")
