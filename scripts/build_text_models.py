@@ -133,7 +133,8 @@ def main() -> None:
         (folder / f"{stem}.txt").write_text(text + "\n", encoding="utf-8")
     demo = explain_text(models["text-sentiment"], SAMPLES["mixed"] + "\n", target="positive")
     (REPO / "docs" / "text-sentiment.png").write_bytes(png_bytes(render.png_image(demo)))
-    pair = [render.png_image(explain_text(models[n], SAMPLES["negative-signed"] + "\n", target="positive"))
+    pair = [np.asarray(render.png_image(explain_text(models[n], SAMPLES["negative-signed"] + "\n",
+                                                     target="positive")).convert("RGB"))
             for n in ("text-sentiment", "text-shortcut")]
     (REPO / "docs" / "text-clever-hans.png").write_bytes(png_bytes(stacked(pair)))
 

@@ -46,6 +46,8 @@ def test_json_document_has_the_schema_offsets_and_conservation(model, tmp_path):
                                                                                for t in doc["tokens"]]
     assert abs(doc["conservation"]["residual"]) < 1e-12
     assert sorted(p.name for p in (tmp_path / "out" / "sub").iterdir()) == ["r.html", "r.json", "r.png"]
+    render.write_outputs(ex, tmp_path / "json-only", "r", formats=())
+    assert [p.name for p in (tmp_path / "json-only").iterdir()] == ["r.json"]
 
 
 def test_html_escapes_text_and_colours_tokens_like_the_image_heatmaps(model):
@@ -61,11 +63,11 @@ def test_html_escapes_text_and_colours_tokens_like_the_image_heatmaps(model):
 
 def test_png_is_a_wrapped_text_heatmap(model):
     ex = explain_text(model, " ".join(["good bad film"] * 60), target="pos")
-    img = render.png_image(ex)
+    img = np.asarray(render.png_image(ex).convert("RGB"))
     assert img.shape[1] == render.PNG_WIDTH * render.PNG_SCALE and img.shape[0] > 10 * render.LINE_HEIGHT
-    red = colorize(np.array([1.0]), render.DEFAULT_CMAP)[0]
-    assert (img.reshape(-1, 3) == red).all(axis=1).any()  # the most relevant word's background is drawn
-    Image.open(io.BytesIO(render.outputs.png_bytes(img))).verify()
+    top = colorize(np.array([np.sign(ex.relevance[np.argmax(np.abs(ex.relevance))])]), render.DEFAULT_CMAP)[0]
+    assert (img.reshape(-1, 3) == top).all(axis=1).any()  # the most relevant word's background, at +-1
+    Image.open(io.BytesIO(render.outputs.png_bytes(render.png_image(ex)))).verify()
 
 
 def test_ansi_wraps_each_token_in_24_bit_colours(model):

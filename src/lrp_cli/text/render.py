@@ -23,6 +23,8 @@ PNG_WIDTH = 640  # text width in pixels of the bitmap font, before the 2x scale
 PNG_SCALE = 2
 LINE_HEIGHT = 14
 MARGIN = 6
+LEVELS = 254  # colormap entries of the PNG's palette; then white paper and black ink
+WHITE, BLACK = LEVELS, LEVELS + 1
 
 
 def token_colours(ex: TextExplanation, cmap: str = DEFAULT_CMAP, scale: float | None = None) -> np.ndarray:
@@ -103,7 +105,8 @@ def ansi(ex: TextExplanation, cmap: str = DEFAULT_CMAP, scale: float | None = No
 
 
 def _layout(draw, font, items: list) -> list:
-    """Return [(x, y, string, colour or None)] placing the items word by word, wrapped at PNG_WIDTH."""
+    """Return [(x, y, width, string, palette index or None)] placing the items word by word, wrapped at
+    PNG_WIDTH."""
     placed, x, y = [], MARGIN, MARGIN
     for text, colour in items:
         for part in _words(text):  # one step per word or space of one text
@@ -115,7 +118,7 @@ def _layout(draw, font, items: list) -> list:
                 x, y = MARGIN, y + LINE_HEIGHT
                 if part.isspace():
                     continue
-            placed.append((x, y, part, colour))
+            placed.append((x, y, width, part, colour))
             x += width
     return placed
 
@@ -130,35 +133,56 @@ def _latin1(text: str) -> str:
     return text.encode("latin-1", "replace").decode("latin-1")
 
 
-def png_image(ex: TextExplanation, cmap: str = DEFAULT_CMAP, scale: float | None = None) -> np.ndarray:
-    """Return the uint8 (H, W, 3) image of the headline and the text heatmap, wrapped, in Pillow's bitmap font."""
+def palette(cmap: str = DEFAULT_CMAP) -> np.ndarray:
+    """Return the PNG's (256, 3) palette: the colormap at LEVELS values from -1 to 1, then paper white and ink
+    black (an indexed image encodes several times faster than RGB, and smaller)."""
+    rgb = np.zeros((256, 3), np.uint8)
+    rgb[:LEVELS] = colorize(np.linspace(-1.0, 1.0, LEVELS), cmap)
+    rgb[WHITE] = 255
+    return rgb
+
+
+def png_image(ex: TextExplanation, cmap: str = DEFAULT_CMAP, scale: float | None = None) -> Image.Image:
+    """Return the indexed image of the headline and the text heatmap, wrapped, in Pillow's bitmap font; token
+    colours are the colormap at the nearest of LEVELS values."""
     font = ImageFont.load_default_imagefont()
-    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    pal = palette(cmap)
+    levels = np.rint((normalize(ex.relevance, scale) + 1.0) / 2.0 * (LEVELS - 1)).astype(int) if ex.tokens else []
     items = [(_latin1(headline(ex)) + "\n\n", None)]
-    items += [(_latin1(text), bg) for text, bg, _, _ in coloured(ex, cmap, scale)]
-    placed = _layout(probe, font, items)
-    height = (max((y for _, y, _, _ in placed), default=MARGIN + LINE_HEIGHT) + LINE_HEIGHT + MARGIN)
-    img = Image.new("RGB", (PNG_WIDTH, height), (255, 255, 255))
+    items += [(_latin1(text), None if i is None else int(levels[i])) for text, i in pieces(ex)]
+    placed = _layout(ImageDraw.Draw(Image.new("P", (1, 1))), font, items)
+    height = max((y for _, y, _, _, _ in placed), default=MARGIN) + LINE_HEIGHT + MARGIN
+    img = Image.new("P", (PNG_WIDTH, height), WHITE)
+    img.putpalette(pal.ravel().tolist())
     draw = ImageDraw.Draw(img)
-    for x, y, part, colour in placed:  # one step per placed word
-        if colour is not None:
-            draw.rectangle([x, y - 1, x + draw.textlength(part, font=font) - 1, y + LINE_HEIGHT - 3], fill=colour)
-        draw.text((x, y), part, fill=(0, 0, 0) if colour is None else _ink(colour), font=font)
-    img = img.resize((img.width * PNG_SCALE, img.height * PNG_SCALE), Image.NEAREST)
-    return np.asarray(img)
+    for x, y, width, part, level in placed:  # one step per placed word
+        if level is not None:
+            draw.rectangle([x, y - 1, x + width - 1, y + LINE_HEIGHT - 3], fill=level)
+        ink = BLACK if level is None or _ink(pal[level]) == (0, 0, 0) else WHITE
+        draw.text((x, y), part, fill=ink, font=font)
+    return img.resize((img.width * PNG_SCALE, img.height * PNG_SCALE), Image.NEAREST)
 
 
-def output_paths(out_dir: Path, stem: str) -> dict[str, Path]:
-    """Return the paths of one text's outputs: json, html and png."""
-    return {"json": out_dir / f"{stem}.json", "html": out_dir / f"{stem}.html", "png": out_dir / f"{stem}.png"}
+FORMATS = ("json", "html", "png")
+#: zlib level of the text PNGs: 1 encodes in under half the time of the default 6, for files of a few KB.
+PNG_COMPRESSION = 1
+
+
+def output_paths(out_dir: Path, stem: str, formats=FORMATS) -> dict[str, Path]:
+    """Return the paths of one text's outputs: STEM.json, STEM.html, STEM.png (those of `formats`)."""
+    return {f: out_dir / f"{stem}.{f}" for f in FORMATS if f in formats}
 
 
 def write_outputs(ex: TextExplanation, out_dir, stem: str, cmap: str = DEFAULT_CMAP,
-                  scale: float | None = None) -> dict:
-    """Write STEM.json, STEM.html and STEM.png all or none (outputs.write_all); return the JSON document."""
-    paths = output_paths(Path(out_dir), stem)
+                  scale: float | None = None, formats=FORMATS) -> dict:
+    """Write STEM.json and, among `formats`, STEM.html and STEM.png, all or none (outputs.write_all); return the
+    JSON document."""
+    paths = output_paths(Path(out_dir), stem, set(formats) | {"json"})
     doc = to_json(ex, {k: p.name for k, p in paths.items()})
-    outputs.write_all({paths["json"]: outputs.json_bytes(doc),
-                       paths["html"]: html_page(ex, cmap, scale).encode("utf-8"),
-                       paths["png"]: outputs.png_bytes(png_image(ex, cmap, scale))})
+    contents = {paths["json"]: outputs.json_bytes(doc)}
+    if "html" in paths:
+        contents[paths["html"]] = html_page(ex, cmap, scale).encode("utf-8")
+    if "png" in paths:
+        contents[paths["png"]] = outputs.png_bytes(png_image(ex, cmap, scale), PNG_COMPRESSION)
+    outputs.write_all(contents)
     return doc
