@@ -15,7 +15,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
-from sklearn.svm import LinearSVC
+from sklearn.svm import SVC, LinearSVC
 
 from lrp_cli.errors import InputError, ModelLoadError, OptionError
 from lrp_cli.render import colorize
@@ -137,3 +137,5 @@ def test_skops_file_and_bare_classifier_with_vectorizer_file(tmp_path):
     assert a.f_x == pytest.approx(b.f_x, abs=1e-12) and a.tokens == b.tokens
     with pytest.raises(ModelLoadError, match="give the vectorizer file too"):
         load_text_model(tmp_path / "clf.joblib")
+    sio.dump(make_pipeline(TfidfVectorizer(), SVC()).fit(TEXTS, LABELS), tmp_path / "svc.skops")  # sparse SVs
+    assert load_text_model(tmp_path / "svc.skops").classes == ["neg", "pos"]

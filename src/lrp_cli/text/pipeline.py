@@ -57,6 +57,7 @@ SKOPS_TRUSTED = [
     "lrp_cli.bow.kernels.BowKernel", "lrp_cli.bow.kernels.linear_kernel", "lrp_cli.bow.kernels.hik_kernel",
     "lrp_cli.bow.kernels.additive_chi2_kernel", "lrp_cli.bow.kernels.chi2_kernel",
     "lrp_cli.bow.kernels.rbf_kernel",
+    "scipy.sparse._csr.csr_matrix", "scipy.sparse._csr.csr_array",  # an SVM fitted on sparse data keeps these
     "builtins.slice", "builtins.frozenset", "numpy.float64", "numpy.float32", "numpy.int64",
 ]
 

@@ -88,9 +88,11 @@ class SklearnTextModel(Model):
                             timing={"explain": time.perf_counter() - start}, extra={"text": ex})]
 
     def save(self, expl: Explanation, out_dir: Path, stem: str, options: OutputOptions) -> dict:
-        """Writes STEM.json, STEM.html and STEM.png (all or none); returns the JSON document."""
+        """Writes STEM.json, STEM.html and STEM.png (all or none; options.extra["text_formats"] may leave out the
+        HTML and PNG); returns the JSON document."""
         cmap = options.extra.get("text_cmap", render.DEFAULT_CMAP)
-        return render.write_outputs(expl.extra["text"], out_dir, stem, cmap, options.scale)
+        formats = options.extra.get("text_formats", render.FORMATS)
+        return render.write_outputs(expl.extra["text"], out_dir, stem, cmap, options.scale, formats)
 
     def summary_fields(self, document: dict) -> dict:
         """Returns the summary columns of a text explanation's JSON document."""
