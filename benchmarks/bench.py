@@ -522,8 +522,29 @@ def bench_text(runs: int = 40, words: int = 1000, features: int = 100_000) -> di
         model = load_text_model(Path(folder) / "text.joblib")
     decision, explain, ratio = interleaved_ratio(lambda: pipe.decision_function([doc]),
                                                  lambda: explain_text(model, doc), runs)
+    short = [" ".join(types[i] for i in row) for row in rng.choice(len(types), size=(300, 30), p=p)]
     return {"decision_ms": decision * 1e3, "explain_ms": explain * 1e3, "ratio": ratio,
-            "features": len(pipe[0].vocabulary_), "words": words}
+            "features": len(pipe[0].vocabulary_), "words": words, **short_documents_per_s(pipe, model, short)}
+
+
+def short_documents_per_s(pipe, model, docs: list) -> dict:
+    """Returns documents per second, one process, of a decision_function loop, of explain_text writing STEM.json,
+    and writing STEM.json, .html and .png."""
+    from lrp_cli import outputs
+    from lrp_cli.text import render
+    from lrp_cli.text.explain import explain_text
+
+    def rate(fn) -> float:
+        start = time.perf_counter()
+        for k, doc in enumerate(docs):
+            fn(k, doc)
+        return len(docs) / (time.perf_counter() - start)
+
+    with tempfile.TemporaryDirectory() as out, outputs.batch_writes(Path(out)):  # as a batch writes
+        return {"decision_per_s": rate(lambda k, d: pipe.decision_function([d])),
+                "json_per_s": rate(lambda k, d: render.write_outputs(explain_text(model, d), out, f"j{k}",
+                                                                     formats=())),
+                "all_per_s": rate(lambda k, d: render.write_outputs(explain_text(model, d), out, f"a{k}"))}
 
 
 def text_text(runs: int) -> str:
@@ -531,7 +552,9 @@ def text_text(runs: int) -> str:
     b = bench_text(max(runs, 20))
     return (f"\nText (scikit-learn pipeline): one {b['words']}-word document, TF-IDF with {b['features']} features + "
             f"LinearSVC, median of {max(runs, 20)} runs in turn: decision_function {b['decision_ms']:.2f} ms, "
-            f"explain_text {b['explain_ms']:.2f} ms, ratio {b['ratio']:.2f}x (target: at most 3x).\n")
+            f"explain_text {b['explain_ms']:.2f} ms, ratio {b['ratio']:.2f}x (target: at most 3x). 300 documents of "
+            f"30 words, one process: decision_function loop {b['decision_per_s']:.0f} docs/s, explained with STEM.json "
+            f"{b['json_per_s']:.0f} docs/s, with .json, .html and .png {b['all_per_s']:.0f} docs/s.\n")
 
 
 def machine() -> str:

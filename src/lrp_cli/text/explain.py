@@ -134,12 +134,12 @@ def _top_features(model: TextModel, features, cols, x0, r_x0, groups, top: int) 
     order = candidates[np.argsort(-np.abs(r_x0[candidates]), kind="stable")][:top]
     counts = np.zeros(len(r_x0), np.int64)
     counts[present] = np.bincount(inverse, minlength=len(present))
-    dense = x0.toarray().ravel() if sparse.issparse(x0) else np.asarray(x0).ravel()
+    value = dict(zip(x0.indices.tolist(), x0.data.tolist()))
     out = []
     for c in order.tolist():  # the top features only
         names = list(dict.fromkeys(features[i] for i in np.flatnonzero(cols == c)))  # hashing: several strings
         out.append({"feature": " | ".join(names) or _feature_name(model, c), "column": c, "count": int(counts[c]),
-                    "value": float(dense[c]), "relevance": float(r_x0[c])})
+                    "value": value.get(c, 0.0), "relevance": float(r_x0[c])})
     return out
 
 
