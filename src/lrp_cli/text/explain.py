@@ -77,7 +77,9 @@ def occurrence_relevance(r_x0: np.ndarray, cols: np.ndarray, signs: np.ndarray, 
     share = np.where(t != 0, signs[ok] / np.where(t != 0, t, 1.0), 1.0 / count[inverse])
     r_occ = np.zeros(len(cols))
     r_occ[ok] = r_x0[present][inverse] * share
-    absent = float(r_x0.sum() - r_x0[present].sum())
+    elsewhere = r_x0.copy()
+    elsewhere[present] = 0.0  # summed on its own, so that no rounding of the present ones leaks in
+    absent = float(elsewhere.sum())
     if ok.any() and absent != 0.0:
         r_occ[ok] += absent / ok.sum()
     return r_occ, absent
