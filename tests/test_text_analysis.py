@@ -67,6 +67,12 @@ def test_token_offsets_survive_lowercasing_that_changes_length():
     assert [(t, s, e) for t, s, e in an.tokens] == [("stanbul", 1, 8), ("ﬁne", 9, 12), ("city", 13, 17)]
 
 
+def test_a_preprocessor_that_moves_characters_gives_no_offsets():
+    vec = CountVectorizer(preprocessor=lambda s: s[::-1]).fit(["ab cd"])
+    with pytest.raises(analysis.NoOffsets, match="cannot be traced"):
+        analysis.analyze(vec, "ab cd")
+
+
 def test_callable_analyzer_gives_features_only(tmp_path):
     vec = CountVectorizer(analyzer=str.split)
     path = tmp_path / "m.joblib"

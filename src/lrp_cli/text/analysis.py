@@ -62,11 +62,12 @@ def _traced(text: str, func) -> Mapped | None:
     return Mapped(whole, np.concatenate(starts), np.concatenate(ends))
 
 
-def preprocess(text: str, func) -> Mapped:
-    """Return func(text) with offsets: identity when the length is kept and the text is ASCII (lowercasing,
-    accent stripping), else traced word by word and character by character; raise NoOffsets otherwise."""
+def preprocess(text: str, func, per_character: bool) -> Mapped:
+    """Return func(text) with offsets: the identity when nothing changed, or when func works character by
+    character (per_character: lowercasing, accent stripping) and kept an ASCII text's length; else traced word
+    by word and character by character; raise NoOffsets otherwise."""
     out = func(text)
-    if out == text or (len(out) == len(text) and text.isascii()):
+    if out == text or (per_character and len(out) == len(text) and text.isascii()):
         return Mapped.identity(out)
     mapped = _traced(text, func)
     if mapped is None:
@@ -229,7 +230,8 @@ def analyze(vec, text: str) -> Analysis:
     """Return the Analysis of `text` by `vec`, or raise NoOffsets (callable analyzer, untraceable steps)."""
     if callable(vec.analyzer):
         raise NoOffsets("the vectorizer's analyzer is a callable, which gives features without offsets")
-    mapped = preprocess(text, vec.build_preprocessor())
+    builtin = vec.preprocessor is None and not callable(vec.strip_accents)
+    mapped = preprocess(text, vec.build_preprocessor(), builtin)
     if vec.analyzer == "word":
         return analyze_words(vec, mapped, text)
     return analyze_chars(vec, mapped, text)
