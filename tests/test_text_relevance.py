@@ -14,6 +14,7 @@ from sklearn.feature_extraction.text import CountVectorizer, HashingVectorizer, 
 from sklearn.feature_selection import SelectKBest, chi2
 from sklearn.linear_model import LogisticRegression, PassiveAggressiveClassifier, Perceptron, RidgeClassifier
 from sklearn.linear_model import SGDClassifier
+from sklearn.multiclass import OneVsRestClassifier
 from sklearn.naive_bayes import ComplementNB, MultinomialNB
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import MaxAbsScaler, Normalizer, StandardScaler
@@ -126,6 +127,15 @@ def test_multiclass_logistic_decomposes_each_class_score(tmp_path):
         assert abs(ex.relevance.sum() + ex.intercept - ex.f_x) <= EXACT
 
 
+@pytest.mark.parametrize("labels", ["binary", "three"])
+def test_one_vs_rest_linear_models_decompose_each_class(tmp_path, labels):
+    model, pipe = saved(tmp_path, make_pipeline(TfidfVectorizer(), OneVsRestClassifier(LinearSVC())), labels)
+    for target in range(len(model.classes)):
+        ex = explain_text(model, DOC, target=target)
+        assert ex.f_x == pytest.approx(oriented(pipe.decision_function([DOC]), target), abs=1e-10)
+        assert abs(ex.relevance.sum() + ex.intercept - ex.f_x) <= EXACT
+
+
 @pytest.mark.parametrize("nb", [MultinomialNB, ComplementNB])
 @pytest.mark.parametrize("labels", ["binary", "three"])
 def test_naive_bayes_is_decomposed_as_its_log_linear_score(tmp_path, nb, labels):
@@ -168,14 +178,15 @@ def test_text_without_features_is_the_intercept_alone(tmp_path):
         assert not ex.relevance.any() and ex.residual == 0.0
 
 
-def test_sparse_column_folding_equals_the_dense_bow_decomposition(tmp_path):
-    """The same rbf SVM fitted on sparse and on dense tf-idf: the folded-columns path must give the relevance the
-    BoW module computes on the full dense vectors (exact kernel values either way)."""
+@pytest.mark.parametrize("kernel", [dict(kernel="rbf", gamma=1.0), dict(kernel="poly", degree=3, gamma=2.0)])
+def test_sparse_column_folding_equals_the_dense_bow_decomposition(tmp_path, kernel):
+    """The same kernel SVM fitted on sparse and on dense tf-idf: the folded-columns path must give the relevance
+    the BoW module computes on the full dense vectors (exact kernel values either way)."""
     texts, y, _ = corpus()
     vec = TfidfVectorizer().fit(texts)
     X = vec.transform(texts)
-    dense_svc = SVC(kernel="rbf", gamma=1.0).fit(X.toarray(), y)
-    sparse_svc = SVC(kernel="rbf", gamma=1.0).fit(X, y)
+    dense_svc = SVC(**kernel).fit(X.toarray(), y)
+    sparse_svc = SVC(**kernel).fit(X, y)
     from lrp_cli.text.decision import svm_decomposition
     u = vec.transform([DOC])
     a, b = svm_decomposition(sparse_svc, u, 1, None), svm_decomposition(dense_svc, u.toarray(), 1, None)

@@ -1,6 +1,7 @@
 """A text classifier's decision value for one target class, decomposed onto its input features u.
 
-- Linear models (any LinearClassifierMixin): f = w . u + b; R_j = u_j w_j exactly, b reported apart.
+- Linear models (any LinearClassifierMixin, or one per class in a OneVsRestClassifier): f = w . u + b;
+  R_j = u_j w_j exactly, b reported apart.
 - Naive Bayes (MultinomialNB, ComplementNB) is log-linear: the joint log-likelihood of class c is
   u . log theta_c + log prior_c. Binary: f = the log-odds jll_target - jll_other; multi-class: f = jll_target minus
   the mean jll over the classes (argmax-preserving). Both linear in u: decomposed as above.
@@ -171,6 +172,8 @@ def decompose(clf, u, target: int, pair=None, cache: dict | None = None) -> Deco
     from sklearn.linear_model._base import LinearClassifierMixin
     from sklearn.naive_bayes import ComplementNB, MultinomialNB
 
+    from lrp_cli.text.pipeline import linear_ovr
+
     label = str(clf.classes_[target])
     if isinstance(clf, LinearClassifierMixin):
         w, b = linear_weights(clf.coef_, clf.intercept_, target, len(clf.classes_))
@@ -178,6 +181,12 @@ def decompose(clf, u, target: int, pair=None, cache: dict | None = None) -> Deco
     if isinstance(clf, (MultinomialNB, ComplementNB)):
         w, b, what = naive_bayes_weights(clf, target)
         return linear_decomposition(w, b, u, f"{type(clf).__name__} {what} (class {label!r})")
+    if linear_ovr(clf):  # one binary linear model per class, positive for it (one in all for two classes)
+        est = clf.estimators_[0] if len(clf.estimators_) == 1 else clf.estimators_[target]
+        sign = -1.0 if len(clf.estimators_) == 1 and target == 0 else 1.0
+        w, b = linear_weights(est.coef_, est.intercept_, 1, 2)
+        return linear_decomposition(sign * w, sign * b, u, f"one-vs-rest decision_function for class {label!r}: "
+                                                           "w . x + b")
     if isinstance(clf, CalibratedClassifierCV):
         w, b, what = calibrated_weights(clf, target)
         return linear_decomposition(w, b, u, f"{what} (class {label!r})")

@@ -6,7 +6,8 @@ Supported, in order:
        get_support (SelectKBest, SelectFromModel, ...), TruncatedSVD
     -> a linear classifier (LinearSVC, SGDClassifier, LogisticRegression, RidgeClassifier, Perceptron,
        PassiveAggressiveClassifier, any LinearClassifierMixin), SVC / NuSVC (linear, rbf, poly, the BoW kernels),
-       OneVsRestClassifier over those SVMs, MultinomialNB / ComplementNB, CalibratedClassifierCV over a linear model.
+       OneVsRestClassifier over those SVMs or over linear models, MultinomialNB / ComplementNB,
+       CalibratedClassifierCV over a linear model.
 A bare classifier (or a Pipeline without a vectorizer) is accepted with a separately saved vectorizer file.
 """
 
@@ -27,7 +28,8 @@ TRANSFORMS = ("TfidfTransformer, Normalizer, MaxAbsScaler, StandardScaler(with_m
               "a selector with get_support (SelectKBest, SelectFromModel, ...), TruncatedSVD")
 CLASSIFIERS = ("LinearSVC, SGDClassifier, LogisticRegression, RidgeClassifier, Perceptron, "
                "PassiveAggressiveClassifier, SVC/NuSVC (linear, rbf, poly, lrp_cli.bow kernels), "
-               "OneVsRestClassifier(SVC), MultinomialNB, ComplementNB, CalibratedClassifierCV(linear model)")
+               "OneVsRestClassifier(SVC or a linear model), MultinomialNB, ComplementNB, "
+               "CalibratedClassifierCV(linear model)")
 
 # Types skops may instantiate: the estimators a supported pipeline contains and what they hold.
 SKOPS_TRUSTED = [
@@ -160,6 +162,14 @@ def linear_base(est):
     return inner if type(est).__name__ == "FrozenEstimator" and inner is not None else est
 
 
+def linear_ovr(clf) -> bool:
+    """Return True for a fitted OneVsRestClassifier whose estimators are all linear models."""
+    from sklearn.multiclass import OneVsRestClassifier
+
+    return isinstance(clf, OneVsRestClassifier) and hasattr(clf, "estimators_") and all(
+        isinstance(est, LinearClassifierMixin) for est in clf.estimators_)
+
+
 def check_classifier(clf, where: str) -> None:
     """Raise TextModelError unless `clf` is a supported fitted text classifier."""
     from sklearn.calibration import CalibratedClassifierCV
@@ -172,7 +182,7 @@ def check_classifier(clf, where: str) -> None:
     name = type(clf).__name__
     if not hasattr(clf, "classes_"):
         raise TextModelError(f"{where}: the {name} is not fitted (or not a classifier; supported: {CLASSIFIERS})")
-    if isinstance(clf, LinearClassifierMixin) or isinstance(clf, (MultinomialNB, ComplementNB)):
+    if isinstance(clf, LinearClassifierMixin) or isinstance(clf, (MultinomialNB, ComplementNB)) or linear_ovr(clf):
         return
     if isinstance(clf, CalibratedClassifierCV):
         for cc in clf.calibrated_classifiers_:
