@@ -217,11 +217,12 @@ def split_pipeline(steps: list, name: str, vectorizer_steps: list | None):
     return steps[0][1], steps[1:-1], steps[-1][1]
 
 
-def load_text_model(path, vectorizer=None) -> TextModel:
+def load_text_model(path, vectorizer=None, content=None) -> TextModel:
     """Return the TextModel stored at `path` (optionally with a vectorizer or pre-classifier Pipeline saved in the
-    file `vectorizer`), or raise TextModelError (one line naming the file and the step)."""
+    file `vectorizer`; content: the object already read from `path`), or raise TextModelError (one line naming the
+    file and the step)."""
     p = Path(path)
-    obj = read_model_file(p)
+    obj = read_model_file(p) if content is None else content
     vec_steps = None if vectorizer is None else flat_steps(read_model_file(Path(vectorizer)))
     vec, middle, clf = split_pipeline(flat_steps(obj), p.name, vec_steps)
     from lrp_cli.outputs import sha256_file

@@ -25,20 +25,34 @@ class SklearnTextKind(Kind):
 
     name = "sklearn-text"
 
+    def __init__(self):
+        self._read = None  # (path, size, mtime, content) of the file claims last read, so load need not again
+
     def claims(self, path: Path) -> bool:
         """Returns True for a .joblib/.pkl/.skops file holding a Pipeline whose first step is a text vectorizer."""
         if path.suffix.lower() not in SUFFIXES:
             return False
         try:
-            steps = flat_steps(read_model_file(path))
+            content = read_model_file(path)
         except ModelLoadError:
             return False
-        return bool(steps) and is_vectorizer(steps[0][1])
+        steps = flat_steps(content)
+        if steps and is_vectorizer(steps[0][1]):
+            self._read = (path, *_signature(path), content)
+            return True
+        return False
 
     def load(self, path: Path, options: LoadOptions) -> "SklearnTextModel":
         """Returns the validated text pipeline (ModelLoadError naming the step that is wrong)."""
-        extra = dict(options.extra)
-        return SklearnTextModel(path, load_text_model(path, extra.get("vectorizer")))
+        read, self._read = self._read, None
+        content = read[-1] if read and read[:-1] == (path, *_signature(path)) else None
+        return SklearnTextModel(path, load_text_model(path, dict(options.extra).get("vectorizer"), content))
+
+
+def _signature(path: Path) -> tuple:
+    """Returns (size, mtime) of a file, which change when it is rewritten."""
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns
 
 
 @dataclass
