@@ -77,6 +77,13 @@ LINEAR = {
         LogisticRegression()),
     "svd-logistic": lambda: make_pipeline(TfidfVectorizer(), TruncatedSVD(5, random_state=0), LogisticRegression()),
     "svc-linear-kernel": lambda: make_pipeline(TfidfVectorizer(min_df=2), SVC(kernel="linear")),
+    "hashing-char-wb-binary-l1": lambda: make_pipeline(
+        HashingVectorizer(analyzer="char_wb", ngram_range=(1, 3), n_features=2 ** 9, binary=True, norm="l1",
+                          alternate_sign=False), LinearSVC()),
+    "tfidf-no-idf-no-norm-sublinear": lambda: make_pipeline(
+        TfidfVectorizer(use_idf=False, norm=None, sublinear_tf=True, max_df=0.5), LogisticRegression()),
+    "fixed-vocabulary-max-norm": lambda: make_pipeline(
+        CountVectorizer(vocabulary=POS + NEG + ["not in any text"]), Normalizer("max"), RidgeClassifier()),
 }
 
 
