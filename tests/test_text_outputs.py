@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 
@@ -41,6 +42,7 @@ def test_json_document_has_the_schema_offsets_and_conservation(model, tmp_path):
     on_disk = json.loads((tmp_path / "out" / "sub" / "r.json").read_text())
     assert on_disk == doc
     assert doc["schema"] == "lrp-cli/text-explanation/1"
+    assert doc["input"]["sha256"] == hashlib.sha256(text.encode("utf-8")).hexdigest()
     assert doc["target"] == {"index": 1, "label": "pos"} and doc["model"]["sha256"] == model.sha256
     assert [(t["text"], text[t["start"]:t["end"]]) for t in doc["tokens"]] == [(t["text"], t["text"])
                                                                                for t in doc["tokens"]]

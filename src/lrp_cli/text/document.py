@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -65,7 +66,7 @@ def to_json(ex: TextExplanation, outputs: dict | None = None) -> dict:
     r = ex.relevance
     doc = {
         "schema": SCHEMA,
-        "input": {**ex.source, "chars": len(ex.text)},
+        "input": {**ex.source, "chars": len(ex.text), "sha256": hashlib.sha256(ex.text.encode("utf-8")).hexdigest()},
         "model": ex.model,
         "method": ex.method,
         "target": ex.target,
