@@ -62,12 +62,14 @@ def _traced(text: str, func) -> Mapped | None:
     return Mapped(whole, np.concatenate(starts), np.concatenate(ends))
 
 
-def preprocess(text: str, func, per_character: bool) -> Mapped:
-    """Return func(text) with offsets: the identity when nothing changed, or when func works character by
-    character (per_character: lowercasing, accent stripping) and kept an ASCII text's length; else traced word
-    by word and character by character; raise NoOffsets otherwise."""
+def preprocess(text: str, func, kind: str) -> Mapped:
+    """Return func(text) with offsets. kind "lower" (str.lower only: it maps each character to one character
+    unless the length changes), "builtin" (lowercasing and accent stripping: one to one on ASCII text) or
+    "custom": the identity where that holds, else traced word by word and character by character; NoOffsets
+    when the trace does not add up."""
     out = func(text)
-    if out == text or (per_character and len(out) == len(text) and text.isascii()):
+    same_length = len(out) == len(text)
+    if out == text or (same_length and (kind == "lower" or (kind == "builtin" and text.isascii()))):
         return Mapped.identity(out)
     mapped = _traced(text, func)
     if mapped is None:
@@ -230,8 +232,11 @@ def analyze(vec, text: str) -> Analysis:
     """Return the Analysis of `text` by `vec`, or raise NoOffsets (callable analyzer, untraceable steps)."""
     if callable(vec.analyzer):
         raise NoOffsets("the vectorizer's analyzer is a callable, which gives features without offsets")
-    builtin = vec.preprocessor is None and not callable(vec.strip_accents)
-    mapped = preprocess(text, vec.build_preprocessor(), builtin)
+    if vec.preprocessor is not None or callable(vec.strip_accents):
+        kind = "custom"
+    else:
+        kind = "builtin" if vec.strip_accents else "lower"
+    mapped = preprocess(text, vec.build_preprocessor(), kind)
     if vec.analyzer == "word":
         return analyze_words(vec, mapped, text)
     return analyze_chars(vec, mapped, text)
