@@ -496,6 +496,67 @@ def vit_text(runs: int, path: Path = VIT) -> str:
             f"{fast['compiled_rss_mb']:.0f} MB.\n")
 
 
+def bench_text(runs: int = 40, words: int = 1000, features: int = 100_000) -> dict:
+    """Returns {decision_ms, explain_ms, ratio, features}: `lrp_cli.text.explain_text` of one `words`-word document
+    against the pipeline's own decision_function([text]) (vectorising included in both), timed in turn, for a
+    TfidfVectorizer(max_features=`features`) + LinearSVC pipeline fitted on a generated Zipf-distributed corpus."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.pipeline import make_pipeline
+    from sklearn.svm import LinearSVC
+
+    from lrp_cli.text.explain import explain_text
+    from lrp_cli.text.pipeline import load_text_model
+
+    rng = np.random.default_rng(0)
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
+    types = ["".join(rng.choice(letters, rng.integers(3, 9))) for _ in range(int(features * 1.5))]
+    p = 1.0 / np.arange(1, len(types) + 1) ** 0.8
+    p /= p.sum()
+    docs = [" ".join(types[i] for i in row) for row in rng.choice(len(types), size=(4000, 150), p=p)]
+    pipe = make_pipeline(TfidfVectorizer(max_features=features), LinearSVC()).fit(docs, rng.integers(0, 2, 4000))
+    doc = " ".join(types[i] for i in rng.choice(len(types), words, p=p))
+    with tempfile.TemporaryDirectory() as folder:
+        import joblib
+
+        joblib.dump(pipe, Path(folder) / "text.joblib")
+        model = load_text_model(Path(folder) / "text.joblib")
+    decision, explain, ratio = interleaved_ratio(lambda: pipe.decision_function([doc]),
+                                                 lambda: explain_text(model, doc), runs)
+    short = [" ".join(types[i] for i in row) for row in rng.choice(len(types), size=(300, 30), p=p)]
+    return {"decision_ms": decision * 1e3, "explain_ms": explain * 1e3, "ratio": ratio,
+            "features": len(pipe[0].vocabulary_), "words": words, **short_documents_per_s(pipe, model, short)}
+
+
+def short_documents_per_s(pipe, model, docs: list) -> dict:
+    """Returns documents per second, one process, of a decision_function loop, of explain_text writing STEM.json,
+    and writing STEM.json, .html and .png."""
+    from lrp_cli import outputs
+    from lrp_cli.text import render
+    from lrp_cli.text.explain import explain_text
+
+    def rate(fn) -> float:
+        start = time.perf_counter()
+        for k, doc in enumerate(docs):
+            fn(k, doc)
+        return len(docs) / (time.perf_counter() - start)
+
+    with tempfile.TemporaryDirectory() as out, outputs.batch_writes(Path(out)):  # as a batch writes
+        return {"decision_per_s": rate(lambda k, d: pipe.decision_function([d])),
+                "json_per_s": rate(lambda k, d: render.write_outputs(explain_text(model, d), out, f"j{k}",
+                                                                     formats=())),
+                "all_per_s": rate(lambda k, d: render.write_outputs(explain_text(model, d), out, f"a{k}"))}
+
+
+def text_text(runs: int) -> str:
+    """Returns the Markdown paragraph of bench_text."""
+    b = bench_text(max(runs, 20))
+    return (f"\nText (scikit-learn pipeline): one {b['words']}-word document, TF-IDF with {b['features']} features + "
+            f"LinearSVC, median of {max(runs, 20)} runs in turn: decision_function {b['decision_ms']:.2f} ms, "
+            f"explain_text {b['explain_ms']:.2f} ms, ratio {b['ratio']:.2f}x (target: at most 3x). 300 documents of "
+            f"30 words, one process: decision_function loop {b['decision_per_s']:.0f} docs/s, explained with STEM.json "
+            f"{b['json_per_s']:.0f} docs/s, with .json, .html and .png {b['all_per_s']:.0f} docs/s.\n")
+
+
 def machine() -> str:
     """Returns a one-line description of this machine."""
     cpu = platform.processor() or platform.machine()
@@ -545,7 +606,11 @@ def main():
     parser.add_argument("--vit-only", action="store_true", help="Only the ViT-B/16 explanation (models/vit_b_16.onnx)")
     parser.add_argument("--memory-only", action="store_true",
                         help="Only the peak RSS of both engines (compiled: cold and warm cache) on four models")
+    parser.add_argument("--text-only", action="store_true",
+                        help="Only the text pipeline's explanation against its decision_function")
     args = parser.parse_args()
+    if args.text_only:
+        return _emit(f"## {datetime.date.today().isoformat()}: {machine()}\n{text_text(args.runs)}", args.write)
     if args.memory_only:
         return _emit(f"## {datetime.date.today().isoformat()}: {machine()}\n{memory_text(args.runs)}", args.write)
     if args.batch_only:
@@ -588,7 +653,7 @@ def main():
             f"{checked['explain_cpu']:.2f} s ({checked['check_cpu'] / checked['explain_cpu'] - 1:+.0%}).\n"
             + (f"\nEvery method, median of {max(1, args.runs // 2)} runs, each method's "
                f"defaults:\n\n{methods}\n" if methods else "") + evaluate_text() + jobs_text + vit
-            + ("\n" + batch_text(args.runs) if effnet.exists() else ""))
+            + text_text(args.runs) + ("\n" + batch_text(args.runs) if effnet.exists() else ""))
     _emit(text, args.write)
 
 

@@ -33,10 +33,12 @@ def output_paths(out_dir: Path, stem: str, save_raw: bool) -> dict[str, Path]:
     return paths
 
 
-def png_bytes(rgb: np.ndarray) -> bytes:
-    """Returns the PNG encoding of a uint8 [H, W, 3] image."""
+def png_bytes(rgb: np.ndarray | Image.Image, compress_level: int = -1) -> bytes:
+    """Returns the PNG encoding of a uint8 [H, W, 3] image (or of a PIL image, e.g. an indexed one) at a zlib
+    compression level (-1: zlib's default, as Pillow uses)."""
     buffer = io.BytesIO()
-    Image.fromarray(rgb).save(buffer, format="PNG")
+    (rgb if isinstance(rgb, Image.Image) else Image.fromarray(rgb)).save(buffer, format="PNG",
+                                                                         compress_level=compress_level)
     return buffer.getvalue()
 
 

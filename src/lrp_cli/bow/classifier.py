@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import sparse
 from sklearn.multiclass import OneVsRestClassifier
 from sklearn.svm import SVC, NuSVC
 
@@ -38,8 +39,20 @@ class BinaryDecision:
         return BinaryDecision(self.support, -self.coef, -self.intercept, self.kernel)
 
 
-def support_matrix(svc) -> np.ndarray:
-    """Return the support vectors of a fitted SVC/NuSVC, also for callable kernels."""
+def support_matrix(svc, columns=None) -> np.ndarray:
+    """Return the support vectors of a fitted SVC/NuSVC as a dense matrix, also for callable kernels.
+
+    columns (sparse support vectors only, e.g. a text vocabulary): keep these columns and fold all the others
+    into one last column holding the norm of what was dropped, so that distances and dot products to any point
+    that is zero outside `columns` (and 0 in the last column) stay exact for linear, rbf and poly kernels.
+    """
+    if sparse.issparse(svc.support_vectors_) and not callable(svc.kernel):
+        S = sparse.csr_matrix(svc.support_vectors_, dtype=np.float64)
+        if columns is None:
+            return S.toarray()
+        kept = S[:, columns].toarray()
+        rest = np.sqrt(np.maximum(np.asarray(S.multiply(S).sum(axis=1)).ravel() - (kept ** 2).sum(axis=1), 0.0))
+        return np.concatenate([kept, rest[:, None]], axis=1)
     if callable(svc.kernel):
         # sklearn keeps only the training matrix for callable kernels (libsvm saw a precomputed Gram).
         xfit = getattr(svc, "_BaseLibSVM__Xfit", None)
@@ -47,6 +60,12 @@ def support_matrix(svc) -> np.ndarray:
             raise ClassifierError("the SVM does not hold its training data (callable kernel)")
         return np.asarray(xfit, dtype=np.float64)[svc.support_]
     return np.asarray(svc.support_vectors_, dtype=np.float64)
+
+
+def dual_coefficients(svc) -> np.ndarray:
+    """Return dual_coef_ as a dense array (sklearn stores it sparse for an SVM fitted on sparse data)."""
+    dual = svc.dual_coef_
+    return dual.toarray() if sparse.issparse(dual) else np.asarray(dual, dtype=np.float64)
 
 
 def check_svm(svc) -> None:
@@ -74,19 +93,22 @@ def is_one_vs_one(clf) -> bool:
     return isinstance(clf, (SVC, NuSVC)) and len(clf.classes_) > 2
 
 
-def binary_svm_decision(svc) -> BinaryDecision:
-    """Return the decision of a binary SVC/NuSVC, positive for classes_[1] (as sklearn's)."""
-    return BinaryDecision(support_matrix(svc), np.asarray(svc.dual_coef_[0], dtype=np.float64),
+def binary_svm_decision(svc, support=support_matrix) -> BinaryDecision:
+    """Return the decision of a binary SVC/NuSVC, positive for classes_[1] (as sklearn's); support(svc) gives
+    the support-vector matrix (default: dense, all columns)."""
+    return BinaryDecision(support(svc), dual_coefficients(svc)[0],
                           float(svc.intercept_[0]), kernel_of(svc))
 
 
-def pair_decision(svc, i: int, j: int) -> BinaryDecision:
-    """Return the one-vs-one decision between classes i < j of a multi-class SVC, positive for i."""
+def pair_decision(svc, i: int, j: int, support=support_matrix) -> BinaryDecision:
+    """Return the one-vs-one decision between classes i < j of a multi-class SVC, positive for i; support: see
+    binary_svm_decision."""
     starts = np.concatenate([[0], np.cumsum(svc.n_support_)])
     si, sj = slice(starts[i], starts[i + 1]), slice(starts[j], starts[j + 1])
-    S = support_matrix(svc)
+    S = support(svc)
     # libsvm layout: class i's SVs carry their pair-(i, j) coefficient in row j - 1, class j's in row i.
-    coef = np.concatenate([svc.dual_coef_[j - 1, si], svc.dual_coef_[i, sj]])
+    dual = dual_coefficients(svc)
+    coef = np.concatenate([dual[j - 1, si], dual[i, sj]])
     n = len(svc.classes_)
     pair_index = sum(n - 1 - a for a in range(i)) + (j - i - 1)
     return BinaryDecision(np.concatenate([S[si], S[sj]]), np.asarray(coef, dtype=np.float64),
@@ -101,23 +123,24 @@ def class_scores(clf, X: np.ndarray) -> np.ndarray:
     return dec
 
 
-def target_decision(clf, target: int, pair=None) -> BinaryDecision:
-    """Return the binary decision explaining class index `target` (pair: the two classes for one-vs-one)."""
+def target_decision(clf, target: int, pair=None, support=support_matrix) -> BinaryDecision:
+    """Return the binary decision explaining class index `target` (pair: the two classes for one-vs-one;
+    support: see binary_svm_decision)."""
     n = len(clf.classes_)
     if not 0 <= target < n:
         raise ClassifierError(f"target {target} is out of range for {n} classes")
     if isinstance(clf, OneVsRestClassifier):
         if len(clf.estimators_) == 1:  # two classes: one estimator, positive for classes_[1]
-            d = binary_svm_decision(clf.estimators_[0])
+            d = binary_svm_decision(clf.estimators_[0], support)
             return d if target == 1 else d.flipped()
-        return binary_svm_decision(clf.estimators_[target])
+        return binary_svm_decision(clf.estimators_[target], support)
     if n == 2:
-        d = binary_svm_decision(clf)
+        d = binary_svm_decision(clf, support)
         return d if target == 1 else d.flipped()
     if pair is None:
         raise ClassifierError("one-vs-one multi-class SVM: give a pair of classes to explain")
     i, j = sorted(int(c) for c in pair)
     if target not in (i, j) or i == j:
         raise ClassifierError(f"target {target} must be one of the pair ({i}, {j})")
-    d = pair_decision(clf, i, j)
+    d = pair_decision(clf, i, j, support)
     return d if target == i else d.flipped()

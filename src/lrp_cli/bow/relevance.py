@@ -25,14 +25,36 @@ class RootSearch:
     n_candidates: int
 
 
+def kernel_terms(dec, x: np.ndarray) -> np.ndarray:
+    """Return sum_i a_i k^(d)(s_id, x_d) per dimension (Eq 24 without the bias): with the bias, sums to f(x)."""
+    return dec.coef @ dec.kernel.perdim(dec.support, x)
+
+
 def layer3_exact(dec, x: np.ndarray) -> np.ndarray:
     """Return R3 per BoW dimension by Eq 24 (b / V + sum_i a_i k^(d)(s_id, x_d)); sums to f(x) exactly."""
-    return dec.intercept / x.size + dec.coef @ dec.kernel.perdim(dec.support, x)
+    return dec.intercept / x.size + kernel_terms(dec, x)
 
 
 def layer3_taylor(dec, x: np.ndarray, x0: np.ndarray) -> np.ndarray:
     """Return R3 per BoW dimension by Eq 25: (x - x0)_d * d f / d x_d (x0)."""
     return (x - x0) * (dec.coef @ dec.kernel.grad(dec.support, x0))
+
+
+def root_candidates(coef: np.ndarray, f_sv: np.ndarray, dist: np.ndarray, sign: float, n_candidates: int):
+    """Return (indices of the support vectors find_root searches towards, whether f changes sign there).
+
+    Prefers support vectors of the other sign (sign * a_i < 0) at which f has the other sign, the n_candidates
+    nearest to x (dist); else any support vector where f has the other sign; else (no crossing) those of the
+    other sign, or all.
+    """
+    usable = (sign * coef < 0) & (sign * f_sv < 0)
+    if not usable.any():  # fall back to any support vector on the other side of the boundary
+        usable = sign * f_sv < 0
+    if not usable.any():
+        other = sign * coef < 0
+        return np.flatnonzero(other if other.any() else np.ones_like(other)), False
+    idx = np.flatnonzero(usable)
+    return idx[np.argsort(dist[idx], kind="stable")[:n_candidates]], True
 
 
 def _first_crossing(f_grid: np.ndarray, sign: float) -> np.ndarray:
@@ -55,15 +77,11 @@ def find_root(dec, x: np.ndarray, n_candidates: int = 16, n_grid: int = 8, n_ite
     sign = np.sign(fx)
     S = dec.support
     f_sv = dec.value(S) if f_sv is None else f_sv
-    usable = (sign * dec.coef < 0) & (sign * f_sv < 0)
-    if not usable.any():  # fall back to any support vector on the other side of the boundary
-        usable = sign * f_sv < 0
-    if not usable.any():
-        return _closest_approach(dec, x, fx, S[sign * dec.coef < 0] if np.any(sign * dec.coef < 0) else S)
-    ends, f_ends = S[usable], f_sv[usable]
-    dist = np.linalg.norm(ends - x[None, :], axis=1)
-    keep = np.argsort(dist, kind="stable")[:n_candidates]
-    ends, f_ends, dist = ends[keep], f_ends[keep], dist[keep]
+    dist = np.linalg.norm(S - x[None, :], axis=1)
+    keep, crossing = root_candidates(dec.coef, f_sv, dist, sign, n_candidates)
+    if not crossing:
+        return _closest_approach(dec, x, fx, S[keep])
+    ends, f_ends, dist = S[keep], f_sv[keep], dist[keep]
     delta = ends - x[None, :]
     nc = ends.shape[0]
 

@@ -1,0 +1,188 @@
+"""The one output module of every text model kind: a TextExplanation as JSON, HTML, PNG and terminal colours.
+
+Colours follow the image heatmaps (lrp_cli.render): token relevance divided by max |R| over the text (Eq 35, or a
+given global scale), mapped from [-1, 1] through a named colormap. The default for text is bwr, white at 0, so
+that unimportant words stay readable on their background; jet and the others are available.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from lrp_cli import outputs
+from lrp_cli.render import colorize, normalize
+from lrp_cli.text.document import TextExplanation, to_json
+
+DEFAULT_CMAP = "bwr"
+PNG_WIDTH = 640  # text width in pixels of the bitmap font, before the 2x scale
+PNG_SCALE = 2
+LINE_HEIGHT = 14
+MARGIN = 6
+LEVELS = 254  # colormap entries of the PNG's palette; then white paper and black ink
+WHITE, BLACK = LEVELS, LEVELS + 1
+
+
+def token_colours(ex: TextExplanation, cmap: str = DEFAULT_CMAP, scale: float | None = None) -> np.ndarray:
+    """Return the uint8 (n_tokens, 3) background colour of each token."""
+    if not ex.tokens:
+        return np.zeros((0, 3), np.uint8)
+    return colorize(normalize(ex.relevance, scale), cmap)
+
+
+def _ink(rgb) -> tuple:
+    """Return black or white, whichever reads better on the background `rgb`."""
+    luma = 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]
+    return (0, 0, 0) if luma > 140 else (255, 255, 255)
+
+
+def pieces(ex: TextExplanation) -> list:
+    """Return the text as consecutive pieces (string, token index or None): tokens and the gaps between them."""
+    out, cursor = [], 0
+    for i, tok in enumerate(ex.tokens):  # one step per token of one text
+        if tok["start"] > cursor:
+            out.append((ex.text[cursor:tok["start"]], None))
+        out.append((ex.text[tok["start"]:tok["end"]], i))
+        cursor = max(cursor, tok["end"])
+    if cursor < len(ex.text):
+        out.append((ex.text[cursor:], None))
+    return out
+
+
+def headline(ex: TextExplanation) -> str:
+    """Return the one-line summary: model file, target, prediction, f(x), intercept and residual."""
+    b = "n/a" if ex.intercept is None else f"{ex.intercept:+.4g}"
+    return (f"{Path(ex.model.get('path', '')).name}: target {ex.target['label']} | prediction "
+            f"{ex.prediction['label']} | f(x) = {ex.f_x:+.4g} | intercept {b} | residual {ex.residual:+.2g}")
+
+
+def coloured(ex: TextExplanation, cmap: str = DEFAULT_CMAP, scale: float | None = None) -> list:
+    """Return the text as pieces (string, background, ink, relevance): tokens on their colour, gaps with Nones."""
+    colours = token_colours(ex, cmap, scale)
+    out = []
+    for text, i in pieces(ex):
+        bg = None if i is None else tuple(int(c) for c in colours[i])
+        out.append((text, bg, None if bg is None else _ink(bg), None if i is None else ex.tokens[i]["relevance"]))
+    return out
+
+
+def _html_piece(text: str, bg, fg, relevance) -> str:
+    if bg is None:
+        return html.escape(text)
+    return (f'<span class="t" style="background:rgb{bg};color:rgb{fg}" title="{relevance:+.6g}">'
+            f'{html.escape(text)}</span>')
+
+
+def html_page(ex: TextExplanation, cmap: str = DEFAULT_CMAP, scale: float | None = None) -> str:
+    """Return a self-contained HTML page: the text, each token on its relevance colour, the value on hover."""
+    spans = [_html_piece(*piece) for piece in coloured(ex, cmap, scale)]
+    feats = "".join(f"<tr><td>{html.escape(f['feature'])}</td><td>{f['value']:.4g}</td>"
+                    f"<td>{f['relevance']:+.4g}</td></tr>" for f in ex.top_features)
+    notes = "".join(f"<p class=note>{html.escape(n)}</p>" for n in ex.notes)
+    return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>"
+            f"{html.escape(str(ex.source.get('path') or ex.source.get('kind', 'text')))}</title><style>"
+            "body{font-family:sans-serif;max-width:60em;margin:2em auto}"
+            ".text{white-space:pre-wrap;line-height:1.8;font-size:1.1em}.t{padding:1px 2px;border-radius:3px}"
+            ".note{color:#555}td{padding:0 1em}</style></head><body>"
+            f"<p><b>{html.escape(headline(ex))}</b></p><p>{html.escape(ex.method.get('decision', ''))}</p>"
+            f"<div class=\"text\">{''.join(spans)}</div>{notes}"
+            f"<table><tr><th>feature</th><th>value</th><th>relevance</th></tr>{feats}</table></body></html>\n")
+
+
+def _ansi_piece(text: str, bg, fg, relevance) -> str:
+    if bg is None:
+        return text
+    return f"\x1b[48;2;{bg[0]};{bg[1]};{bg[2]}m\x1b[38;2;{fg[0]};{fg[1]};{fg[2]}m{text}\x1b[0m"
+
+
+def ansi(ex: TextExplanation, cmap: str = DEFAULT_CMAP, scale: float | None = None) -> str:
+    """Return the text for a terminal: each token on its relevance colour (ANSI 24-bit), then the headline."""
+    return "".join(_ansi_piece(*piece) for piece in coloured(ex, cmap, scale)) + "\n" + headline(ex) + "\n"
+
+
+def _layout(draw, font, items: list) -> list:
+    """Return [(x, y, width, string, palette index or None)] placing the items word by word, wrapped at
+    PNG_WIDTH."""
+    placed, x, y = [], MARGIN, MARGIN
+    for text, colour in items:
+        for part in _words(text):  # one step per word or space of one text
+            if part == "\n":
+                x, y = MARGIN, y + LINE_HEIGHT
+                continue
+            width = draw.textlength(part, font=font)
+            if x + width > PNG_WIDTH - MARGIN and x > MARGIN:
+                x, y = MARGIN, y + LINE_HEIGHT
+                if part.isspace():
+                    continue
+            placed.append((x, y, width, part, colour))
+            x += width
+    return placed
+
+
+def _words(text: str) -> list:
+    """Return the text split into words, runs of spaces and single newlines (tabs and returns as spaces)."""
+    return re.findall(r"\n|[^\S\n]+|\S+", text.replace("\r\n", "\n").replace("\t", " "))
+
+
+def _latin1(text: str) -> str:
+    """Return the text as the bitmap font can draw it (characters outside Latin-1 become '?')."""
+    return text.encode("latin-1", "replace").decode("latin-1")
+
+
+def palette(cmap: str = DEFAULT_CMAP) -> np.ndarray:
+    """Return the PNG's (256, 3) palette: the colormap at LEVELS values from -1 to 1, then paper white and ink
+    black (an indexed image encodes several times faster than RGB, and smaller)."""
+    rgb = np.zeros((256, 3), np.uint8)
+    rgb[:LEVELS] = colorize(np.linspace(-1.0, 1.0, LEVELS), cmap)
+    rgb[WHITE] = 255
+    return rgb
+
+
+def png_image(ex: TextExplanation, cmap: str = DEFAULT_CMAP, scale: float | None = None) -> Image.Image:
+    """Return the indexed image of the headline and the text heatmap, wrapped, in Pillow's bitmap font; token
+    colours are the colormap at the nearest of LEVELS values."""
+    font = ImageFont.load_default_imagefont()
+    pal = palette(cmap)
+    levels = np.rint((normalize(ex.relevance, scale) + 1.0) / 2.0 * (LEVELS - 1)).astype(int) if ex.tokens else []
+    items = [(_latin1(headline(ex)) + "\n\n", None)]
+    items += [(_latin1(text), None if i is None else int(levels[i])) for text, i in pieces(ex)]
+    placed = _layout(ImageDraw.Draw(Image.new("P", (1, 1))), font, items)
+    height = max((y for _, y, _, _, _ in placed), default=MARGIN) + LINE_HEIGHT + MARGIN
+    img = Image.new("P", (PNG_WIDTH, height), WHITE)
+    img.putpalette(pal.ravel().tolist())
+    draw = ImageDraw.Draw(img)
+    for x, y, width, part, level in placed:  # one step per placed word
+        if level is not None:
+            draw.rectangle([x, y - 1, x + width - 1, y + LINE_HEIGHT - 3], fill=level)
+        ink = BLACK if level is None or _ink(pal[level]) == (0, 0, 0) else WHITE
+        draw.text((x, y), part, fill=ink, font=font)
+    return img.resize((img.width * PNG_SCALE, img.height * PNG_SCALE), Image.NEAREST)
+
+
+FORMATS = ("json", "html", "png")
+#: zlib level of the text PNGs: 1 encodes in under half the time of the default 6, for files of a few KB.
+PNG_COMPRESSION = 1
+
+
+def output_paths(out_dir: Path, stem: str, formats=FORMATS) -> dict[str, Path]:
+    """Return the paths of one text's outputs: STEM.json, STEM.html, STEM.png (those of `formats`)."""
+    return {f: out_dir / f"{stem}.{f}" for f in FORMATS if f in formats}
+
+
+def write_outputs(ex: TextExplanation, out_dir, stem: str, cmap: str = DEFAULT_CMAP,
+                  scale: float | None = None, formats=FORMATS) -> dict:
+    """Write STEM.json and, among `formats`, STEM.html and STEM.png, all or none (outputs.write_all); return the
+    JSON document."""
+    paths = output_paths(Path(out_dir), stem, set(formats) | {"json"})
+    doc = to_json(ex, {k: p.name for k, p in paths.items()})
+    contents = {paths["json"]: outputs.json_bytes(doc)}
+    if "html" in paths:
+        contents[paths["html"]] = html_page(ex, cmap, scale).encode("utf-8")
+    if "png" in paths:
+        contents[paths["png"]] = outputs.png_bytes(png_image(ex, cmap, scale), PNG_COMPRESSION)
+    outputs.write_all(contents)
+    return doc
