@@ -1,8 +1,9 @@
 """The one output module of every text model kind: a TextExplanation as JSON, HTML, PNG and terminal colours.
 
-Colours follow the image heatmaps (lrp_cli.render): token relevance divided by max |R| over the text (Eq 35, or a
-given global scale), mapped from [-1, 1] through a named colormap. The default for text is bwr, white at 0, so
-that unimportant words stay readable on their background; jet and the others are available.
+Colours follow the image heatmaps (lrp_cli.render): token relevance divided by max |R| over the text (Eq 35),
+or as a given render.Scale says (a percentile, a global divisor), mapped from [-1, 1] through a named colormap.
+The default for text is bwr, white at 0, so that unimportant words stay readable on their background; jet and
+the others are available.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from lrp_cli import outputs
-from lrp_cli.render import colorize, normalize
+from lrp_cli.render import Scale, colorize, normalize
 from lrp_cli.text.document import TextExplanation, to_json
 
 DEFAULT_CMAP = "bwr"
@@ -27,7 +28,7 @@ LEVELS = 254  # colormap entries of the PNG's palette; then white paper and blac
 WHITE, BLACK = LEVELS, LEVELS + 1
 
 
-def token_colours(ex: TextExplanation, cmap: str = DEFAULT_CMAP, scale: float | None = None) -> np.ndarray:
+def token_colours(ex: TextExplanation, cmap: str = DEFAULT_CMAP, scale: Scale = Scale()) -> np.ndarray:
     """Return the uint8 (n_tokens, 3) background colour of each token."""
     if not ex.tokens:
         return np.zeros((0, 3), np.uint8)
@@ -60,7 +61,7 @@ def headline(ex: TextExplanation) -> str:
             f"{ex.prediction['label']} | f(x) = {ex.f_x:+.4g} | intercept {b} | residual {ex.residual:+.2g}")
 
 
-def coloured(ex: TextExplanation, cmap: str = DEFAULT_CMAP, scale: float | None = None) -> list:
+def coloured(ex: TextExplanation, cmap: str = DEFAULT_CMAP, scale: Scale = Scale()) -> list:
     """Return the text as pieces (string, background, ink, relevance): tokens on their colour, gaps with Nones."""
     colours = token_colours(ex, cmap, scale)
     out = []
@@ -77,7 +78,7 @@ def _html_piece(text: str, bg, fg, relevance) -> str:
             f'{html.escape(text)}</span>')
 
 
-def html_page(ex: TextExplanation, cmap: str = DEFAULT_CMAP, scale: float | None = None) -> str:
+def html_page(ex: TextExplanation, cmap: str = DEFAULT_CMAP, scale: Scale = Scale()) -> str:
     """Return a self-contained HTML page: the text, each token on its relevance colour, the value on hover."""
     spans = [_html_piece(*piece) for piece in coloured(ex, cmap, scale)]
     feats = "".join(f"<tr><td>{html.escape(f['feature'])}</td><td>{f['value']:.4g}</td>"
@@ -99,7 +100,7 @@ def _ansi_piece(text: str, bg, fg, relevance) -> str:
     return f"\x1b[48;2;{bg[0]};{bg[1]};{bg[2]}m\x1b[38;2;{fg[0]};{fg[1]};{fg[2]}m{text}\x1b[0m"
 
 
-def ansi(ex: TextExplanation, cmap: str = DEFAULT_CMAP, scale: float | None = None) -> str:
+def ansi(ex: TextExplanation, cmap: str = DEFAULT_CMAP, scale: Scale = Scale()) -> str:
     """Return the text for a terminal: each token on its relevance colour (ANSI 24-bit), then the headline."""
     return "".join(_ansi_piece(*piece) for piece in coloured(ex, cmap, scale)) + "\n" + headline(ex) + "\n"
 
@@ -142,7 +143,7 @@ def palette(cmap: str = DEFAULT_CMAP) -> np.ndarray:
     return rgb
 
 
-def png_image(ex: TextExplanation, cmap: str = DEFAULT_CMAP, scale: float | None = None) -> Image.Image:
+def png_image(ex: TextExplanation, cmap: str = DEFAULT_CMAP, scale: Scale = Scale()) -> Image.Image:
     """Return the indexed image of the headline and the text heatmap, wrapped, in Pillow's bitmap font; token
     colours are the colormap at the nearest of LEVELS values."""
     font = ImageFont.load_default_imagefont()
@@ -174,7 +175,7 @@ def output_paths(out_dir: Path, stem: str, formats=FORMATS) -> dict[str, Path]:
 
 
 def write_outputs(ex: TextExplanation, out_dir, stem: str, cmap: str = DEFAULT_CMAP,
-                  scale: float | None = None, formats=FORMATS) -> dict:
+                  scale: Scale = Scale(), formats=FORMATS) -> dict:
     """Write STEM.json and, among `formats`, STEM.html and STEM.png, all or none (outputs.write_all); return the
     JSON document."""
     paths = output_paths(Path(out_dir), stem, set(formats) | {"json"})
