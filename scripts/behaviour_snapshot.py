@@ -7,15 +7,17 @@ It guards a refactoring ("behaviour unchanged"): `lrp explain` on the bundled mo
 engines where they apply, --save-raw, a --batch-size run; `lrp check examples/ci/*.toml` with its --json, --junit
 and --markdown reports; `lrp evaluate` on three digits; `lrp compile`; `lrp inspect --json`. Each command runs as
 a subprocess of this interpreter on the `lrp_cli` of this checkout (PYTHONPATH=src), from its own working folder,
-with the inputs named by absolute paths into this checkout and outputs named relative to that folder, so the
-record and the comparison must run from the same checkout path. models/efficientnet-lite0.onnx (a symlink to a
+with the inputs named by absolute paths into this checkout (written as <repo> in what is compared, so a record
+made in a clean checkout of the old code elsewhere compares with this one) and outputs named relative to that
+folder. models/efficientnet-lite0.onnx (a symlink to a
 built file) is skipped when absent; compiled graphs go to a fresh cache folder.
 
 Compared byte for byte: every PNG, .npy, .csv, .onnx and Markdown file, and each command's exit code and output
 lines. Compared after removing what legitimately varies between runs:
 - JSON: the values of the keys `timing_s` and `seconds` (wall-clock times), anywhere in a document;
 - JUnit XML: the `time` and `timestamp` attributes;
-- output lines: `N.NNN s` durations and the `lrp compile` line's path (it names the temporary folder).
+- output lines: `N.NNN s` durations and the `lrp compile` line's path (it names the temporary folder);
+- in every text file and output line: the checkout's own path, as <repo>.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 METHODS = ("lrp", "gradient", "gradient-x-input", "gradcam", "occlusion", "lime", "random")
 COMPILED = ("lrp", "gradient", "gradient-x-input")  # the methods the onnxruntime engine runs
 VARYING_KEYS = {"timing_s", "seconds"}
+TEXT_SUFFIXES = {".json", ".jsonl", ".xml", ".md", ".csv", ".html"}
 SHAPES = [f"sample_images/shapes/{name}.png" for name in ("circle_0", "cross_1", "square_0", "triangle_0")]
 DIGITS = [f"sample_images/digits/digit_{k}.png" for k in range(10)]
 
@@ -101,9 +104,13 @@ def run_all(dest: Path) -> None:
         (dest / "commands" / f"{name}.json").write_text(json.dumps(record, indent=1))
         print(f"{name}: exit {done.returncode}", file=sys.stderr)
     shutil.rmtree(dest / ".cache", ignore_errors=True)
+    for path in _files(dest).values():
+        if path.suffix in TEXT_SUFFIXES:
+            path.write_bytes(path.read_bytes().replace(str(ROOT).encode(), b"<repo>"))
 
 
 def _lines(text: str) -> list[str]:
+    text = text.replace(str(ROOT), "<repo>")
     text = re.sub(r"\d+\.\d+ s\b", "<seconds> s", text)
     return [re.sub(r"^\S+(compile/\S+\.lrp\.onnx:)", r"\1", line) for line in text.splitlines()]
 
