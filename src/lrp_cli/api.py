@@ -80,7 +80,7 @@ def compile_explainer(model, settings: Settings, out_path: Path, batch_size: int
 
 def pixel_map(model, expl: Explanation) -> np.ndarray:
     """Returns the [H, W] relevance map of an explanation of an image model (channels summed)."""
-    return model.explanation_pixels(expl)
+    return model.pixels(expl.relevance)
 
 
 def model_view(model, input_path: str | Path, settings: Settings):
