@@ -14,7 +14,8 @@ built file) is skipped when absent; compiled graphs go to a fresh cache folder.
 
 Compared byte for byte: every PNG, .npy, .csv, .onnx and Markdown file, and each command's exit code and output
 lines. Compared after removing what legitimately varies between runs:
-- JSON: the values of the keys `timing_s` and `seconds` (wall-clock times), anywhere in a document;
+- JSON: the values of the keys `timing_s` and `seconds` (wall-clock times), anywhere in a document (also in the
+  JSON documents that --json-lines prints);
 - JUnit XML: the `time` and `timestamp` attributes;
 - output lines: `N.NNN s` durations and the `lrp compile` line's path (it names the temporary folder);
 - in every text file and output line: the checkout's own path, as <repo>.
@@ -120,6 +121,11 @@ def _without_varying(value):
         return {k: "<varies>" if k in VARYING_KEYS else _without_varying(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_without_varying(v) for v in value]
+    if isinstance(value, str) and value.startswith("{"):  # a --json-lines output line
+        try:
+            return _without_varying(json.loads(value))
+        except ValueError:
+            return value
     return value
 
 

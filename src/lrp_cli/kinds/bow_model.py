@@ -14,8 +14,8 @@ from lrp_cli import outputs
 from lrp_cli.errors import ModelLoadError, OptionError
 from lrp_cli.explanation import Explanation, Settings, label_of, prediction, resolve_targets
 from lrp_cli.kinds import image_outputs
+from lrp_cli.kinds.base import FlipInput, InputItem, Kind, LoadOptions, Model, Subject
 from lrp_cli.methods import METHODS
-from lrp_cli.kinds.base import FlipInput, InputItem, Kind, LoadOptions, Model, OutputOptions, Subject
 from lrp_cli.preprocess import IMAGE_SUFFIXES, open_image, read_labels
 from lrp_cli.propagate import LayerRecord, Propagation
 
@@ -47,9 +47,20 @@ class BowKind(Kind):
         names = read_labels(Path(options.labels)) if options.labels is not None else [str(c) for c in bow.classes]
         return BowModel(path, bow, outputs.sha256_file(path), 0.0, names)
 
+    def describe(self, path: Path, settings: Settings, verify: bool = False) -> dict:
+        """Returns the `lrp inspect` report: the classes, the pipeline's steps, the training image size and
+        whether a decision needs --pair (one-vs-one SVMs); the load error instead when it does not load."""
+        report = super().describe(path, settings, verify)
+        if report["error"] is None:
+            bow = self.load(path, LoadOptions()).bow
+            report.update({"steps": [type(step).__name__ for _, step in bow.pipeline.steps],
+                           "input_size": list(bow.input_size) if bow.input_size else None,
+                           "needs_pair": bool(bow.one_vs_one)})
+        return report
+
 
 @dataclass
-class BowModel(Model):
+class BowModel(image_outputs.ImageOutputs, Model):
     """A scikit-learn bag-of-visual-words + kernel SVM pipeline; its inputs are whole RGB images."""
 
     path: Path
@@ -126,22 +137,6 @@ class BowModel(Model):
             _, features = _bow_vectors(self.bow, image, _windows(image.shape[:2], grid))
             rows.append(class_scores(self.bow.classifier, features).mean(axis=0))
         return np.stack(rows) if rows else np.zeros((0, len(self.bow.classes)))
-
-    def save(self, expl: Explanation, out_dir: Path, stem: str, options: OutputOptions) -> dict:
-        """Writes heatmap, overlay, JSON (and raw relevance); returns the JSON document."""
-        return image_outputs.save_image_explanation(self, expl, out_dir, stem, options)
-
-    def summary_fields(self, document: dict) -> dict:
-        """Returns the summary-row fields of an explanation document."""
-        return image_outputs.image_summary_fields(document)
-
-    def relevance_scale(self, expl: Explanation) -> float:
-        """Returns the max |R| of the explanation's pixel map."""
-        return image_outputs.pixel_scale(self.layout, expl)
-
-    def pixels(self, relevance: np.ndarray) -> np.ndarray:
-        """Returns the [H, W] pixel relevance of a relevance map."""
-        return image_outputs.pixel_map(self.layout, relevance)
 
     def flip_input(self, item: InputItem, settings: Settings) -> FlipInput:
         """Returns the image in [0, 1] as pixel flipping perturbs it (bow_subject), shown as it is."""

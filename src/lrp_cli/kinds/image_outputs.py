@@ -90,3 +90,26 @@ def image_summary_fields(document: dict) -> dict:
             "relevance_sum": document["relevance"]["sum"],
             "conservation_error": document["relevance"]["conservation_error"],
             "heatmap": document["outputs"]["heatmap"]}
+
+
+class ImageOutputs:
+    """The output methods of the protocol (kinds.base.Model) for a kind whose explanations are pictures: mixed
+    in before Model by a class that has `layout` ("nchw"/"nhwc", the relevance tensor's channel axis)."""
+
+    layout: str
+
+    def save(self, expl: Explanation, out_dir: Path, stem: str, options: OutputOptions) -> dict:
+        """Writes heatmap, overlay, JSON (and raw relevance); returns the JSON document."""
+        return save_image_explanation(self, expl, out_dir, stem, options)
+
+    def summary_fields(self, document: dict) -> dict:
+        """Returns the summary-row fields of an explanation document."""
+        return image_summary_fields(document)
+
+    def relevance_scale(self, expl: Explanation) -> float:
+        """Returns the max |R| of the explanation's pixel map."""
+        return pixel_scale(self.layout, expl)
+
+    def pixels(self, relevance: np.ndarray) -> np.ndarray:
+        """Returns the [H, W] relevance map of a model-input-shaped relevance tensor (channels summed)."""
+        return pixel_map(self.layout, relevance)

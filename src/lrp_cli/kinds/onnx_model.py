@@ -24,7 +24,7 @@ from lrp_cli.explanation import METHOD_NAMES, PRECISIONS, Explanation, Settings
 from lrp_cli.importers.onnx_import import SymbolicInputError, import_onnx, load_onnx
 from lrp_cli.ir.graph import Graph
 from lrp_cli.kinds import image_outputs, onnx_explain, onnx_inspect, onnx_runtime, onnx_scoring
-from lrp_cli.kinds.base import FlipInput, InputItem, Kind, LoadOptions, Model, OutputOptions, Subject
+from lrp_cli.kinds.base import FlipInput, InputItem, Kind, LoadOptions, Model, Subject
 from lrp_cli.memory import release_freed_memory
 from lrp_cli.methods import METHODS
 from lrp_cli.preprocess import (IMAGE_SUFFIXES, PreprocessConfig, Sidecar, from_nchw, load_input, load_sidecar,
@@ -109,7 +109,7 @@ def onnx_subject(model, x: np.ndarray, config, input_path) -> Subject:
 
 
 @dataclass
-class OnnxModel(Model):
+class OnnxModel(image_outputs.ImageOutputs, Model):
     """An ONNX classifier: its IR graph, its onnxruntime session (built on first use) and its sidecar settings."""
 
     path: Path
@@ -315,23 +315,6 @@ class OnnxModel(Model):
             for (index, *_), outcome in zip(group, explained):
                 results[index] = outcome
         return results
-
-    # -- outputs ------------------------------------------------------------------------------------------------
-    def save(self, expl: Explanation, out_dir: Path, stem: str, options: OutputOptions) -> dict:
-        """Writes heatmap, overlay, JSON (and raw relevance); returns the JSON document."""
-        return image_outputs.save_image_explanation(self, expl, out_dir, stem, options)
-
-    def summary_fields(self, document: dict) -> dict:
-        """Returns the summary-row fields of an explanation document."""
-        return image_outputs.image_summary_fields(document)
-
-    def relevance_scale(self, expl: Explanation) -> float:
-        """Returns the max |R| of the explanation's pixel map."""
-        return image_outputs.pixel_scale(self.layout, expl)
-
-    def pixels(self, relevance: np.ndarray) -> np.ndarray:
-        """Returns the [H, W] relevance map of a model-input-shaped relevance tensor (channels summed)."""
-        return image_outputs.pixel_map(self.layout, relevance)
 
     def image_geometry(self, settings: Settings) -> tuple[PreprocessConfig, tuple[int, int]]:
         """Returns (the preprocessing of the settings, the model input's [H, W]); OptionError for a --size that
