@@ -18,8 +18,9 @@ The life of one input, as the batch runs it:
 
 Errors: raise `errors.InputError` for one input (the batch goes on), `OptionError` for settings the model cannot
 take (exit 2), `ModelLoadError` for a file it cannot load (exit 3). Write nothing partial: `outputs.write_all`.
-A Model is shared by the threads of one batch and pickled to nothing (a worker loads its own from the file):
-build what is expensive lazily, under a lock, and keep it in private fields no other module reads.
+A Model is shared by the threads of one batch and never pickled (a worker process loads its own from the file,
+batch.ModelSpec): build what is expensive on first use, under a lock where threads could race, and keep it in
+private fields that no other module reads.
 """
 
 from __future__ import annotations
