@@ -49,6 +49,7 @@ models:
 lint: $(INSTALLED)
 	$(BIN)/python -m pip install --quiet ruff
 	$(BIN)/python -m ruff check --select E,F,W --line-length 120 src tests scripts benchmarks
+	$(BIN)/lint-imports --no-logo
 
 # Mutation testing of cli/preprocess/render/outputs/batch/api against the CLI/API tests that reach each function
 # (mutmut 3, config in pyproject.toml); not part of `make test`. All ~1900 mutants take hours on 2 shared cores,

@@ -79,8 +79,7 @@ def test_a_short_batch_is_padded_to_the_batch_size(tiny_cnn_path, engine):
     assert len(got) == 2 and [e.input_path.name for e in got[1]] == ["b.npy", "b.npy"]
     for explanations, x in zip(got, xs):
         assert_same(explanations, api.explain_array(model, x, settings))
-    bound = {key[1] for key in model._bound if key[0] == "batch"}
-    assert bound == {4}
+    assert model.batch_sizes == {4}
 
 
 def test_float64_batch_equals_batch_one_to_1e_12():

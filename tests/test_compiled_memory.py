@@ -15,15 +15,17 @@ from lrp_cli import api
 from lrp_cli.cli import main
 from lrp_cli.engines import onnx_engine
 from lrp_cli.ir.graph import Graph
+from lrp_cli.kinds import onnx_runtime
 
 RUN = CliRunner()
 
 
 @pytest.fixture
 def counted(monkeypatch):
-    """Returns a dict counting plain sessions built (api.onnx_session) and IR copies made (Graph.astype)."""
+    """Returns a dict counting plain sessions built (onnx_runtime.onnx_session) and IR copies made
+    (Graph.astype)."""
     counts = {"session": 0, "astype": 0}
-    build, astype = api.onnx_session, Graph.astype
+    build, astype = onnx_runtime.onnx_session, Graph.astype
 
     def counting_session(*args, **kwargs):
         counts["session"] += 1
@@ -33,7 +35,7 @@ def counted(monkeypatch):
         counts["astype"] += 1
         return astype(self, dtype)
 
-    monkeypatch.setattr(api, "onnx_session", counting_session)
+    monkeypatch.setattr(onnx_runtime, "onnx_session", counting_session)
     monkeypatch.setattr(Graph, "astype", counting_astype)
     return counts
 

@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from lrp_cli import batch
+from lrp_cli.api import Settings
 from lrp_cli.cli import main
 from test_batch import make_folder, output_contents, summary
 
@@ -101,7 +102,7 @@ def test_a_worker_killed_mid_run_has_its_inputs_redone_elsewhere(tiny_cnn_path, 
     (local / "summary.json").unlink()
     (local / "summary.csv").unlink()
     _, spec = batch.load_model(tiny_cnn_path)
-    task = DiesOnce(batch.ExplainTask(spec, batch.api.Settings(), out), "im006", tmp_path / "killed")
+    task = DiesOnce(batch.ExplainTask(spec, Settings(), out), "im006", tmp_path / "killed")
     lines = []
     rows = batch.run_inputs(task, items, scheduler=cluster.scheduler_address,
                             echo=lambda text, err=False: lines.append(text))
@@ -283,7 +284,7 @@ def test_an_input_that_always_kills_its_worker_is_one_error_row(tiny_cnn_path, t
     out = tmp_path / "out"
     _, spec = batch.load_model(tiny_cnn_path)
     lines = []
-    runner = batch.BatchRunner(AlwaysDies(spec, batch.api.Settings(), out, victim="im003"),
+    runner = batch.BatchRunner(AlwaysDies(spec, Settings(), out, victim="im003"),
                                echo=lambda text, err=False: lines.append(text))
     rows = runner.run(items, scheduler=cluster.scheduler_address)  # 8 inputs, 2 workers: chunks of one
     assert [row["status"] for row in rows] == ["ok"] * 3 + ["error"] + ["ok"] * 4
@@ -298,7 +299,7 @@ def test_a_chunk_that_kills_its_workers_is_rerun_an_input_at_a_time(tiny_cnn_pat
     data = make_folder(tmp_path / "data", 20)  # 2 workers, 4 chunks each: 3 inputs a chunk
     items = batch.expand_inputs([str(data)])
     _, spec = batch.load_model(tiny_cnn_path)
-    task = AlwaysDies(spec, batch.api.Settings(), tmp_path / "out", victim="im007")
+    task = AlwaysDies(spec, Settings(), tmp_path / "out", victim="im007")
     rows = batch.run_inputs(task, items, scheduler=cluster.scheduler_address, echo=lambda text, err=False: None)
     statuses = [row["status"] for rows_of_input in rows for row in rows_of_input]
     assert statuses == ["ok"] * 7 + ["error"] + ["ok"] * 12  # its chunk's other inputs are written

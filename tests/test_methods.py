@@ -377,7 +377,7 @@ def test_every_method_on_the_shared_lenet5():
     digit = np.load(shared_path("images", "mnist", "mnist_test_first100_uint8.npy"))[0]
     x = (np.pad(digit, 2).astype(np.float32) / 127.5 - 1)[None, None]
     check_every_method(model, x, {"patch": 3, "stride": 2}, 100)
-    assert model._batch_scorer.batched
+    assert model.scores_batched
     convs = [n for n in model.graph.nodes if n.op == "Conv"]
     assert model.graph.shapes[convs[-1].output][2:] == (1, 1)  # LeNet-5's C5 is a Conv with a 1x1 output ...
     chosen = api.explain_array(model, x, api.Settings(method="gradcam"))[0].extra["method_options"]["layer"]
@@ -387,14 +387,13 @@ def test_every_method_on_the_shared_lenet5():
 @pytest.mark.parametrize("method, options", [("occlusion", {"patch": 4, "stride": 2}),
                                              ("lime", {"samples": 48, "seed": 1})])
 def test_perturbation_methods_score_the_copies_once_for_every_target(tiny, x16, method, options, monkeypatch):
-    import lrp_cli.scoring
     scored = []
-    real = lrp_cli.scoring.score_batch
+    real = type(tiny).score_batch  # what the methods' scorer (MethodInput.scores) calls
 
     def counting(model, xs, *args, **kwargs):
         scored.append(len(xs))
         return real(model, xs, *args, **kwargs)
-    monkeypatch.setattr(f"lrp_cli.methods.{method}.score_batch", counting)
+    monkeypatch.setattr(type(tiny), "score_batch", counting)
     settings = api.Settings(method=method, precision="float64", preprocess={"preset": "unit"},
                             method_options=options, target="top:3")
     several = api.explain_array(tiny, x16, settings)

@@ -11,6 +11,7 @@ from PIL import Image
 from lrp_cli import api, outputs
 from lrp_cli.cli import main
 from lrp_cli.errors import OptionError
+from lrp_cli.kinds import onnx_model
 from lrp_cli.preprocess import PreprocessConfig, fit_geometry
 from test_batch import make_folder
 
@@ -32,7 +33,7 @@ def _count_calls(monkeypatch, module, name):
 def test_html_thumbnails_are_the_batchs_pictures_not_a_second_decode(tiny_cnn_path, tmp_path, monkeypatch):
     data = make_folder(tmp_path / "data", 3)
     np.save(data / "t.npy", np.zeros((1, 3, 16, 16), np.float32))
-    loads = _count_calls(monkeypatch, api, "load_input")
+    loads = _count_calls(monkeypatch, onnx_model, "load_input")  # the decode of an image input
     out = tmp_path / "out"
     result = RUN.invoke(main, ["explain", str(data), "--model", str(tiny_cnn_path), "--out", str(out), "--html"])
     assert result.exit_code == 0, result.output
@@ -50,7 +51,7 @@ def test_html_after_skip_existing_decodes_only_the_inputs_an_earlier_run_explain
     out = tmp_path / "out"
     assert RUN.invoke(main, ["explain", str(data / "im000.png"), "--model", str(tiny_cnn_path), "--out",
                              str(out)]).exit_code == 0  # no --html: no thumbnail yet
-    loads = _count_calls(monkeypatch, api, "load_input")
+    loads = _count_calls(monkeypatch, onnx_model, "load_input")  # the decode of an image input
     result = RUN.invoke(main, ["explain", str(data), "--model", str(tiny_cnn_path), "--out", str(out), "--html",
                                "--skip-existing"])
     assert result.exit_code == 0, result.output

@@ -31,7 +31,7 @@ def test_batched_scores_are_the_pre_softmax_per_item_scores(tmp_path):
     model = api.load_model(save_model(tiny_cnn(), tmp_path / "tiny.onnx"))
     xs = np.random.default_rng(1).standard_normal((5, 3, 16, 16)).astype(np.float32)
     scores = score_batch(model, xs, chunk=2)
-    assert model._batch_scorer.batched
+    assert model.scores_batched
     assert scores.shape == (5, 4)
     np.testing.assert_allclose(scores, per_item(model, xs), rtol=1e-5, atol=1e-6)
     # the explained tensor is before the Softmax: rows do not sum to 1
@@ -44,7 +44,7 @@ def test_constant_reshape_with_batch_one_is_batched(tmp_path):
     model = api.load_model(save_model(reshape_cnn(), tmp_path / "reshape.onnx"))
     xs = np.random.default_rng(2).standard_normal((3, 2, 4, 4)).astype(np.float32)
     scores = score_batch(model, xs)
-    assert model._batch_scorer.batched
+    assert model.scores_batched
     np.testing.assert_allclose(scores, per_item(model, xs), rtol=1e-5, atol=1e-6)
 
 
@@ -61,7 +61,7 @@ def test_unbatchable_graph_falls_back_to_one_run_per_input(tmp_path):
     model = api.load_model(save_model(onnx_model(nodes, [1, 2, 4, 4], "logits", inits), tmp_path / "mix.onnx"))
     xs = np.random.default_rng(5).standard_normal((3, 2, 4, 4)).astype(np.float32)
     scores = score_batch(model, xs)
-    assert not model._batch_scorer.batched
+    assert not model.scores_batched
     np.testing.assert_allclose(scores, per_item(model, xs), rtol=1e-6)
 
 

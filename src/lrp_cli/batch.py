@@ -6,97 +6,34 @@ import csv
 import glob
 import io
 import json
-import os
 import re
 import sys
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
-from lrp_cli import absorption, api, batched, outputs, render
+from lrp_cli import outputs, pipeline, render
 from lrp_cli.errors import LrpError, ModelLoadError, OptionError
+from lrp_cli.explanation import IR_DIFF_WARNING, Settings
+from lrp_cli.kinds.base import InputItem, expand_files
 from lrp_cli.preprocess import IMAGE_SUFFIXES
+from lrp_cli.tasks import BLAS_THREADS as BLAS_THREADS  # the batch's public names, whose home is tasks.py
+from lrp_cli.tasks import CORES, SUMMARY_FIELDS, InputResult, in_worker_process, limit_threads, summary_row, task_folder
+from lrp_cli.tasks import failed_result as failed_result
 
+#: What a folder of inputs yields when no model is given to expand it (the image kinds' inputs).
 INPUT_SUFFIXES = IMAGE_SUFFIXES | {".npy"}
-GLOB_CHARS = set("*?[")
 
-
-@dataclass(frozen=True)
-class InputItem:
-    """One input file and the output stem it maps to (its relative path without extension)."""
-
-    path: Path
-    stem: str
-
-
-def _folder_items(folder: Path) -> list[InputItem]:
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in INPUT_SUFFIXES)
-    return [InputItem(p, p.relative_to(folder).with_suffix("").as_posix()) for p in files]
-
-
-def _glob_items(files: list[Path]) -> list[InputItem]:
-    """Returns the items of a glob's files, stems relative to their common folder (as a folder keeps its layout),
-    so that a/x.png and b/x.png do not write the same outputs."""
-    if not files:
-        return []
-    base = Path(os.path.commonpath([f.parent.absolute() for f in files]))
-    return [InputItem(f, f.absolute().relative_to(base).with_suffix("").as_posix()) for f in files]
-
-
-def expand_inputs(specs: list[str]) -> list[InputItem]:
-    """Returns the input files named by files, folders (recursed, layout kept) and glob patterns, in order.
+def expand_inputs(specs: list[str], model=None, settings: Settings | None = None) -> list[InputItem]:
+    """Returns the input items named by the INPUT arguments, as the model's kind expands them (without a model:
+    image and `.npy` files, folders recursed with their layout kept, glob patterns), in order.
 
     A name that matches nothing is kept as is, so that the explain step reports it as a missing file.
     """
-    items: list[InputItem] = []
-    for spec in specs:
-        path = Path(spec)
-        if path.is_dir():
-            items.extend(_folder_items(path))
-        elif GLOB_CHARS & set(spec) and not path.exists():
-            matches = sorted(Path(m) for m in glob.glob(spec, recursive=True))
-            items.extend(_glob_items([m for m in matches if m.is_file()]))
-            if not matches:
-                items.append(InputItem(path, path.stem))
-        else:
-            items.append(InputItem(path, path.stem))
-    return _distinct_stems(items)
-
-
-def _distinct_stems(items: list[InputItem]) -> list[InputItem]:
-    """Returns the items with no output stem used twice: a later x.jpg beside x.png keeps its extension in the
-    stem, and inputs that still collide (x.png named in two folders) get ~2, ~3, ..."""
-    seen: set[str] = set()
-    distinct = []
-    for item in items:
-        stem, k = item.stem, 2
-        if stem in seen:
-            stem = item.stem + item.path.suffix
-        while stem in seen:
-            stem, k = f"{item.stem}~{k}", k + 1
-        seen.add(stem)
-        distinct.append(InputItem(item.path, stem))
-    return distinct
-
-
-SUMMARY_FIELDS = ["input", "status", "target", "label", "score", "f_x", "relevance_sum", "conservation_error",
-                  "heatmap", "error"]
-
-
-def summary_row(item: InputItem, document: dict | None = None, error: str | None = None, status: str = "ok") -> dict:
-    """Returns one summary row for an explained input (its JSON document; status "skipped" when an earlier run
-    wrote it) or a failed one (its error)."""
-    if document is None:
-        return {"input": str(item.path), "status": "error", "error": error}
-    return {
-        "input": str(item.path), "status": status, "target": document["target"]["index"],
-        "label": document["target"]["label"], "score": document["prediction"]["score"],
-        "f_x": document["f_x"], "relevance_sum": document["relevance"]["sum"],
-        "conservation_error": document["relevance"]["conservation_error"],
-        "heatmap": document["outputs"]["heatmap"], "error": None,
-    }
+    if model is None:
+        return expand_files(specs, INPUT_SUFFIXES)
+    return model.expand(specs, settings or Settings())
 
 
 def write_summary(out_dir: Path, rows: list[dict]) -> None:
@@ -129,7 +66,7 @@ _MODELS: dict[ModelSpec, object] = {}  # the models this process has loaded, kep
 def load_model(path: Path, output: str | None = None, labels: Path | None = None,
                layout: str | None = None) -> tuple[object, ModelSpec]:
     """Returns (the loaded model, the spec that finds it again): the model is kept for this process's tasks."""
-    model = api.load_model(path, output, labels, layout)
+    model = pipeline.load_model(path, output, labels, layout)
     spec = ModelSpec(Path(path), output, None if labels is None else Path(labels), layout, model.sha256)
     _MODELS[spec] = model
     return model, spec
@@ -146,7 +83,7 @@ def model_spec(model) -> ModelSpec:
 def cached_model(spec: ModelSpec):
     """Returns the model of a spec, loaded on this process's first call and kept (keyed by the file's sha256)."""
     if spec not in _MODELS:
-        model = api.load_model(spec.path, spec.output, spec.labels, spec.layout)
+        model = pipeline.load_model(spec.path, spec.output, spec.labels, spec.layout)
         if spec.sha256 and model.sha256 != spec.sha256:
             raise ModelLoadError(f"{spec.path}: this worker's file differs from the client's (sha256 "
                                  f"{model.sha256[:12]}, expected {spec.sha256[:12]})")
@@ -155,36 +92,17 @@ def cached_model(spec: ModelSpec):
 
 
 @dataclass
-class InputResult:
-    """What one input's task hands back: its summary rows, the lines to print (text, to stderr), and an error that
-    ends the whole run (exit code other than 1), if any."""
-
-    rows: list[dict]
-    lines: list[tuple[str, bool]] = field(default_factory=list)
-    fatal: LrpError | None = None
-
-
-def failed_result(item, message: str) -> InputResult:
-    """Returns the error result of an input whose run failed, or of each input of a batch (a list: its rows are
-    then one list per input, as ExplainTask.run_batch gives them)."""
-    if isinstance(item, list):
-        results = [failed_result(one, message) for one in item]
-        return InputResult([r.rows for r in results], [line for r in results for line in r.lines])
-    return InputResult([summary_row(item, error=f"{item.path}: {message}")], [(f"error: {item.path}: {message}", True)])
-
-
-@dataclass
 class ExplainTask:
     """Explains one input and writes its files: a picklable callable, so threads, processes and Dask workers run
     it; the model is loaded once per process from its spec."""
 
     spec: ModelSpec
-    settings: api.Settings
+    settings: Settings
     out_dir: Path
     cmap: str = "jet"
     save_raw: bool = False
     json_lines: bool = False
-    batch_size: int = 1  # inputs explained in one pass (batched.py); jobs, workers and --scheduler take batches
+    batch_size: int = 1  # inputs explained in one pass (Model.explain_many); jobs, workers and --scheduler take batches
     thumbnails: bool = False  # --html: also STEM.input.png, the input as the model saw it
     scale: render.Scale = render.Scale()  # --scale: what each heatmap is divided by (BatchRunner shares it globally)
 
@@ -195,34 +113,29 @@ class ExplainTask:
     def compute(self, item: InputItem) -> tuple[list | None, LrpError | None]:
         """Returns (the explanations of one input, None) or (None, its error)."""
         try:
-            return api.explain(cached_model(self.spec), item.path, self.settings), None
+            return pipeline.explain_item(cached_model(self.spec), item, self.settings), None
         except LrpError as exc:
             return None, exc
 
     def compute_batch(self, items: list[InputItem]) -> list[tuple[list | None, LrpError | None]]:
-        """Returns compute(item) for each item, those that decode to one model-input shape explained in one pass
-        (a decode error stays the error of its own input)."""
+        """Returns compute(item) for each item, the prepared ones explained together (the model's kind runs those
+        of one model-input shape in one pass; a decode error stays the error of its own input)."""
         try:
             model = cached_model(self.spec)
         except LrpError as exc:  # a worker whose model file differs: every input's error, as compute gives it
             return [(None, exc)] * len(items)
-        if self.batch_size == 1 or not batched.batchable(model, self.settings):
+        if self.batch_size == 1:
             return [self.compute(item) for item in items]
         results: list = [None] * len(items)
-        groups: dict[tuple, list] = {}
+        prepared = []
         for index, item in enumerate(items):
             try:
-                bound, x, picture = api.load_model_input(model, item.path, self.settings)
+                prepared.append((index, model.prepare(item, self.settings)))
             except LrpError as exc:
                 results[index] = (None, exc)
-                continue
-            groups.setdefault((id(bound), x.shape), []).append((index, bound, x, picture))
-        for group in groups.values():
-            explained = batched.explain_arrays(group[0][1], [x for _, _, x, _ in group], self.settings,
-                                               [items[index].path for index, *_ in group], [p for *_, p in group],
-                                               self.batch_size)
-            for (index, *_), outcome in zip(group, explained):
-                results[index] = (None, outcome) if isinstance(outcome, LrpError) else (outcome, None)
+        explained = model.explain_many([one for _, one in prepared], self.settings, self.batch_size)
+        for (index, _), outcome in zip(prepared, explained):
+            results[index] = (None, outcome) if isinstance(outcome, LrpError) else (outcome, None)
         return results
 
     def run_batch(self, items: list[InputItem]) -> InputResult:
@@ -250,20 +163,21 @@ class ExplainTask:
         for expl in explanations:
             stem = item.stem if len(explanations) == 1 else f"{item.stem}.class{expl.target['index']}"
             try:
-                document = api.save_explanation(model, expl, self.out_dir, stem, self.cmap, self.save_raw,
-                                                scale or self.scale)
+                document = pipeline.save_explanation(model, expl, self.out_dir, stem, self.cmap, self.save_raw,
+                                                     scale or self.scale)
+                row = summary_row(item, model.summary_fields(document))
                 if self.thumbnails:
                     from lrp_cli import report
-                    report.save_thumbnail(expl.picture, document["outputs"]["heatmap"])
+                    report.save_thumbnail(expl.picture, row["heatmap"])
             except OSError as exc:
                 result.lines.append((f"error: {item.path}: cannot write outputs to {self.out_dir} ({exc})", True))
                 result.rows.append(summary_row(item, error=str(exc)))
                 continue
-            result.lines.extend(self._report(item, expl, document))
-            result.rows.append(summary_row(item, document))
+            result.lines.extend(self._report(model, item, expl, document, row))
+            result.rows.append(row)
         return result
 
-    def _report(self, item, expl, document) -> list[tuple[str, bool]]:
+    def _report(self, model, item, expl, document, row) -> list[tuple[str, bool]]:
         warnings = [(f"warning: {item.path}: {warning}", True) for warning in document.get("warnings", [])]
         if self.json_lines:
             return warnings + [(json.dumps(outputs.finite(document)), False)]
@@ -271,8 +185,8 @@ class ExplainTask:
         label = f" ({target['label']})" if target["label"] else ""
         pred = expl.prediction
         lines = [(f"{item.path}: target {target['index']}{label}, predicted {pred['index']} score "
-                  f"{pred['score']:.4g}, {absorption.describe(document)} -> {document['outputs']['heatmap']}", False)]
-        if expl.ir_diff_relative is not None and expl.ir_diff_relative > api.IR_DIFF_WARNING:
+                  f"{pred['score']:.4g}, {model.conservation_account(document)} -> {row['heatmap']}", False)]
+        if expl.ir_diff_relative is not None and expl.ir_diff_relative > IR_DIFF_WARNING:
             lines.append((f"warning: {item.path}: IR output differs from onnxruntime by "
                           f"{expl.ir_max_abs_diff:.3g} (relative {expl.ir_diff_relative:.2e})", True))
         return warnings + lines
@@ -286,7 +200,8 @@ class ExplainTask:
                 documents.append(json.loads(path.read_text(encoding="utf-8")))
             except (OSError, ValueError):
                 return None
-        return [summary_row(item, d, status="skipped") for d in documents] or None
+        model = cached_model(self.spec)
+        return [summary_row(item, model.summary_fields(d), status="skipped") for d in documents] or None
 
     def _earlier_jsons(self, item: InputItem) -> list[Path]:
         single = self.out_dir / f"{item.stem}.json"
@@ -314,12 +229,6 @@ def run_inputs(task, items: list[InputItem], jobs: int = 1, scheduler: str | Non
         return _collect(completed, len(items), show_progress, echo)
 
 
-def task_folder(task) -> Path | None:
-    """Returns the folder a task (or the task whose bound method it is) writes its files under (its out_dir), or
-    None when it names none."""
-    return getattr(getattr(task, "__self__", task), "out_dir", None)
-
-
 def _collect(completed, count: int, show_progress: bool, echo) -> list[list[dict]]:
     """Returns the rows of (index, InputResult) pairs by index, printing their lines as they come."""
     rows: list[list[dict]] = [[] for _ in range(count)]
@@ -337,19 +246,6 @@ def _collect(completed, count: int, show_progress: bool, echo) -> list[list[dict
 def _progress_bar(count: int, show: bool):
     """Returns the progress bar (on stderr) of a batch of `count` inputs."""
     return click.progressbar(length=count, label="explaining", file=sys.stderr, hidden=not show)
-
-
-#: Every explanation makes its BLAS calls on this many threads, whatever --jobs or the cluster: OpenBLAS's sums
-#: depend on its thread count (by ~1e-13), so a fixed count keeps the bytes the same; inputs run in parallel
-#: instead (and a busy machine's preempted BLAS threads made one explanation 4x slower, benchmarks/RESULTS.md).
-BLAS_THREADS = 1
-
-
-def limit_threads(threads: int | None = None):
-    """Returns the threadpoolctl limiter that has capped this process's BLAS pools at `threads` (default
-    BLAS_THREADS); as a context it restores them on exit."""
-    from threadpoolctl import threadpool_limits
-    return threadpool_limits(limits=threads or BLAS_THREADS, user_api="blas")
 
 
 #: How `--jobs N` runs N inputs at once: joblib's "threading" (one model shared by N threads) or "loky" (N worker
@@ -375,9 +271,6 @@ def map_local(task, items, jobs, backend: str | None = None):
             delayed(task)(item) for item in items))
 
 
-CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 @dataclass
 class _InWorkerProcess:
     """A task run in a worker process (loky), whose BLAS pools are set to BLAS_THREADS for good, and whose
@@ -389,19 +282,6 @@ class _InWorkerProcess:
     def __call__(self, item):
         with in_worker_process(self.task, self.threads):
             return self.task(item)
-
-
-@contextmanager
-def in_worker_process(task, onnxruntime_threads: int):
-    """Returns the context a worker process (loky or Dask) runs a batch's tasks in: its BLAS pools at BLAS_THREADS
-    for good (the process is lrp's to configure), the task's folder known as swept (the client swept it before
-    the first task), compiled sessions on `onnxruntime_threads` intra-op threads."""
-    from lrp_cli.engines import onnx_engine
-    limit_threads()
-    if task_folder(task) is not None:
-        outputs.swept_by_batch(task_folder(task))
-    with onnx_engine.intra_op_threads(onnxruntime_threads):
-        yield
 
 
 def in_batches(items: list, size: int) -> list[list]:
@@ -441,8 +321,8 @@ class BatchRunner:
             for _, results in map_local(self.task.compute_batch, batches, jobs, "threading"):
                 computed.extend(results)
                 bar.update(len(results))
-        scale = api.global_scale(cached_model(self.task.spec), [e for ex, _ in computed if ex for e in ex],
-                                 self.task.scale)
+        scale = pipeline.global_scale(cached_model(self.task.spec), [e for ex, _ in computed if ex for e in ex],
+                                      self.task.scale)
         saved = ((index, self.task.save(items[index], *result, scale)) for index, result in enumerate(computed))
         with outputs.batch_writes(self.task.out_dir):
             return _collect(saved, len(items), False, self.echo)

@@ -136,7 +136,7 @@ def explain(inputs, model_path, out_dir, method, cmap, normalize, scale_spec, sa
         api.check_settings(model, settings)
     except LrpError as exc:
         _fail(exc)
-    items = batch.expand_inputs(list(inputs))
+    items = batch.expand_inputs(list(inputs), model, settings)
     runner = batch.BatchRunner(batch.ExplainTask(model_spec, settings, out_dir, cmap, save_raw, json_lines,
                                                  batch_size, thumbnails=html, scale=scale),
                                normalize == "global")
@@ -205,7 +205,7 @@ def evaluate_command(inputs, model_path, methods, orders, perturbation, blur_sig
         model, spec = batch.load_model(model_path, shared["output_name"], shared["labels"], shared["layout"])
         names = methods.split(",") if methods is not None else evaluate.default_methods(model)
         variants = evaluate.method_variants(model, base, names, {"seed": seed})
-        items = batch.expand_inputs(list(inputs))
+        items = batch.expand_inputs(list(inputs), model, base)
         document, files = evaluate.run_evaluation(model, items, variants, flip, out_dir, strip, save_maps, jobs,
                                                   scheduler, spec)
     except LrpError as exc:
@@ -235,10 +235,10 @@ def inspect(model_path, composite, verify, as_json):
     """Show a model's ops (with support status) and its layer IR with the rule of each layer."""
     from lrp_cli import inspection
     try:
-        report = inspection.inspect_model(model_path, composite, verify)
+        report, text = inspection.inspect_model(model_path, composite, verify)
     except LrpError as exc:
         _fail(exc)
-    click.echo(json.dumps(report, indent=2) if as_json else inspection.format_report(report))
+    click.echo(json.dumps(report, indent=2) if as_json else text)
     if report["error"]:
         sys.exit(3)
 

@@ -53,7 +53,7 @@ def run_chunk(task, items: list, host_threads: dict[str, int] | None = None) -> 
     """Returns [task(item) for item in items]: the Dask task of one chunk of inputs, on one BLAS thread per
     worker thread (batch.BLAS_THREADS: the bytes then match a local run's; start workers with --nthreads 1 and
     as many --nworkers as cores) and this worker's share of its host's cores for onnxruntime."""
-    from lrp_cli.batch import CORES, in_worker_process
+    from lrp_cli.tasks import CORES, in_worker_process
     with in_worker_process(task, core_share(CORES, _this_worker_host_threads(host_threads or {}))):
         return [task(item) for item in items]
 
@@ -121,7 +121,7 @@ def map_inputs(task, items: list, scheduler: str):
 
 
 def _chunk_results(dd, future, items: list) -> list:
-    from lrp_cli.batch import failed_result
+    from lrp_cli.tasks import failed_result
     try:
         return future.result()
     except dd.KilledWorker as exc:

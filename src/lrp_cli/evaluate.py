@@ -14,6 +14,9 @@ from typing import Callable
 import numpy as np
 
 from lrp_cli.errors import InputError, OptionError
+from lrp_cli.kinds.base import Subject
+from lrp_cli.kinds.bow_model import bow_subject as bow_subject  # the kinds' Subjects, by their former names here
+from lrp_cli.kinds.onnx_model import onnx_subject as onnx_subject
 
 #: Sort keys per order; a stable ascending argsort of the key puts equal keys in flat-index order.
 ORDER_KEYS = {
@@ -24,18 +27,6 @@ ORDER_KEYS = {
 PERTURBATIONS = ("flip", "mean", "uniform", "blur")
 #: Scores a stack of model inputs [N, ...] (model layout): returns [N, classes] pre-softmax scores.
 Scorer = Callable[[np.ndarray], np.ndarray]
-
-
-@dataclass
-class Subject:
-    """One input as pixel flipping sees it: the NCHW tensor, its per-channel value range and mean fill, and how
-    to hand a perturbed NCHW stack to the model (its layout and dtype)."""
-
-    x: np.ndarray  # [1, C, H, W]
-    low: np.ndarray  # [C]
-    high: np.ndarray  # [C]
-    mean: np.ndarray  # [C]
-    to_model: Callable[[np.ndarray], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -205,29 +196,6 @@ class InputEvaluation:
     files: dict = field(default_factory=dict)
 
 
-def onnx_subject(model, x: np.ndarray, config, input_path) -> Subject:
-    """Returns the Subject of a model input: [lo, hi] from the preset's pixel values 0 and 255 (for a `.npy` with
-    preset none, the tensor's own per-channel min and max), the mean fill 0 (the preset's mean pixel)."""
-    from lrp_cli.preprocess import from_nchw, to_nchw
-    if len(model.graph.input_shape) != 4:
-        raise OptionError(f"{model.path}: lrp evaluate needs an image model (4-D input), the input is "
-                          f"{list(model.graph.input_shape)}")
-    nchw = to_nchw(x, model.layout)
-    channels = nchw.shape[1]
-    if str(input_path).lower().endswith(".npy") and config.preset == "none":
-        low, high = nchw.min(axis=(0, 2, 3)).astype(np.float64), nchw.max(axis=(0, 2, 3)).astype(np.float64)
-    else:
-        low, high = config.input_bounds(channels)
-    return Subject(nchw, np.asarray(low, np.float64), np.asarray(high, np.float64), np.zeros(channels),
-                   lambda batch: from_nchw(batch, model.layout).astype(np.float32))
-
-
-def bow_subject(image: np.ndarray) -> Subject:
-    """Returns the Subject of an RGB image in [0, 1] for a BoW pipeline: range [0, 1], mean fill mid-grey."""
-    x = image.transpose(2, 0, 1)[None].astype(np.float64)
-    return Subject(x, np.zeros(3), np.ones(3), np.full(3, 0.5), lambda batch: batch.transpose(0, 2, 3, 1))
-
-
 def strip_steps(steps: int, columns: int = 11) -> list[int]:
     """Returns the steps a strip shows: about `columns` evenly spaced from 0 to N."""
     return sorted({int(round(k)) for k in np.linspace(0, steps, min(columns, steps + 1))})
@@ -241,37 +209,22 @@ def run_document(input_path, method: str, order: str, target: int, curve: Curve)
             "aopc": curve.aopc}
 
 
-def _load_subject(model, path, settings):
-    """Returns (Subject, picture of an NCHW [1, C, H, W] tensor, model input or None for BoW) of one input."""
-    from PIL import Image
-
-    from lrp_cli import api
-    from lrp_cli.preprocess import open_image, tensor_to_display
-    if model.kind == "sklearn-bow":
-        image = np.asarray(open_image(path).convert("RGB"), dtype=np.float64) / 255.0
-        return bow_subject(image), lambda t: Image.fromarray(
-            np.clip(np.round(t[0].transpose(1, 2, 0) * 255), 0, 255).astype(np.uint8)), None
-    _, x, _ = api.load_model_input(model, path, settings)
-    config = api.preprocess_config(model, settings)
-    return onnx_subject(model, x, config, path), lambda t: tensor_to_display(t, config), x
-
-
 def evaluate_input(model, item, variants: list[MethodVariant], flip: FlipSettings, scorer: Scorer, out_dir,
                    strip: bool = False, save_maps: bool = False) -> InputEvaluation:
     """Returns the curves of every method, target and order for one input, with its strips and maps (as bytes,
     keyed by path) when asked."""
-    from lrp_cli import api, outputs
+    from lrp_cli import outputs
     from lrp_cli.evaluation_files import strip_png
-    subject, display, x = _load_subject(model, item.path, variants[0].settings)
+    flipped = model.flip_input(item, variants[0].settings)
+    subject, display = flipped.subject, flipped.display
     result = InputEvaluation([])
     for variant in variants:
-        explanations = (api.explain(model, item.path, variant.settings) if x is None else
-                        api.explain_array(model, x, variant.settings, item.path))
+        explanations = model.explain(flipped.prepared, variant.settings)
         for expl in explanations:
             target = expl.target["index"]
             stem = item.stem if len(explanations) == 1 else f"{item.stem}.class{target}"
             try:
-                curves = flip_curves(scorer, subject, api.pixel_map(model, expl), target, flip)
+                curves = flip_curves(scorer, subject, model.pixels(expl.relevance), target, flip)
             except InputError as exc:
                 raise InputError(f"{item.path}: method {variant.name}: {exc}") from None
             result.runs += [run_document(item.path, variant.name, order, target, curve)
@@ -287,7 +240,7 @@ def evaluate_input(model, item, variants: list[MethodVariant], flip: FlipSetting
 
 
 def _label(model, index: int) -> str:
-    from lrp_cli.api import label_of
+    from lrp_cli.explanation import label_of
     label = label_of(model, int(index))
     return f"{index} ({label})" if label and label != str(index) else str(index)
 
@@ -319,12 +272,11 @@ class EvaluateTask:
         """Returns the batch.InputResult of one input: one row with its runs and files, or its error."""
         from lrp_cli import batch
         from lrp_cli.errors import LrpError
-        from lrp_cli.scoring import score_batch
-        tiling = self.variants[0].settings.tiling
+        settings = self.variants[0].settings
         try:
             model = batch.cached_model(self.spec)
             evaluation = evaluate_input(model, item, self.variants, self.flip,
-                                        lambda inputs: score_batch(model, inputs, tiling=tiling), self.out_dir,
+                                        lambda inputs: model.score_batch(inputs, settings), self.out_dir,
                                         self.strip, self.save_maps)
         except LrpError as exc:
             if exc.exit_code != 1:
@@ -370,24 +322,24 @@ def method_variants(model, base, names: list[str], options: dict | None = None) 
     that it takes and checked against the model; an unknown name is an OptionError naming it."""
     from dataclasses import replace
 
-    from lrp_cli import api
+    from lrp_cli.explanation import METHOD_NAMES
     from lrp_cli.methods import METHODS
     names = list(dict.fromkeys(n.strip() for n in names if n.strip()))
-    unknown = [n for n in names if n not in api.METHOD_NAMES]
+    unknown = [n for n in names if n not in METHOD_NAMES]
     if unknown or not names:
         raise OptionError(f"--methods: unknown method '{(unknown or [''])[0]}'; methods: "
-                          f"{', '.join(api.METHOD_NAMES)}")
+                          f"{', '.join(METHOD_NAMES)}")
     variants = [MethodVariant(name, replace(base, method=name, method_options={
         k: v for k, v in (options or {}).items() if k in METHODS[name].defaults})) for name in names]
     for variant in variants:
-        api.check_settings(model, variant.settings)
+        model.check_settings(variant.settings)
     return variants
 
 
 def default_methods(model) -> list[str]:
-    """Returns the methods evaluated when none are named: every method for ONNX models, lrp for BoW pipelines."""
-    from lrp_cli import api
-    return ["lrp"] if model.kind == "sklearn-bow" else list(api.METHOD_NAMES)
+    """Returns the methods evaluated when none are named: every method the model's kind explains with (all for
+    ONNX models, lrp for BoW pipelines)."""
+    return list(model.methods)
 
 
 def run_evaluation(model, items: list, variants: list[MethodVariant], flip: FlipSettings, out_dir,
@@ -397,8 +349,7 @@ def run_evaluation(model, items: list, variants: list[MethodVariant], flip: Flip
     model again on Dask workers; by default the model's own file)."""
     from lrp_cli import batch
     from lrp_cli.evaluation_files import evaluation_document
-    if getattr(model, "unbound", None) is not None:  # one batched session needs one input shape
-        raise OptionError(f"{model.path}: lrp evaluate needs a model with a fixed input size ({model.unbound})")
+    model.check_evaluable()
     task = EvaluateTask(spec or batch.model_spec(model), variants, flip, out_dir, strip, save_maps)
     runs, files, errors = evaluate_inputs(task, items, jobs, scheduler, echo)
     units = "pixel" if flip.patch == 1 else f"{flip.patch}x{flip.patch} patch"

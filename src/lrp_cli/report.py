@@ -106,9 +106,9 @@ def write_thumbnail(model, settings, row: dict) -> Path | None:
         return path
     if row["status"] != "skipped":  # this batch explained it and wrote no thumbnail: not an image
         return None
-    from lrp_cli import api
+    from lrp_cli.pipeline import item_of
     try:
-        picture = api.model_view(model, row["input"], settings)
+        picture = model.view(item_of(row["input"]), settings)
     except LrpError:
         return None
     return save_thumbnail(picture, row["heatmap"])

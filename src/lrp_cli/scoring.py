@@ -1,142 +1,16 @@
-"""Class scores of many inputs at once: the tensor the IR explains, computed by batched onnxruntime runs.
-
-Perturbation methods (occlusion, LIME) and pixel-flipping curves score hundreds of perturbed copies of one input.
-`score_batch` runs them through onnxruntime in chunks instead of one run per copy.
-"""
+"""Class scores of many inputs at once, for any model kind (`Model.score_batch`): perturbation methods and
+pixel-flipping curves score hundreds of perturbed copies of one input in batched runs."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
-import onnx
-import onnxruntime as ort
 
-#: Inputs per onnxruntime run: bounds the activation memory (a 224x224 ImageNet net needs ~100 MB per 32).
-DEFAULT_CHUNK = 32
-#: Batched scores must match the per-item session to this relative tolerance (float32 reassociation).
-BATCH_CHECK_RTOL = 1e-4
+from lrp_cli.explanation import Settings
+from lrp_cli.kinds.onnx_scoring import DEFAULT_CHUNK
 
 
 def score_batch(model, xs: np.ndarray, chunk: int = DEFAULT_CHUNK, tiling: dict | None = None) -> np.ndarray:
-    """Returns the [N, K] pre-softmax class scores (the tensor the IR explains) of N model inputs.
-
-    ONNX models (`api.LoadedModel`): `xs` is [N, *input shape without its batch axis] or [N, *input shape] (batch
-    axis 1), in the model-input layout, after preprocessing. The scores come from onnxruntime in runs of at most
-    `chunk` inputs. Exported models often fix the batch axis to 1 and bake a leading 1 into Reshape targets; on
-    first use a copy of the graph with a symbolic batch axis (and such Reshape targets set to "copy the batch
-    axis") is built, cached on the model, and checked against the model's own session on two different inputs.
-    When it fails that check or cannot be built, every input is scored by its own run of the model's session:
-    still correct, just slower.
-
-    BoW pipelines (`api.LoadedBowModel`): `xs` is [N, H, W, 3] RGB images in [0, 1]; the scores are the per-class
-    decision values, averaged over tiles as `explain` does (`tiling`: the `Settings.tiling` options).
-    """
-    if getattr(model, "kind", None) == "sklearn-bow":
-        return _bow_scores(model, xs, tiling or {})
-    xs = _as_item_batch(xs, tuple(model.graph.input_shape))
-    scorer = model._batch_scorer
-    if scorer is None:
-        scorer = model._batch_scorer = _build_scorer(model)
-    if not len(xs):
-        return np.zeros((0, scorer.classes), dtype=np.float32)
-    return np.concatenate([scorer.run(xs[i:i + chunk]) for i in range(0, len(xs), max(1, chunk))])
-
-
-def _as_item_batch(xs: np.ndarray, input_shape: tuple[int, ...]) -> np.ndarray:
-    """Returns xs as [N, *input_shape[1:]] float32 (accepts a batch of batch-1 tensors too)."""
-    xs = np.asarray(xs, dtype=np.float32)
-    if xs.shape[1:] == input_shape and input_shape[0] == 1:
-        xs = xs[:, 0]
-    if xs.shape[1:] != input_shape[1:]:
-        raise ValueError(f"score_batch: inputs shaped {xs.shape[1:]}, the model input is {list(input_shape)}")
-    return xs
-
-
-@dataclass
-class _Scorer:
-    """Scores a chunk of inputs: with a batched session when it is verified, else one run per input."""
-
-    model: object
-    session: ort.InferenceSession | None
-    classes: int
-
-    @property
-    def batched(self) -> bool:
-        """Returns True when chunks run as one batch (False: per-input fallback)."""
-        return self.session is not None
-
-    def run(self, xs: np.ndarray) -> np.ndarray:
-        """Returns the [len(xs), K] scores of a chunk."""
-        if self.session is None:
-            return np.stack([_single_score(self.model, x) for x in xs])
-        explained = self.session.run(None, {self.model.graph.input_name: xs})[-1]
-        return explained.reshape(len(xs), -1)
-
-
-def _single_score(model, x: np.ndarray) -> np.ndarray:
-    return model.run_onnxruntime(x[None])[1].reshape(-1)
-
-
-def _build_scorer(model) -> _Scorer:
-    probe = np.random.default_rng(0).standard_normal((2,) + tuple(model.graph.input_shape[1:])).astype(np.float32)
-    expected = np.stack([_single_score(model, x) for x in probe])
-    scorer = _Scorer(model, None, expected.shape[1])
-    try:
-        candidate = _Scorer(model, _batched_session(model), expected.shape[1])
-        got = candidate.run(probe)
-    except Exception:  # onnxruntime or onnx reject the rewritten graph: the per-input fallback stays
-        return scorer
-    scale = max(float(np.abs(expected).max()), 1e-12)
-    if got.shape == expected.shape and float(np.abs(got - expected).max()) <= BATCH_CHECK_RTOL * scale:
-        return candidate
-    return scorer
-
-
-def _batched_session(model) -> ort.InferenceSession:
-    """Returns a session like the model's own (`api.onnx_session`) on a copy of the ONNX graph with a symbolic batch."""
-    from lrp_cli.api import onnx_session
-    from lrp_cli.importers.onnx_import import load_onnx
-    proto = load_onnx(model.path)
-    _symbolic_batch(proto, model.graph.input_name)
-    return onnx_session(model.path, proto, model.graph, model.output_name)
-
-
-def _symbolic_batch(proto: onnx.ModelProto, input_name: str) -> None:
-    """Makes the batch axis of the data input and of every graph output symbolic, in place; constant Reshape
-    targets with a leading 1 copy the batch axis instead (ONNX Reshape: 0 = keep that input dimension)."""
-    graph = proto.graph
-    for value in [v for v in graph.input if v.name == input_name] + list(graph.output):
-        dims = value.type.tensor_type.shape.dim
-        if len(dims):
-            dims[0].Clear()
-            dims[0].dim_param = "batch"
-    del graph.value_info[:]  # intermediate shapes recorded for batch 1 would contradict a larger batch
-    initializers = {init.name: init for init in graph.initializer}
-    readers = {}
-    for node in graph.node:
-        for index, name in enumerate(node.input):
-            readers.setdefault(name, []).append((node, index))
-    for name, uses in readers.items():
-        if name in initializers and all(n.op_type == "Reshape" and i == 1 and not _allows_zero(n) for n, i in uses):
-            target = onnx.numpy_helper.to_array(initializers[name])
-            if target.ndim == 1 and len(target) > 1 and target[0] == 1:
-                target = target.copy()
-                target[0] = 0
-                initializers[name].CopyFrom(onnx.numpy_helper.from_array(target, name))
-
-
-def _allows_zero(node: onnx.NodeProto) -> bool:
-    return any(a.name == "allowzero" and a.i for a in node.attribute)
-
-
-def _bow_scores(model, xs: np.ndarray, tiling: dict) -> np.ndarray:
-    """Returns [N, K] decision values of N RGB images, each the mean over its tiles (as `explain_bow`)."""
-    from lrp_cli.bow.classifier import class_scores
-    from lrp_cli.bow.explain import _bow_vectors, _windows, resolve_tiling
-    rows = []
-    for image in np.asarray(xs, dtype=np.float64):
-        grid = resolve_tiling(model.bow, image.shape[:2], tiling.get("tile"), tiling.get("tile_stride"))
-        _, features = _bow_vectors(model.bow, image, _windows(image.shape[:2], grid))
-        rows.append(class_scores(model.bow.classifier, features).mean(axis=0))
-    return np.stack(rows) if rows else np.zeros((0, len(model.bow.classes)))
+    """Returns the [N, K] class scores of N inputs: for ONNX models the pre-softmax scores (the tensor the IR
+    explains) of model inputs in the model-input layout, scored in runs of at most `chunk`; for BoW pipelines the
+    decision values of [N, H, W, 3] RGB images in [0, 1], averaged over tiles (`tiling`: Settings.tiling)."""
+    return model.score_batch(xs, Settings(tiling=tiling or {}), chunk)

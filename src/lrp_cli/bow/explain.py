@@ -9,7 +9,7 @@ import numpy as np
 from lrp_cli.bow.classifier import ClassifierError, class_scores, target_decision
 from lrp_cli.bow.features import as_float_image
 from lrp_cli.bow.relevance import layer1, layer2, layer3
-from lrp_cli.importers.sklearn_bow import BowModel, BowModelError
+from lrp_cli.bow.model import BowModel, BowModelError
 from lrp_cli.ir.windows import tile_positions
 
 LAYER_NAMES = ("layer3 BoW dimensions", "layer2 local features", "layer1 pixels")

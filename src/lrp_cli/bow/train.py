@@ -21,7 +21,7 @@ from lrp_cli.bow.features import DenseFeatures
 from lrp_cli.bow.kernels import BowKernel, make_part
 from lrp_cli.bow.options import DEFAULTS
 from lrp_cli.bow.pooling import PMeansPooling
-from lrp_cli.importers.sklearn_bow import FORMAT
+from lrp_cli.bow.model import FORMAT
 from lrp_cli.preprocess import IMAGE_SUFFIXES, open_image
 
 

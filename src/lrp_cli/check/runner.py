@@ -1,5 +1,5 @@
 """Running behaviour specs: load each model, bring masks to its input grid, explain every (input, target) once
-through lrp_cli.api and measure each case's assertions on the explanation."""
+through the pipeline and measure each case's assertions on the explanation."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from lrp_cli import api, batch, outputs, render
-from lrp_cli.batch import InputItem
+from lrp_cli import batch, outputs, pipeline, render
+from lrp_cli.explanation import Explanation, Settings, class_index
+from lrp_cli.kinds.base import InputItem, Unsupported
 from lrp_cli.check import metrics
 from lrp_cli.check.spec import Case, Spec, SpecError, explain_settings, load_spec
 from lrp_cli.errors import InputError, LrpError, OptionError
-from lrp_cli.preprocess import fit_geometry, open_image, to_nchw
+from lrp_cli.preprocess import fit_geometry, open_image
 from lrp_cli.propagate import conservation_error, output_scores
 
 OUTLINE_RGB = (255, 0, 255)  # magenta: not a colour of any of the heatmap colormaps
@@ -77,7 +78,7 @@ class Prepared:
 
     spec: Spec
     model: object
-    settings: api.Settings
+    settings: Settings
     jobs: list[Job]
     cmap: str
     model_spec: batch.ModelSpec  # what finds the model again in a worker process
@@ -89,7 +90,7 @@ class SpecContext:
     the explain settings, the spec file (for the outcomes) and the colormap of the evidence."""
 
     model_spec: batch.ModelSpec
-    settings: api.Settings
+    settings: Settings
     spec_path: Path
     cmap: str
 
@@ -119,28 +120,30 @@ def prepare(path: Path, keyword: str | None = None) -> Prepared:
         model, model_spec = batch.load_model(spec.model, **load_options)
     except OptionError as exc:  # the labels file; a model that cannot be loaded is a ModelLoadError (exit 3)
         raise spec.error("labels", str(exc)) from None
-    if model.kind != "onnx":
-        raise SpecError(f"{path}: model: {spec.model} is a {model.kind} pipeline; lrp check takes ONNX models")
-    _check_settings(spec, model, settings)
-    config = api.preprocess_config(model, settings)
+    size_error = None
     try:
-        api.check_size(model, config)
-    except OptionError as exc:
-        raise spec.error("size", str(exc)) from None
-    grid = tuple(to_nchw(model.graph.input_shape, model.layout)[2:])
+        config, grid = model.image_geometry(settings)
+    except Unsupported:
+        raise SpecError(f"{path}: model: {spec.model} is a {model.kind} pipeline; lrp check takes ONNX models") \
+            from None
+    except OptionError as exc:  # reported after the rule keys, as the settings are checked first
+        size_error = exc
+    _check_settings(spec, model, settings)
+    if size_error is not None:
+        raise spec.error("size", str(size_error)) from None
     cases = [c for c in spec.cases if keyword is None or keyword in c.name]
     jobs = [job for case in cases for job in _case_jobs(case, model, config, grid)]
     return Prepared(spec, model, settings, jobs, spec.settings.get("cmap", "jet"), model_spec)
 
 
-def _check_settings(spec: Spec, model, settings: api.Settings) -> None:
+def _check_settings(spec: Spec, model, settings: Settings) -> None:
     """Raises the SpecError naming the rule key the model cannot take (a rule the layers cannot use)."""
     try:
-        api.check_settings(model, settings)
+        model.check_settings(settings)
     except OptionError as exc:
         for key, alone in (("layer_rule", {"layer_rules": ()}), ("rule", {"rule": None})):
             try:
-                api.check_settings(model, api.Settings(**{**vars(settings), **alone}))
+                model.check_settings(Settings(**{**vars(settings), **alone}))
             except OptionError:
                 continue
             raise spec.error(key, str(exc)) from None
@@ -151,7 +154,7 @@ def _class_index(case: Case, key: str, value: str, labels) -> int:
     if value.startswith("top:"):
         raise case.source.error(f"{case.where}.{key}", f"'{value}': a case explains one class (use expect_top)")
     try:
-        return api.class_index(value, len(labels) if labels else None, labels)
+        return class_index(value, len(labels) if labels else None, labels)
     except OptionError:
         known = "the model has no labels" if not labels else f"the model has {len(labels)} classes"
         raise case.source.error(f"{case.where}.{key}", f"'{value}' is not a class index or label ({known})") \
@@ -241,7 +244,7 @@ class CheckTask:
         context = group.context
         settings = replace(context.settings, target=group.target)
         try:
-            explanation = api.explain(context.model, group.path, settings)[0]
+            explanation = pipeline.explain(context.model, group.path, settings)[0]
         except InputError as exc:
             return _rows(group, [_outcome(context, job, error=str(exc)) for job in group.jobs])
         except LrpError as exc:
@@ -279,9 +282,9 @@ def _outcome(context: SpecContext, job: Job, **kwargs) -> Outcome:
     return Outcome(context.spec_path, job.case.name, job.item.path, **kwargs)
 
 
-def _measure(context: SpecContext, job: Job, expl: api.Explanation, update_baselines: bool,
+def _measure(context: SpecContext, job: Job, expl: Explanation, update_baselines: bool,
              evidence_dir: Path | None) -> Outcome:
-    heat = api.pixel_map(context.model, expl).astype(np.float64)
+    heat = context.model.pixels(expl.relevance).astype(np.float64)
     measures = _prediction_measures(job, expl) + _region_measures(job, heat)
     if job.case.baseline is not None:
         measures.append(_baseline_measure(context, job, expl, heat, update_baselines))
@@ -291,7 +294,7 @@ def _measure(context: SpecContext, job: Job, expl: api.Explanation, update_basel
     return outcome
 
 
-def _prediction_measures(job: Job, expl: api.Explanation) -> list[Measure]:
+def _prediction_measures(job: Job, expl: Explanation) -> list[Measure]:
     case, prediction = job.case, expl.prediction
     measures = []
     if job.expect is not None:
@@ -344,7 +347,7 @@ def _baseline_measure(context: SpecContext, job: Job, expl, heat: np.ndarray, up
         return Measure(name, "missing", f"({path}: {reason}; run --update-baselines)", False)
     if stored.shape != expl.relevance.shape:
         return Measure(name, f"shape {list(stored.shape)}", f"!= {list(expl.relevance.shape)} in {path}", False)
-    stored_heat = render.pixel_relevance(to_nchw(stored, context.model.layout)).astype(np.float64)
+    stored_heat = context.model.pixels(stored).astype(np.float64)
     similarity = metrics.SIMILARITIES[baseline.metric](heat, stored_heat)
     return Measure(name, similarity, limit, similarity >= baseline.min_similarity)
 

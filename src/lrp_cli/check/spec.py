@@ -9,7 +9,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lrp_cli import api, batch, render
+from lrp_cli import batch, render
+from lrp_cli.explanation import METHOD_NAMES, PRECISIONS, Settings
 from lrp_cli.errors import OptionError
 from lrp_cli.preprocess import LAYOUTS, PRESETS
 from lrp_cli.rules import COMPOSITES
@@ -33,11 +34,11 @@ class Key:
 
 #: Explain options a spec may set, by their `lrp explain` long name with _ for -.
 SETTING_KEYS = {
-    "method": Key("str", choices=api.METHOD_NAMES), "composite": Key("str", choices=tuple(COMPOSITES)),
+    "method": Key("str", choices=METHOD_NAMES), "composite": Key("str", choices=tuple(COMPOSITES)),
     "rule": Key("str"), "layer_rule": Key("strs"), "output": Key("str"), "layout": Key("str", choices=LAYOUTS),
     "preset": Key("str", choices=tuple(PRESETS)), "size": Key("size"), "resize": Key("count"),
     "mean": Key("numbers"), "std": Key("numbers"), "bgr": Key("bool"), "labels": Key("path"),
-    "precision": Key("str", choices=tuple(api.PRECISIONS)), "cmap": Key("str", choices=render.COLORMAPS),
+    "precision": Key("str", choices=tuple(PRECISIONS)), "cmap": Key("str", choices=render.COLORMAPS),
 }
 TOP_KEYS = {"model": Key("path"), "include": Key("path"), "case": Key("tables")} | SETTING_KEYS
 CASE_KEYS = {
@@ -300,11 +301,11 @@ def load_spec(path: str | Path) -> Spec:
     return Spec(path, settings.pop("model"), settings, cases, source)
 
 
-def explain_settings(spec: Spec) -> tuple[api.Settings, dict]:
-    """Returns (the api.Settings of the spec's explain options, load_model keyword arguments)."""
+def explain_settings(spec: Spec) -> tuple[Settings, dict]:
+    """Returns (the Settings of the spec's explain options, load_model keyword arguments)."""
     s = spec.settings
     preprocess = {"preset": s.get("preset"), "size": s.get("size"), "resize": s.get("resize"),
                   "mean": s.get("mean"), "std": s.get("std"), "bgr": s.get("bgr")}
-    settings = api.Settings(s.get("method", "lrp"), s.get("composite"), s.get("rule"), tuple(s.get("layer_rule", ())),
+    settings = Settings(s.get("method", "lrp"), s.get("composite"), s.get("rule"), tuple(s.get("layer_rule", ())),
                             "pred", s.get("precision", "float32"), preprocess)
     return settings, {"output": s.get("output"), "labels": s.get("labels"), "layout": s.get("layout")}

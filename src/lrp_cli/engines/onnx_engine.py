@@ -113,7 +113,7 @@ def cache_key(model_sha256: str, method: str, rules: dict[str, Rule], output: st
 def compile_model(path: Path, graph, method: str, rules: dict[str, Rule], output: str | None = None,
                   batch_proto: bytes | None = None) -> C.CompiledGraph:
     """Returns the compiled relevance pass of the ONNX file at path (whose IR is graph), or of its bytes re-bound
-    to another batch size (`batch_proto`, see batched.batch_model)."""
+    to another batch size (`batch_proto`: OnnxModel.rebound_onnx)."""
     proto = load_onnx(path) if batch_proto is None else onnx.load_from_string(batch_proto)
     return C.compile_relevance(proto, graph, method, rules, output, owned=True)
 
@@ -168,7 +168,7 @@ def _compile_into(path: Path, model, method: str, rules: dict[str, Rule], output
     """Returns the seconds it took to compile the model's relevance pass and write it to the cache at path."""
     start = time.perf_counter()
     try:
-        compiled = compile_model(model.path, model.graph, method, rules, output, model.batch_proto)
+        compiled = compile_model(model.path, model.graph, method, rules, output, model.rebound_onnx)
     except CompileError as exc:
         _FAILURES[key] = exc
         raise

@@ -4,6 +4,7 @@ tensor in the model-input shape."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -15,16 +16,24 @@ from lrp_cli.preprocess import PreprocessConfig, from_nchw, to_nchw
 from lrp_cli.propagate import Propagation, output_scores
 
 
+#: Perturbed copies scored per call of MethodInput.scores: bounds the memory of a batch of copies.
+SCORE_CHUNK = 32
+
+
 @dataclass
 class MethodInput:
-    """Everything a method may read: the model, the IR forward pass, LRP rules, preprocessing and its options."""
+    """Everything a method may read: the IR forward pass, LRP rules, preprocessing, its options, the model
+    input's layout and a scorer of batches; a method never sees the model itself."""
 
-    model: object
     graph: Graph
     values: dict[str, np.ndarray]
     rules: dict
     config: PreprocessConfig
     options: dict
+    #: "nchw" or "nhwc": the channel axis of the model input
+    layout: str
+    #: scores(batch) -> [N, K] pre-softmax class scores of N model inputs ([N, ...] in the model's layout)
+    scores: Callable[[np.ndarray], np.ndarray]
     #: what a method computes once per input and reuses for every target (the perturbation methods' scores)
     memo: dict = field(default_factory=dict)
 
@@ -49,15 +58,15 @@ class MethodInput:
         if len(shape) != 4:
             raise OptionError(f"--method {method}: needs an image model input [N, C, H, W], this one is "
                               f"{list(shape)}")
-        return tuple(to_nchw(tuple(shape), self.model.layout)[1:])
+        return tuple(to_nchw(tuple(shape), self.layout)[1:])
 
     def nchw(self, x: np.ndarray) -> np.ndarray:
         """Returns a batch of model inputs in NCHW order."""
-        return to_nchw(x, self.model.layout)
+        return to_nchw(x, self.layout)
 
     def model_layout(self, x: np.ndarray) -> np.ndarray:
         """Returns an NCHW batch in the model's layout."""
-        return from_nchw(x, self.model.layout)
+        return from_nchw(x, self.layout)
 
     def spread(self, pixel_map: np.ndarray) -> np.ndarray:
         """Returns a [H, W] map as a model-input-shaped tensor: each channel holds map / C, so the channel sum
@@ -82,8 +91,8 @@ class Method(ABC):
             raise OptionError(f"{flags} does not apply to --method {self.name}")
         return {**self.defaults, **given}
 
-    def check(self, model, options: dict) -> None:
-        """Raises OptionError when the options do not fit the model (default: nothing to check)."""
+    def check(self, graph: Graph, options: dict) -> None:
+        """Raises OptionError when the options do not fit the model's IR graph (default: nothing to check)."""
 
     def options_for(self, job: MethodInput) -> dict:
         """Returns the options in force for this input (defaults that depend on the input resolved); the JSON

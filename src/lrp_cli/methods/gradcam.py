@@ -72,9 +72,9 @@ class GradCam(Method):
     name = "gradcam"
     defaults = {"layer": None}
 
-    def check(self, model, options: dict) -> None:
+    def check(self, graph: Graph, options: dict) -> None:
         """Raises OptionError when --layer names no spatial node (or the model has no spatial Conv)."""
-        find_layer(model.graph, options["layer"])
+        find_layer(graph, options["layer"])
 
     def options_for(self, job: MethodInput) -> dict:
         """Returns the options with the layer actually used."""

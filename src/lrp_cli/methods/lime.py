@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from lrp_cli.methods.base import Method, MethodInput
+from lrp_cli.methods.base import SCORE_CHUNK, Method, MethodInput
 from lrp_cli.preprocess import tensor_to_display
 from lrp_cli.propagate import Propagation
-from lrp_cli.scoring import DEFAULT_CHUNK, score_batch
 
 KERNEL_WIDTH = 0.25
 QUICKSHIFT = {"kernel_size": 4, "max_dist": 200, "ratio": 0.2}
@@ -63,8 +62,8 @@ def pattern_scores(score, x: np.ndarray, segments: np.ndarray, patterns: np.ndar
     sample is x with its off superpixels set to their means."""
     hidden = segment_means(x, segments)
     scores = []
-    for start in range(0, len(patterns), DEFAULT_CHUNK):
-        keep = patterns[start:start + DEFAULT_CHUNK][:, segments].astype(bool)[:, None]
+    for start in range(0, len(patterns), SCORE_CHUNK):
+        keep = patterns[start:start + SCORE_CHUNK][:, segments].astype(bool)[:, None]
         scores.append(score(np.where(keep, x[None], hidden[None])))
     return np.concatenate(scores)
 
@@ -92,7 +91,7 @@ class Lime(Method):
             x = job.nchw(job.x.astype(np.float32))
             segments = superpixels(np.asarray(tensor_to_display(x, job.config), dtype=np.float64) / 255, seed)
             patterns = sample_patterns(int(segments.max()) + 1, samples, seed)
-            scores = pattern_scores(lambda batch: score_batch(job.model, job.model_layout(batch)), x[0], segments,
+            scores = pattern_scores(lambda batch: job.scores(job.model_layout(batch)), x[0], segments,
                                     patterns)
             return segments, patterns, scores
         segments, patterns, scores = job.once((self.name, samples, seed), sampled)

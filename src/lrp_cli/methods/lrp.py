@@ -7,7 +7,7 @@ from lrp_cli.propagate import Propagation, propagate
 
 
 class Lrp(Method):
-    """LRP with the per-layer rules that `api.rules_for` assigned (composite, --rule, --layer-rule)."""
+    """LRP with the per-layer rules that model kind assigned (composite, --rule, --layer-rule)."""
 
     name = "lrp"
 

@@ -9,9 +9,8 @@ import numpy as np
 
 from lrp_cli.ir.windows import tile_positions
 from lrp_cli.errors import OptionError
-from lrp_cli.methods.base import Method, MethodInput
+from lrp_cli.methods.base import SCORE_CHUNK, Method, MethodInput
 from lrp_cli.propagate import Propagation
-from lrp_cli.scoring import DEFAULT_CHUNK, score_batch
 
 #: Default patch: the input side over this (16 px at 224, 3 px at 32), so the map has the same grain at any size.
 PATCHES_PER_SIDE = 14
@@ -35,8 +34,8 @@ def occlusion_drops(score, x: np.ndarray, fill: np.ndarray, origins: list, patch
     """
     base = score(x[None])[0]
     drops = []
-    for start in range(0, len(origins), DEFAULT_CHUNK):  # a chunk of occluded copies at a time bounds memory
-        chunk = origins[start:start + DEFAULT_CHUNK]
+    for start in range(0, len(origins), SCORE_CHUNK):  # a chunk of occluded copies at a time bounds memory
+        chunk = origins[start:start + SCORE_CHUNK]
         batch = np.repeat(x[None], len(chunk), axis=0)
         for i, (top, left) in enumerate(chunk):
             batch[i, :, top:top + patch, left:left + patch] = fill[:, None, None]
@@ -78,7 +77,7 @@ class Occlusion(Method):
         def drops():
             fill = job.config.mean_pixel(channels).astype(np.float32)
             x = job.nchw(job.x.astype(np.float32))[0]
-            return occlusion_drops(lambda batch: score_batch(job.model, job.model_layout(batch)), x, fill, origins,
+            return occlusion_drops(lambda batch: job.scores(job.model_layout(batch)), x, fill, origins,
                                    options["patch"])
         all_drops = job.once((self.name, options["patch"], options["stride"]), drops)
         heat = spread_drops(origins, all_drops[:, target], (height, width), options["patch"])

@@ -116,7 +116,6 @@ class SklearnTextModel(Model):
                 "conservation_error": document["conservation"]["relative_error"],
                 "heatmap": document.get("outputs", {}).get("png")}
 
-    def relevance_scale(self, expl: Explanation) -> float:
-        """Returns max |token relevance|."""
-        r = expl.extra["text"].relevance
-        return float(np.abs(r).max()) if r.size else 0.0
+    def heat(self, expl: Explanation) -> np.ndarray:
+        """Returns the token relevances, which the word colours scale."""
+        return expl.extra["text"].relevance
