@@ -158,8 +158,9 @@ def test_a_chunk_gives_onnxruntime_its_hosts_share_without_a_cluster(monkeypatch
     from lrp_cli import distributed
     worker = SimpleNamespace(address=address, state=SimpleNamespace(nthreads=nthreads))
     monkeypatch.setattr(dd, "get_worker", lambda: worker)
-    monkeypatch.setattr(batch, "CORES", 8)
-    monkeypatch.setattr(batch, "limit_threads", lambda: None)  # the test process keeps its BLAS pools
+    from lrp_cli import tasks
+    monkeypatch.setattr(tasks, "CORES", 8)
+    monkeypatch.setattr(tasks, "limit_threads", lambda: None)  # the test process keeps its BLAS pools
     assert distributed.run_chunk(OnnxruntimeThreads(), [0, 1], totals) == [expected, expected]
 
 
