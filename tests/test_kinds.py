@@ -60,7 +60,7 @@ class WordsModel(Model):
 
     def save(self, expl: Explanation, out_dir: Path, stem: str, options: OutputOptions) -> dict:
         document = {"f_x": expl.propagation.f_x, "target": expl.target, "score": expl.prediction["score"],
-                    "tokens": [{"text": w, "relevance": float(r) / options.scale.divisor_of(expl.relevance)}
+                    "tokens": [{"text": w, "relevance": float(r) / (options.scale.divisor or 1.0)}
                                for w, r in zip(expl.extra["words"], expl.relevance)]}
         outputs.write_all({out_dir / f"{stem}.json": outputs.json_bytes(document)})
         return document
