@@ -1,21 +1,20 @@
-"""The sklearn text kind behind the kinds.base protocol (skipped until lrp_cli.kinds exists on this branch)."""
+"""The sklearn text kind behind the kinds.base protocol."""
 
 from __future__ import annotations
 
 import json
 
 import joblib
-import pytest
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.pipeline import make_pipeline
 from sklearn.svm import LinearSVC
 
-base = pytest.importorskip("lrp_cli.kinds.base")
+from lrp_cli.kinds import base
 
 
 def test_kind_claims_loads_expands_explains_and_saves(tmp_path):
     from lrp_cli.explanation import Settings
-    from lrp_cli.text.sklearn_kind import SklearnTextKind
+    from lrp_cli.kinds.sklearn_text import SklearnTextKind
 
     path = tmp_path / "sentiment.joblib"
     joblib.dump(make_pipeline(TfidfVectorizer(), LinearSVC()).fit(["good film", "bad film"], ["pos", "neg"]), path)

@@ -1,6 +1,7 @@
-"""The scikit-learn text-pipeline kind, shaped to the model-kind protocol of lrp_cli.kinds.base (not registered
-here: the registry lists it before the BoW kind, whose suffixes it shares; `claims` opens the file to tell them
-apart). Kind options read from settings.kind_options: text, text_field, id_field, pair, vectorizer."""
+"""The scikit-learn text-pipeline kind (issue 19) behind the model-kind protocol of lrp_cli.kinds.base. The
+registry lists it before the BoW kind, whose suffixes it shares: `claims` opens the file to tell them apart.
+Kind options read from settings.kind_options: text, text_field, id_field, pair; from LoadOptions.extra:
+vectorizer."""
 
 from __future__ import annotations
 
