@@ -224,24 +224,21 @@ def softmax(scores: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class StepPlan:
     """The unit counts one order perturbs: the curve's N+1 (over the prefix), the full-range curve's N+1 (None
-    without a prefix), and the distinct counts scored for both, each once."""
+    without a prefix), and the sorted distinct counts scored for both, each once."""
 
     total: int
     prefix: int
     counts: np.ndarray
     full: np.ndarray | None
-
-    @property
-    def scored(self) -> np.ndarray:
-        """Returns the sorted distinct counts to score."""
-        return np.unique(self.counts if self.full is None else np.concatenate([self.counts, self.full]))
+    scored: np.ndarray
 
 
 def step_plan(total: int, settings: FlipSettings) -> StepPlan:
     """Returns the StepPlan of an input with `total` units."""
     prefix = settings.prefix(total)
+    counts = flip_counts(prefix, settings.steps)
     full = flip_counts(total, settings.steps) if prefix < total and settings.full_range else None
-    return StepPlan(total, prefix, flip_counts(prefix, settings.steps), full)
+    return StepPlan(total, prefix, counts, full, np.unique(counts if full is None else np.concatenate([counts, full])))
 
 
 def unit_ranks(subject: Subject, pixel_map: np.ndarray, order: str, settings: FlipSettings) -> tuple[np.ndarray, int]:
