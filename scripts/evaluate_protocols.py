@@ -137,7 +137,9 @@ def summary_markdown(document: dict) -> str:
     cells = {(s["method"], s["order"]): s for s in document["summary"]}
     methods = list(dict.fromkeys(s["method"] for s in document["summary"]))
     full = "aopc_full_range_mean" in document["summary"][0]
-    header = ["method", "AOPC MoRF (first L)", "AOPC LeRF (first L)"] + \
+    covered = document["runs"][0]["fractions"][-1]
+    span = f"0-{covered * 100:.3g} %"
+    header = ["method", f"AOPC MoRF ({span})", f"AOPC LeRF ({span})"] + \
         (["full-range AOPC MoRF", "full-range AOPC LeRF"] if full else []) + ["MoRF-LeRF area"]
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for m in methods:

@@ -319,3 +319,24 @@ def test_cli_protocol_prints_its_scaling_and_refuses_options_it_sets(tiny_cnn_pa
     refused = CliRunner().invoke(main, ["evaluate", str(rgb_image), "--model", str(tiny_cnn_path), "--protocol",
                                         "samek2017", "--steps", "10", "--out", str(tmp_path / "o2")])
     assert refused.exit_code == 2 and "drop --steps" in refused.output and not (tmp_path / "o2").exists()
+
+
+@pytest.mark.slow
+def test_lenet_samek_protocol_puts_lrp_above_random(tmp_path):
+    """Samek et al.'s protocol on the shared LeNet-5 (regions scaled to 1x1 at 32x32): over 10 digits the default
+    composite's MoRF-LeRF area is separated from a random order's by the bootstrap interval."""
+    from PIL import Image
+
+    from conftest import shared_path
+    from test_shared_models import with_sidecar
+    model = with_sidecar(tmp_path, "lenet5_mnist.onnx")
+    digits = np.load(shared_path("images", "mnist", "mnist_test_first100_uint8.npy"))[:10]
+    for k, digit in enumerate(digits):
+        Image.fromarray(np.pad(digit, 2)).save(tmp_path / f"d{k}.png")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["evaluate", *[str(tmp_path / f"d{k}.png") for k in range(10)], "--model",
+                                       str(model), "--methods", "lrp,random", "--protocol", "samek2017", "--out",
+                                       str(out)])
+    assert result.exit_code == 0, result.output
+    assert "scaled to 1x1 for the 32x32 input, 1024 regions" in result.output
+    assert "lrp > random: 95 % CI [" in result.output
