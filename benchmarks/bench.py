@@ -205,6 +205,59 @@ def bench_evaluate(path: Path) -> dict:
             "seconds": seconds, "forward": forward, "load": os.getloadavg()[0]}
 
 
+@contextlib.contextmanager
+def timed_scoring():
+    """Yields a dict that collects the inputs and seconds of every batched onnxruntime scoring call made inside."""
+    from lrp_cli import scoring
+    totals = {"inputs": 0, "seconds": 0.0, "calls": 0}
+    original = scoring._Scorer.run
+
+    def run(self, xs):
+        start = time.perf_counter()
+        try:
+            return original(self, xs)
+        finally:
+            totals["seconds"] += time.perf_counter() - start
+            totals["inputs"] += len(xs)
+            totals["calls"] += 1
+    scoring._Scorer.run = run
+    try:
+        yield totals
+    finally:
+        scoring._Scorer.run = original
+
+
+def bench_samek(path: Path = REPO / "models" / "efficientnet-lite0.onnx", image: Path = IMAGE) -> dict:
+    """Returns the time of `lrp evaluate --protocol samek2017` on one photo with every method (MoRF and LeRF, the
+    first 100 of 625 9x9 regions and the full-range curve beside them), against the time of its forwards: the
+    seconds inside the batched onnxruntime scoring calls (`ratio`, the claim is < 2), and the number of scored
+    inputs times one batch-1 forward measured in the same run (`ratio_batch1`)."""
+    from lrp_cli import evaluate
+    model = api.load_model(path)
+    x, _ = load_input(image, api.preprocess_config(model, api.Settings()), model.graph.input_shape, model.layout)
+    forward = median_seconds(lambda: model.run_onnxruntime(x), 5)
+    variants = evaluate.method_variants(model, api.Settings(), list(api.METHOD_NAMES))
+    flip = evaluate.flip_settings("morf,lerf", "samek2017", None, None, None, None, None)
+    with tempfile.TemporaryDirectory() as out_dir, timed_scoring() as scored:
+        start = time.perf_counter()
+        evaluate.run_evaluation(model, batch.expand_inputs([str(image)]), variants, flip, Path(out_dir))
+        seconds = time.perf_counter() - start
+    return {"model": path.name, "methods": len(variants), "seconds": seconds, "forward": forward,
+            "scored": scored["inputs"], "scoring_seconds": scored["seconds"], "ratio": seconds / scored["seconds"],
+            "ratio_batch1": seconds / (scored["inputs"] * forward), "load": os.getloadavg()[0]}
+
+
+def samek_text() -> str:
+    """Returns the line of `bench_samek` (empty when EfficientNet-Lite0 has not been built)."""
+    if not (REPO / "models" / "efficientnet-lite0.onnx").exists():
+        return ""
+    e = bench_samek()
+    return (f"\n`lrp evaluate --protocol samek2017` of {IMAGE.name} ({e['model']}, 224x224, {e['methods']} methods, "
+            f"MoRF and LeRF): {e['seconds']:.1f} s for {e['scored']} scored inputs; {e['ratio']:.2f}x the "
+            f"{e['scoring_seconds']:.1f} s inside the batched forwards, {e['ratio_batch1']:.2f}x as many batch-1 "
+            f"forwards ({e['forward'] * 1e3:.1f} ms each in the same run); load average {e['load']:.1f} at the end.\n")
+
+
 BATCH_PHOTOS = [REPO / "sample_images" / "chelsea.png", REPO / "sample_images" / "coffee.png"]
 BATCH_SIZE = 50
 # (--jobs, backend, BLAS threads per explanation); the last row is what --jobs 1 did before explanations were
@@ -600,6 +653,7 @@ def main():
     parser.add_argument("--write", action="store_true", help="Append the table to benchmarks/RESULTS.md")
     parser.add_argument("--methods-only", action="store_true", help="Only the per-method table (EfficientNet)")
     parser.add_argument("--evaluate-only", action="store_true", help="Only time the pixel-flipping evaluation")
+    parser.add_argument("--samek-only", action="store_true", help="Only time `lrp evaluate --protocol samek2017`")
     parser.add_argument("--jobs-only", action="store_true", help="Only the --jobs throughput of a 50-photo batch")
     parser.add_argument("--batch-only", action="store_true",
                         help="Only images/s at --batch-size 1, 4, 8 (compiled engine, EfficientNet-Lite0)")
@@ -617,6 +671,8 @@ def main():
         return _emit(f"## {datetime.date.today().isoformat()}: {machine()}\n\n{batch_text(args.runs)}", args.write)
     if args.evaluate_only:
         return _emit(f"## {datetime.date.today().isoformat()}: {machine()}\n{evaluate_text()}", args.write)
+    if args.samek_only:
+        return _emit(f"## {datetime.date.today().isoformat()}: {machine()}\n{samek_text()}", args.write)
     effnet = REPO / "models" / "efficientnet-lite0.onnx"
     methods = bench_methods(effnet, max(1, args.runs // 2)) if effnet.exists() else ""
     if args.methods_only:

@@ -45,11 +45,15 @@ def test_json_and_csv_hold_every_curve_and_the_summary(tiny_cnn_path, two_images
     assert len(runs) == 2 * 2 * 2  # inputs x methods x orders
     for run in runs:
         assert set(run) == {"input", "method", "order", "target", "fractions", "scores", "probabilities",
-                            "predicted", "aopc"}
+                            "predicted", "aopc", "morf_lerf_area"}
         assert run["fractions"] == pytest.approx([k / 10 for k in range(11)])
         assert len(run["scores"]) == len(run["probabilities"]) == len(run["predicted"]) == 11
         assert run["aopc"] == pytest.approx(np.mean(run["scores"][0] - np.array(run["scores"])))
         assert all(0 <= p <= 1 for p in run["probabilities"])
+    # the area between the LeRF and MoRF curves of the same input and method is AOPC MoRF - AOPC LeRF
+    for morf, lerf in zip(runs[0::2], runs[1::2]):
+        assert (morf["order"], lerf["order"]) == ("morf", "lerf") and morf["method"] == lerf["method"]
+        assert morf["morf_lerf_area"] == lerf["morf_lerf_area"] == pytest.approx(morf["aopc"] - lerf["aopc"])
     # every method and order starts from the same unperturbed input
     for image in two_images:
         starts = {run["scores"][0] for run in runs if run["input"] == str(image)}

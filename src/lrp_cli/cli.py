@@ -175,14 +175,21 @@ def _write_html(out_dir, rows, model, settings, cmap, scale, global_scale):
 @_model_options
 @click.option("--order", "orders", default="morf,lerf", show_default=True,
               help="Comma-separated orders: morf (most relevant first), lerf (|R| closest to 0 first), negative.")
-@click.option("--perturbation", type=click.Choice(list(evaluate.PERTURBATIONS)), default="flip", show_default=True,
+@click.option("--protocol", type=click.Choice(list(evaluate.PROTOCOLS)),
+              help="samek2017: 9x9 regions (scaled for inputs under 224), uniform noise, AOPC over the first 100 "
+              "regions, one a step (sets --patch, --steps and the prefix).")
+@click.option("--perturbation", type=click.Choice(list(evaluate.PERTURBATIONS)),
               help="flip: lo + hi - x in the preset's range; mean: the preset's mean; uniform: seeded U(lo, hi); "
-              "blur: Gaussian.")
+              "blur: Gaussian; road: noisy linear imputation (ROAD) [default: flip; uniform with --protocol].")
 @click.option("--blur-sigma", type=float, help="Blur std in pixels [default: max(H, W) / 32].")
-@click.option("--patch", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Perturb P x P patches (relevance summed over the patch) instead of single pixels.")
-@click.option("--steps", type=click.IntRange(min=1), default=100, show_default=True,
-              help="N equal fractions of all units from 0 to 100 %.")
+@click.option("--patch", type=click.IntRange(min=1),
+              help="Perturb P x P patches (relevance summed over the patch) instead of single pixels [default: 1].")
+@click.option("--steps", type=click.IntRange(min=1),
+              help="N equal steps from none to all units (or to the prefix) [default: 100].")
+@click.option("--max-fraction", type=float,
+              help="Curves and AOPC over the first F of the units only (0 < F <= 1); the full-range AOPC beside it.")
+@click.option("--units", "prefix_units", type=click.IntRange(min=1),
+              help="Curves and AOPC over the first N units only; the full-range AOPC beside it.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the uniform perturbation and of lime and random.")
 @click.option("--out", "out_dir", default="lrp-eval", type=click.Path(path_type=Path), show_default=True,
@@ -193,14 +200,14 @@ def _write_html(out_dir, rows, model, settings, cmap, scale, global_scale):
 @click.option("--scheduler", help="Run on a Dask cluster: tcp://HOST:8786, or local:N for N worker processes "
               "(needs lrp-cli[dask]).")
 @interrupts.exit_on_signal
-def evaluate_command(inputs, model_path, methods, orders, perturbation, blur_sigma, patch, steps, seed, out_dir,
-                     save_maps, strip, jobs, scheduler, **shared):
+def evaluate_command(inputs, model_path, methods, orders, protocol, perturbation, blur_sigma, patch, steps,
+                     max_fraction, prefix_units, seed, out_dir, save_maps, strip, jobs, scheduler, **shared):
     """Pixel flipping (paper Figs 18-24): perturb each INPUT in the order of each method's relevance and record
     the target score; writes evaluation.json/.csv, curves.png and prints AOPC per method and order."""
     from lrp_cli import evaluation_files
     try:
-        flip = evaluate.FlipSettings(tuple(o.strip() for o in orders.split(",")), perturbation, patch, steps, seed,
-                                     blur_sigma)
+        flip = evaluate.flip_settings(orders, protocol, perturbation, patch, steps, max_fraction, prefix_units,
+                                      seed, blur_sigma)
         base = _settings("lrp", shared)
         model, spec = batch.load_model(model_path, shared["output_name"], shared["labels"], shared["layout"])
         names = methods.split(",") if methods is not None else evaluate.default_methods(model)
@@ -218,7 +225,11 @@ def evaluate_command(inputs, model_path, methods, orders, perturbation, blur_sig
     except OSError as exc:
         click.echo(f"error: cannot write outputs to {out_dir} ({exc})", err=True)
         sys.exit(1)
-    click.echo(evaluation_files.summary_table(document["summary"]))
+    if document["settings"].get("protocol_note"):
+        click.echo(document["settings"]["protocol_note"])
+    click.echo(evaluation_files.summary_table(document["summary"], document["settings"]))
+    if document["rankings"]:
+        click.echo(evaluation_files.ranking_text(document["rankings"]))
     extra = f" and {len(files)} per-input files" if files else ""
     click.echo(f"wrote {', '.join(map(str, paths))}{extra} in {out_dir}")
     if document["errors"]:

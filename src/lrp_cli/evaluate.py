@@ -1,20 +1,21 @@
 """Pixel flipping (paper section "Pixel flipping experiments", Figs 18-24) and AOPC (Samek et al. 2017).
 
 A relevance map orders the input's units (pixels with all their channels, or P x P patches with the map summed
-over the patch); the first k/N of the units in that order are replaced by a perturbation, for k = 0..N, and the
-model scores every perturbed input in one batched run. The curve of the target's pre-softmax score f(x_k) shows
-how fast the explanation finds what the model needs; AOPC = mean_k (f(x_0) - f(x_k)) sums it up.
+over the patch); the first k/N of the units in that order (or of a prefix of them: --units, --max-fraction) are
+replaced by a perturbation, for k = 0..N, and the model scores every perturbed input in one batched run. The curve
+of the target's pre-softmax score f(x_k) shows how fast the explanation finds what the model needs;
+AOPC = mean_k (f(x_0) - f(x_k)) sums it up. `--protocol samek2017` fixes units, prefix and fill to the paper's.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
 
 from lrp_cli.errors import InputError, OptionError
-from lrp_cli.kinds.base import Subject
+from lrp_cli.kinds.base import Subject, Unsupported
 from lrp_cli.kinds.bow_model import bow_subject as bow_subject  # the kinds' Subjects, by their former names here
 from lrp_cli.kinds.onnx_model import onnx_subject as onnx_subject
 
@@ -24,14 +25,20 @@ ORDER_KEYS = {
     "lerf": np.abs,  # |R| closest to zero first (Fig 20)
     "negative": lambda r: r,  # most negative first (Figs 21/24)
 }
-PERTURBATIONS = ("flip", "mean", "uniform", "blur")
+PERTURBATIONS = ("flip", "mean", "uniform", "blur", "road")
+PROTOCOLS = ("samek2017",)
+#: Samek et al. 2017: 9 x 9 regions of a 224 x 224 input, uniform noise, AOPC over the first L = 100 regions (a
+#: step each); smaller inputs get regions scaled by their side / 224, so about as many of them tile the input.
+SAMEK_REGION, SAMEK_SIDE, SAMEK_STEPS = 9, 224, 100
 #: Scores a stack of model inputs [N, ...] (model layout): returns [N, classes] pre-softmax scores.
 Scorer = Callable[[np.ndarray], np.ndarray]
 
 
 @dataclass(frozen=True)
 class FlipSettings:
-    """How to perturb: the orders, the perturbation, the unit size, the number of steps, the seed, blur width."""
+    """How to perturb: the orders, the perturbation, the unit size, the number of steps, the seed, blur width; the
+    prefix of the units the curve covers (a count or a fraction; None: all) and whether a full-range curve is
+    scored beside a prefix; the protocol that fixes these per input size (`for_image`)."""
 
     orders: tuple[str, ...] = ("morf", "lerf")
     perturbation: str = "flip"
@@ -39,6 +46,10 @@ class FlipSettings:
     steps: int = 100
     seed: int = 0
     blur_sigma: float | None = None
+    units: int | None = None
+    max_fraction: float | None = None
+    full_range: bool = True
+    protocol: str | None = None
 
     def __post_init__(self):
         unknown = [o for o in self.orders if o not in ORDER_KEYS]
@@ -51,6 +62,66 @@ class FlipSettings:
             raise OptionError(f"--patch {self.patch} / --steps {self.steps}: both must be at least 1")
         if self.blur_sigma is not None and not self.blur_sigma > 0:
             raise OptionError(f"--blur-sigma {self.blur_sigma}: must be positive")
+        if self.units is not None and self.max_fraction is not None:
+            raise OptionError("--units and --max-fraction both set the prefix: give one")
+        if self.units is not None and self.units < 1:
+            raise OptionError(f"--units {self.units}: must be at least 1")
+        if self.max_fraction is not None and not 0 < self.max_fraction <= 1:
+            raise OptionError(f"--max-fraction {self.max_fraction}: must be in (0, 1]")
+        if self.protocol is not None and self.protocol not in PROTOCOLS:
+            raise OptionError(f"--protocol {self.protocol}: choose one of {', '.join(PROTOCOLS)}")
+
+    def for_image(self, image_shape: tuple[int, int]) -> "FlipSettings":
+        """Returns the settings in force for an H x W input: the protocol's regions, prefix and steps filled in."""
+        if self.protocol is None:
+            return self
+        return replace(self, patch=samek_region(image_shape), units=SAMEK_STEPS, steps=SAMEK_STEPS, protocol=None)
+
+    def prefix(self, total: int) -> int:
+        """Returns how many of `total` units the curve covers: --units (at most all), round(--max-fraction x
+        total) (at least one), else all."""
+        if self.units is not None:
+            return min(self.units, total)
+        if self.max_fraction is not None:
+            return max(1, min(total, round(self.max_fraction * total)))
+        return total
+
+
+def flip_settings(orders: str, protocol: str | None, perturbation: str | None, patch: int | None,
+                  steps: int | None, max_fraction: float | None, units: int | None, seed: int = 0,
+                  blur_sigma: float | None = None) -> FlipSettings:
+    """Returns the FlipSettings of the command's options (None: not given); a protocol sets the patch, steps and
+    prefix itself, so giving one of those beside it is an OptionError."""
+    if protocol is not None:
+        given = [name for name, value in (("--patch", patch), ("--steps", steps), ("--max-fraction", max_fraction),
+                                          ("--units", units)) if value is not None]
+        if given:
+            raise OptionError(f"--protocol {protocol} sets the regions, steps and prefix: drop {', '.join(given)}")
+    default = "uniform" if protocol is not None else "flip"
+    return FlipSettings(tuple(o.strip() for o in orders.split(",")), perturbation or default, patch or 1,
+                        steps or 100, seed, blur_sigma, units, max_fraction, True, protocol)
+
+
+def samek_region(image_shape: tuple[int, int]) -> int:
+    """Returns the side of Samek et al.'s regions for an H x W input: 9 at 224, scaled by min(H, W) / 224 (at
+    least 1 pixel)."""
+    return max(1, round(SAMEK_REGION * min(image_shape) / SAMEK_SIDE))
+
+
+def protocol_note(settings: FlipSettings, image_shape: tuple[int, int] | None) -> str | None:
+    """Returns the line that says what the protocol became for this input size (None without a protocol)."""
+    if settings.protocol is None:
+        return None
+    if image_shape is None:
+        return (f"{settings.protocol}: {SAMEK_REGION}x{SAMEK_REGION} regions at {SAMEK_SIDE}x{SAMEK_SIDE}, scaled "
+                f"per image by min(H, W) / {SAMEK_SIDE}; the first {SAMEK_STEPS} regions, one a step")
+    region = samek_region(image_shape)
+    rows, cols = (-(-side // region) for side in image_shape)
+    scaled = (f"scaled to {region}x{region} for the {image_shape[0]}x{image_shape[1]} input"
+              if region != SAMEK_REGION else f"on the {image_shape[0]}x{image_shape[1]} input")
+    return (f"{settings.protocol}: {SAMEK_REGION}x{SAMEK_REGION} regions (at {SAMEK_SIDE}x{SAMEK_SIDE}) {scaled}, "
+            f"{rows * cols} regions; the first {min(SAMEK_STEPS, rows * cols)} perturbed, one a step, "
+            f"{settings.perturbation}")
 
 
 @dataclass
@@ -62,6 +133,8 @@ class Curve:
     scores: np.ndarray
     probabilities: np.ndarray
     predicted: np.ndarray
+    #: the curve over all units, scored beside a prefix curve (None when the curve covers them all)
+    full_range: "Curve | None" = None
     aopc: float = field(init=False)
 
     def __post_init__(self):
@@ -104,7 +177,8 @@ def pixel_ranks(order: np.ndarray, unit_shape: tuple[int, int], patch: int,
 
 def fill_values(subject: Subject, settings: FlipSettings) -> np.ndarray:
     """Returns the [1, C, H, W] values a perturbed pixel takes: flipped in its channel's range (lo + hi - x),
-    the mean, seeded uniform noise in [lo, hi], or the Gaussian-blurred input."""
+    the mean, seeded uniform noise in [lo, hi], or the Gaussian-blurred input; for road, the seeded noise field
+    added to the imputed pixels (ROAD's standard deviation, `road.noise_std`)."""
     x = subject.x.astype(np.float64)
     low, high = subject.low[:, None, None], subject.high[:, None, None]
     if settings.perturbation == "flip":
@@ -113,6 +187,10 @@ def fill_values(subject: Subject, settings: FlipSettings) -> np.ndarray:
         return np.broadcast_to(subject.mean[:, None, None], x.shape).copy()
     if settings.perturbation == "uniform":
         return np.random.default_rng(settings.seed).uniform(low, high, size=x.shape)
+    if settings.perturbation == "road":
+        from lrp_cli.road import noise_std
+        return np.random.default_rng(settings.seed).standard_normal(x.shape) * \
+            noise_std(subject.low, subject.high)[:, None, None]
     from scipy.ndimage import gaussian_filter
     return gaussian_filter(x, sigma=(0, 0) + (blur_sigma(settings, x.shape[2:]),) * 2, mode="nearest")
 
@@ -134,49 +212,105 @@ def softmax(scores: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
-def score_curve(scorer: Scorer, subject: Subject, batch: np.ndarray, target: int, steps: int) -> Curve:
-    """Returns the curve of a perturbed stack, scored by one batched scorer call."""
-    scores = np.asarray(scorer(subject.to_model(batch)), dtype=np.float64).reshape(len(batch), -1)
-    return Curve(np.arange(steps + 1) / steps, scores[:, target], softmax(scores)[:, target],
-                 scores.argmax(axis=1))
+@dataclass(frozen=True)
+class StepPlan:
+    """The unit counts one order perturbs: the curve's N+1 (over the prefix), the full-range curve's N+1 (None
+    without a prefix), and the sorted distinct counts scored for both, each once."""
+
+    total: int
+    prefix: int
+    counts: np.ndarray
+    full: np.ndarray | None
+    scored: np.ndarray
 
 
-def flip_stack(subject: Subject, pixel_map: np.ndarray, order: str, settings: FlipSettings,
-               fill: np.ndarray) -> np.ndarray:
-    """Returns the [N+1, C, H, W] inputs perturbed unit by unit in the order the map gives."""
+def step_plan(total: int, settings: FlipSettings) -> StepPlan:
+    """Returns the StepPlan of an input with `total` units."""
+    prefix = settings.prefix(total)
+    counts = flip_counts(prefix, settings.steps)
+    full = flip_counts(total, settings.steps) if prefix < total and settings.full_range else None
+    return StepPlan(total, prefix, counts, full, np.unique(counts if full is None else np.concatenate([counts, full])))
+
+
+def unit_ranks(subject: Subject, pixel_map: np.ndarray, order: str, settings: FlipSettings) -> tuple[np.ndarray, int]:
+    """Returns ([H, W] rank of each pixel's unit in the perturbation order, number of units)."""
     if pixel_map.shape != subject.x.shape[2:]:
         raise InputError(f"relevance map {list(pixel_map.shape)} does not match the input "
                          f"{list(subject.x.shape[2:])}")
     if not np.isfinite(pixel_map).all():
         raise InputError("the relevance map is not finite")
     units = unit_relevance(pixel_map, settings.patch)
-    ranks = pixel_ranks(unit_order(units, order), units.shape, settings.patch, pixel_map.shape)
-    return perturbed_inputs(subject.x, fill, ranks, flip_counts(units.size, settings.steps))
+    return pixel_ranks(unit_order(units, order), units.shape, settings.patch, pixel_map.shape), units.size
+
+
+def ranked_stack(subject: Subject, ranks: np.ndarray, counts: np.ndarray, settings: FlipSettings,
+                 fill: np.ndarray) -> np.ndarray:
+    """Returns one input per count with the pixels of rank < count perturbed: road imputes them (fill: its noise
+    field), the other perturbations take them from `fill`."""
+    if settings.perturbation == "road":
+        from lrp_cli.road import imputed_stack
+        return imputed_stack(subject.x, ranks, counts, fill, subject.mean).astype(subject.x.dtype)
+    return perturbed_inputs(subject.x, fill, ranks, counts)
+
+
+def flip_stack(subject: Subject, pixel_map: np.ndarray, order: str, settings: FlipSettings,
+               fill: np.ndarray) -> np.ndarray:
+    """Returns the [N+1, C, H, W] inputs perturbed unit by unit over all units in the order the map gives."""
+    ranks, total = unit_ranks(subject, pixel_map, order, settings)
+    return ranked_stack(subject, ranks, flip_counts(total, settings.steps), settings, fill)
+
+
+def _curve(columns: tuple, scored: np.ndarray, counts: np.ndarray, fractions: np.ndarray) -> Curve:
+    index = np.searchsorted(scored, counts)
+    return Curve(fractions, *(column[index] for column in columns))
 
 
 def flip_curves(scorer: Scorer, subject: Subject, pixel_map: np.ndarray, target: int,
                 settings: FlipSettings) -> dict[str, tuple[Curve, np.ndarray]]:
-    """Returns order -> (curve, perturbed stack) for one relevance map: one batched scoring run per order."""
+    """Returns order -> (curve, its perturbed stack) for one relevance map: one batched scoring run per order,
+    each distinct perturbed input scored once (a prefix curve and its full-range curve share their counts)."""
+    settings = settings.for_image(subject.x.shape[2:])
     fill = fill_values(subject, settings).astype(subject.x.dtype)
     result = {}
     for order in settings.orders:
-        batch = flip_stack(subject, pixel_map, order, settings, fill)
-        result[order] = (score_curve(scorer, subject, batch, target, settings.steps), batch)
+        ranks, total = unit_ranks(subject, pixel_map, order, settings)
+        plan = step_plan(total, settings)
+        batch = ranked_stack(subject, ranks, plan.scored, settings, fill)
+        scores = np.asarray(scorer(subject.to_model(batch)), dtype=np.float64).reshape(len(batch), -1)
+        columns = (scores[:, target], softmax(scores)[:, target], scores.argmax(axis=1))
+        steps = np.arange(settings.steps + 1) / settings.steps
+        curve = _curve(columns, plan.scored, plan.counts, steps * plan.prefix / plan.total)
+        if plan.full is not None:
+            curve.full_range = _curve(columns, plan.scored, plan.full, steps)
+        result[order] = (curve, batch[np.searchsorted(plan.scored, plan.counts)])
     return result
+
+
+def mean_sem(values) -> dict:
+    """Returns {n, mean, sem} of values (sem = sample std / sqrt(n); None for a single value)."""
+    values = np.asarray(values, np.float64)
+    sem = float(values.std(ddof=1) / np.sqrt(values.size)) if values.size > 1 else None
+    return {"n": int(values.size), "mean": float(values.mean()), "sem": sem}
 
 
 def summarize(runs: list[dict]) -> list[dict]:
     """Returns per (method, order), in first-seen order: the number of curves, their mean AOPC and its standard
-    error (sample std / sqrt(n); None for a single curve)."""
-    groups: dict[tuple[str, str], list[float]] = {}
+    error (sample std / sqrt(n); None for a single curve); beside a prefix the full-range AOPC (aopc_full_range_*);
+    for MoRF and LeRF the method's MoRF-LeRF area over its inputs (morf_lerf_area: {n, mean, sem})."""
+    groups: dict[tuple[str, str], list[dict]] = {}
     for run in runs:
-        groups.setdefault((run["method"], run["order"]), []).append(run["aopc"])
+        groups.setdefault((run["method"], run["order"]), []).append(run)
     summary = []
-    for (method, order), values in groups.items():
-        values = np.asarray(values)
-        sem = float(values.std(ddof=1) / np.sqrt(values.size)) if values.size > 1 else None
-        summary.append({"method": method, "order": order, "n": int(values.size), "aopc_mean": float(values.mean()),
-                        "aopc_sem": sem})
+    for (method, order), group in groups.items():
+        aopc = mean_sem([run["aopc"] for run in group])
+        entry = {"method": method, "order": order, "n": aopc["n"], "aopc_mean": aopc["mean"], "aopc_sem": aopc["sem"]}
+        if all("aopc_full_range" in run for run in group):
+            full = mean_sem([run["aopc_full_range"] for run in group])
+            entry |= {"aopc_full_range_mean": full["mean"], "aopc_full_range_sem": full["sem"]}
+        areas = [run["morf_lerf_area"] for run in group if "morf_lerf_area" in run]
+        if areas:
+            entry["morf_lerf_area"] = mean_sem(areas)
+        summary.append(entry)
     return summary
 
 
@@ -202,11 +336,17 @@ def strip_steps(steps: int, columns: int = 11) -> list[int]:
 
 
 def run_document(input_path, method: str, order: str, target: int, curve: Curve) -> dict:
-    """Returns one run of evaluation.json: the input, method, order, target and the curve's values."""
-    return {"input": str(input_path), "method": method, "order": order, "target": int(target),
-            "fractions": curve.fractions.tolist(), "scores": curve.scores.tolist(),
-            "probabilities": curve.probabilities.tolist(), "predicted": curve.predicted.astype(int).tolist(),
-            "aopc": curve.aopc}
+    """Returns one run of evaluation.json: the input, method, order, target and the curve's values (beside a
+    prefix curve, the full-range curve's fractions, scores and AOPC)."""
+    document = {"input": str(input_path), "method": method, "order": order, "target": int(target),
+                "fractions": curve.fractions.tolist(), "scores": curve.scores.tolist(),
+                "probabilities": curve.probabilities.tolist(), "predicted": curve.predicted.astype(int).tolist(),
+                "aopc": curve.aopc}
+    if curve.full_range is not None:
+        document["aopc_full_range"] = curve.full_range.aopc
+        document["full_range"] = {"fractions": curve.full_range.fractions.tolist(),
+                                  "scores": curve.full_range.scores.tolist()}
+    return document
 
 
 def evaluate_input(model, item, variants: list[MethodVariant], flip: FlipSettings, scorer: Scorer, out_dir,
@@ -311,9 +451,12 @@ def settings_document(model, variants: list[MethodVariant], flip: FlipSettings, 
                      "rule": v.settings.rule, "layer_rules": list(v.settings.layer_rules),
                      "options": v.settings.method_options} for v in variants],
         "orders": list(flip.orders), "perturbation": flip.perturbation, "patch": flip.patch, "units": units,
-        "steps": flip.steps, "seed": flip.seed, "blur_sigma": flip.blur_sigma, "target": first.target,
+        "steps": flip.steps, "seed": flip.seed, "blur_sigma": flip.blur_sigma, "prefix_units": flip.units,
+        "max_fraction": flip.max_fraction, "protocol": flip.protocol, "target": first.target,
         "precision": first.precision, "preprocess": {k: v for k, v in first.preprocess.items() if v is not None},
-        "score": "the target's pre-softmax score f(x); AOPC = mean over steps k = 0..N of f(x_0) - f(x_k)",
+        "score": "the target's pre-softmax score f(x); AOPC = mean over steps k = 0..N of f(x_0) - f(x_k), over "
+                 "the prefix when one is set (aopc_full_range: over all units); morf_lerf_area = mean over steps of "
+                 "f(x_LeRF,k) - f(x_MoRF,k)",
     }
 
 
@@ -349,8 +492,24 @@ def run_evaluation(model, items: list, variants: list[MethodVariant], flip: Flip
     model again on Dask workers; by default the model's own file)."""
     from lrp_cli import batch
     from lrp_cli.evaluation_files import evaluation_document
+    from lrp_cli.ranking import add_morf_lerf_areas, rankings
     model.check_evaluable()
     task = EvaluateTask(spec or batch.model_spec(model), variants, flip, out_dir, strip, save_maps)
     runs, files, errors = evaluate_inputs(task, items, jobs, scheduler, echo)
-    units = "pixel" if flip.patch == 1 else f"{flip.patch}x{flip.patch} patch"
-    return evaluation_document(settings_document(model, variants, flip, units), runs, summarize(runs), errors), files
+    image_shape = image_size(model, variants[0].settings)
+    resolved = flip.for_image(image_shape) if image_shape else flip
+    units = "pixel" if resolved.patch == 1 else f"{resolved.patch}x{resolved.patch} patch"
+    settings = settings_document(model, variants, flip, units) | {"protocol_note": protocol_note(flip, image_shape)}
+    if image_shape and flip.protocol:
+        settings |= {"patch": resolved.patch, "prefix_units": resolved.units, "steps": resolved.steps}
+    add_morf_lerf_areas(runs)
+    return evaluation_document(settings, runs, summarize(runs), errors, rankings(runs, flip.seed)), files
+
+
+def image_size(model, settings) -> tuple[int, int] | None:
+    """Returns the model input's (H, W), or None for a kind without a fixed pixel grid (a BoW pipeline's images
+    keep their own size)."""
+    try:
+        return tuple(model.image_geometry(settings)[1])
+    except Unsupported:
+        return None

@@ -101,9 +101,11 @@ def csv_bytes(runs: list[dict]) -> bytes:
     return text.getvalue().encode("utf-8")
 
 
-def evaluation_document(settings: dict, runs: list[dict], summary: list[dict], errors: list[dict]) -> dict:
+def evaluation_document(settings: dict, runs: list[dict], summary: list[dict], errors: list[dict],
+                        rankings: list[dict] | None = None) -> dict:
     """Returns the evaluation.json document (schema lrp-cli/evaluation/1)."""
-    return {"schema": SCHEMA, "settings": settings, "runs": runs, "summary": summary, "errors": errors}
+    return {"schema": SCHEMA, "settings": settings, "runs": runs, "summary": summary, "rankings": rankings or [],
+            "errors": errors}
 
 
 def write_evaluation(out_dir: Path, document: dict, files: dict[Path, bytes]) -> list[Path]:
@@ -116,19 +118,53 @@ def write_evaluation(out_dir: Path, document: dict, files: dict[Path, bytes]) ->
     return paths
 
 
-def summary_table(summary: list[dict]) -> str:
-    """Returns the summary as a text table: a row per method, a column per order, AOPC mean +- sem."""
+def _mean_sem(mean: float, sem: float | None, n: int | None = None) -> str:
+    return f"{mean:.4g}" + ("" if sem is None else f" ± {sem:.4g}") + ("" if n is None else f" (n={n})")
+
+
+def range_label(settings: dict) -> str:
+    """Returns what the curves cover: "" for all units, else e.g. " first 100 units" or " first 10 %"."""
+    if settings.get("prefix_units"):
+        return f" first {settings['prefix_units']} units"
+    if settings.get("max_fraction"):
+        return f" first {settings['max_fraction'] * 100:g} %"
+    return ""
+
+
+def summary_table(summary: list[dict], settings: dict | None = None) -> str:
+    """Returns the summary as a text table: a row per method; per order the AOPC (over the prefix when one is set,
+    then the full-range AOPC beside it), and the MoRF-LeRF area, each mean ± sem."""
+    prefix = range_label(settings or {})
     orders = list(dict.fromkeys(s["order"] for s in summary))
     methods = list(dict.fromkeys(s["method"] for s in summary))
     cells = {(s["method"], s["order"]): s for s in summary}
+    full = any("aopc_full_range_mean" in s for s in summary)
+    areas = {s["method"]: s["morf_lerf_area"] for s in summary if "morf_lerf_area" in s}
+    columns = [(f"AOPC {o}{prefix}", lambda m, o=o: cells.get((m, o)) and _mean_sem(
+        cells[m, o]["aopc_mean"], cells[m, o]["aopc_sem"], cells[m, o]["n"])) for o in orders]
+    if full:
+        columns += [(f"full-range AOPC {o}", lambda m, o=o: cells.get((m, o)) and "aopc_full_range_mean" in
+                     cells[m, o] and _mean_sem(cells[m, o]["aopc_full_range_mean"], cells[m, o]["aopc_full_range_sem"]))
+                    for o in orders]
+    if areas:
+        columns.append(("MoRF-LeRF area", lambda m: m in areas and _mean_sem(areas[m]["mean"], areas[m]["sem"])))
     width = max(len(m) for m in methods + ["method"])
-
-    def cell(entry):
-        if entry is None:
-            return ""
-        sem = "" if entry["aopc_sem"] is None else f" ± {entry['aopc_sem']:.4g}"
-        return f"{entry['aopc_mean']:.4g}{sem} (n={entry['n']})"
-
-    lines = [f"{'method':<{width}}  " + "  ".join(f"{'AOPC ' + o:<26}" for o in orders)]
-    lines += [f"{m:<{width}}  " + "  ".join(f"{cell(cells.get((m, o))):<26}" for o in orders) for m in methods]
+    widths = [max(26, len(title) + 2) for title, _ in columns]
+    lines = [f"{'method':<{width}}  " + "".join(f"{title:<{w}}" for (title, _), w in zip(columns, widths))]
+    lines += [f"{m:<{width}}  " + "".join(f"{(cell(m) or ''):<{w}}" for (_, cell), w in zip(columns, widths))
+              for m in methods]
     return "\n".join(line.rstrip() for line in lines)
+
+
+def ranking_text(rankings: list[dict]) -> str:
+    """Returns the printed verdicts of the first ranking (the MoRF-LeRF area when there is one): the methods best
+    first, then each pair: "a > b: 95 % CI [lo, hi]" (CI of the mean paired difference) or "not separated"."""
+    from lrp_cli.ranking import verdict_line
+    if not rankings:
+        return ""
+    first = rankings[0]
+    lines = [f"ranking by {first['measure']} ({first['better']} is better; paired over the inputs, "
+             f"{first['confidence'] * 100:.0f} % bootstrap CI of the mean difference, {first['resamples']} "
+             f"resamples, seed {first['seed']}): " + " ".join(m["method"] for m in first["methods"])]
+    lines += ["  " + verdict_line(pair, first["confidence"]) for pair in first["pairs"]]
+    return "\n".join(lines)
