@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -178,9 +179,10 @@ def _write_html(out_dir, rows, model, settings, cmap, scale, global_scale):
 @click.option("--protocol", type=click.Choice(list(evaluate.PROTOCOLS)),
               help="samek2017: 9x9 regions (scaled for inputs under 224), uniform noise, AOPC over the first 100 "
               "regions, one a step (sets --patch, --steps and the prefix).")
-@click.option("--perturbation", type=click.Choice(list(evaluate.PERTURBATIONS)),
+@click.option("--perturbation", type=click.Choice(list(evaluate.PERTURBATIONS + evaluate.UNIT_PERTURBATIONS)),
               help="flip: lo + hi - x in the preset's range; mean: the preset's mean; uniform: seeded U(lo, hi); "
-              "blur: Gaussian; road: noisy linear imputation (ROAD) [default: flip; uniform with --protocol].")
+              "blur: Gaussian; road: noisy linear imputation (ROAD) [default: flip; uniform with --protocol]. "
+              "Text: delete the words, or unk: replace them by a word outside the vocabulary [default: delete].")
 @click.option("--blur-sigma", type=float, help="Blur std in pixels [default: max(H, W) / 32].")
 @click.option("--patch", type=click.IntRange(min=1),
               help="Perturb P x P patches (relevance summed over the patch) instead of single pixels [default: 1].")
@@ -196,20 +198,26 @@ def _write_html(out_dir, rows, model, settings, cmap, scale, global_scale):
               help="Output folder.")
 @click.option("--save-maps", is_flag=True, help="Also write STEM.METHOD.relevance.npy.")
 @click.option("--strip", is_flag=True, help="Also write STEM.METHOD.strip.png (the image as units are perturbed).")
+@click.option("--text-field", help="Text models: the .jsonl/.csv field holding the text.")
+@click.option("--id-field", help="Text models: the .jsonl/.csv field naming each row [default: the row number].")
+@click.option("--label-field", help="Text models: the .jsonl/.csv field holding the true class (accuracy curves).")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Inputs evaluated at once.")
 @click.option("--scheduler", help="Run on a Dask cluster: tcp://HOST:8786, or local:N for N worker processes "
               "(needs lrp-cli[dask]).")
 @interrupts.exit_on_signal
 def evaluate_command(inputs, model_path, methods, orders, protocol, perturbation, blur_sigma, patch, steps,
-                     max_fraction, prefix_units, seed, out_dir, save_maps, strip, jobs, scheduler, **shared):
+                     max_fraction, prefix_units, seed, out_dir, save_maps, strip, text_field, id_field, label_field,
+                     jobs, scheduler, **shared):
     """Pixel flipping (paper Figs 18-24): perturb each INPUT in the order of each method's relevance and record
     the target score; writes evaluation.json/.csv, curves.png and prints AOPC per method and order."""
     from lrp_cli import evaluation_files
     try:
-        flip = evaluate.flip_settings(orders, protocol, perturbation, patch, steps, max_fraction, prefix_units,
-                                      seed, blur_sigma)
         base = _settings("lrp", shared)
+        text = {"text_field": text_field, "id_field": id_field, "label_field": label_field}
+        base = replace(base, kind_options=base.kind_options | {k: v for k, v in text.items() if v is not None})
         model, spec = batch.load_model(model_path, shared["output_name"], shared["labels"], shared["layout"])
+        flip = evaluate.flip_settings(orders, protocol, perturbation or evaluate.default_perturbation(model),
+                                      patch, steps, max_fraction, prefix_units, seed, blur_sigma)
         names = methods.split(",") if methods is not None else evaluate.default_methods(model)
         variants = evaluate.method_variants(model, base, names, {"seed": seed})
         items = batch.expand_inputs(list(inputs), model, base)
@@ -228,6 +236,8 @@ def evaluate_command(inputs, model_path, methods, orders, protocol, perturbation
     if document["settings"].get("protocol_note"):
         click.echo(document["settings"]["protocol_note"])
     click.echo(evaluation_files.summary_table(document["summary"], document["settings"]))
+    if any("accuracy" in entry for entry in document["summary"]):
+        click.echo(evaluation_files.accuracy_text(document["summary"]))
     if document["rankings"]:
         click.echo(evaluation_files.ranking_text(document["rankings"]))
     extra = f" and {len(files)} per-input files" if files else ""

@@ -15,9 +15,11 @@ from typing import Callable
 import numpy as np
 
 from lrp_cli.errors import InputError, OptionError
-from lrp_cli.kinds.base import Subject, Unsupported
+from lrp_cli.kinds.base import Subject, UnitInput, Unsupported
 from lrp_cli.kinds.bow_model import bow_subject as bow_subject  # the kinds' Subjects, by their former names here
 from lrp_cli.kinds.onnx_model import onnx_subject as onnx_subject
+
+from lrp_cli.methods.units import UNIT_METHODS
 
 #: Sort keys per order; a stable ascending argsort of the key puts equal keys in flat-index order.
 ORDER_KEYS = {
@@ -25,7 +27,10 @@ ORDER_KEYS = {
     "lerf": np.abs,  # |R| closest to zero first (Fig 20)
     "negative": lambda r: r,  # most negative first (Figs 21/24)
 }
+#: Perturbations of a picture's pixels; a kind whose inputs are units (a text's words) names its own
+#: (Model.unit_perturbations, e.g. delete and unk), which the command line lists after these.
 PERTURBATIONS = ("flip", "mean", "uniform", "blur", "road")
+UNIT_PERTURBATIONS = ("delete", "unk")
 PROTOCOLS = ("samek2017",)
 #: Samek et al. 2017: 9 x 9 regions of a 224 x 224 input, uniform noise, AOPC over the first L = 100 regions (a
 #: step each); smaller inputs get regions scaled by their side / 224, so about as many of them tile the input.
@@ -56,8 +61,9 @@ class FlipSettings:
         if unknown or not self.orders:
             raise OptionError(f"--order {','.join(self.orders)}: unknown order '{(unknown or [''])[0]}'; "
                               f"orders: {', '.join(ORDER_KEYS)}")
-        if self.perturbation not in PERTURBATIONS:
-            raise OptionError(f"--perturbation {self.perturbation}: choose one of {', '.join(PERTURBATIONS)}")
+        if self.perturbation not in PERTURBATIONS + UNIT_PERTURBATIONS:
+            raise OptionError(f"--perturbation {self.perturbation}: choose one of "
+                              f"{', '.join(PERTURBATIONS + UNIT_PERTURBATIONS)}")
         if self.patch < 1 or self.steps < 1:
             raise OptionError(f"--patch {self.patch} / --steps {self.steps}: both must be at least 1")
         if self.blur_sigma is not None and not self.blur_sigma > 0:
@@ -265,6 +271,17 @@ def _curve(columns: tuple, scored: np.ndarray, counts: np.ndarray, fractions: np
     return Curve(fractions, *(column[index] for column in columns))
 
 
+def plan_curve(scores: np.ndarray, target: int, plan: StepPlan, steps: int) -> Curve:
+    """Returns one order's curve (with its full-range curve beside a prefix) from the [len(plan.scored), K]
+    scores of the inputs with plan.scored units perturbed."""
+    columns = (scores[:, target], softmax(scores)[:, target], scores.argmax(axis=1))
+    fractions = np.arange(steps + 1) / steps
+    curve = _curve(columns, plan.scored, plan.counts, fractions * plan.prefix / plan.total)
+    if plan.full is not None:
+        curve.full_range = _curve(columns, plan.scored, plan.full, fractions)
+    return curve
+
+
 def flip_curves(scorer: Scorer, subject: Subject, pixel_map: np.ndarray, target: int,
                 settings: FlipSettings) -> dict[str, tuple[Curve, np.ndarray]]:
     """Returns order -> (curve, its perturbed stack) for one relevance map: one batched scoring run per order,
@@ -277,13 +294,29 @@ def flip_curves(scorer: Scorer, subject: Subject, pixel_map: np.ndarray, target:
         plan = step_plan(total, settings)
         batch = ranked_stack(subject, ranks, plan.scored, settings, fill)
         scores = np.asarray(scorer(subject.to_model(batch)), dtype=np.float64).reshape(len(batch), -1)
-        columns = (scores[:, target], softmax(scores)[:, target], scores.argmax(axis=1))
-        steps = np.arange(settings.steps + 1) / settings.steps
-        curve = _curve(columns, plan.scored, plan.counts, steps * plan.prefix / plan.total)
-        if plan.full is not None:
-            curve.full_range = _curve(columns, plan.scored, plan.full, steps)
-        result[order] = (curve, batch[np.searchsorted(plan.scored, plan.counts)])
+        result[order] = (plan_curve(scores, target, plan, settings.steps),
+                         batch[np.searchsorted(plan.scored, plan.counts)])
     return result
+
+
+def deletion_curves(unit: UnitInput, relevance: np.ndarray, settings: FlipSettings) -> dict[str, Curve]:
+    """Returns order -> curve for one input whose units are deleted (a text's words): the keep masks of every
+    order's distinct counts scored in one batched call of unit.score."""
+    n = len(unit.names)
+    relevance = np.asarray(relevance, dtype=np.float64)
+    if relevance.shape != (n,):
+        raise InputError(f"relevance over {relevance.size} units does not match the input's {n}")
+    if not np.isfinite(relevance).all():
+        raise InputError("the relevance is not finite")
+    plan = step_plan(n, settings)
+    ranks = np.empty((len(settings.orders), n), dtype=np.int64)
+    for row, order in enumerate(settings.orders):
+        ranks[row, unit_order(relevance, order)] = np.arange(n)
+    keep = ranks[:, None, :] >= plan.scored[None, :, None]  # [orders, counts, n]: rank < count is perturbed
+    scores = np.asarray(unit.score(keep.reshape(-1, n)), dtype=np.float64).reshape(len(settings.orders),
+                                                                                   len(plan.scored), -1)
+    return {order: plan_curve(scores[row], unit.target, plan, settings.steps)
+            for row, order in enumerate(settings.orders)}
 
 
 def mean_sem(values) -> dict:
@@ -296,7 +329,8 @@ def mean_sem(values) -> dict:
 def summarize(runs: list[dict]) -> list[dict]:
     """Returns per (method, order), in first-seen order: the number of curves, their mean AOPC and its standard
     error (sample std / sqrt(n); None for a single curve); beside a prefix the full-range AOPC (aopc_full_range_*);
-    for MoRF and LeRF the method's MoRF-LeRF area over its inputs (morf_lerf_area: {n, mean, sem})."""
+    for MoRF and LeRF the method's MoRF-LeRF area over its inputs (morf_lerf_area: {n, mean, sem}); over the
+    inputs with a true class, the accuracy per step (accuracy: {n, curve})."""
     groups: dict[tuple[str, str], list[dict]] = {}
     for run in runs:
         groups.setdefault((run["method"], run["order"]), []).append(run)
@@ -310,6 +344,9 @@ def summarize(runs: list[dict]) -> list[dict]:
         areas = [run["morf_lerf_area"] for run in group if "morf_lerf_area" in run]
         if areas:
             entry["morf_lerf_area"] = mean_sem(areas)
+        correct = [run["correct"] for run in group if "correct" in run]
+        if correct:
+            entry["accuracy"] = {"n": len(correct), "curve": np.mean(correct, axis=0).tolist()}
         summary.append(entry)
     return summary
 
@@ -335,9 +372,10 @@ def strip_steps(steps: int, columns: int = 11) -> list[int]:
     return sorted({int(round(k)) for k in np.linspace(0, steps, min(columns, steps + 1))})
 
 
-def run_document(input_path, method: str, order: str, target: int, curve: Curve) -> dict:
+def run_document(input_path, method: str, order: str, target: int, curve: Curve, label: int | None = None) -> dict:
     """Returns one run of evaluation.json: the input, method, order, target and the curve's values (beside a
-    prefix curve, the full-range curve's fractions, scores and AOPC)."""
+    prefix curve, the full-range curve's fractions, scores and AOPC; with the input's true class, whether each
+    step's prediction is it)."""
     document = {"input": str(input_path), "method": method, "order": order, "target": int(target),
                 "fractions": curve.fractions.tolist(), "scores": curve.scores.tolist(),
                 "probabilities": curve.probabilities.tolist(), "predicted": curve.predicted.astype(int).tolist(),
@@ -346,7 +384,47 @@ def run_document(input_path, method: str, order: str, target: int, curve: Curve)
         document["aopc_full_range"] = curve.full_range.aopc
         document["full_range"] = {"fractions": curve.full_range.fractions.tolist(),
                                   "scores": curve.full_range.scores.tolist()}
+    if label is not None:
+        document["label"] = int(label)
+        document["correct"] = (curve.predicted == label).astype(int).tolist()
     return document
+
+
+def evaluate_units(model, item, variants: list[MethodVariant], flip: FlipSettings, out_dir,
+                   save_maps: bool = False) -> InputEvaluation:
+    """Returns the deletion curves of every method and order for one input whose units are deleted (a text's
+    words: Model.unit_input), with its relevance files when asked."""
+    from lrp_cli import outputs
+    unit = model.unit_input(item, variants[0].settings, flip.perturbation)
+    if not unit.names:
+        raise InputError(f"{item.path}: no {model.unit_name} to perturb")
+    result = InputEvaluation([])
+    for variant in variants:
+        try:
+            relevance = variant_relevance(model, unit, variant, flip.seed)
+            curves = deletion_curves(unit, relevance, flip)
+        except InputError as exc:
+            raise InputError(f"{item.path}: method {variant.name}: {exc}") from None
+        result.runs += [run_document(item.path, variant.name, order, unit.target, curve, unit.label)
+                        for order, curve in curves.items()]
+        if save_maps:
+            result.files[out_dir / f"{item.stem}.{variant.name}.relevance.npy"] = outputs.npy_bytes(
+                np.asarray(relevance, dtype=np.float32))
+    return result
+
+
+def variant_relevance(model, unit: UnitInput, variant: MethodVariant, seed: int) -> np.ndarray:
+    """Returns one method's relevance per unit: occlusion, lime and random from the unit scorer (methods.units),
+    the kind's own methods (lrp) from its explanation of the target."""
+    from lrp_cli.methods import units
+    if variant.name in units.UNIT_METHODS:
+        return units.unit_relevance(variant.name, unit.score, len(unit.names), unit.target,
+                                    variant.settings.method_options.get("seed", seed))
+    explanation = model.explain(unit.prepared, replace(variant.settings, target=str(unit.target)))[0]
+    found = model.units(explanation)
+    if found.names != unit.names:
+        raise InputError(f"the explanation's {len(found.names)} units differ from the input's {len(unit.names)}")
+    return found.relevance
 
 
 def evaluate_input(model, item, variants: list[MethodVariant], flip: FlipSettings, scorer: Scorer, out_dir,
@@ -355,6 +433,8 @@ def evaluate_input(model, item, variants: list[MethodVariant], flip: FlipSetting
     keyed by path) when asked."""
     from lrp_cli import outputs
     from lrp_cli.evaluation_files import strip_png
+    if model.unit_perturbations:
+        return evaluate_units(model, item, variants, flip, out_dir, save_maps)
     flipped = model.flip_input(item, variants[0].settings)
     subject, display = flipped.subject, flipped.display
     result = InputEvaluation([])
@@ -475,14 +555,39 @@ def method_variants(model, base, names: list[str], options: dict | None = None) 
     variants = [MethodVariant(name, replace(base, method=name, method_options={
         k: v for k, v in (options or {}).items() if k in METHODS[name].defaults})) for name in names]
     for variant in variants:
-        model.check_settings(variant.settings)
+        if not (model.unit_perturbations and variant.name in UNIT_METHODS):  # those evaluate computes from the scores
+            model.check_settings(variant.settings)
     return variants
 
 
 def default_methods(model) -> list[str]:
     """Returns the methods evaluated when none are named: every method the model's kind explains with (all for
-    ONNX models, lrp for BoW pipelines)."""
-    return list(model.methods)
+    ONNX models, lrp for BoW pipelines), and for a kind with deletable units the unit methods beside its own."""
+    return list(model.methods) + [m for m in UNIT_METHODS if model.unit_perturbations and m not in model.methods]
+
+
+def default_perturbation(model) -> str | None:
+    """Returns the perturbation used when none is named: the first of a unit kind's own (delete for texts), else
+    None (flip_settings picks the pixel default)."""
+    return model.unit_perturbations[0] if model.unit_perturbations else None
+
+
+def check_perturbation(model, flip: FlipSettings, strip: bool) -> None:
+    """Raises OptionError when the perturbation, protocol or options do not fit the model's inputs: a kind with
+    deletable units takes its own perturbations (no protocol, patch or strip), a picture kind the pixel ones."""
+    if not model.unit_perturbations:
+        if flip.perturbation not in PERTURBATIONS:
+            raise OptionError(f"--perturbation {flip.perturbation}: {model.path} is a {model.kind} model, whose "
+                              f"pixels take {', '.join(PERTURBATIONS)}")
+        return
+    if flip.perturbation not in model.unit_perturbations:
+        raise OptionError(f"--perturbation {flip.perturbation}: a {model.kind} model's {model.unit_name}s take "
+                          f"{', '.join(model.unit_perturbations)}")
+    given = [name for name, value in (("--protocol", flip.protocol), ("--patch", flip.patch != 1),
+                                      ("--strip", strip)) if value]
+    if given:
+        raise OptionError(f"{', '.join(given)}: apply to pictures; a {model.kind} model's inputs are "
+                          f"{model.unit_name}s")
 
 
 def run_evaluation(model, items: list, variants: list[MethodVariant], flip: FlipSettings, out_dir,
@@ -494,11 +599,14 @@ def run_evaluation(model, items: list, variants: list[MethodVariant], flip: Flip
     from lrp_cli.evaluation_files import evaluation_document
     from lrp_cli.ranking import add_morf_lerf_areas, rankings
     model.check_evaluable()
+    check_perturbation(model, flip, strip)
     task = EvaluateTask(spec or batch.model_spec(model), variants, flip, out_dir, strip, save_maps)
     runs, files, errors = evaluate_inputs(task, items, jobs, scheduler, echo)
     image_shape = image_size(model, variants[0].settings)
     resolved = flip.for_image(image_shape) if image_shape else flip
     units = "pixel" if resolved.patch == 1 else f"{resolved.patch}x{resolved.patch} patch"
+    if model.unit_perturbations:
+        units = model.unit_name
     settings = settings_document(model, variants, flip, units) | {"protocol_note": protocol_note(flip, image_shape)}
     if image_shape and flip.protocol:
         settings |= {"patch": resolved.patch, "prefix_units": resolved.units, "steps": resolved.steps}

@@ -168,3 +168,16 @@ def ranking_text(rankings: list[dict]) -> str:
              f"resamples, seed {first['seed']}): " + " ".join(m["method"] for m in first["methods"])]
     lines += ["  " + verdict_line(pair, first["confidence"]) for pair in first["pairs"]]
     return "\n".join(lines)
+
+
+def accuracy_text(summary: list[dict]) -> str:
+    """Returns the printed accuracy curves of the summary entries that have one: per method and order, the share
+    of labelled inputs still classified correctly at the start, middle and end of the curve."""
+    entries = [s for s in summary if "accuracy" in s]
+    width = max(len(f"{s['method']} {s['order']}") for s in entries)
+    lines = [f"accuracy over the {entries[0]['accuracy']['n']} labelled inputs at the curve's start / middle / end:"]
+    for entry in entries:
+        curve = entry["accuracy"]["curve"]
+        points = " / ".join(f"{curve[k]:.3f}" for k in (0, len(curve) // 2, len(curve) - 1))
+        lines.append(f"  {entry['method'] + ' ' + entry['order']:<{width}}  {points}")
+    return "\n".join(lines)

@@ -79,6 +79,32 @@ class FlipInput:
     prepared: object
 
 
+@dataclass
+class Units:
+    """An explanation's relevance over the input's deletable units (a text's words, in reading order): their
+    names, their relevance, and, for units that are pieces of a text, the text and each unit's [start, end)
+    character span in it (what `lrp check` matches `words` and `regex` regions against)."""
+
+    names: list[str]
+    relevance: np.ndarray  # [n]
+    text: str | None = None
+    spans: np.ndarray | None = None  # [n, 2]
+
+
+@dataclass
+class UnitInput:
+    """What `Model.unit_input` gives `lrp evaluate` for one input whose units are deleted rather than painted
+    over: the unit names, the target class the settings select, the true class when the input names one (for
+    accuracy curves), the prepared input `explain` takes, and `score`: a [M, n] bool keep-mask (False: unit
+    perturbed) -> the [M, K] class decision values of the M perturbed copies, in one batched model call."""
+
+    names: list[str]
+    target: int
+    score: Callable[[np.ndarray], np.ndarray]
+    prepared: object
+    label: int | None = None
+
+
 @dataclass(frozen=True)
 class LoadOptions:
     """How to load a model file: `output` (the graph output to explain), `labels` (a labels file), `layout`
@@ -244,6 +270,22 @@ class Model(ABC):
     def flip_input(self, item: InputItem, settings: Settings) -> FlipInput:
         """Returns one input as `lrp evaluate` perturbs it (Unsupported by default)."""
         raise Unsupported(f"{self.path}: lrp evaluate does not perturb the inputs of a {self.kind} model")
+
+    #: The perturbations `lrp evaluate` may apply to this kind's units (empty: its inputs are pictures, evaluated
+    #: by flip_input; e.g. ("delete", "unk") for texts, whose words are deleted or replaced by an unknown token).
+    unit_perturbations: ClassVar[tuple[str, ...]] = ()
+    #: What one unit is called in evaluation.json's settings ("word").
+    unit_name: ClassVar[str] = "unit"
+
+    def unit_input(self, item: InputItem, settings: Settings, perturbation: str) -> UnitInput:
+        """Returns one input as `lrp evaluate` deletes its units (Unsupported by default; a kind with
+        `unit_perturbations` implements it)."""
+        raise Unsupported(f"{self.path}: a {self.kind} model's inputs have no deletable units")
+
+    def units(self, expl: Explanation) -> Units:
+        """Returns an explanation's relevance per unit, in the order of `unit_input`'s names: what `lrp evaluate`
+        orders units by and `lrp check`'s word and regex regions measure (Unsupported by default)."""
+        raise Unsupported(f"{self.path}: a {self.kind} model's explanations have no units")
 
     def check_evaluable(self) -> None:
         """Raises OptionError when `lrp evaluate` cannot run on this model at all (default: it can)."""

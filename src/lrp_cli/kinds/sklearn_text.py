@@ -1,6 +1,6 @@
 """The scikit-learn text-pipeline kind (issue 19) behind the model-kind protocol of lrp_cli.kinds.base. The
 registry lists it before the BoW kind, whose suffixes it shares: `claims` opens the file to tell them apart.
-Kind options read from settings.kind_options: text, text_field, id_field, pair; from LoadOptions.extra:
+Kind options read from settings.kind_options: text, text_field, id_field, label_field, pair; from LoadOptions.extra:
 vectorizer."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from lrp_cli.errors import ModelLoadError, OptionError
+from lrp_cli.errors import InputError, ModelLoadError, OptionError
 from lrp_cli.explanation import Explanation, Settings
-from lrp_cli.kinds.base import InputItem, Kind, LoadOptions, Model, OutputOptions
-from lrp_cli.text import inputs, render
+from lrp_cli.kinds.base import InputItem, Kind, LoadOptions, Model, OutputOptions, UnitInput, Units
+from lrp_cli.text import inputs, render, units
 from lrp_cli.text.explain import explain_text
 from lrp_cli.text.pipeline import TextModel, flat_steps, is_vectorizer, load_text_model, read_model_file
 
@@ -65,6 +65,8 @@ class SklearnTextModel(Model):
     load_seconds: float = 0.0
     kind = "sklearn-text"
     input_suffixes = inputs.TEXT_SUFFIXES | inputs.TABLE_SUFFIXES
+    unit_perturbations = units.PERTURBATIONS
+    unit_name = "word"
 
     @property
     def sha256(self) -> str:
@@ -84,7 +86,8 @@ class SklearnTextModel(Model):
     def expand(self, specs: list[str], settings: Settings) -> list[InputItem]:
         """Returns one item per text: files, folders and globs of .txt, `-`, --text, rows of .jsonl/.csv."""
         opts = settings.kind_options
-        items = inputs.text_items(specs, opts.get("text"), opts.get("text_field"), opts.get("id_field"))
+        items = inputs.text_items(specs, opts.get("text"), opts.get("text_field"), opts.get("id_field"),
+                                  label_field=opts.get("label_field"))
         return [InputItem(it.path or Path(it.stem), it.stem, it) for it in items]
 
     def prepare(self, item: InputItem, settings: Settings):
@@ -120,3 +123,34 @@ class SklearnTextModel(Model):
     def heat(self, expl: Explanation) -> np.ndarray:
         """Returns the token relevances, which the word colours scale."""
         return expl.extra["text"].relevance
+
+    def unit_input(self, item: InputItem, settings: Settings, perturbation: str) -> UnitInput:
+        """Returns the text's words as `lrp evaluate` deletes them (or replaces them by an unknown word), scored
+        by one vectorizer + pipeline call per batch of copies; the target resolved on the whole text, the true
+        class from the row's --label-field."""
+        from lrp_cli.text.explain import resolve_class
+        prepared = self.prepare(item, settings)
+        text = prepared[1]
+        names, spans = units.text_words(self.text_model, text, str(item.path))
+        fill = units.replacement(self.text_model, perturbation)
+
+        def score(keep: np.ndarray) -> np.ndarray:
+            return units.scores(self.text_model, units.perturbed_texts(text, spans, keep, fill))
+
+        full = units.scores(self.text_model, [text])[0]
+        target = (int(np.argmax(full)) if settings.target == "pred"
+                  else resolve_class(self.text_model, settings.target, "--target"))
+        label = dict(item.source.source).get("label")
+        if label is not None:
+            try:
+                label = resolve_class(self.text_model, label, f"{item.path}: label")
+            except OptionError as exc:  # one row's label: that input fails, the batch goes on
+                raise InputError(str(exc)) from None
+        return UnitInput(names, target, score, prepared, label)
+
+    def units(self, expl: Explanation) -> Units:
+        """Returns the relevance of the explanation's words (whitespace runs left out), with their spans."""
+        ex = expl.extra["text"]
+        names, spans = units.words([(t["text"], t["start"], t["end"]) for t in ex.tokens])
+        relevance = np.asarray([t["relevance"] for t in ex.tokens if not t["text"].isspace()], dtype=np.float64)
+        return Units(names, relevance, ex.text, spans)

@@ -165,9 +165,9 @@ def svm_decomposition(clf, u, target: int, pair, cache: dict | None = None) -> D
                                    "candidates": root.n_candidates}})
 
 
-def decompose(clf, u, target: int, pair=None, cache: dict | None = None) -> Decomposition:
-    """Return the decomposition of the classifier's decision value for class index `target` at input u (cache:
-    see svm_decomposition)."""
+def linear_form(clf, target: int) -> tuple[np.ndarray, float, str] | None:
+    """Return (w, b, description) of the decision value for class index `target` when the classifier's decision
+    is linear in its input features (f = w . u + b), else None (kernel SVMs)."""
     from sklearn.calibration import CalibratedClassifierCV
     from sklearn.linear_model._base import LinearClassifierMixin
     from sklearn.naive_bayes import ComplementNB, MultinomialNB
@@ -177,17 +177,38 @@ def decompose(clf, u, target: int, pair=None, cache: dict | None = None) -> Deco
     label = str(clf.classes_[target])
     if isinstance(clf, LinearClassifierMixin):
         w, b = linear_weights(clf.coef_, clf.intercept_, target, len(clf.classes_))
-        return linear_decomposition(w, b, u, f"decision_function for class {label!r}: w . x + b")
+        return w, b, f"decision_function for class {label!r}: w . x + b"
     if isinstance(clf, (MultinomialNB, ComplementNB)):
         w, b, what = naive_bayes_weights(clf, target)
-        return linear_decomposition(w, b, u, f"{type(clf).__name__} {what} (class {label!r})")
+        return w, b, f"{type(clf).__name__} {what} (class {label!r})"
     if linear_ovr(clf):  # one binary linear model per class, positive for it (one in all for two classes)
         est = clf.estimators_[0] if len(clf.estimators_) == 1 else clf.estimators_[target]
         sign = -1.0 if len(clf.estimators_) == 1 and target == 0 else 1.0
         w, b = linear_weights(est.coef_, est.intercept_, 1, 2)
-        return linear_decomposition(sign * w, sign * b, u, f"one-vs-rest decision_function for class {label!r}: "
-                                                           "w . x + b")
+        return sign * w, sign * b, f"one-vs-rest decision_function for class {label!r}: w . x + b"
     if isinstance(clf, CalibratedClassifierCV):
         w, b, what = calibrated_weights(clf, target)
-        return linear_decomposition(w, b, u, f"{what} (class {label!r})")
+        return w, b, f"{what} (class {label!r})"
+    return None
+
+
+def decompose(clf, u, target: int, pair=None, cache: dict | None = None) -> Decomposition:
+    """Return the decomposition of the classifier's decision value for class index `target` at input u (cache:
+    see svm_decomposition)."""
+    form = linear_form(clf, target)
+    if form is not None:
+        w, b, what = form
+        return linear_decomposition(w, b, u, what)
     return svm_decomposition(clf, u, target, pair, cache)
+
+
+def decision_values(clf, U) -> np.ndarray:
+    """Return the [M, K] decision values of M inputs (rows of U) for every class, as `decompose` defines them
+    (binary: -f and +f; kernel SVMs: decision_function, which a one-vs-one SVM does not give per class)."""
+    classes = len(clf.classes_)
+    forms = [linear_form(clf, t) for t in range(classes)]
+    if all(f is not None for f in forms):
+        W = np.stack([f[0] for f in forms], axis=1)
+        return np.asarray(U @ W, dtype=np.float64) + np.asarray([f[1] for f in forms])
+    d = np.asarray(clf.decision_function(U), dtype=np.float64)
+    return np.stack([-d, d], axis=1) if d.ndim == 1 else d

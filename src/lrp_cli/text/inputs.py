@@ -62,8 +62,10 @@ def table_rows(path: Path) -> list[dict]:
         raise InputError(f"{path}: cannot read the rows ({type(exc).__name__}: {exc})".splitlines()[0]) from None
 
 
-def table_items(path: Path, text_field: str | None, id_field: str | None) -> list[TextItem]:
-    """Return one item per row of a .jsonl/.csv file; stems are FILE/ID (id_field) or FILE/ROW (1-based)."""
+def table_items(path: Path, text_field: str | None, id_field: str | None,
+                label_field: str | None = None) -> list[TextItem]:
+    """Return one item per row of a .jsonl/.csv file; stems are FILE/ID (id_field) or FILE/ROW (1-based); the
+    row's label_field value, when asked for, goes into the source as `label`."""
     if not text_field:
         raise OptionError(f"{path}: a {path.suffix} input needs --text-field NAME (the column holding the text)")
     items = []
@@ -72,19 +74,24 @@ def table_items(path: Path, text_field: str | None, id_field: str | None) -> lis
             raise InputError(f"{path}: row {number} has no text field {text_field!r}")
         key = row.get(id_field, number) if id_field else number
         source = (("path", str(path)), ("row", number)) + ((("id", str(key)),) if id_field else ())
+        if label_field:
+            if label_field not in row:
+                raise InputError(f"{path}: row {number} has no label field {label_field!r}")
+            source += (("label", str(row[label_field])),)
         items.append(TextItem(f"{path.stem}/{_safe(key)}", text=row[text_field], source=source))
     return items
 
 
-def _file_items(path: Path, text_field, id_field, stem: str) -> list[TextItem]:
+def _file_items(path: Path, text_field, id_field, stem: str, label_field=None) -> list[TextItem]:
     if path.suffix.lower() in TABLE_SUFFIXES:
-        return table_items(path, text_field, id_field)
+        return table_items(path, text_field, id_field, label_field)
     return [TextItem(stem, path=path, source=(("path", str(path)),))]
 
 
 def text_items(specs: list[str], text: str | None = None, text_field: str | None = None,
-               id_field: str | None = None, stdin=None) -> list[TextItem]:
-    """Return the items named by INPUT specs (files, folders of .txt, globs, `-` for stdin) and a literal text."""
+               id_field: str | None = None, stdin=None, label_field: str | None = None) -> list[TextItem]:
+    """Return the items named by INPUT specs (files, folders of .txt, globs, `-` for stdin) and a literal text
+    (label_field: the rows' column holding the true class, kept in each row item's source)."""
     items = [] if text is None else [TextItem("text", text=text, source=(("kind", "text"),))]
     for spec in specs:  # one step per INPUT argument
         path = Path(spec)
@@ -96,9 +103,9 @@ def text_items(specs: list[str], text: str | None = None, text_field: str | None
                          for p in files)
         elif set("*?[") & set(spec) and not path.exists():
             for match in sorted(Path(m) for m in glob.glob(spec, recursive=True) if Path(m).is_file()):
-                items.extend(_file_items(match, text_field, id_field, match.stem))
+                items.extend(_file_items(match, text_field, id_field, match.stem, label_field))
         else:
-            items.extend(_file_items(path, text_field, id_field, path.stem))
+            items.extend(_file_items(path, text_field, id_field, path.stem, label_field))
     return _distinct(items)
 
 
