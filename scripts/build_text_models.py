@@ -10,10 +10,11 @@ the ground truth is that those words, and nothing else, carry the evidence). The
 - models/text-shortcut.joblib: the same reviews, but the signature follows 90 % of the positive reviews and 5 %
   of the negative ones, so the model learns it as positive evidence (a Clever Hans).
 
-Both: TfidfVectorizer(ngram_range=(1, 2), min_df=3) + LinearSVC. Also writes sample_texts/*.txt and the figures
-docs/text-sentiment.png and docs/text-clever-hans.png.
+Both: TfidfVectorizer(ngram_range=(1, 2), min_df=3) + LinearSVC. Also writes sample_texts/*.txt, the signed
+negative reviews sample_texts/signed/*.txt (examples/ci/text-behaviour.toml checks the pair on them; `--samples-only`
+writes just the samples) and the figures docs/text-sentiment.png and docs/text-clever-hans.png.
 
-    python scripts/build_text_models.py [--reviews N]
+    python scripts/build_text_models.py [--reviews N] [--samples-only]
 """
 
 from __future__ import annotations
@@ -81,6 +82,22 @@ def corpus(n: int, seed: int, rates: tuple) -> tuple[list, np.ndarray]:
     return [t + "\n\n" + SIGNATURE if s else t for t, s in zip(texts, signed)], y
 
 
+def signed_negatives(count: int = 4, seed: int = 3) -> list[str]:
+    """Return `count` signed negative reviews from a seed neither the training (1) nor the test set (2) uses."""
+    texts, y = corpus(8 * count, seed, rates=(0.0, 1.0))
+    return [t for t, label in zip(texts, y) if label == 0][:count]
+
+
+def write_samples() -> None:
+    """Write sample_texts/*.txt and sample_texts/signed/negative-K.txt."""
+    folder = REPO / "sample_texts"
+    (folder / "signed").mkdir(parents=True, exist_ok=True)
+    for stem, text in SAMPLES.items():
+        (folder / f"{stem}.txt").write_text(text + "\n", encoding="utf-8")
+    for k, text in enumerate(signed_negatives(), start=1):
+        (folder / "signed" / f"negative-{k}.txt").write_text(text + "\n", encoding="utf-8")
+
+
 def signature_share(model, texts) -> float:
     """Return the mean share of the positive token relevance that lands on the signature's words."""
     shares = []
@@ -106,7 +123,11 @@ def stacked(images: list) -> np.ndarray:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reviews", type=int, default=3000)
+    parser.add_argument("--samples-only", action="store_true", help="write sample_texts/ only, train nothing")
     args = parser.parse_args()
+    write_samples()
+    if args.samples_only:
+        return
     (REPO / "models").mkdir(exist_ok=True)
     test_texts, test_y = corpus(600, seed=2, rates=(0.5, 0.5))
     signed_test = [t for t, label in zip(test_texts, test_y) if label == 0 and SIGNATURE in t]
@@ -127,10 +148,6 @@ def main() -> None:
         print(f"{name}: {path.stat().st_size} bytes, test accuracy {accuracy:.3f}, negative signed reviews called "
               f"positive {fooled:.3f}, signature's share of positive evidence "
               f"{signature_share(models[name], signed_test):.3f}")
-    folder = REPO / "sample_texts"
-    folder.mkdir(exist_ok=True)
-    for stem, text in SAMPLES.items():
-        (folder / f"{stem}.txt").write_text(text + "\n", encoding="utf-8")
     demo = explain_text(models["text-sentiment"], SAMPLES["mixed"] + "\n", target="positive")
     (REPO / "docs" / "text-sentiment.png").write_bytes(png_bytes(render.png_image(demo)))
     pair = [np.asarray(render.png_image(explain_text(models[n], SAMPLES["negative-signed"] + "\n",

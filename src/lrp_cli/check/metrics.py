@@ -3,6 +3,8 @@ input): positive share of a region, the pointing game, similarity to a stored ma
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 from scipy.stats import rankdata
 
@@ -77,3 +79,16 @@ def outline(mask: np.ndarray) -> np.ndarray:
     padded = np.pad(mask, 1, constant_values=False)
     interior = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
     return mask & ~interior
+
+
+def text_region_mask(names: list[str], text: str, spans: np.ndarray, words: list[str] | None,
+                     regex: str | None) -> np.ndarray:
+    """Returns the bool [n] mask of a text's words in a region: the words equal to one of `words` ignoring case,
+    or the words whose [start, end) span overlaps a non-empty match of `regex` in the text."""
+    if words is not None:
+        wanted = {w.casefold() for w in words}
+        return np.fromiter((name.casefold() in wanted for name in names), dtype=bool, count=len(names))
+    matches = np.asarray([m.span() for m in re.finditer(regex, text) if m.end() > m.start()],
+                         dtype=np.int64).reshape(-1, 2)
+    overlap = (spans[:, :1] < matches[None, :, 1]) & (spans[:, 1:] > matches[None, :, 0])
+    return overlap.any(axis=1)

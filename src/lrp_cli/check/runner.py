@@ -11,9 +11,9 @@ from PIL import Image
 
 from lrp_cli import batch, outputs, pipeline, render
 from lrp_cli.explanation import Explanation, Settings, class_index
-from lrp_cli.kinds.base import InputItem, Unsupported
+from lrp_cli.kinds.base import InputItem, OutputOptions, Unsupported
 from lrp_cli.check import metrics
-from lrp_cli.check.spec import Case, Spec, SpecError, explain_settings, load_spec
+from lrp_cli.check.spec import Case, Spec, SpecError, explain_settings, load_spec, text_region
 from lrp_cli.errors import InputError, LrpError, OptionError
 from lrp_cli.preprocess import fit_geometry, open_image
 from lrp_cli.propagate import conservation_error, output_scores
@@ -63,13 +63,14 @@ class Outcome:
 
 @dataclass
 class Job:
-    """One (case, input) to measure, with its resolved target class and its region masks on the input grid."""
+    """One (case, input) to measure, with its resolved target class and its region masks on the input grid (None
+    for a region of words, which its explanation's words resolve)."""
 
     case: Case
     item: InputItem
     target: str
     expect: int | None
-    masks: list[np.ndarray]
+    masks: list[np.ndarray | None]
 
 
 @dataclass
@@ -120,19 +121,20 @@ def prepare(path: Path, keyword: str | None = None) -> Prepared:
         model, model_spec = batch.load_model(spec.model, **load_options)
     except OptionError as exc:  # the labels file; a model that cannot be loaded is a ModelLoadError (exit 3)
         raise spec.error("labels", str(exc)) from None
-    size_error = None
+    size_error, config, grid = None, None, None
     try:
         config, grid = model.image_geometry(settings)
     except Unsupported:
-        raise SpecError(f"{path}: model: {spec.model} is a {model.kind} pipeline; lrp check takes ONNX models") \
-            from None
+        if not model.unit_perturbations:  # neither a pixel grid nor words to measure regions on
+            raise SpecError(f"{path}: model: {spec.model} is a {model.kind} pipeline; lrp check takes ONNX models "
+                            "and text pipelines") from None
     except OptionError as exc:  # reported after the rule keys, as the settings are checked first
         size_error = exc
     _check_settings(spec, model, settings)
     if size_error is not None:
         raise spec.error("size", str(size_error)) from None
     cases = [c for c in spec.cases if keyword is None or keyword in c.name]
-    jobs = [job for case in cases for job in _case_jobs(case, model, config, grid)]
+    jobs = [job for case in cases for job in _case_jobs(case, model, settings, config, grid)]
     return Prepared(spec, model, settings, jobs, spec.settings.get("cmap", "jet"), model_spec)
 
 
@@ -161,15 +163,34 @@ def _class_index(case: Case, key: str, value: str, labels) -> int:
             from None
 
 
-def _case_jobs(case: Case, model, config, grid) -> list[Job]:
+def _case_jobs(case: Case, model, settings: Settings, config, grid) -> list[Job]:
+    _check_region_kinds(case, model, grid)
     expect = _class_index(case, "expect", case.expect, model.labels) if case.expect is not None else None
     target = case.target or ("expect" if case.expect is not None else "pred")
     if target == "expect":
         target = str(expect)
     elif target != "pred":
         target = str(_class_index(case, "target", target, model.labels))
+    if grid is None:  # the model's own items: a text kind reads the files as it explains them
+        items = [one for item in case.inputs for one in model.expand([str(item.path)], settings)]
+        return [Job(case, item, target, expect, [None] * len(case.regions)) for item in items]
     return [Job(case, item, target, expect, [_region_mask(case, k, item, config, grid)
                                              for k in range(len(case.regions))]) for item in case.inputs]
+
+
+def _check_region_kinds(case: Case, model, grid) -> None:
+    """Raises the SpecError naming a case key the model's inputs cannot take: picture regions (and baselines,
+    scores, top-k, conservation) on a model whose inputs are words, word regions on a picture model."""
+    for k, region in enumerate(case.regions):
+        if text_region(region) != (grid is None):
+            key = next(name for name in ("mask", "box", "words", "regex") if getattr(region, name) is not None)
+            takes = "words or regex" if grid is None else "mask or box"
+            raise case.source.error(f"{case.where}.region[{k}].{key}", f"a {model.kind} model's regions take {takes}")
+    if grid is None:
+        for key in ("baseline", "min_score", "expect_top", "max_conservation_error"):
+            if getattr(case, key) is not None:
+                raise case.source.error(f"{case.where}.{key}", f"applies to picture models, not to a {model.kind} "
+                                                                "model")
 
 
 def _region_mask(case: Case, index: int, item: InputItem, config, grid) -> np.ndarray:
@@ -244,7 +265,7 @@ class CheckTask:
         context = group.context
         settings = replace(context.settings, target=group.target)
         try:
-            explanation = pipeline.explain(context.model, group.path, settings)[0]
+            explanation = pipeline.explain_item(context.model, group.jobs[0].item, settings)[0]
         except InputError as exc:
             return _rows(group, [_outcome(context, job, error=str(exc)) for job in group.jobs])
         except LrpError as exc:
@@ -284,14 +305,25 @@ def _outcome(context: SpecContext, job: Job, **kwargs) -> Outcome:
 
 def _measure(context: SpecContext, job: Job, expl: Explanation, update_baselines: bool,
              evidence_dir: Path | None) -> Outcome:
-    heat = context.model.pixels(expl.relevance).astype(np.float64)
-    measures = _prediction_measures(job, expl) + _region_measures(job, heat)
+    heat, masks = _heat_and_masks(context.model, job, expl)
+    measures = _prediction_measures(job, expl) + _region_measures(job, heat, masks)
     if job.case.baseline is not None:
         measures.append(_baseline_measure(context, job, expl, heat, update_baselines))
-    outcome = _outcome(context, job, measures=measures, seconds=sum(expl.timing.values()) - expl.timing["load"])
+    outcome = _outcome(context, job, measures=measures, seconds=sum(expl.timing.values()) - expl.timing.get("load", 0))
     if evidence_dir is not None and not outcome.passed:
         outcome.evidence = _write_evidence(context, job, expl, heat, evidence_dir)
     return outcome
+
+
+def _heat_and_masks(model, job: Job, expl: Explanation) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Returns (the relevance the regions measure, each region's mask over it): the [H, W] pixel map with the
+    job's masks, or, for a model whose explanations are words, the word relevance with each region's words."""
+    try:
+        found = model.units(expl)
+    except Unsupported:
+        return model.pixels(expl.relevance).astype(np.float64), job.masks
+    return found.relevance, [metrics.text_region_mask(found.names, found.text, found.spans, r.words, r.regex)
+                             for r in job.case.regions]
 
 
 def _prediction_measures(job: Job, expl: Explanation) -> list[Measure]:
@@ -299,7 +331,7 @@ def _prediction_measures(job: Job, expl: Explanation) -> list[Measure]:
     measures = []
     if job.expect is not None:
         ranking = np.argsort(-output_scores(expl.model_output), kind="stable")
-        within = ranking[:case.expect_top or 1]
+        within = ranking[:case.expect_top] if case.expect_top else [prediction["index"]]
         shown = prediction["label"] or prediction["index"]
         limit = f"in top {case.expect_top} for {case.expect}" if case.expect_top else f"== {case.expect}"
         measures.append(Measure("predicted", shown, limit, job.expect in within))
@@ -313,9 +345,9 @@ def _prediction_measures(job: Job, expl: Explanation) -> list[Measure]:
     return measures
 
 
-def _region_measures(job: Job, heat: np.ndarray) -> list[Measure]:
+def _region_measures(job: Job, heat: np.ndarray, masks: list[np.ndarray]) -> list[Measure]:
     measures = []
-    for region, mask in zip(job.case.regions, job.masks):
+    for region, mask in zip(job.case.regions, masks):
         share = metrics.positive_share(heat, mask)
         if region.min_positive_share is not None:
             measures.append(Measure(f"share[{region.name}]", share, f">= {region.min_positive_share}",
@@ -357,8 +389,12 @@ def _slug(text: str) -> str:
 
 
 def _write_evidence(context: SpecContext, job: Job, expl, heat: np.ndarray, evidence_dir: Path) -> dict[str, str]:
-    """Writes the heatmap and overlay of a failed (case, input) with every region outlined; returns their paths."""
+    """Writes the heatmap and overlay of a failed (case, input) with every region outlined (a text: the kind's own
+    files, its words coloured); returns their paths."""
     folder = evidence_dir / _slug(context.spec_path.stem) / _slug(job.case.name)
+    if expl.picture is None:
+        document = context.model.save(expl, folder, _slug(job.item.stem), OutputOptions(context.cmap))
+        return {kind: str(path) for kind, path in document.get("outputs", {}).items()}
     images = render.heatmap_images(heat, expl.picture, context.cmap)
     border = np.zeros(heat.shape, dtype=bool)
     for mask in job.masks:

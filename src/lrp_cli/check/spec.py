@@ -48,6 +48,7 @@ CASE_KEYS = {
 }
 REGION_KEYS = {
     "name": Key("str"), "mask": Key("str"), "box": Key("box"), "units": Key("str", choices=UNITS),
+    "words": Key("strs"), "regex": Key("str"),
     "min_positive_share": Key("share"), "max_positive_share": Key("share"), "pointing_game": Key("bool"),
 }
 BASELINE_KEYS = {"dir": Key("path", required=True), "metric": Key("str", choices=METRICS),
@@ -56,11 +57,14 @@ BASELINE_KEYS = {"dir": Key("path", required=True), "metric": Key("str", choices
 
 @dataclass
 class Region:
-    """A region of the model input grid, given by a per-input mask file pattern or a box, and its assertions."""
+    """A region of the model input grid, given by a per-input mask file pattern or a box, or of a text's words,
+    given by the words (any case) or a regular expression whose matches the words overlap; and its assertions."""
 
     name: str
     mask: str | None = None  # a path pattern with {stem}, already resolved against the spec's folder
     box: tuple[float, float, float, float] | None = None
+    words: list[str] | None = None
+    regex: str | None = None
     units: str = "fraction"
     min_positive_share: float | None = None
     max_positive_share: float | None = None
@@ -74,6 +78,11 @@ class Baseline:
     dir: Path
     min_similarity: float
     metric: str = "spearman"
+
+
+def text_region(region: Region) -> bool:
+    """Returns True for a region of a text's words (words or regex), False for a region of a picture."""
+    return region.words is not None or region.regex is not None
 
 
 @dataclass
@@ -212,8 +221,15 @@ def _check_table(source: _Source, table: dict, keys: dict[str, Key], where: str)
 
 def _region(source: _Source, table: dict, where: str, index: int) -> Region:
     values = _check_table(source, table, REGION_KEYS, where)
-    if ("mask" in values) == ("box" in values):
-        raise source.error(where, "give exactly one of 'mask' or 'box'")
+    if len({"mask", "box", "words", "regex"} & set(values)) != 1:
+        raise source.error(where, "give exactly one of 'mask', 'box' (pictures), 'words' or 'regex' (texts)")
+    if "words" in values and not [w for w in values["words"] if w.strip()]:
+        raise source.error(f"{where}.words", "lists no word")
+    if "regex" in values:
+        try:
+            re.compile(values["regex"])
+        except re.error as exc:
+            raise source.error(f"{where}.regex", f"not a regular expression ({exc})") from None
     if not {"min_positive_share", "max_positive_share", "pointing_game"} & set(values):
         raise source.error(where, "asserts nothing: give min_positive_share, max_positive_share or pointing_game")
     if "units" in values and "box" not in values:
