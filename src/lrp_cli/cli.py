@@ -171,8 +171,9 @@ def _write_html(out_dir, rows, model, settings, cmap, scale, global_scale):
 @main.command("evaluate")
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--model", "model_path", required=True, type=click.Path(path_type=Path),
-              help="ONNX model (a MODEL.lrp.toml sidecar beside it supplies defaults) or BoW .joblib/.skops.")
-@click.option("--methods", help="Comma-separated methods to compare [default: every method; lrp for BoW].")
+              help="ONNX model (a MODEL.lrp.toml sidecar beside it supplies defaults), BoW or text .joblib/.skops.")
+@click.option("--methods", help="Comma-separated methods to compare [default: every method; lrp for BoW; lrp, "
+              "occlusion, lime, random for text].")
 @_model_options
 @click.option("--order", "orders", default="morf,lerf", show_default=True,
               help="Comma-separated orders: morf (most relevant first), lerf (|R| closest to 0 first), negative.")
