@@ -128,3 +128,14 @@ def test_clever_hans_spec_passes_the_clean_model_and_fails_the_shortcut(tmp_path
     failed = [r for r in results if not r["passed"]]
     assert failed and all(r["case"] == "the signature is no positive evidence" for r in failed)
     assert all(r["passed"] for r in results if r["case"] == "called negative")  # accuracy cannot tell them apart
+
+
+def test_regex_region_takes_the_words_its_non_empty_matches_overlap():
+    from lrp_cli.check.metrics import text_region_mask
+    text = "someone said: sign here"
+    spans = np.asarray([m.span() for m in re.finditer(r"\w+", text)])
+    names = [text[a:b] for a, b in spans]
+    assert text_region_mask(names, text, spans, None, "ome").tolist() == [True, False, False, False]
+    assert text_region_mask(names, text, spans, None, "d: s").tolist() == [False, True, True, False]
+    assert not text_region_mask(names, text, spans, None, r"(?=s)").any()  # zero-width matches hold no word
+    assert text_region_mask(names, text, spans, ["SIGN", "x"], None).tolist() == [False, False, True, False]

@@ -166,3 +166,13 @@ def test_unk_on_a_char_analyzer_and_a_bad_label_are_reported(tmp_path):
                       "--methods", "lrp", "--steps", "2", "--out", tmp_path / "out")
     assert result.exit_code == 1 and "label 5: not a class of the model" in result.output
     assert json.loads((tmp_path / "out" / "evaluation.json").read_text())["errors"][0]["input"].endswith("2")
+
+
+def test_jobs_give_the_same_curves(linear_model, tmp_path):
+    _, model, rows = linear_model
+    one, _ = run_eval(model, rows, tmp_path / "one", "--methods", "lrp,occlusion", "--steps", "3")
+    two, _ = run_eval(model, rows, tmp_path / "two", "--methods", "lrp,occlusion", "--steps", "3", "--jobs", "2")
+    key = lambda run: (run["input"], run["method"], run["order"])  # noqa: E731
+    assert sorted(map(key, one["runs"])) == sorted(map(key, two["runs"]))
+    scores = {key(run): run["scores"] for run in two["runs"]}
+    assert all(run["scores"] == scores[key(run)] for run in one["runs"])
