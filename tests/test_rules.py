@@ -73,9 +73,10 @@ def brute_force(rule, layer, x, r):
     if isinstance(rule, WSquare):
         return messages(m ** 2, stab((m ** 2).sum(0) + b ** 2), r)
     if isinstance(rule, ZBox):
-        low = np.broadcast_to(np.asarray(rule.low).reshape(1, -1, 1, 1) if np.ndim(rule.low) else rule.low,
+        per_channel = (1, -1) + (1,) * (x.ndim - 2)
+        low = np.broadcast_to(np.asarray(rule.low).reshape(per_channel) if np.ndim(rule.low) else rule.low,
                               x.shape).ravel()[:, None]
-        high = np.broadcast_to(np.asarray(rule.high).reshape(1, -1, 1, 1) if np.ndim(rule.high) else rule.high,
+        high = np.broadcast_to(np.asarray(rule.high).reshape(per_channel) if np.ndim(rule.high) else rule.high,
                                x.shape).ravel()[:, None]
         contrib = xf[:, None] * m - low * mp - high * mn
         return messages(contrib, stab(contrib.sum(0)), r)

@@ -182,9 +182,9 @@ class ZBox(Rule):
             raise RuleError("zbox needs input bounds: give zbox:LOW,HIGH or a preset that implies them")
         value = np.asarray(value, dtype=x.dtype)
         if value.ndim == 1 and value.size > 1:
-            if x.ndim != 4 or x.shape[1] != value.size:
-                raise RuleError(f"zbox per-channel bounds of length {value.size} need a [N,{value.size},H,W] input")
-            value = value.reshape(1, -1, 1, 1)
+            if x.ndim < 3 or x.shape[1] != value.size:
+                raise RuleError(f"zbox per-channel bounds of length {value.size} need a [N,{value.size},...] input")
+            value = value.reshape((1, -1) + (1,) * (x.ndim - 2))
         return np.broadcast_to(value, x.shape)
 
     def relevance(self, layer, x, y, r):
