@@ -87,7 +87,8 @@ class LoadedModel:
 
 _SESSION_LOCK = threading.Lock()  # threads of one batch share a model: its session is built once
 #: onnxruntime input types other than float32 that lrp-cli feeds (its own computation stays float32/float64).
-ORT_INPUT_TYPES = {"tensor(float16)": np.float16, "tensor(double)": np.float64}
+ORT_INPUT_TYPES = {"tensor(float16)": np.float16, "tensor(double)": np.float64, "tensor(int64)": np.int64,
+                   "tensor(int32)": np.int32}  # token ids: the IR reads them as (exact) floats
 
 
 def ir_difference(ir_out: np.ndarray, reference: np.ndarray) -> tuple[float, float]:

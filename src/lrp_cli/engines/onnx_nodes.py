@@ -15,6 +15,7 @@ from lrp_cli.engines.onnx_builder import CompileError, GraphBuilder, registrar
 from lrp_cli.engines.onnx_linear import window_adjoint
 from lrp_cli.ir import layers as L
 from lrp_cli.ir import windows
+from lrp_cli.ir.sequence import Recurrent
 
 RELEVANCE: dict[type, Callable] = {}
 GRADIENT: dict[type, Callable] = {}
@@ -236,12 +237,17 @@ def _lppool_gradient(site):
     return [b.mul(slope, _window_spread(site, scale))]
 
 
+def _pooled(site) -> list[int]:
+    """Returns the spatial output size of a max pooling's windows (its output may have dropped those axes)."""
+    return list(site.layer.window.output_size(*site.x_shapes[0][2:]))
+
+
 def _maxpool_windows(site) -> tuple[str, str]:
     """Returns (the 0/1 mask [N, C, K, *out] of window elements equal to the window's maximum, the per-kernel
     channel one-hot weights [C*K, 1, *kernel] that scatter such columns back)."""
     b, window = site.b, site.layer.window
     n, channels = site.x_shapes[0][:2]
-    sizes, out = site.x_shapes[0][2:], list(site.y_shape[2:])
+    sizes, out = site.x_shapes[0][2:], _pooled(site)
     full = window.padded_shape(*sizes)
     rank = window.rank
     padded = site.xs[0]
@@ -266,8 +272,8 @@ def _maxpool_windows(site) -> tuple[str, str]:
 def _maxpool_scatter(site, cols: str, weights: str) -> str:
     n, channels = site.x_shapes[0][:2]
     kernel = int(np.prod(site.layer.window.kernel))
-    flat = site.b.reshape(cols, [n, channels * kernel] + list(site.y_shape[2:]))
-    return window_adjoint(site.b, flat, weights, site.layer.window, channels, site.y_shape[2:],
+    flat = site.b.reshape(cols, [n, channels * kernel] + _pooled(site))
+    return window_adjoint(site.b, flat, weights, site.layer.window, channels, _pooled(site),
                           site.x_shapes[0][2:])
 
 
@@ -283,7 +289,7 @@ def _maxpool_route(site, split_ties: bool) -> str:
     else:
         running = b.op("CumSum", [mask, b.const(np.array(2), "axis", np.int64)])
         mask = b.mul(mask, b.indicator(b.op("Equal", [running, b.scalar(1.0)])))
-    cols = b.mul(mask, b.reshape(r, [n, channels, 1] + list(site.y_shape[2:])))
+    cols = b.mul(mask, b.reshape(r, [n, channels, 1] + _pooled(site)))
     return _maxpool_scatter(site, cols, weights)
 
 
@@ -411,3 +417,10 @@ def _activation_gradient(site):
     if slope is None:
         raise site.fail("no compiled derivative for this activation")
     return [site.b.mul(site.r, slope(site, site.xs[0], site.y))]
+
+
+@emitter(RELEVANCE, Recurrent)
+@emitter(GRADIENT, Recurrent)
+def _recurrent(site):
+    """LSTM/GRU steps are not written as ONNX ops yet: the pass runs on the NumPy engine."""
+    raise site.fail("LSTM/GRU relevance and gradients run on the NumPy engine (not compiled yet)")

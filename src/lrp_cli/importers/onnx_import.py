@@ -1041,3 +1041,6 @@ def _fused_l2norm(ctx, nodes) -> L2Normalize | None:
     if len(values) != 1 or values[0].size != 1 or values[0][0] <= 0:
         return None
     return L2Normalize(rank - 1, float(values[0][0]))
+
+
+from lrp_cli.importers import onnx_sequence  # noqa: E402,F401  (registers Gather-by-ids, LSTM, GRU; needs the above)

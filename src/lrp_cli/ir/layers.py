@@ -285,15 +285,17 @@ class MaxPool(Layer):
     op = "MaxPool"
     rule_kind = "maxpool"  # the tie policy is a rule (rules.MaxPoolTies)
 
-    def __init__(self, window: Window, op: str = "MaxPool"):
+    def __init__(self, window: Window, op: str = "MaxPool", keepdims: bool = True):
         self.window = window
         self.op = op
+        self.keepdims = keepdims  # False: a ReduceMax over all spatial axes, which drops them
 
     def forward(self, x):
         out = self.window.output_size(*x.shape[2:])
         xp = windows.pad(x, self.window, -np.inf)
         views = (windows.offset_view(xp, self.window, offset, out) for offset in windows.offsets(self.window))
-        return np.maximum.reduce(list(views))
+        y = np.maximum.reduce(list(views))
+        return y if self.keepdims else y.reshape(y.shape[:2])
 
     def relevance(self, xs, y, r, rule):
         # No rule (a direct call outside a composite): the first maximum, as zennit and the gradient.
@@ -308,6 +310,8 @@ class MaxPool(Layer):
     def route(self, x: np.ndarray, y: np.ndarray, r: np.ndarray, split_ties: bool) -> np.ndarray:
         """Returns r sent back to the maxima of each window: all to the first one in flat row-major window order
         (PyTorch's max_pool2d index) or, with split_ties, shared evenly between all tied maxima."""
+        pooled = x.shape[:2] + self.window.output_size(*x.shape[2:])
+        y, r = y.reshape(pooled), r.reshape(pooled)
         xp = windows.pad(x, self.window, -np.inf)
         cols = windows.gather(xp, self.window, y.shape[2:])
         at_window = (slice(None), slice(None)) + (None,) * self.window.rank  # [N, C, *out] -> [N, C, 1.., *out]

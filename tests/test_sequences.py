@@ -1,0 +1,278 @@
+"""Sequence models: embeddings of token ids, ONNX LSTM and GRU (Arras et al. 2017's rule), 1-D convolutions.
+
+- Golden fixtures (tests/fixtures/sequences, from scripts/make_sequence_fixtures.py): torch models exported by both
+  torch exporters against an independent float64 NumPy reference of the rules: float64 within 1e-6 relative L2;
+  float32 within 5x the reference's own float32/float64 gap (never tighter than 1e-6); gradients against torch's
+  float64 autograd, 1e-9 relative L2.
+- LSTM/GRU forward against onnxruntime (layout 0) or ONNX's reference evaluator (layout 1, which onnxruntime does
+  not run), 1e-5 (float32 inputs, float64 IR).
+- Conservation (zero biases and initial states, epsilon 1e-12: nothing may absorb relevance): 1e-8 of sum |R|.
+- Gradients against central finite differences (step 1e-6, float64): 1e-6.
+- Embeddings: per-token sums, padding, gradient x input by Euler's theorem on a bias-free ReLU network.
+"""
+
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from onnx import helper
+from onnx.reference import ReferenceEvaluator
+
+from conftest import REPO, onnx_model
+from lrp_cli import api
+from lrp_cli.importers.onnx_import import import_onnx
+from lrp_cli.ir.sequence import GRU, LSTM
+from lrp_cli.methods.gradient import gradient_x_input, input_gradient
+from lrp_cli.propagate import propagate
+from lrp_cli.rules import Epsilon, assign_rules
+
+FIXTURES = REPO / "tests" / "fixtures" / "sequences"
+REFERENCES = json.loads((FIXTURES / "references.json").read_text())
+CASES = [(name, f) for name, ref in REFERENCES.items() for f in ref["models"]]
+
+
+def relative_l2(a, b):
+    return float(np.linalg.norm(np.asarray(a, np.float64) - b) / np.linalg.norm(b))
+
+
+@pytest.mark.parametrize("name,file", CASES, ids=[f for _, f in CASES])
+def test_golden_relevance(name, file):
+    ref, data = REFERENCES[name], np.load(FIXTURES / f"{name}.npz")
+    model = api.load_model(FIXTURES / file)
+    settings = dict(rule="epsilon:0.001", engine="numpy", target=ref["target"])
+    r64 = api.explain_array(model, data["x"], api.Settings(precision="float64", **settings))[0]
+    assert r64.propagation.f_x == pytest.approx(ref["f_x"], rel=1e-6)
+    assert r64.relevance.shape == data["relevance"].shape == data["x"].shape[:2 if name in ("text_cnn", "bilstm2")
+                                                                                 else 3]
+    assert relative_l2(r64.relevance, data["relevance"]) <= 1e-6
+    r32 = api.explain_array(model, data["x"], api.Settings(precision="float32", **settings))[0]
+    assert relative_l2(r32.relevance, data["relevance"]) <= max(5 * ref["float32_gap"], 1e-6)
+
+
+@pytest.mark.parametrize("name,file", [c for c in CASES if "gradient" in np.load(FIXTURES / f"{c[0]}.npz")],
+                         ids=lambda v: v if isinstance(v, str) else None)
+def test_golden_gradient(name, file):
+    data = np.load(FIXTURES / f"{name}.npz")
+    graph = import_onnx(FIXTURES / file)
+    values = graph.forward(data["x"].astype(np.float64))
+    got = input_gradient(graph, values, REFERENCES[name]["target"]).relevance
+    assert relative_l2(got, data["gradient"]) <= 1e-9
+
+
+def recurrent_model(op, direction, layout, out, seed=0, lbr=0, zero_bias=False, initial=True):
+    """Returns (ONNX model of one LSTM/GRU node writing output `out` (0: Y, 1: Y_h), its input shape)."""
+    rng = np.random.default_rng(seed)
+    steps, batch, size, hidden = 5, 2, 3, 4
+    gates, dirs = (4 if op == "LSTM" else 3), (2 if direction == "bidirectional" else 1)
+    inits = {"W": rng.standard_normal((dirs, gates * hidden, size)), "R": rng.standard_normal((dirs, gates * hidden,
+                                                                                                 hidden)),
+             "B": rng.standard_normal((dirs, 2 * gates * hidden)) * (0 if zero_bias else 1)}
+    names = ["x", "W", "R", "B"]
+    if initial:
+        state = (dirs, batch, hidden) if layout == 0 else (batch, dirs, hidden)
+        inits |= {"h0": rng.standard_normal(state), "c0": rng.standard_normal(state)}
+        names += ["", "h0"] + (["c0"] if op == "LSTM" else [])
+    attrs = dict(hidden_size=hidden, direction=direction, layout=layout)
+    if op == "GRU":
+        attrs["linear_before_reset"] = lbr
+    node = helper.make_node(op, names, ["Y", "Y_h"], name="rnn", **attrs)
+    shape = (steps, batch, size) if layout == 0 else (batch, steps, size)
+    inits = {k: v.astype(np.float32) for k, v in inits.items()}
+    return onnx_model([node], shape, ["Y", "Y_h"][out], inits, opset=14), shape
+
+
+VARIANTS = [(op, d, layout, lbr) for op in ("LSTM", "GRU") for d in ("forward", "reverse", "bidirectional")
+            for layout in (0, 1) for lbr in ((0, 1) if op == "GRU" else (0,))]
+
+
+@pytest.mark.parametrize("op,direction,layout,lbr", VARIANTS)
+def test_recurrent_forward_matches_onnx(op, direction, layout, lbr):
+    x = np.random.default_rng(1).standard_normal((5, 2, 3) if layout == 0 else (2, 5, 3)).astype(np.float32)
+    for out in (0, 1):
+        model, shape = recurrent_model(op, direction, layout, out, lbr=lbr)
+        graph = import_onnx("<memory>", model=model, input_shape=shape)
+        got = graph.forward(x.astype(np.float64))[graph.output_name]
+        if layout == 0:
+            session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+            want = session.run(None, {"x": x})[0]
+        else:
+            want = ReferenceEvaluator(model).run(None, {"x": x})[0]
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("op,direction,layout,lbr", VARIANTS)
+def test_recurrent_relevance_is_conserved_without_biases(op, direction, layout, lbr):
+    """With zero biases and zero initial states nothing absorbs relevance: the input gets all of it."""
+    model, shape = recurrent_model(op, direction, layout, 0, lbr=lbr, zero_bias=True, initial=False)
+    graph = import_onnx("<memory>", model=model, input_shape=shape)
+    layer = graph.nodes[0].layer
+    x = np.random.default_rng(2).standard_normal(shape)
+    y = layer.forward(x)
+    r = np.random.default_rng(3).standard_normal(y.shape) * y
+    got = layer.relevance([x], y, r, Epsilon(1e-12))[0]
+    assert got.shape == x.shape
+    assert abs(got.sum() - r.sum()) <= 1e-8 * np.abs(r).sum()  # relative to the terms: their sum may cancel
+
+
+@pytest.mark.parametrize("op,direction,layout,lbr", VARIANTS)
+def test_recurrent_gradient_matches_finite_differences(op, direction, layout, lbr):
+    model, shape = recurrent_model(op, direction, layout, 0, lbr=lbr)
+    layer = import_onnx("<memory>", model=model, input_shape=shape).nodes[0].layer
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal(shape)
+    y = layer.forward(x)
+    g = rng.standard_normal(y.shape)
+    got = layer.gradient([x], y, g)[0]
+    step, want = 1e-6, np.zeros(x.size)
+    for k in range(x.size):
+        e = np.zeros(x.size)
+        e[k] = step
+        e = e.reshape(shape)
+        want[k] = ((layer.forward(x + e) - layer.forward(x - e)) * g).sum() / (2 * step)
+    np.testing.assert_allclose(got.ravel(), want, rtol=1e-6, atol=1e-6)
+
+
+def test_hand_worked_lstm_step():
+    """One step, one unit, zero initial state: c = i g, h = o tanh(c); R_h passes to c, all of c's relevance goes
+    to the term i g (c_prev = 0), then to g's pre-activation z_g = w x + b by epsilon: R_x = w x / (w x + b) R."""
+    w = np.array([[[0.5], [1.0], [-2.0], [0.8]]])  # gates i, o, f, c
+    r = np.zeros((1, 4, 1))
+    b = np.array([[0.1, 0.2, 0.3, 0.4, 0.0, 0.0, 0.0, 0.0]])
+    layer = LSTM(w, r, b, None, None, 1, "forward", 0)
+    x = np.array([[[1.5]]])
+    y = layer.forward(x)
+    got = layer.relevance([x], y, np.array([[[[2.0]]]]), Epsilon(1e-9))[0]
+    assert got[0, 0, 0] == pytest.approx(0.8 * 1.5 / (0.8 * 1.5 + 0.4) * 2.0, rel=1e-8)
+
+
+def test_hand_worked_gru_step():
+    """One step, one unit, initial state h0 = 1: h = (1 - z) n + z h0 split by epsilon; n's pre-activation
+    w_n x + b_n + r (u h0 + b_u) gives x its share w_n x / z_n, and U h its share of the gated term by epsilon."""
+    w = np.array([[[0.3], [0.7], [1.2]]])  # gates z, r, h
+    rec = np.array([[[0.4], [0.5], [0.9]]])
+    b = np.array([[0.1, -0.2, 0.05, 0.0, 0.0, 0.25]])
+    layer = GRU(w, rec, b, np.array([[[1.0]]]), 1, "forward", 0, True)
+    x = np.array([[[0.8]]])
+    y = layer.forward(x)
+    sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    z, r = sig(0.3 * 0.8 + 0.1 + 0.4), sig(0.7 * 0.8 - 0.2 + 0.5)
+    u = 0.9 * 1.0 + 0.25
+    zn = 1.2 * 0.8 + 0.05 + r * u
+    n = np.tanh(zn)
+    h = (1 - z) * n + z * 1.0
+    assert y[0, 0, 0, 0] == pytest.approx(h, rel=1e-12)
+    got = layer.relevance([x], y, np.array([[[[3.0]]]]), Epsilon(1e-9))[0]
+    assert got[0, 0, 0] == pytest.approx((1 - z) * n / h * 3.0 * (1.2 * 0.8) / zn, rel=1e-8)
+
+
+def embedding_model(table, steps, bias_free=True, pad_row=None):
+    """Returns ids [1, T] -> Gather -> Transpose -> Conv1d -> Relu -> ReduceMax -> MatMul (2 classes)."""
+    rng = np.random.default_rng(5)
+    table = table.copy()
+    if pad_row is not None:
+        table[pad_row] = 0
+    inits = {"E": table.astype(np.float32), "w": rng.standard_normal((3, table.shape[1], 2)).astype(np.float32),
+             "d": rng.standard_normal((3, 2)).astype(np.float32)}
+    nodes = [helper.make_node("Gather", ["E", "x"], ["e"], name="embed"),
+             helper.make_node("Transpose", ["e"], ["t"], perm=[0, 2, 1]),
+             helper.make_node("Conv", ["t", "w"], ["c"], name="conv", pads=[1, 0]),
+             helper.make_node("Relu", ["c"], ["a"]),
+             helper.make_node("ReduceMax", ["a"], ["m"], axes=[2], keepdims=0, name="max"),
+             helper.make_node("MatMul", ["m", "d"], ["y"], name="dense")]
+    model = onnx_model(nodes, [1, steps], initializers=inits)
+    model.graph.input[0].type.tensor_type.elem_type = 7  # int64 ids
+    return model
+
+
+def test_embedding_token_relevance_is_the_sum_of_its_vector():
+    rng = np.random.default_rng(6)
+    model = embedding_model(rng.standard_normal((9, 4)), 6, pad_row=0)
+    graph = import_onnx("<memory>", model=model)
+    ids = np.array([[3, 5, 0, 8, 3, 1]], dtype=np.float64)
+    values = graph.forward(ids)
+    target = int(values["y"].argmax())
+    rules = {"conv": Epsilon(1e-9), "dense": Epsilon(1e-9)}
+    got = propagate(graph, values, target, rules).relevance
+    conv = next(n for n in graph.nodes if n.name == "conv")
+    r_conv_input = conv.layer.relevance([values["t"]], values["c"], _relevance_at(graph, values, target, "c", rules),
+                                        rules["conv"])[0]
+    want = r_conv_input.sum(axis=1) * (ids != 0)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
+    assert got[0, 2] == 0.0 and graph.nodes[0].layer.padding == (0,)
+    # bias-free and homogeneous: the epsilon rule conserves f(x) (padding rows are zero and receive none)
+    assert got.sum() == pytest.approx(values["y"][0, target], rel=1e-6)
+
+
+def _relevance_at(graph, values, target, tensor, rules):
+    """Returns the relevance reaching `tensor` (the walk stopped there)."""
+    from lrp_cli.propagate import backward, initial_relevance
+    start, _ = initial_relevance(values[graph.output_name], target)
+    return backward(graph, values, start, lambda n, xs, y, r: n.layer.relevance(xs, y, r, rules.get(n.name)),
+                    until=tensor)[0]
+
+
+def test_embedding_gradient_methods():
+    """Gradient x input per token sums to f(x) on a bias-free ReLU network (Euler: f is 1-homogeneous in the
+    embedding vectors); the gradient per token is the squared L2 norm of the gradient w.r.t. the vector."""
+    rng = np.random.default_rng(7)
+    model = embedding_model(rng.standard_normal((9, 4)), 5)
+    graph = import_onnx("<memory>", model=model)
+    ids = np.array([[1, 2, 3, 4, 2]], dtype=np.float64)
+    values = graph.forward(ids)
+    target = int(values["y"].argmax())
+    gxi = gradient_x_input(graph, values, target)
+    assert gxi.relevance.shape == (1, 5)
+    assert gxi.relevance.sum() == pytest.approx(values["y"][0, target], rel=1e-9)
+    sensitivity = input_gradient(graph, values, target).relevance
+    step, table = 1e-6, graph.nodes[0].layer.table
+    for t in range(5):
+        grad = np.zeros(4)
+        for k in range(4):
+            moved = table.copy()
+            graph.nodes[0].layer.table = moved
+            moved[int(ids[0, t]), k] += step
+            up = graph.forward(ids)["y"][0, target]
+            moved[int(ids[0, t]), k] -= 2 * step
+            down = graph.forward(ids)["y"][0, target]
+            grad[k] = (up - down) / (2 * step)
+        graph.nodes[0].layer.table = table
+        if ids[0, t] != 2:  # token 2 occurs twice: moving its row moves both positions
+            assert sensitivity[0, t] == pytest.approx((grad ** 2).sum(), rel=1e-5)
+
+
+def test_non_integer_or_out_of_range_ids_fail(tmp_path):
+    model = embedding_model(np.random.default_rng(8).standard_normal((9, 4)), 4)
+    graph = import_onnx("<memory>", model=model)
+    for ids in ([[1.5, 2, 3, 4]], [[1, 2, 3, 9]]):
+        with pytest.raises(ValueError, match="token ids"):
+            graph.forward(np.array(ids))
+
+
+def test_int64_ids_through_the_api_save_raw(tmp_path):
+    """An int64 .npy goes in as is; --save-raw writes [1, T] per-token relevance; the compiled engine falls back
+    with the reason lrp inspect shows."""
+    from click.testing import CliRunner
+
+    from lrp_cli.cli import main
+    path = FIXTURES / "text_cnn_legacy.onnx"
+    ids = np.load(FIXTURES / "text_cnn.npz")["x"]
+    np.save(tmp_path / "ids.npy", ids)
+    result = CliRunner().invoke(main, ["explain", str(tmp_path / "ids.npy"), "--model", str(path), "--out",
+                                       str(tmp_path / "out"), "--save-raw", "--composite", "sequence-epsilon"])
+    assert result.exit_code == 0, result.output
+    raw = np.load(tmp_path / "out" / "ids.relevance.npy")
+    assert raw.shape == ids.shape and raw[0, -1] == 0.0  # the last token is padding
+    table = CliRunner().invoke(main, ["inspect", str(FIXTURES / "lstm1_legacy.onnx")]).output
+    assert "engine under --engine auto: numpy" in table and "LSTM/GRU relevance and gradients run on the NumPy" in table
+    assert "epsilon:0.001" in table
+
+
+def test_recurrent_rules_are_selectable():
+    graph = import_onnx(FIXTURES / "lstm2_legacy.onnx")
+    nodes = [(n.name, n.layer) for n in graph.rule_nodes()]
+    specs = assign_rules(nodes, layer_rules=("*LSTM_1*=epsilon:0.01",))
+    recurrent = {name: spec for name, spec in specs.items() if dict(nodes)[name].rule_kind == "recurrent"}
+    assert sorted(recurrent.values()) == ["epsilon:0.001", "epsilon:0.01"]
+    assert specs["/fc/Gemm"] == "epsilon:0.001"  # the sequence-epsilon default: no flat output layer
