@@ -276,3 +276,18 @@ def test_recurrent_rules_are_selectable():
     recurrent = {name: spec for name, spec in specs.items() if dict(nodes)[name].rule_kind == "recurrent"}
     assert sorted(recurrent.values()) == ["epsilon:0.001", "epsilon:0.01"]
     assert specs["/fc/Gemm"] == "epsilon:0.001"  # the sequence-epsilon default: no flat output layer
+
+
+def test_sidecar_padding_id(tmp_path):
+    """[text] padding_id replaces the all-zero-row guess: those positions get no relevance."""
+    import shutil
+    path = shutil.copy(FIXTURES / "text_cnn_legacy.onnx", tmp_path / "m.onnx")
+    (tmp_path / "m.lrp.toml").write_text("[text]\npadding_id = [3, 9]\n")
+    model = api.load_model(path)
+    assert model.graph.nodes[0].layer.padding == (3, 9)
+    ids = np.load(FIXTURES / "text_cnn.npz")["x"]
+    got = api.explain_array(model, ids, api.Settings(composite="sequence-epsilon", engine="numpy"))[0].relevance
+    assert np.all(got[np.isin(ids, [3, 9])] == 0) and np.any(got[~np.isin(ids, [0, 3, 9])] != 0)
+    (tmp_path / "m.lrp.toml").write_text("[text]\npadding_id = 'x'\n")
+    with pytest.raises(Exception, match="padding_id"):
+        api.load_model(path)

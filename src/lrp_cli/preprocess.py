@@ -23,7 +23,7 @@ PRESETS = {
 }
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 SIDECAR_KEYS = {"preset", "size", "resize", "crop", "mean", "std", "bgr", "labels", "composite", "output", "layout",
-                "training"}
+                "training", "text"}
 LAYOUTS = ("nchw", "nhwc")
 
 
@@ -86,6 +86,7 @@ class Sidecar:
     output: str | None = None
     layout: str | None = None
     extra: dict = field(default_factory=dict)
+    text: dict = field(default_factory=dict)  # [text]: padding_id of a token-id input (docs/sequences.md)
 
 
 def sidecar_path(model_path: Path) -> Path:
@@ -126,12 +127,17 @@ def load_sidecar(model_path: Path) -> Sidecar:
     except OptionError as exc:
         raise ModelLoadError(f"{path}: {exc}") from None
     return Sidecar(preprocess, labels, data.get("composite"), data.get("output"), data.get("layout"),
-                   data.get("training", {}))
+                   data.get("training", {}), data.get("text", {}))
 
 
 def _positive_ints(value, count: int) -> bool:
     return (isinstance(value, list) and len(value) == count
             and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value))
+
+
+def _ints(value) -> bool:
+    values = value if isinstance(value, list) else [value]
+    return all(isinstance(v, int) and not isinstance(v, bool) for v in values)
 
 
 def _numbers(value) -> list | None:
@@ -155,6 +161,8 @@ SIDECAR_CHECKS = {
     "output": (lambda v: isinstance(v, str), "the name of a graph output"),
     "layout": (lambda v: isinstance(v, str) and v in LAYOUTS, f"one of {', '.join(LAYOUTS)}"),
     "training": (lambda v: isinstance(v, dict), "a table"),
+    "text": (lambda v: isinstance(v, dict) and set(v) <= {"padding_id"} and _ints(v.get("padding_id", [])),
+             "a table with padding_id = ID or [ID, ...]"),
 }
 
 

@@ -12,6 +12,7 @@ import numpy as np
 from lrp_cli.importers import onnx_import as imp
 from lrp_cli.ir.layers import IndexMap, MaxPool, global_window
 from lrp_cli.ir.sequence import GRU, LSTM, Embedding
+from lrp_cli.preprocess import load_sidecar
 
 #: The activations the recurrent layers implement (ONNX defaults), per direction.
 ACTIVATIONS = {"LSTM": ("Sigmoid", "Tanh", "Tanh"), "GRU": ("Sigmoid", "Tanh")}
@@ -28,9 +29,16 @@ def _gather(ctx, node):
     table = ctx.const(node, 0)
     if table.ndim != 2 or table.dtype.kind != "f":
         raise ctx.error(node, f"an embedding table must be a 2-D float matrix, got {table.dtype} {list(table.shape)}")
-    # nn.Embedding(padding_idx=k) keeps row k at zero; an all-zero row marks padding (the export drops the index)
-    padding = tuple(int(k) for k in np.flatnonzero(~table.any(axis=1)))
-    ctx.add(node, Embedding(table, padding), [node.input[1]])
+    ctx.add(node, Embedding(table, _padding_ids(ctx, table)), [node.input[1]])
+
+
+def _padding_ids(ctx, table: np.ndarray) -> tuple[int, ...]:
+    """Returns the padding ids: the sidecar's [text] padding_id, else the ids of all-zero rows (nn.Embedding keeps
+    its padding_idx row at zero; the ONNX export drops the index itself)."""
+    declared = load_sidecar(ctx.path).text.get("padding_id") if ctx.path.suffix else None
+    if declared is not None:
+        return tuple(int(k) for k in np.atleast_1d(declared))
+    return tuple(int(k) for k in np.flatnonzero(~table.any(axis=1)))
 
 
 @imp.converter("ReduceMax")
