@@ -291,3 +291,23 @@ def test_sidecar_padding_id(tmp_path):
     (tmp_path / "m.lrp.toml").write_text("[text]\npadding_id = 'x'\n")
     with pytest.raises(Exception, match="padding_id"):
         api.load_model(path)
+
+
+def test_backward_reuses_the_forward_states_and_lets_them_go():
+    """The relevance from the states the forward kept equals the relevance from a recomputed recurrence (a copy of
+    Y has no kept states), bit for bit; the kept states go with their Y."""
+    import gc
+
+    from lrp_cli.ir import sequence
+    model, shape = recurrent_model("GRU", "bidirectional", 0, 0, lbr=1)
+    layer = import_onnx("<memory>", model=model, input_shape=shape).nodes[0].layer
+    x = np.random.default_rng(9).standard_normal(shape)
+    y = layer.forward(x)
+    assert id(y) in sequence._STATES
+    r = np.random.default_rng(10).standard_normal(y.shape)
+    kept = layer.relevance([x], y, r, Epsilon(1e-3))[0]
+    np.testing.assert_array_equal(kept, layer.relevance([x], y.copy(), r, Epsilon(1e-3))[0])
+    key = id(y)
+    del y
+    gc.collect()
+    assert key not in sequence._STATES

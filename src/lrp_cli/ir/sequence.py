@@ -15,6 +15,7 @@ reverse direction on X flipped in time), vectorised over batch and hidden units 
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -116,8 +117,8 @@ class Recurrent(Layer):
         zeros = np.zeros((batch, self.hidden), dtype=dtype)
         h0 = zeros if self.h0 is None else self.h0[d].astype(dtype)
         c0 = zeros if self.c0 is None else self.c0[d].astype(dtype)
-        return Weights(self.w[d].astype(dtype), self.r[d].astype(dtype), self.b[d, :gh].astype(dtype),
-                       self.b[d, gh:].astype(dtype), h0, c0)
+        cast = [a.astype(dtype, copy=False) for a in (self.w[d], self.r[d], self.b[d, :gh], self.b[d, gh:])]
+        return Weights(*cast, h0, c0)
 
     def reverse(self, d: int) -> bool:
         """Returns True when direction d runs backwards in time."""
@@ -150,15 +151,27 @@ class Recurrent(Layer):
         return total if self.layout == 0 else total.transpose(1, 0, 2)
 
     def forward(self, x):
-        return self._output([self._unprocess(d, self.run(xd, p)["h"][1:]) for d, xd, p in self._directions(x)])
+        states = [self.run(xd, p) for _, xd, p in self._directions(x)]
+        y = self._output([self._unprocess(d, s["h"][1:]) for d, s in enumerate(states)])
+        _remember(y, x, states)
+        return y
+
+    def _states(self, x, y) -> list[dict]:
+        """Returns each direction's forward states: those the forward pass that wrote y kept, else recomputed."""
+        kept = _STATES.get(id(y))
+        if kept is not None and kept[0]() is y and kept[1]() is x:
+            return kept[2]
+        return [self.run(xd, p) for _, xd, p in self._directions(x)]
 
     def relevance(self, xs, y, r, rule):
         eps = RECURRENT_EPSILON if rule is None else rule.epsilon
-        return [self._input([self._unprocess(d, self.lrp(xd, p, self.run(xd, p), self._per_direction(r, d), eps))
+        states = self._states(xs[0], y)
+        return [self._input([self._unprocess(d, self.lrp(xd, p, states[d], self._per_direction(r, d), eps))
                              for d, xd, p in self._directions(xs[0])])]
 
     def gradient(self, xs, y, g):
-        return [self._input([self._unprocess(d, self.backprop(xd, p, self.run(xd, p), self._per_direction(g, d)))
+        states = self._states(xs[0], y)
+        return [self._input([self._unprocess(d, self.backprop(xd, p, states[d], self._per_direction(g, d)))
                              for d, xd, p in self._directions(xs[0])])]
 
     def run(self, x: np.ndarray, p: Weights) -> dict:
@@ -178,6 +191,19 @@ class Recurrent(Layer):
         return f"{self.w.shape[2]}->{self.hidden} {self.direction} layout {self.layout}"
 
 
+#: id(Y) -> (weak Y, weak X, per-direction states) of recent forward passes, so that the backward pass that reads
+#: the same Y does not run the recurrence again; an entry goes when its Y is garbage collected. Module-level (not
+#: on the layer) so that layers stay picklable; ids are unique among live arrays, and the weak references guard
+#: against a reused id.
+_STATES: dict[int, tuple] = {}
+
+
+def _remember(y: np.ndarray, x: np.ndarray, states: list[dict]) -> None:
+    key = id(y)
+    _STATES[key] = (weakref.ref(y), weakref.ref(x), states)
+    weakref.finalize(y, _STATES.pop, key, None)
+
+
 def _epsilon_share(term: np.ndarray, total: np.ndarray, r: np.ndarray, eps: float) -> np.ndarray:
     """Returns the epsilon-rule share of one summand of an element-wise sum: term / stab(total) * r."""
     return term / stabilize(total, eps) * r
@@ -191,13 +217,14 @@ class LSTM(Recurrent):
 
     def run(self, x, p):
         hsize, steps = self.hidden, x.shape[0]
-        wx = x @ p.w.T + p.wb  # [T, N, 4H]: every step's input part at once
+        wx = x @ p.w.T + (p.wb + p.rb)  # [T, N, 4H]: every step's input part and both biases at once
         h, c = [p.h0], [p.c0]
         keys = ("i", "o", "f", "g", "zg")
         s = {k: [] for k in keys}
         for t in range(steps):
-            z = wx[t] + h[-1] @ p.r.T + p.rb
-            i, o, f = (_sigmoid(z[:, k * hsize:(k + 1) * hsize]) for k in range(3))
+            z = wx[t] + h[-1] @ p.r.T
+            gates = _sigmoid(z[:, :3 * hsize])
+            i, o, f = gates[:, :hsize], gates[:, hsize:2 * hsize], gates[:, 2 * hsize:]
             zg = z[:, 3 * hsize:]
             g = np.tanh(zg)
             c.append(f * c[-1] + i * g)
