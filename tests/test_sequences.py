@@ -311,3 +311,28 @@ def test_backward_reuses_the_forward_states_and_lets_them_go():
     del y
     gc.collect()
     assert key not in sequence._STATES
+
+
+def test_signal_outputs(tmp_path):
+    """A [1, C, T] input read by a Conv: the heatmap is the C x T raster (one block per value, the colour of the
+    value's normalized relevance), the overlay draws C traces, the JSON sums relevance per channel and window; the
+    same run writes the same bytes."""
+    from PIL import Image
+
+    from lrp_cli import render, signals
+    model = api.load_model(FIXTURES / "eeg_legacy.onnx")
+    x = np.load(FIXTURES / "eeg.npz")["x"]
+    expl = api.explain_array(model, x, api.Settings(composite="sequence-epsilon", engine="numpy"))[0]
+    docs = [api.save_explanation(model, expl, tmp_path / name, "eeg") for name in ("a", "b")]
+    heat = expl.relevance[0].astype(np.float64)
+    picture = np.asarray(Image.open(tmp_path / "a" / "eeg.heatmap.png"))
+    height, width = signals._blocks(*heat.shape)
+    assert picture.shape == (4 * height, 16 * width, 3)
+    np.testing.assert_array_equal(picture[::height, ::width], render.colorize(render.normalize(heat)))
+    summary = docs[0]["signal"]
+    np.testing.assert_allclose(summary["per_channel"], heat.sum(axis=1), rtol=1e-6)
+    assert sum(w["relevance"] for w in summary["per_window"]) == pytest.approx(heat.sum(), rel=1e-5, abs=1e-7)
+    assert [w["start"] for w in summary["per_window"]] == list(range(0, 16, 2))
+    for kind in ("heatmap", "overlay"):
+        assert (tmp_path / "a" / f"eeg.{kind}.png").read_bytes() == (tmp_path / "b" / f"eeg.{kind}.png").read_bytes()
+    assert not signals.is_signal(import_onnx(FIXTURES / "lstm1_legacy.onnx"))

@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from lrp_cli import __version__, outputs, render
+from lrp_cli import __version__, outputs, render, signals
 from lrp_cli.engines import numpy_engine, onnx_engine
 from lrp_cli.engines.onnx_builder import CompileError
 from lrp_cli.errors import InputError, ModelLoadError, OptionError
@@ -640,11 +640,16 @@ def save_explanation(model: LoadedModel, expl: Explanation, out_dir: Path, stem:
 
 
 def _save(model, expl: Explanation, paths: dict[str, Path], cmap: str, save_raw: bool, scale, start) -> dict:
-    images = render.heatmap_images(pixel_map(model, expl), expl.picture, cmap, scale)
+    heat = pixel_map(model, expl)
+    signal = signals.is_signal(model.graph)
+    images = (signals.signal_images(expl.x, heat, cmap, scale) if signal
+              else render.heatmap_images(heat, expl.picture, cmap, scale))
     contents = {paths[kind]: outputs.png_bytes(rgb) for kind, rgb in images.items()}
     if save_raw:
         contents[paths["raw"]] = outputs.npy_bytes(expl.relevance.astype(np.float32))
     document = explanation_document(model, expl, paths, time.perf_counter() - start)
+    if signal:
+        document["signal"] = signals.signal_summary(heat)
     contents[paths["json"]] = outputs.json_bytes(document)
     outputs.write_all(contents)
     return document
