@@ -16,7 +16,7 @@ import json
 import numpy as np
 import onnxruntime as ort
 import pytest
-from onnx import helper
+from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from conftest import REPO, onnx_model
@@ -336,3 +336,59 @@ def test_signal_outputs(tmp_path):
     for kind in ("heatmap", "overlay"):
         assert (tmp_path / "a" / f"eeg.{kind}.png").read_bytes() == (tmp_path / "b" / f"eeg.{kind}.png").read_bytes()
     assert not signals.is_signal(import_onnx(FIXTURES / "lstm1_legacy.onnx"))
+
+
+def _with(model, **changes):
+    """Returns a copy of a one-node recurrent model with attributes set and inputs/outputs replaced."""
+    from onnx import ModelProto
+    copy = ModelProto()
+    copy.CopyFrom(model)
+    node = copy.graph.node[0]
+    for name, value in changes.get("attrs", {}).items():
+        node.attribute.append(helper.make_attribute(name, value))
+    for index, name in changes.get("inputs", {}).items():
+        while len(node.input) <= index:
+            node.input.append("")
+        node.input[index] = name
+    for name, value in changes.get("inits", {}).items():
+        copy.graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
+    return copy
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(attrs={"clip": 3.0}), "clip and input_forget"),
+    (dict(attrs={"activations": ["Sigmoid", "Relu", "Tanh"]}), "default activations"),
+    (dict(inputs={7: "P"}, inits={"P": np.ones((1, 12), np.float32)}), "peepholes"),
+    (dict(inputs={4: "lens"}, inits={"lens": np.array([3, 5], np.int32)}), "sequence_lens"),
+    (dict(inputs={5: "x"}), "must be a constant"),
+])
+def test_unsupported_recurrent_forms_are_load_errors(change, message):
+    from lrp_cli.errors import ModelLoadError
+    model, shape = recurrent_model("LSTM", "forward", 0, 0, initial=False)
+    with pytest.raises(ModelLoadError, match=message):
+        import_onnx("<memory>", model=_with(model, **change), input_shape=shape)
+
+
+def test_full_length_sequence_lens_and_unused_cell_state_are_accepted():
+    model, shape = recurrent_model("LSTM", "bidirectional", 0, 1, initial=False)
+    model = _with(model, inputs={4: "lens"}, inits={"lens": np.array([5, 5], np.int32)})
+    model.graph.node[0].output.append("Y_c")  # written, read by nothing
+    graph = import_onnx("<memory>", model=model, input_shape=shape)
+    assert graph.shapes[graph.output_name] == (2, 2, 4)
+
+
+def test_cell_state_output_and_other_gathers_are_load_errors():
+    from lrp_cli.errors import ModelLoadError
+    model, shape = recurrent_model("LSTM", "forward", 0, 0, initial=False)
+    model.graph.node[0].output.append("Y_c")
+    model.graph.output[0].name = "Y_c"
+    with pytest.raises(ModelLoadError, match="Y_c"):
+        import_onnx("<memory>", model=model, input_shape=shape)
+    gather = helper.make_node("Gather", ["E", "x"], ["y"], axis=1)
+    table = onnx_model([gather], [1, 3], initializers={"E": np.ones((4, 5), np.float32)})
+    table.graph.input[0].type.tensor_type.elem_type = 7
+    with pytest.raises(ModelLoadError, match="axis 0"):
+        import_onnx("<memory>", model=table)
+    reduce = onnx_model([helper.make_node("ReduceMax", ["x"], ["y"], axes=[1])], [1, 3, 4])
+    with pytest.raises(ModelLoadError, match="trailing axes"):
+        import_onnx("<memory>", model=reduce)
