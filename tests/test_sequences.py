@@ -60,25 +60,28 @@ def test_golden_gradient(name, file):
     assert relative_l2(got, data["gradient"]) <= 1e-9
 
 
-def recurrent_model(op, direction, layout, out, seed=0, lbr=0, zero_bias=False, initial=True):
-    """Returns (ONNX model of one LSTM/GRU node writing output `out` (0: Y, 1: Y_h), its input shape)."""
+def recurrent_model(op, direction, layout, out, seed=0, lbr=0, zero_bias=False, initial=True, lengths=None):
+    """Returns (ONNX model of one LSTM/GRU node writing output `out` (0: Y, 1: Y_h), its input shape); `lengths`
+    gives a constant sequence_lens for the 2 batch items."""
     rng = np.random.default_rng(seed)
     steps, batch, size, hidden = 5, 2, 3, 4
     gates, dirs = (4 if op == "LSTM" else 3), (2 if direction == "bidirectional" else 1)
     inits = {"W": rng.standard_normal((dirs, gates * hidden, size)), "R": rng.standard_normal((dirs, gates * hidden,
                                                                                                  hidden)),
              "B": rng.standard_normal((dirs, 2 * gates * hidden)) * (0 if zero_bias else 1)}
-    names = ["x", "W", "R", "B"]
+    names = ["x", "W", "R", "B", "lens" if lengths is not None else ""]
     if initial:
         state = (dirs, batch, hidden) if layout == 0 else (batch, dirs, hidden)
         inits |= {"h0": rng.standard_normal(state), "c0": rng.standard_normal(state)}
-        names += ["", "h0"] + (["c0"] if op == "LSTM" else [])
+        names += ["h0"] + (["c0"] if op == "LSTM" else [])
     attrs = dict(hidden_size=hidden, direction=direction, layout=layout)
     if op == "GRU":
         attrs["linear_before_reset"] = lbr
     node = helper.make_node(op, names, ["Y", "Y_h"], name="rnn", **attrs)
     shape = (steps, batch, size) if layout == 0 else (batch, steps, size)
     inits = {k: v.astype(np.float32) for k, v in inits.items()}
+    if lengths is not None:
+        inits["lens"] = np.asarray(lengths, np.int32)
     return onnx_model([node], shape, ["Y", "Y_h"][out], inits, opset=14), shape
 
 
@@ -86,11 +89,14 @@ VARIANTS = [(op, d, layout, lbr) for op in ("LSTM", "GRU") for d in ("forward", 
             for layout in (0, 1) for lbr in ((0, 1) if op == "GRU" else (0,))]
 
 
+@pytest.mark.parametrize("lengths", [None, (3, 5)], ids=["full", "lens3,5"])
 @pytest.mark.parametrize("op,direction,layout,lbr", VARIANTS)
-def test_recurrent_forward_matches_onnx(op, direction, layout, lbr):
+def test_recurrent_forward_matches_onnx(op, direction, layout, lbr, lengths):
+    if lengths and layout == 1:
+        pytest.skip("neither onnxruntime nor ONNX's reference evaluator runs sequence_lens with layout 1")
     x = np.random.default_rng(1).standard_normal((5, 2, 3) if layout == 0 else (2, 5, 3)).astype(np.float32)
     for out in (0, 1):
-        model, shape = recurrent_model(op, direction, layout, out, lbr=lbr)
+        model, shape = recurrent_model(op, direction, layout, out, lbr=lbr, lengths=lengths)
         graph = import_onnx("<memory>", model=model, input_shape=shape)
         got = graph.forward(x.astype(np.float64))[graph.output_name]
         if layout == 0:
@@ -102,10 +108,13 @@ def test_recurrent_forward_matches_onnx(op, direction, layout, lbr):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("lengths", [None, (3, 5)], ids=["full", "lens3,5"])
 @pytest.mark.parametrize("op,direction,layout,lbr", VARIANTS)
-def test_recurrent_relevance_is_conserved_without_biases(op, direction, layout, lbr):
-    """With zero biases and zero initial states nothing absorbs relevance: the input gets all of it."""
-    model, shape = recurrent_model(op, direction, layout, 0, lbr=lbr, zero_bias=True, initial=False)
+def test_recurrent_relevance_is_conserved_without_biases(op, direction, layout, lbr, lengths):
+    """With zero biases and zero initial states nothing absorbs relevance: the input gets all of it (and no step
+    beyond an item's length gets any)."""
+    model, shape = recurrent_model(op, direction, layout, 0, lbr=lbr, zero_bias=True, initial=False,
+                                   lengths=lengths)
     graph = import_onnx("<memory>", model=model, input_shape=shape)
     layer = graph.nodes[0].layer
     x = np.random.default_rng(2).standard_normal(shape)
@@ -113,12 +122,15 @@ def test_recurrent_relevance_is_conserved_without_biases(op, direction, layout, 
     r = np.random.default_rng(3).standard_normal(y.shape) * y
     got = layer.relevance([x], y, r, Epsilon(1e-12))[0]
     assert got.shape == x.shape
+    if lengths:
+        assert not np.any((got if layout == 0 else got.transpose(1, 0, 2))[3:, 0])
     assert abs(got.sum() - r.sum()) <= 1e-8 * np.abs(r).sum()  # relative to the terms: their sum may cancel
 
 
+@pytest.mark.parametrize("lengths", [None, (3, 5)], ids=["full", "lens3,5"])
 @pytest.mark.parametrize("op,direction,layout,lbr", VARIANTS)
-def test_recurrent_gradient_matches_finite_differences(op, direction, layout, lbr):
-    model, shape = recurrent_model(op, direction, layout, 0, lbr=lbr)
+def test_recurrent_gradient_matches_finite_differences(op, direction, layout, lbr, lengths):
+    model, shape = recurrent_model(op, direction, layout, 0, lbr=lbr, lengths=lengths)
     layer = import_onnx("<memory>", model=model, input_shape=shape).nodes[0].layer
     rng = np.random.default_rng(4)
     x = rng.standard_normal(shape)
@@ -359,7 +371,8 @@ def _with(model, **changes):
     (dict(attrs={"clip": 3.0}), "clip and input_forget"),
     (dict(attrs={"activations": ["Sigmoid", "Relu", "Tanh"]}), "default activations"),
     (dict(inputs={7: "P"}, inits={"P": np.ones((1, 12), np.float32)}), "peepholes"),
-    (dict(inputs={4: "lens"}, inits={"lens": np.array([3, 5], np.int32)}), "sequence_lens"),
+    (dict(inputs={4: "lens"}, inits={"lens": np.array([0, 5], np.int32)}), "sequence_lens"),
+    (dict(inputs={4: "lens"}, inits={"lens": np.array([3, 6], np.int32)}), "sequence_lens"),
     (dict(inputs={5: "x"}), "must be a constant"),
 ])
 def test_unsupported_recurrent_forms_are_load_errors(change, message):

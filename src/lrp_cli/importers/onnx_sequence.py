@@ -78,12 +78,17 @@ def _initial_state(ctx, node, index: int, layout: int):
     return state if layout == 0 else np.transpose(state, (1, 0, 2))  # [N, D, H] -> [D, N, H]
 
 
-def _check_lengths(ctx, node, x_shape, layout: int) -> None:
+def _lengths(ctx, node, x_shape, layout: int) -> np.ndarray | None:
+    """Returns the constant sequence_lens, or None when absent or every sequence has all the input's steps."""
     lengths = ctx.const(node, 4)
-    steps = x_shape[layout]  # X is [T, N, I] in layout 0, [N, T, I] in layout 1
-    if lengths is not None and np.any(np.asarray(lengths) != steps):
-        raise ctx.error(node, f"sequence_lens {np.asarray(lengths).tolist()} shorter than the {steps} steps of the "
-                              "input are not supported (pad the input instead)")
+    if lengths is None:
+        return None
+    lengths = np.asarray(lengths, dtype=np.int64).reshape(-1)
+    steps, batch = x_shape[layout], x_shape[1 - layout]  # X is [T, N, I] in layout 0, [N, T, I] in layout 1
+    if len(lengths) != batch or lengths.min(initial=1) < 1 or lengths.max(initial=0) > steps:
+        raise ctx.error(node, f"sequence_lens {lengths.tolist()} must give 1..{steps} steps for each of the {batch} "
+                              "batch items")
+    return None if np.all(lengths == steps) else lengths
 
 
 @imp.converter("LSTM", "GRU")
@@ -96,14 +101,14 @@ def _recurrent(ctx, node):
     directions = 2 if direction == "bidirectional" else 1
     _check_attributes(ctx, node, attrs, directions)
     x_shape = ctx.shape(node.input[0])
-    _check_lengths(ctx, node, x_shape, layout)
+    lengths = _lengths(ctx, node, x_shape, layout)
     w, r, b = ctx.const(node, 1), ctx.const(node, 2), ctx.const(node, 3)
     hidden = int(attrs.get("hidden_size", r.shape[-1]))
     h0 = _initial_state(ctx, node, 5, layout)
     if node.op_type == "LSTM":
-        layer = LSTM(w, r, b, h0, _initial_state(ctx, node, 6, layout), hidden, direction, layout)
+        layer = LSTM(w, r, b, h0, _initial_state(ctx, node, 6, layout), hidden, direction, layout, lengths)
     else:
-        layer = GRU(w, r, b, h0, hidden, direction, layout, attrs.get("linear_before_reset", 0))
+        layer = GRU(w, r, b, h0, hidden, direction, layout, attrs.get("linear_before_reset", 0), lengths)
     outputs = list(node.output) + [""] * 3
     if outputs[2] and ctx.consumers[ctx.name(outputs[2])]:
         raise ctx.error(node, "the cell state output Y_c is not supported (use Y or Y_h)")
@@ -114,9 +119,13 @@ def _recurrent(ctx, node):
 
 
 def _last_states(y_shape, layer) -> np.ndarray:
-    """Returns the index map Y -> Y_h: each direction's output at its last processed step."""
+    """Returns the index map Y -> Y_h: each direction's output at its last processed step (a reverse direction's
+    first in time; a forward one's at each item's length)."""
     positions = np.arange(int(np.prod(y_shape))).reshape(y_shape)
     time_major = positions if layer.layout == 0 else positions.transpose(1, 2, 0, 3)  # [T, D, N, H]
-    last = [time_major[0 if layer.reverse(d) else -1, d] for d in range(layer.directions)]  # [N, H] each
+    steps, batch = time_major.shape[0], time_major.shape[2]
+    ends = np.full(batch, steps) if layer.lengths is None else layer.lengths
+    items = np.arange(batch)
+    last = [time_major[0 if layer.reverse(d) else ends - 1, d, items] for d in range(layer.directions)]  # [N, H]
     states = np.stack(last)  # [D, N, H]
     return states if layer.layout == 0 else states.transpose(1, 0, 2)

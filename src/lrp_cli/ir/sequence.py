@@ -71,7 +71,8 @@ class Embedding(Layer):
 @dataclass
 class Weights:
     """One direction's parameters: input weights W [G*H, I], recurrent weights R [G*H, H], input and recurrent
-    biases [G*H] each, initial states [N, H] (zero when the model gives none)."""
+    biases [G*H] each, initial states [N, H] (zero when the model gives none), and with sequence_lens the
+    [T, N, 1] boolean mask of the processing steps each batch item really has (None: all of them)."""
 
     w: np.ndarray
     r: np.ndarray
@@ -79,11 +80,21 @@ class Weights:
     rb: np.ndarray
     h0: np.ndarray | None
     c0: np.ndarray | None = None
+    mask: np.ndarray | None = None
+
+    def step(self, t: int) -> np.ndarray | None:
+        """Returns the [N, 1] mask of processing step t (None: every item has it)."""
+        return None if self.mask is None else self.mask[t]
 
     def gate(self, k: int, hidden: int):
         """Returns (W, R, Wb, Rb) rows of gate k."""
         rows = slice(k * hidden, (k + 1) * hidden)
         return self.w[rows], self.r[rows], self.wb[rows], self.rb[rows]
+
+
+def _carry(valid: np.ndarray | None, new: np.ndarray, old: np.ndarray) -> np.ndarray:
+    """Returns new where a batch item has this step, old (carried unchanged) where its sequence has ended."""
+    return new if valid is None else np.where(valid, new, old)
 
 
 def _sigmoid(z):
@@ -97,7 +108,8 @@ class Recurrent(Layer):
     params = ("w", "r", "b", "h0", "c0")
     gates = 0
 
-    def __init__(self, w, r, b, h0, c0, hidden: int, direction: str, layout: int):
+    def __init__(self, w, r, b, h0, c0, hidden: int, direction: str, layout: int, lengths=None):
+        self.lengths = None if lengths is None else np.asarray(lengths, dtype=np.int64)  # [N], sequence_lens
         self.w = np.asarray(w, dtype=np.float64)
         self.r = np.asarray(r, dtype=np.float64)
         self.b = np.zeros((self.w.shape[0], 2 * self.w.shape[1])) if b is None else np.asarray(b, np.float64)
@@ -112,13 +124,24 @@ class Recurrent(Layer):
         """Returns the number of directions D."""
         return 2 if self.direction == "bidirectional" else 1
 
-    def _weights(self, d: int, batch: int, dtype) -> Weights:
+    def _weights(self, d: int, steps: int, batch: int, dtype) -> Weights:
         gh = self.gates * self.hidden
         zeros = np.zeros((batch, self.hidden), dtype=dtype)
         h0 = zeros if self.h0 is None else self.h0[d].astype(dtype)
         c0 = zeros if self.c0 is None else self.c0[d].astype(dtype)
         cast = [a.astype(dtype, copy=False) for a in (self.w[d], self.r[d], self.b[d, :gh], self.b[d, gh:])]
-        return Weights(*cast, h0, c0)
+        mask = None if self.lengths is None else (np.arange(steps)[:, None] < self.lengths[None, :])[:, :, None]
+        return Weights(*cast, h0, c0, mask)
+
+    def order(self, d: int, steps: int) -> np.ndarray:
+        """Returns the [T, N] time index of each processing step of direction d for each batch item: a reverse
+        direction starts at the item's last step (steps beyond an item's length stay in place, masked)."""
+        batch = 1 if self.lengths is None else len(self.lengths)
+        s = np.broadcast_to(np.arange(steps)[:, None], (steps, batch))
+        if not self.reverse(d):
+            return s
+        last = np.full(batch, steps) if self.lengths is None else self.lengths
+        return np.where(s < last[None, :], last[None, :] - 1 - s, s)
 
     def reverse(self, d: int) -> bool:
         """Returns True when direction d runs backwards in time."""
@@ -131,29 +154,43 @@ class Recurrent(Layer):
         """Yields (d, X of direction d in processing order [T, N, I], its weights)."""
         xt = self._time_major(x)
         for d in range(self.directions):
-            yield d, (xt[::-1] if self.reverse(d) else xt), self._weights(d, xt.shape[1], x.dtype)
+            yield d, self._process(d, xt), self._weights(d, *xt.shape[:2], x.dtype)
+
+    def _process(self, d: int, seq: np.ndarray) -> np.ndarray:
+        """Returns a time-major [T, N, ...] array in direction d's processing order."""
+        if self.lengths is None:
+            return seq[::-1] if self.reverse(d) else seq
+        return seq[self.order(d, len(seq)), np.arange(seq.shape[1])[None, :]]
 
     def _unprocess(self, d: int, seq: np.ndarray) -> np.ndarray:
-        return seq[::-1] if self.reverse(d) else seq
+        """Returns a processing-order array back in time order (the inverse of _process)."""
+        if self.lengths is None:
+            return seq[::-1] if self.reverse(d) else seq
+        out = np.empty_like(seq)
+        out[self.order(d, len(seq)), np.arange(seq.shape[1])[None, :]] = seq
+        return out
 
     def _output(self, per_direction: list[np.ndarray]) -> np.ndarray:
         """Returns Y in the layer's layout from each direction's [T, N, H] outputs in time order."""
         y = np.stack(per_direction, axis=1)  # [T, D, N, H]
         return y if self.layout == 0 else y.transpose(2, 0, 1, 3)
 
-    def _per_direction(self, y: np.ndarray, d: int) -> np.ndarray:
-        """Returns direction d's [T, N, H] slice of a Y-shaped array, in that direction's processing order."""
+    def _per_direction(self, y: np.ndarray, d: int, p: Weights) -> np.ndarray:
+        """Returns direction d's [T, N, H] slice of a Y-shaped array in that direction's processing order, zero at
+        the steps beyond an item's length (Y is the constant 0 there)."""
         ytm = y if self.layout == 0 else y.transpose(1, 2, 0, 3)
-        return self._unprocess(d, ytm[:, d])
+        seq = self._process(d, ytm[:, d])
+        return seq if p.mask is None else seq * p.mask
 
     def _input(self, per_direction: list[np.ndarray]) -> np.ndarray:
         total = sum(per_direction)
         return total if self.layout == 0 else total.transpose(1, 0, 2)
 
     def forward(self, x):
-        states = [self.run(xd, p) for _, xd, p in self._directions(x)]
-        y = self._output([self._unprocess(d, s["h"][1:]) for d, s in enumerate(states)])
-        _remember(y, x, states)
+        runs = [(d, p, self.run(xd, p)) for d, xd, p in self._directions(x)]
+        y = self._output([self._unprocess(d, s["h"][1:] if p.mask is None else s["h"][1:] * p.mask)
+                          for d, p, s in runs])
+        _remember(y, x, [s for _, _, s in runs])
         return y
 
     def _states(self, x, y) -> list[dict]:
@@ -166,12 +203,12 @@ class Recurrent(Layer):
     def relevance(self, xs, y, r, rule):
         eps = RECURRENT_EPSILON if rule is None else rule.epsilon
         states = self._states(xs[0], y)
-        return [self._input([self._unprocess(d, self.lrp(xd, p, states[d], self._per_direction(r, d), eps))
+        return [self._input([self._unprocess(d, self.lrp(xd, p, states[d], self._per_direction(r, d, p), eps))
                              for d, xd, p in self._directions(xs[0])])]
 
     def gradient(self, xs, y, g):
         states = self._states(xs[0], y)
-        return [self._input([self._unprocess(d, self.backprop(xd, p, states[d], self._per_direction(g, d)))
+        return [self._input([self._unprocess(d, self.backprop(xd, p, states[d], self._per_direction(g, d, p)))
                              for d, xd, p in self._directions(xs[0])])]
 
     def run(self, x: np.ndarray, p: Weights) -> dict:
@@ -227,8 +264,10 @@ class LSTM(Recurrent):
             i, o, f = gates[:, :hsize], gates[:, hsize:2 * hsize], gates[:, 2 * hsize:]
             zg = z[:, 3 * hsize:]
             g = np.tanh(zg)
-            c.append(f * c[-1] + i * g)
-            h.append(o * np.tanh(c[-1]))
+            c_new = f * c[-1] + i * g
+            valid = p.step(t)
+            h.append(_carry(valid, o * np.tanh(c_new), h[-1]))
+            c.append(_carry(valid, c_new, c[-1]))
             for k, v in zip(keys, (i, o, f, g, zg)):
                 s[k].append(v)
         return {k: np.stack(v) for k, v in s.items()} | {"h": np.stack(h), "c": np.stack(c)}
@@ -239,13 +278,15 @@ class LSTM(Recurrent):
         r_h = np.zeros_like(r_y[0])
         r_c = np.zeros_like(r_y[0])
         for t in reversed(range(x.shape[0])):
-            r_c = r_c + r_y[t] + r_h  # h = o * tanh(c): the gate o passes R_h to c
+            total = r_c + r_y[t] + r_h  # h = o * tanh(c): the gate o passes R_h to c
             c = s["c"][t + 1]
-            r_g = _epsilon_share(s["i"][t] * s["g"][t], c, r_c, eps)  # i * g: the signal g takes all
-            r_c = _epsilon_share(s["f"][t] * s["c"][t], c, r_c, eps)  # f * c_{t-1}: the signal c_{t-1} takes all
+            r_g = _epsilon_share(s["i"][t] * s["g"][t], c, total, eps)  # i * g: the signal g takes all
+            r_prev = _epsilon_share(s["f"][t] * s["c"][t], c, total, eps)  # f * c_{t-1}: c_{t-1} takes all
             q = r_g / stabilize(s["zg"][t], eps)  # g's pre-activation over [x_t, h_{t-1}], biases absorbing
-            r_x[t] = x[t] * (q @ w_g)
-            r_h = s["h"][t] * (q @ u_g)
+            valid = p.step(t)  # past an item's length h and c carry over unchanged, and so does their relevance
+            r_x[t] = _carry(valid, x[t] * (q @ w_g), 0.0)
+            r_h = _carry(valid, s["h"][t] * (q @ u_g), r_h)
+            r_c = _carry(valid, r_prev, r_c)
         return r_x
 
     def backprop(self, x, p, s, g_y):
@@ -256,12 +297,13 @@ class LSTM(Recurrent):
             i, o, f, g = s["i"][t], s["o"][t], s["f"][t], s["g"][t]
             d_h = d_h + g_y[t]
             tc = np.tanh(s["c"][t + 1])
-            d_c = d_c + d_h * o * (1 - tc * tc)
-            d_z = np.concatenate([d_c * g * i * (1 - i), d_h * tc * o * (1 - o), d_c * s["c"][t] * f * (1 - f),
-                                  d_c * i * (1 - g * g)], axis=-1)
-            g_x[t] = d_z @ p.w
-            d_h = d_z @ p.r
-            d_c = d_c * f
+            d_cell = d_c + d_h * o * (1 - tc * tc)
+            d_z = np.concatenate([d_cell * g * i * (1 - i), d_h * tc * o * (1 - o),
+                                  d_cell * s["c"][t] * f * (1 - f), d_cell * i * (1 - g * g)], axis=-1)
+            valid = p.step(t)
+            g_x[t] = _carry(valid, d_z @ p.w, 0.0)
+            d_h = _carry(valid, d_z @ p.r, d_h)
+            d_c = _carry(valid, d_cell * f, d_c)
         return g_x
 
 
@@ -271,8 +313,8 @@ class GRU(Recurrent):
     op = "GRU"
     gates = 3
 
-    def __init__(self, w, r, b, h0, hidden, direction, layout, linear_before_reset: bool):
-        super().__init__(w, r, b, h0, None, hidden, direction, layout)
+    def __init__(self, w, r, b, h0, hidden, direction, layout, linear_before_reset: bool, lengths=None):
+        super().__init__(w, r, b, h0, None, hidden, direction, layout, lengths)
         self.linear_before_reset = bool(linear_before_reset)
 
     def run(self, x, p):
@@ -289,7 +331,7 @@ class GRU(Recurrent):
             u = h[-1] @ r_n.T + rb_n if self.linear_before_reset else r * h[-1]
             zn = wx[t, :, 2 * hsize:] + (r * u if self.linear_before_reset else u @ r_n.T + rb_n)
             n = np.tanh(zn)
-            h.append((1 - z) * n + z * h[-1])
+            h.append(_carry(p.step(t), (1 - z) * n + z * h[-1], h[-1]))
             for k, v in zip(keys, (z, r, n, zn, u)):
                 s[k].append(v)
         return {k: np.stack(v) for k, v in s.items()} | {"h": np.stack(h)}
@@ -303,15 +345,17 @@ class GRU(Recurrent):
             h_prev, z, n, zn, u = s["h"][t], s["z"][t], s["n"][t], s["zn"][t], s["u"][t]
             h = s["h"][t + 1]
             r_n_out = _epsilon_share((1 - z) * n, h, r_out, eps)  # (1 - z) * n: the signal n takes all
-            r_h = _epsilon_share(z * h_prev, h, r_out, eps)  # z * h_{t-1}: the signal h_{t-1} takes all
+            r_prev = _epsilon_share(z * h_prev, h, r_out, eps)  # z * h_{t-1}: the signal h_{t-1} takes all
             q = r_n_out / stabilize(zn, eps)
-            r_x[t] = x[t] * (q @ w_n)
             if self.linear_before_reset:
                 # r * (U h + b): the gate passes the term's share to U h + b, itself split by epsilon
                 share = s["r"][t] * u * q
-                r_h = r_h + h_prev * ((share / stabilize(u, eps)) @ r_n)
+                r_prev = r_prev + h_prev * ((share / stabilize(u, eps)) @ r_n)
             else:
-                r_h = r_h + u * (q @ r_n)  # (r * h) U^T: the gated input r * h passes all to h
+                r_prev = r_prev + u * (q @ r_n)  # (r * h) U^T: the gated input r * h passes all to h
+            valid = p.step(t)  # past an item's length h carries over unchanged, and so does its relevance
+            r_x[t] = _carry(valid, x[t] * (q @ w_n), 0.0)
+            r_h = _carry(valid, r_prev, r_out)
         return r_x
 
     def backprop(self, x, p, s, g_y):
@@ -329,6 +373,7 @@ class GRU(Recurrent):
                 d_rh = d_zn @ r_n
                 d_r, d_prev = d_rh * h_prev, d_rh * r
             d_zr = np.concatenate([d_h * (h_prev - n) * z * (1 - z), d_r * r * (1 - r)], axis=-1)
-            g_x[t] = d_zr @ p.w[:2 * hsize] + d_zn @ w_n
-            d_h = d_h * z + d_prev + d_zr @ p.r[:2 * hsize]
+            valid = p.step(t)
+            g_x[t] = _carry(valid, d_zr @ p.w[:2 * hsize] + d_zn @ w_n, 0.0)
+            d_h = _carry(valid, d_h * z + d_prev + d_zr @ p.r[:2 * hsize], d_h)
         return g_x
