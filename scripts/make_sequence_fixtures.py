@@ -7,7 +7,9 @@ Run with the dev-only torch environment: /work/torchenv/bin/python scripts/make_
   CNN over word embeddings), fed int64 token ids;
 - lstm1 / lstm2 / bilstm1 / bilstm2 / gru1 / bigru2: nn.LSTM and nn.GRU, uni- and bidirectional, 1 and 2 layers,
   batch_first, a Linear on the last output or on the final states; bilstm2 reads token ids through an embedding;
-- eeg: Conv1d over (channels, time) + ReLU + MaxPool1d + Linear.
+- eeg: Conv1d over (channels, time) + ReLU + MaxPool1d + Linear;
+- eeg_demo: such a network trained on synthetic signals whose class-1 evidence sits on one known channel and time
+  window (see synthetic_eeg), with held-out class-1 examples: the heatmaps must put the evidence there.
 Reference rules (Arras et al. 2017, "Explaining recurrent neural network predictions in sentiment analysis"): every
 linear map by the epsilon rule, R_i = sum_j x_i w_ij / (z_j + eps sign(z_j)) R_j with eps = 0.001 and biases
 absorbing their share; products gate * signal send all relevance to the signal; the LSTM cell sum
@@ -283,8 +285,50 @@ def export(model, x, name):
     return written
 
 
+#: The synthetic EEG task: class 1 carries a burst on this channel during these steps; class 0 only noise.
+BURST_CHANNEL, BURST_STEPS, EEG_SHAPE = 2, (12, 20), (4, 32)
+
+
+def synthetic_eeg(rng, count):
+    """Returns (signals [count, 4, 32] float32, labels): unit Gaussian noise on every channel; class 1 adds a
+    sinusoid of period 4 steps and amplitude 1.5 on channel 2 during steps 12..19."""
+    labels = rng.integers(0, 2, count)
+    x = rng.standard_normal((count,) + EEG_SHAPE)
+    start, end = BURST_STEPS
+    burst = 1.5 * np.sin(np.arange(end - start) * np.pi / 2 + 0.5)
+    x[labels == 1, BURST_CHANNEL, start:end] += burst
+    return x.astype(np.float32), labels
+
+
+def train_eeg_demo():
+    """Writes eeg_demo_legacy.onnx (a Conv1d classifier trained on synthetic_eeg) and eeg_demo.npz (held-out
+    class-1 examples it classifies correctly)."""
+    torch.manual_seed(1)
+    rng = np.random.default_rng(1)
+    x, y = synthetic_eeg(rng, 2000)
+    model = nn.Sequential(nn.Conv1d(4, 8, 5, padding=2), nn.ReLU(), nn.MaxPool1d(4), nn.Flatten(),
+                          nn.Linear(8 * 8, 2))
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    for _ in range(300):
+        optimizer.zero_grad()
+        loss = nn.functional.cross_entropy(model(xt), yt)
+        loss.backward()
+        optimizer.step()
+    test_x, test_y = synthetic_eeg(rng, 200)
+    with torch.no_grad():
+        predicted = model(torch.from_numpy(test_x)).argmax(1).numpy()
+    accuracy = float((predicted == test_y).mean())
+    chosen = np.flatnonzero((test_y == 1) & (predicted == 1))[:5]
+    torch.onnx.export(model.eval(), (torch.from_numpy(test_x[:1]),), OUT / "eeg_demo_legacy.onnx", dynamo=False,
+                      input_names=["x"], output_names=["y"], opset_version=17)
+    np.savez(OUT / "eeg_demo.npz", x=test_x[chosen], channel=BURST_CHANNEL, steps=np.array(BURST_STEPS))
+    print(f"eeg_demo: held-out accuracy {accuracy:.3f}, {len(chosen)} class-1 examples saved")
+
+
 def main():
     OUT.mkdir(parents=True, exist_ok=True)
+    train_eeg_demo()
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     ids = np.array([[3, 7, 1, 9, 4, 11, 0]], dtype=np.int64)  # the last token is padding
