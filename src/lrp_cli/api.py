@@ -641,7 +641,7 @@ def save_explanation(model: LoadedModel, expl: Explanation, out_dir: Path, stem:
 
 def _save(model, expl: Explanation, paths: dict[str, Path], cmap: str, save_raw: bool, scale, start) -> dict:
     heat = pixel_map(model, expl)
-    signal = signals.is_signal(model.graph)
+    signal = signals.is_signal(getattr(model, "graph", None))  # BoW models have none
     images = (signals.signal_images(expl.x, heat, cmap, scale) if signal
               else render.heatmap_images(heat, expl.picture, cmap, scale))
     contents = {paths[kind]: outputs.png_bytes(rgb) for kind, rgb in images.items()}
