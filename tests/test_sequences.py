@@ -427,3 +427,19 @@ def test_synthetic_eeg_evidence_lies_on_the_known_channel_and_window(composite):
         positive = np.clip(heat[channel], 0, None)
         assert positive[start - 2:end + 2].sum() >= 0.75 * positive.sum()
     assert np.argmax(np.mean(per_channel, axis=0)) == channel and winners >= 4
+
+
+@pytest.mark.parametrize("method", ["lrp", "gradient", "gradient-x-input"])
+@pytest.mark.parametrize("file", ["text_cnn_legacy.onnx", "text_cnn_dynamo.onnx"])
+def test_compiled_engine_runs_token_id_models(file, method):
+    """The compiled pass of an embedding model (int64 ids in, per-token relevance out, padding none) against the
+    NumPy engine's float64 pass: 1e-5 of max |R| (float32 compiled)."""
+    model = api.load_model(FIXTURES / file)
+    ids = np.load(FIXTURES / "text_cnn.npz")["x"]
+    settings = dict(method=method, composite="sequence-epsilon" if method == "lrp" else None, target=0)
+    fast = api.explain_array(model, ids, api.Settings(engine="onnxruntime", **settings))[0]
+    reference = api.explain_array(model, ids, api.Settings(engine="numpy", precision="float64", **settings))[0]
+    assert fast.extra["engine"] == "onnxruntime" and fast.relevance.shape == ids.shape
+    want = reference.relevance
+    np.testing.assert_allclose(fast.relevance, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    assert fast.relevance[0, -1] == 0.0  # the padding token

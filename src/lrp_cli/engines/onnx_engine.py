@@ -55,6 +55,10 @@ class CompiledRun:
     model_output: np.ndarray
 
 
+#: Compiled-session input types other than float32: integer token ids read by an embedding.
+INPUT_TYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}
+
+
 @dataclass
 class CompiledSession:
     """An onnxruntime session of a compiled relevance pass, with the node records its layer sums stand for."""
@@ -64,6 +68,7 @@ class CompiledSession:
     layers: list[tuple[str, str, str | None]]
     compile_seconds: float
     path: Path
+    input_type: type = np.float32  # token ids go in as the model's integer type
 
     def run(self, x: np.ndarray, target: int) -> CompiledRun:
         """Returns the run for input x and class target (-1: the predicted class)."""
@@ -74,7 +79,7 @@ class CompiledSession:
         predicted class)."""
         scores, relevance, index, sums, output = self.session.run(
             [C.SCORES, C.RELEVANCE_OUT, C.TARGET_INDEX, C.LAYER_SUMS, C.MODEL_OUTPUT],
-            {self.input_name: x.astype(np.float32, copy=False), C.TARGET: np.asarray(targets, dtype=np.int64)})
+            {self.input_name: x.astype(self.input_type, copy=False), C.TARGET: np.asarray(targets, dtype=np.int64)})
         sums = sums.reshape(-1, len(scores))
         return [CompiledRun(scores[k], relevance[k:k + 1], int(index[k]), sums[:, k], output[k:k + 1])
                 for k in range(len(scores))]
@@ -157,7 +162,9 @@ def session_for(model, method: str, rules: dict[str, Rule], providers=()) -> Com
         seconds = _compile_into(path, model, method, rules, output, key)
         session = _open_cached(path, providers, threads)
     layers = [tuple(entry) for entry in json.loads(session.get_modelmeta().custom_metadata_map["lrp_cli.layers"])]
-    _SESSIONS[(key, providers, threads)] = CompiledSession(session, model.graph.input_name, layers, seconds, path)
+    kind = next(i.type for i in session.get_inputs() if i.name == model.graph.input_name)
+    _SESSIONS[(key, providers, threads)] = CompiledSession(session, model.graph.input_name, layers, seconds, path,
+                                                           INPUT_TYPES.get(kind, np.float32))
     return _SESSIONS[(key, providers, threads)]
 
 

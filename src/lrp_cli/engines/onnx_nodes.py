@@ -10,12 +10,13 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
+import onnx
 
 from lrp_cli.engines.onnx_builder import CompileError, GraphBuilder, registrar
 from lrp_cli.engines.onnx_linear import window_adjoint
 from lrp_cli.ir import layers as L
 from lrp_cli.ir import windows
-from lrp_cli.ir.sequence import Recurrent
+from lrp_cli.ir.sequence import Embedding, Recurrent
 
 RELEVANCE: dict[type, Callable] = {}
 GRADIENT: dict[type, Callable] = {}
@@ -29,8 +30,8 @@ class NodeSite:
     """One IR node in the compiled graph: its input/output tensor names, static shapes, and the incoming r."""
 
     def __init__(self, b: GraphBuilder, node, xs: list[str], y: str, r: str, shapes: dict, params: dict,
-                 nonnegative: set, rule=None):
-        self.b, self.node, self.layer, self.rule = b, node, node.layer, rule
+                 nonnegative: set, rule=None, method: str = "lrp"):
+        self.b, self.node, self.layer, self.rule, self.method = b, node, node.layer, rule, method
         self.xs, self.y, self.r = xs, y, r
         self.x_shapes = [tuple(shapes[t]) for t in node.inputs]
         self.y_shape = tuple(shapes[node.output])
@@ -424,3 +425,30 @@ def _activation_gradient(site):
 def _recurrent(site):
     """LSTM/GRU steps are not written as ONNX ops yet: the pass runs on the NumPy engine."""
     raise site.fail("LSTM/GRU relevance and gradients run on the NumPy engine (not compiled yet)")
+
+
+def _per_token(site, values: str) -> str:
+    """Returns values [..., T, D] summed over the embedding axis, zero at padding ids (as Embedding.kept)."""
+    b = site.b
+    total = b.reduce_sum(values, [-1], keepdims=False)
+    padding = site.layer.padding
+    if not padding:
+        return total
+    ids = b.op("Cast", [site.xs[0]], to=onnx.TensorProto.INT64)
+    table = b.const(np.asarray(padding).reshape((-1,) + (1,) * len(site.x_shapes[0])), "padding", np.int64)
+    hit = b.reduce_sum(b.indicator(b.op("Equal", [ids, table])), [0], keepdims=False)  # padding ids are distinct
+    return b.mul(total, b.sub(b.scalar(1.0), hit))
+
+
+@emitter(RELEVANCE, Embedding)
+def _embedding(site):
+    """Each token gets the sum of its vector's relevance, a padding id none, as Embedding.relevance."""
+    return [_per_token(site, site.r)]
+
+
+@emitter(GRADIENT, Embedding)
+def _embedding_gradient(site):
+    """The squared norm of each token's vector gradient (Embedding.gradient), or for gradient x input the vector
+    dotted with its gradient (methods.gradient.gradient_x_input)."""
+    values = site.y if site.method == "gradient-x-input" else site.r
+    return [_per_token(site, site.b.mul(values, site.r))]

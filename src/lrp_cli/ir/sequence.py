@@ -68,6 +68,11 @@ class Embedding(Layer):
         return f"{self.table.shape[0]}x{self.table.shape[1]}{pad}"
 
 
+def token_embedding(graph):
+    """Returns the Embedding node that reads the graph's input (token ids), or None."""
+    return next((n for n in graph.nodes if graph.input_name in n.inputs and isinstance(n.layer, Embedding)), None)
+
+
 @dataclass
 class Weights:
     """One direction's parameters: input weights W [G*H, I], recurrent weights R [G*H, H], input and recurrent

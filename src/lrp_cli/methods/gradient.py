@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from lrp_cli.ir.graph import Graph
-from lrp_cli.ir.sequence import Embedding
+from lrp_cli.ir.sequence import token_embedding
 from lrp_cli.methods.base import Method, MethodInput
 from lrp_cli.propagate import LayerRecord, Propagation, backward, one_hot, target_scores
 
@@ -34,8 +34,7 @@ def input_gradient(graph: Graph, values: dict[str, np.ndarray], target) -> Propa
 def gradient_x_input(graph: Graph, values: dict[str, np.ndarray], target) -> Propagation:
     """Returns input * gradient of the target's score (the first-order Taylor terms around 0); for token ids read
     by an embedding, each token's vector dotted with the gradient w.r.t. it (ids have no gradient)."""
-    embedding = next((n for n in graph.nodes if graph.input_name in n.inputs and isinstance(n.layer, Embedding)),
-                     None)
+    embedding = token_embedding(graph)
     if embedding is not None:
         gradient, records = tensor_gradient(graph, values, target, embedding.output)
         x = values[graph.input_name]
