@@ -2,8 +2,8 @@
 
 - Golden fixtures (tests/fixtures/sequences, from scripts/make_sequence_fixtures.py): torch models exported by both
   torch exporters against an independent float64 NumPy reference of the rules: float64 within 1e-6 relative L2;
-  float32 within 5x the reference's own float32/float64 gap (never tighter than 1e-6); gradients against torch's
-  float64 autograd, 1e-9 relative L2.
+  float32 (NumPy and compiled engines) within 5x the reference's own float32/float64 gap (never tighter than
+  1e-6); gradients against torch's float64 autograd, 1e-9 relative L2.
 - LSTM/GRU forward against onnxruntime (layout 0) or ONNX's reference evaluator (layout 1, which onnxruntime does
   not run), 1e-5 (float32 inputs, float64 IR).
 - Conservation (zero biases and initial states, epsilon 1e-12: nothing may absorb relevance): 1e-8 of sum |R|.
@@ -19,7 +19,7 @@ import pytest
 from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from conftest import REPO, onnx_model
+from conftest import REPO, compiled_relevance, onnx_model, save_model
 from lrp_cli import api
 from lrp_cli.importers.onnx_import import import_onnx
 from lrp_cli.ir.sequence import GRU, LSTM
@@ -46,8 +46,10 @@ def test_golden_relevance(name, file):
     assert r64.relevance.shape == data["relevance"].shape == data["x"].shape[:2 if name in ("text_cnn", "bilstm2")
                                                                                  else 3]
     assert relative_l2(r64.relevance, data["relevance"]) <= 1e-6
-    r32 = api.explain_array(model, data["x"], api.Settings(precision="float32", **settings))[0]
-    assert relative_l2(r32.relevance, data["relevance"]) <= max(5 * ref["float32_gap"], 1e-6)
+    for engine in ("numpy", "onnxruntime"):
+        r32 = api.explain_array(model, data["x"], api.Settings(precision="float32", **(settings | {"engine": engine})))
+        assert r32[0].extra["engine"] == engine
+        assert relative_l2(r32[0].relevance, data["relevance"]) <= max(5 * ref["float32_gap"], 1e-6), engine
 
 
 @pytest.mark.parametrize("name,file", [c for c in CASES if "gradient" in np.load(FIXTURES / f"{c[0]}.npz")],
@@ -263,8 +265,9 @@ def test_non_integer_or_out_of_range_ids_fail(tmp_path):
 
 
 def test_int64_ids_through_the_api_save_raw(tmp_path):
-    """An int64 .npy goes in as is; --save-raw writes [1, T] per-token relevance; the compiled engine falls back
-    with the reason lrp inspect shows."""
+    """An int64 .npy goes in as is; --save-raw writes [1, T] per-token relevance; LSTMs compile (except forms the
+    compiled engine does not write, a short sequence_lens: lrp inspect says why) but --engine auto runs them on
+    NumPy, which is faster, and lrp inspect says so."""
     from click.testing import CliRunner
 
     from lrp_cli.cli import main
@@ -277,8 +280,11 @@ def test_int64_ids_through_the_api_save_raw(tmp_path):
     raw = np.load(tmp_path / "out" / "ids.relevance.npy")
     assert raw.shape == ids.shape and raw[0, -1] == 0.0  # the last token is padding
     table = CliRunner().invoke(main, ["inspect", str(FIXTURES / "lstm1_legacy.onnx")]).output
-    assert "engine under --engine auto: numpy" in table and "LSTM/GRU relevance and gradients run on the NumPy" in table
-    assert "epsilon:0.001" in table
+    assert "engine under --engine auto: numpy" in table and "epsilon:0.001" in table
+    assert "numpy preferred: LSTM/GRU layers run faster on the NumPy engine" in table and "not compiled" not in table
+    short = save_model(recurrent_model("LSTM", "forward", 0, 1, lengths=(3, 5))[0], tmp_path / "short.onnx")
+    table = CliRunner().invoke(main, ["inspect", str(short)]).output
+    assert "engine under --engine auto: numpy" in table and "sequence_lens shorter than the input runs on" in table
 
 
 def test_recurrent_rules_are_selectable():
@@ -443,3 +449,42 @@ def test_compiled_engine_runs_token_id_models(file, method):
     want = reference.relevance
     np.testing.assert_allclose(fast.relevance, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
     assert fast.relevance[0, -1] == 0.0  # the padding token
+
+
+@pytest.mark.parametrize("op,direction,layout,lbr", VARIANTS)
+def test_compiled_recurrent_relevance_matches_numpy(op, direction, layout, lbr):
+    """The unrolled compiled LRP of every LSTM/GRU form (initial states given, both outputs feeding a dense head)
+    against the NumPy walk in float64 on the same float32 weights: 1e-4 of max |R| (float32 compiled). Layout 1,
+    which onnxruntime cannot run, is a compile error with that reason."""
+    model, _ = recurrent_model(op, direction, layout, 0, lbr=lbr)
+    rng = np.random.default_rng(11)
+    node = model.graph.node[0]
+    steps, size = 5, 3
+    for name in ("h0", "c0"):  # one batch item: the head explains it
+        init = next((i for i in model.graph.initializer if i.name == name), None)
+        if init is not None:
+            value = numpy_helper.to_array(init)
+            init.CopyFrom(numpy_helper.from_array(value[:, :1] if layout == 0 else value[:1], name))
+    head = [helper.make_node("Reshape", ["Y", "flat"], ["f"]), helper.make_node("Reshape", ["Y_h", "flat"], ["fh"]),
+            helper.make_node("Concat", ["f", "fh"], ["both"], axis=1),
+            helper.make_node("MatMul", ["both", "d"], ["y"], name="dense")]
+    nodes = ([helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0, 2])] if layout == 0 else []) + [node] + head
+    if layout == 0:
+        node.input[0] = "xt"
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    dirs = 2 if direction == "bidirectional" else 1
+    width = (steps + 1) * dirs * 4
+    inits |= {"d": rng.standard_normal((width, 3)).astype(np.float32), "flat": np.array([1, -1], np.int64)}
+    full = onnx_model(nodes, [1, steps, size], initializers=inits, opset=14)
+    graph = import_onnx("<memory>", model=full)
+    x = rng.standard_normal((1, steps, size)).astype(np.float32)
+    values = graph.forward(x.astype(np.float64))
+    target = int(values["y"].argmax())
+    rules = {n.name: Epsilon(1e-3) for n in graph.rule_nodes()}
+    want = propagate(graph, values, target, rules).relevance
+    if layout == 1:
+        from lrp_cli.engines.onnx_compiler import node_errors
+        assert "layout 1" in " ".join(node_errors(full, graph, "lrp", rules).values())
+        return
+    got = compiled_relevance(full, x, rules=rules)(target)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())

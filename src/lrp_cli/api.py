@@ -447,7 +447,7 @@ def compiled_session(model, settings: Settings, rules: dict):
     """Returns the compiled onnxruntime session the settings call for, or None to run the NumPy engine
     (`--engine auto` falls back to NumPy when the model does not compile; `onnxruntime` makes that an error)."""
     engine = onnx_engine.choose(settings.engine, settings.precision, model.kind, settings.method)
-    if engine == "numpy":
+    if engine == "numpy" or (engine == "auto" and onnx_engine.numpy_preferred(model.graph)):
         return None
     try:
         return onnx_engine.session_for(model, settings.method, rules, settings.providers)

@@ -22,6 +22,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from lrp_cli import __version__
+from lrp_cli.engines import onnx_recurrent  # noqa: F401  (registers the LSTM/GRU relevance emitters)
 from lrp_cli.engines import onnx_transformer  # noqa: F401  (registers the transformer kinds' emitters)
 from lrp_cli.engines.onnx_builder import CompileError, GraphBuilder
 from lrp_cli.engines.onnx_linear import Weight, linear_ops

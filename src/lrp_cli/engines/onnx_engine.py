@@ -21,6 +21,7 @@ from lrp_cli.engines import onnx_compiler as C
 from lrp_cli.engines.onnx_builder import CompileError
 from lrp_cli.errors import OptionError
 from lrp_cli.importers.onnx_import import load_onnx
+from lrp_cli.ir.sequence import Recurrent
 from lrp_cli.memory import release_freed_memory
 from lrp_cli.propagate import LayerRecord
 from lrp_cli.rules import Rule
@@ -242,6 +243,15 @@ def _platform_tag() -> str:
         flags = next((line for line in open("/proc/cpuinfo", encoding="utf-8") if line.startswith("flags")), flags)
     content = json.dumps([ort.__version__, platform.machine(), flags])
     return hashlib.sha256(content.encode()).hexdigest()[:12]
+
+
+def numpy_preferred(graph) -> str | None:
+    """Returns why `--engine auto` runs a graph that compiles on the NumPy engine all the same, or None: an LSTM/GRU
+    compiles unrolled over its time steps, one small ONNX node per gate and step, which runs slower than the
+    NumPy engine's vectorised steps (measured: 170 ms against 83 ms for a 50-token 2-layer BiLSTM)."""
+    if any(isinstance(node.layer, Recurrent) for node in graph.nodes):
+        return "LSTM/GRU layers run faster on the NumPy engine than unrolled in the compiled graph"
+    return None
 
 
 def choose(engine: str, precision: str, kind: str, method: str = "lrp") -> str:

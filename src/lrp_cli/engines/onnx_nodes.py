@@ -420,11 +420,11 @@ def _activation_gradient(site):
     return [site.b.mul(site.r, slope(site, site.xs[0], site.y))]
 
 
-@emitter(RELEVANCE, Recurrent)
 @emitter(GRADIENT, Recurrent)
-def _recurrent(site):
-    """LSTM/GRU steps are not written as ONNX ops yet: the pass runs on the NumPy engine."""
-    raise site.fail("LSTM/GRU relevance and gradients run on the NumPy engine (not compiled yet)")
+def _recurrent_gradient(site):
+    """LSTM/GRU gradients (back-propagation through time) are not written as ONNX ops yet (their LRP is, in
+    onnx_recurrent): the pass runs on the NumPy engine."""
+    raise site.fail("LSTM/GRU gradients run on the NumPy engine (not compiled yet)")
 
 
 def _per_token(site, values: str) -> str:
