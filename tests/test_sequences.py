@@ -488,3 +488,17 @@ def test_compiled_recurrent_relevance_matches_numpy(op, direction, layout, lbr):
         return
     got = compiled_relevance(full, x, rules=rules)(target)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+def test_zbox_on_a_signal_needs_explicit_bounds(tmp_path):
+    """epsilon-gamma-box puts z^B on a first Conv1d: the image preset's pixel box does not apply to a signal, so the
+    command says which bounds to give (one line, usage error) instead of failing inside the pass; given bounds run."""
+    from click.testing import CliRunner
+
+    from lrp_cli.cli import main
+    np.save(tmp_path / "s.npy", np.load(FIXTURES / "eeg.npz")["x"])
+    args = ["explain", str(tmp_path / "s.npy"), "--model", str(FIXTURES / "eeg_legacy.onnx"), "--out",
+            str(tmp_path / "out"), "--composite", "epsilon-gamma-box"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and "zbox:LOW,HIGH" in result.output and "Traceback" not in result.output
+    assert CliRunner().invoke(main, args + ["--layer-rule", "*conv*=zbox:-4,4"]).exit_code == 0

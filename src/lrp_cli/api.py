@@ -327,7 +327,10 @@ def rules_for(model: LoadedModel, settings: Settings, config: PreprocessConfig) 
     except RuleError as exc:
         raise OptionError(str(exc)) from None
     unbounded = [name for name, r in rules.items() if isinstance(r, ZBox) and r.low is None]
-    if unbounded and len(model.graph.input_shape) == 4:  # only z^B reads the preset's box
+    if unbounded and len(model.graph.input_shape) != 4:  # a signal or volume: the preset's box is for pixels
+        raise OptionError(f"rule zbox on node '{unbounded[0]}' needs input bounds for a non-image input: give "
+                          f"--layer-rule '{unbounded[0]}=zbox:LOW,HIGH'")
+    if unbounded:  # only z^B reads the preset's box
         low, high = config.input_bounds(to_nchw(model.graph.input_shape, model.layout)[1])
         rules |= {name: rules[name].with_bounds(low, high) for name in unbounded}
     return rules
