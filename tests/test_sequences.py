@@ -502,3 +502,61 @@ def test_zbox_on_a_signal_needs_explicit_bounds(tmp_path):
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2 and "zbox:LOW,HIGH" in result.output and "Traceback" not in result.output
     assert CliRunner().invoke(main, args + ["--layer-rule", "*conv*=zbox:-4,4"]).exit_code == 0
+
+
+def unrolled_lstm(w, r, b, d, steps):
+    """Returns an LSTM written out as torch unrolls a cell (per step: Gather, Gemm(x, W, b_W) + Gemm(h, R, b_R),
+    Slice, Sigmoid, Tanh, Mul, Add; zero initial states), with a dense head on the last state; w, r [4H, ...] and b
+    [8H] in ONNX's i, o, f, c gate order."""
+    hidden = r.shape[1]
+    inits = {"wt": w.T, "rt": r.T, "wb": b[:4 * hidden], "rb": b[4 * hidden:], "d": d, "h0": np.zeros((1, hidden)),
+             "c0": np.zeros((1, hidden))}
+    nodes, h, c = [], "h0", "c0"
+    for t in range(steps):
+        inits[f"t{t}"] = np.array(t, np.int64)
+        p = f"s{t}_"
+        nodes += [helper.make_node("Gather", ["x", f"t{t}"], [p + "x"], axis=1),
+                  helper.make_node("Gemm", [p + "x", "wt", "wb"], [p + "zx"], name=p + "wx"),
+                  helper.make_node("Gemm", [h, "rt", "rb"], [p + "zh"], name=p + "rh"),
+                  helper.make_node("Add", [p + "zx", p + "zh"], [p + "z"])]
+        for k, gate in enumerate("iofg"):
+            inits[f"{gate}_lo"], inits[f"{gate}_hi"] = np.array([k * hidden]), np.array([(k + 1) * hidden])
+            inits["axis1"] = np.array([1])
+            nodes.append(helper.make_node("Slice", [p + "z", f"{gate}_lo", f"{gate}_hi", "axis1"], [p + "z" + gate]))
+            nodes.append(helper.make_node("Tanh" if gate == "g" else "Sigmoid", [p + "z" + gate], [p + gate]))
+        nodes += [helper.make_node("Mul", [p + "f", c], [p + "fc"]), helper.make_node("Mul", [p + "i", p + "g"],
+                                                                                     [p + "ig"]),
+                  helper.make_node("Add", [p + "fc", p + "ig"], [p + "c"]),
+                  helper.make_node("Tanh", [p + "c"], [p + "tc"]), helper.make_node("Mul", [p + "o", p + "tc"],
+                                                                                    [p + "h"])]
+        h, c = p + "h", p + "c"
+    nodes.append(helper.make_node("MatMul", [h, "d"], ["y"], name="dense"))
+    return onnx_model(nodes, [1, steps, w.shape[1]], initializers={k: np.asarray(v, np.float32) if v.dtype.kind == "f"
+                                                                   else v for k, v in inits.items()})
+
+
+def test_unrolled_lstm_gets_the_same_relevance_as_the_lstm_op():
+    """An exporter's unrolled LSTM goes through the general rules (a Sigmoid gate times a signal: signal-take-all;
+    Add: proportional with the fixed stabilizer 1e-6; Gemm: epsilon with its bias absorbing), which compose to
+    Arras et al.'s rule: the same relevance as the LSTM op under epsilon 1e-6, to 1e-4 relative L2 (the
+    stabilizers sit in different denominators)."""
+    rng = np.random.default_rng(12)
+    steps, size, hidden = 4, 3, 5
+    w, r = rng.standard_normal((4 * hidden, size)), rng.standard_normal((4 * hidden, hidden))
+    b, d = rng.standard_normal(8 * hidden) * 0.3, rng.standard_normal((hidden, 2))
+    op_nodes = [helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0, 2]),
+                helper.make_node("LSTM", ["xt", "W", "R", "B"], ["", "yh"], hidden_size=hidden, name="lstm"),
+                helper.make_node("Reshape", ["yh", "flat"], ["h"]), helper.make_node("MatMul", ["h", "d"], ["y"],
+                                                                                     name="dense")]
+    op_model = onnx_model(op_nodes, [1, steps, size], initializers={
+        "W": w[None].astype(np.float32), "R": r[None].astype(np.float32), "B": b[None].astype(np.float32),
+        "d": d.astype(np.float32), "flat": np.array([1, hidden], np.int64)})
+    x = rng.standard_normal((1, steps, size))
+    results = []
+    for model in (op_model, unrolled_lstm(w, r, b, d, steps)):
+        graph = import_onnx("<memory>", model=model)
+        values = graph.forward(x)
+        rules = {n.name: Epsilon(1e-6) for n in graph.rule_nodes() if n.layer.rule_kind in ("linear", "recurrent")}
+        results.append((values["y"], propagate(graph, values, 0, rules).relevance))
+    np.testing.assert_allclose(results[1][0], results[0][0], rtol=1e-5)
+    assert relative_l2(results[1][1], results[0][1]) <= 1e-4
