@@ -560,3 +560,21 @@ def test_unrolled_lstm_gets_the_same_relevance_as_the_lstm_op():
         results.append((values["y"], propagate(graph, values, 0, rules).relevance))
     np.testing.assert_allclose(results[1][0], results[0][0], rtol=1e-5)
     assert relative_l2(results[1][1], results[0][1]) <= 1e-4
+
+
+def test_bad_token_ids_fail_that_input_only(tmp_path):
+    """An id beyond the table or a fractional id is a one-line error for that input (exit 1, the others still
+    explained), found before onnxruntime would fail on it without naming the file."""
+    from click.testing import CliRunner
+
+    from lrp_cli.cli import main
+    ids = np.load(FIXTURES / "text_cnn.npz")["x"]
+    np.save(tmp_path / "good.npy", ids)
+    np.save(tmp_path / "beyond.npy", np.where(ids == 9, 99, ids))
+    np.save(tmp_path / "fraction.npy", ids.astype(np.float32) + 0.5)
+    files = [str(tmp_path / f"{n}.npy") for n in ("good", "beyond", "fraction")]
+    result = CliRunner().invoke(main, ["explain", *files, "--model", str(FIXTURES / "text_cnn_legacy.onnx"), "--out",
+                                       str(tmp_path / "out"), "--no-progress"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "beyond.npy: token ids must be integers in [0, 12)" in result.output and "fraction.npy" in result.output
+    assert (tmp_path / "out" / "good.json").exists() and not (tmp_path / "out" / "beyond.json").exists()

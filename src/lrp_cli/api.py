@@ -17,6 +17,7 @@ from lrp_cli.engines.onnx_builder import CompileError
 from lrp_cli.errors import InputError, ModelLoadError, OptionError
 from lrp_cli.importers.onnx_import import SymbolicInputError, import_onnx, load_onnx
 from lrp_cli.ir.graph import Graph
+from lrp_cli.ir.sequence import token_embedding
 from lrp_cli.memory import release_freed_memory
 from lrp_cli.methods import METHODS, MethodInput
 from lrp_cli.preprocess import (PreprocessConfig, Sidecar, load_input, load_sidecar, open_image,
@@ -529,6 +530,12 @@ def load_model_input(model: LoadedModel, input_path: Path, settings: Settings):
         model = bind_input(model, _open_input_shape(model, input_path, config))
     check_size(model, config)
     x, picture = load_input(input_path, config, model.graph.input_shape, model.layout)
+    embedding = token_embedding(model.graph)
+    if embedding is not None:  # before onnxruntime sees them: it fails on an id beyond the table with no file name
+        try:
+            embedding.layer.ids(x)
+        except ValueError as exc:
+            raise InputError(f"{input_path}: {exc}") from None
     return model, x, picture
 
 
