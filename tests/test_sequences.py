@@ -578,3 +578,23 @@ def test_bad_token_ids_fail_that_input_only(tmp_path):
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "beyond.npy: token ids must be integers in [0, 12)" in result.output and "fraction.npy" in result.output
     assert (tmp_path / "out" / "good.json").exists() and not (tmp_path / "out" / "beyond.json").exists()
+
+
+def test_csv_signal_input(tmp_path):
+    """A .csv with one column per channel (and a header row) explains as the same [1, C, T] .npy does, found in a
+    folder like any input; a ragged table is a one-line error for that input."""
+    from click.testing import CliRunner
+
+    from lrp_cli.cli import main
+    x = np.load(FIXTURES / "eeg.npz")["x"]
+    folder = tmp_path / "in"
+    folder.mkdir()
+    np.save(folder / "a.npy", x)
+    rows = ["c0,c1,c2,c3"] + [",".join(repr(float(v)) for v in x[0, :, t]) for t in range(x.shape[2])]
+    (folder / "b.csv").write_text("\n".join(rows) + "\n")
+    (folder / "c.csv").write_text("1,2\n3\n")
+    result = CliRunner().invoke(main, ["explain", str(folder), "--model", str(FIXTURES / "eeg_legacy.onnx"), "--out",
+                                       str(tmp_path / "out"), "--save-raw", "--no-progress"])
+    assert result.exit_code == 1 and "c.csv: not a readable signal .csv" in result.output
+    np.testing.assert_array_equal(np.load(tmp_path / "out" / "b.relevance.npy"),
+                                  np.load(tmp_path / "out" / "a.relevance.npy"))

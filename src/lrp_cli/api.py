@@ -20,7 +20,7 @@ from lrp_cli.ir.graph import Graph
 from lrp_cli.ir.sequence import token_embedding
 from lrp_cli.memory import release_freed_memory
 from lrp_cli.methods import METHODS, MethodInput
-from lrp_cli.preprocess import (PreprocessConfig, Sidecar, load_input, load_sidecar, open_image,
+from lrp_cli.preprocess import (TENSOR_SUFFIXES, PreprocessConfig, Sidecar, load_input, load_sidecar, open_image,
                                 read_labels, shape_text, tensor_shape, to_nchw)
 from lrp_cli.propagate import (LayerRecord, Propagation, conservation_error, first_non_finite, item_of,
                                output_scores)
@@ -134,7 +134,7 @@ def _open_input_shape(model: LoadedModel, input_path: Path, config: PreprocessCo
     """Returns the input shape an input fixes for a model with symbolic input dimensions: a tensor's own shape,
     or for an image the --size (or sidecar size) height and width."""
     shape = model.unbound.shape
-    if input_path.suffix.lower() == ".npy":
+    if input_path.suffix.lower() in TENSOR_SUFFIXES:
         return tensor_shape(input_path, shape)
     if len(shape) != 4 or not config.size:
         raise InputError(f"{input_path}: the model input {shape_text(shape)} has symbolic dimensions; an image "

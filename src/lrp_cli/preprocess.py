@@ -12,6 +12,7 @@ from PIL import Image, UnidentifiedImageError
 
 from lrp_cli.errors import InputError, ModelLoadError, OptionError
 from lrp_cli.rules import COMPOSITES
+from lrp_cli.signals import read_signal_csv
 
 #: Per preset: (scale applied to 0..255 pixels, mean, std, BGR channel order); mean/std in model channel order.
 PRESETS = {
@@ -22,6 +23,8 @@ PRESETS = {
     "none": (1.0, (0.0,), (1.0,), False),
 }
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
+#: Inputs already in the model's tensor form: a `.npy` array, or a `.csv` signal (one column per channel).
+TENSOR_SUFFIXES = (".npy", ".csv")
 SIDECAR_KEYS = {"preset", "size", "resize", "crop", "mean", "std", "bgr", "labels", "composite", "output", "layout",
                 "training", "text"}
 LAYOUTS = ("nchw", "nhwc")
@@ -252,8 +255,8 @@ def from_nchw(tensor: np.ndarray, layout: str) -> np.ndarray:
 def load_input(path: Path, config: PreprocessConfig, input_shape: tuple[int, ...],
                layout: str = "nchw") -> tuple[np.ndarray, Image.Image]:
     """Returns (model input float32 tensor in the model's layout, RGB picture at the model input size) for an
-    image or `.npy` file."""
-    if path.suffix.lower() == ".npy":
+    image, a `.npy` file or a `.csv` signal."""
+    if path.suffix.lower() in TENSOR_SUFFIXES:
         tensor = load_tensor(path, input_shape)
         return tensor, tensor_to_display(to_nchw(tensor, layout), config) if len(input_shape) == 4 else None
     if len(input_shape) != 4:
@@ -276,9 +279,9 @@ def fits_shape(shape: tuple[int, ...], model_shape: tuple) -> bool:
 
 
 def load_tensor(path: Path, input_shape: tuple[int, ...]) -> np.ndarray:
-    """Returns a `.npy` tensor as float32 in exactly the model input shape (a missing batch axis is added; a
-    None dimension of the model shape takes the tensor's size)."""
-    array = _open_npy(path)
+    """Returns a `.npy` tensor (or a `.csv` signal, channels x time) as float32 in exactly the model input shape (a
+    missing batch axis is added; a None dimension of the model shape takes the tensor's size)."""
+    array = _open_tensor(path)
     array = array.reshape(_fitted_shape(path, array.shape, input_shape))
     if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
         raise InputError(f"{path}: tensor dtype {array.dtype} is not a real number type")
@@ -288,12 +291,21 @@ def load_tensor(path: Path, input_shape: tuple[int, ...]) -> np.ndarray:
 
 
 def tensor_shape(path: Path, input_shape: tuple[int, ...]) -> tuple[int, ...]:
-    """Returns the shape `load_tensor` gives a `.npy` file, read from its header without loading the data."""
-    return _fitted_shape(path, _open_npy(path).shape, input_shape)
+    """Returns the shape `load_tensor` gives a `.npy` file (read from its header without loading the data) or a
+    `.csv` signal."""
+    return _fitted_shape(path, _open_tensor(path).shape, input_shape)
 
 
-def _open_npy(path: Path) -> np.ndarray:
-    """Returns the `.npy` array memory-mapped, so that reading its shape costs no read of its data."""
+def _open_tensor(path: Path) -> np.ndarray:
+    """Returns the `.npy` array memory-mapped, so that reading its shape costs no read of its data, or a `.csv`
+    signal as a [channels, time] array."""
+    if path.suffix.lower() == ".csv":
+        try:
+            return read_signal_csv(path)
+        except FileNotFoundError:
+            raise InputError(f"{path}: no such file") from None
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{path}: not a readable signal .csv ({exc})") from None
     try:
         return np.load(path, allow_pickle=False, mmap_mode="r")
     except FileNotFoundError:

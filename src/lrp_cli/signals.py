@@ -79,3 +79,18 @@ def signal_summary(heat: np.ndarray) -> dict:
             "per_channel": [float(v) for v in heat.sum(axis=1)],
             "per_window": [{"start": s, "end": min(s + size, steps), "relevance": float(heat[:, s:s + size].sum())}
                            for s in starts]}
+
+
+def read_signal_csv(path) -> np.ndarray:
+    """Returns a `.csv` signal (one column per channel, one row per time step, an optional header row of channel
+    names) as a float [channels, time] array; ValueError for a file that is not such a table."""
+    with open(path, encoding="utf-8") as handle:
+        lines = [line for line in handle.read().splitlines() if line.strip()]
+    rows = [line.split(",") for line in lines]
+    try:
+        float(rows[0][0]) if rows else None
+    except ValueError:
+        rows = rows[1:]  # a header row
+    if not rows or len({len(row) for row in rows}) != 1:
+        raise ValueError("expected rows of equally many comma-separated numbers")
+    return np.array(rows, dtype=np.float64).T
