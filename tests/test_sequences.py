@@ -581,8 +581,8 @@ def test_bad_token_ids_fail_that_input_only(tmp_path):
 
 
 def test_csv_signal_input(tmp_path):
-    """A .csv with one column per channel (and a header row) explains as the same [1, C, T] .npy does, found in a
-    folder like any input; a ragged table is a one-line error for that input."""
+    """A .csv given by name, one column per channel (and a header row), explains as the same [1, C, T] .npy does;
+    a folder's .csv files are not inputs (they are often metadata); a ragged table is a one-line error."""
     from click.testing import CliRunner
 
     from lrp_cli.cli import main
@@ -594,6 +594,10 @@ def test_csv_signal_input(tmp_path):
     (folder / "b.csv").write_text("\n".join(rows) + "\n")
     (folder / "c.csv").write_text("1,2\n3\n")
     result = CliRunner().invoke(main, ["explain", str(folder), "--model", str(FIXTURES / "eeg_legacy.onnx"), "--out",
+                                       str(tmp_path / "out"), "--no-progress"])
+    assert result.exit_code == 0 and not (tmp_path / "out" / "b.json").exists()
+    inputs = [str(folder / n) for n in ("a.npy", "b.csv", "c.csv")]
+    result = CliRunner().invoke(main, ["explain", *inputs, "--model", str(FIXTURES / "eeg_legacy.onnx"), "--out",
                                        str(tmp_path / "out"), "--save-raw", "--no-progress"])
     assert result.exit_code == 1 and "c.csv: not a readable signal .csv" in result.output
     np.testing.assert_array_equal(np.load(tmp_path / "out" / "b.relevance.npy"),

@@ -17,9 +17,9 @@ import click
 
 from lrp_cli import api, batched, outputs
 from lrp_cli.errors import LrpError, ModelLoadError, OptionError
-from lrp_cli.preprocess import IMAGE_SUFFIXES, TENSOR_SUFFIXES
+from lrp_cli.preprocess import IMAGE_SUFFIXES
 
-INPUT_SUFFIXES = IMAGE_SUFFIXES | set(TENSOR_SUFFIXES)
+INPUT_SUFFIXES = IMAGE_SUFFIXES | {".npy"}
 GLOB_CHARS = set("*?[")
 
 
