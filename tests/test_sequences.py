@@ -3,7 +3,7 @@
 - Golden fixtures (tests/fixtures/sequences, from scripts/make_sequence_fixtures.py): torch models exported by both
   torch exporters against an independent float64 NumPy reference of the rules: float64 within 1e-6 relative L2;
   float32 (NumPy and compiled engines) within 5x the reference's own float32/float64 gap (never tighter than
-  1e-6); gradients against torch's float64 autograd, 1e-9 relative L2.
+  1e-6); gradients against torch's float64 autograd, 1e-9 relative L2 (compiled float32: 1e-5).
 - LSTM/GRU forward against onnxruntime (layout 0) or ONNX's reference evaluator (layout 1, which onnxruntime does
   not run), 1e-5 (float32 inputs, float64 IR).
 - Conservation (zero biases and initial states, epsilon 1e-12: nothing may absorb relevance): 1e-8 of sum |R|.
@@ -60,6 +60,10 @@ def test_golden_gradient(name, file):
     values = graph.forward(data["x"].astype(np.float64))
     got = input_gradient(graph, values, REFERENCES[name]["target"]).relevance
     assert relative_l2(got, data["gradient"]) <= 1e-9
+    compiled = api.explain_array(api.load_model(FIXTURES / file), data["x"], api.Settings(
+        method="gradient", engine="onnxruntime", target=REFERENCES[name]["target"]))[0]
+    assert compiled.extra["engine"] == "onnxruntime"
+    assert relative_l2(compiled.relevance, data["gradient"]) <= 1e-5  # float32 all through: ~1e-7 measured
 
 
 def recurrent_model(op, direction, layout, out, seed=0, lbr=0, zero_bias=False, initial=True, lengths=None):
@@ -451,11 +455,12 @@ def test_compiled_engine_runs_token_id_models(file, method):
     assert fast.relevance[0, -1] == 0.0  # the padding token
 
 
+@pytest.mark.parametrize("method", ["lrp", "gradient"])
 @pytest.mark.parametrize("op,direction,layout,lbr", VARIANTS)
-def test_compiled_recurrent_relevance_matches_numpy(op, direction, layout, lbr):
-    """The unrolled compiled LRP of every LSTM/GRU form (initial states given, both outputs feeding a dense head)
-    against the NumPy walk in float64 on the same float32 weights: 1e-4 of max |R| (float32 compiled). Layout 1,
-    which onnxruntime cannot run, is a compile error with that reason."""
+def test_compiled_recurrent_matches_numpy(op, direction, layout, lbr, method):
+    """The unrolled compiled LRP and gradient of every LSTM/GRU form (initial states given, both outputs feeding a
+    dense head) against the NumPy walk in float64 on the same float32 weights: 1e-4 of max |R| (float32
+    compiled). Layout 1, which onnxruntime cannot run, is a compile error with that reason."""
     model, _ = recurrent_model(op, direction, layout, 0, lbr=lbr)
     rng = np.random.default_rng(11)
     node = model.graph.node[0]
@@ -481,12 +486,15 @@ def test_compiled_recurrent_relevance_matches_numpy(op, direction, layout, lbr):
     values = graph.forward(x.astype(np.float64))
     target = int(values["y"].argmax())
     rules = {n.name: Epsilon(1e-3) for n in graph.rule_nodes()}
-    want = propagate(graph, values, target, rules).relevance
+    if method == "lrp":
+        want = propagate(graph, values, target, rules).relevance
+    else:
+        want = input_gradient(graph, values, target).relevance
     if layout == 1:
         from lrp_cli.engines.onnx_compiler import node_errors
-        assert "layout 1" in " ".join(node_errors(full, graph, "lrp", rules).values())
+        assert "layout 1" in " ".join(node_errors(full, graph, method, rules).values())
         return
-    got = compiled_relevance(full, x, rules=rules)(target)
+    got = compiled_relevance(full, x, method, rules=rules)(target)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
 
 

@@ -16,7 +16,7 @@ from lrp_cli.engines.onnx_builder import CompileError, GraphBuilder, registrar
 from lrp_cli.engines.onnx_linear import window_adjoint
 from lrp_cli.ir import layers as L
 from lrp_cli.ir import windows
-from lrp_cli.ir.sequence import Embedding, Recurrent
+from lrp_cli.ir.sequence import Embedding
 
 RELEVANCE: dict[type, Callable] = {}
 GRADIENT: dict[type, Callable] = {}
@@ -418,13 +418,6 @@ def _activation_gradient(site):
     if slope is None:
         raise site.fail("no compiled derivative for this activation")
     return [site.b.mul(site.r, slope(site, site.xs[0], site.y))]
-
-
-@emitter(GRADIENT, Recurrent)
-def _recurrent_gradient(site):
-    """LSTM/GRU gradients (back-propagation through time) are not written as ONNX ops yet (their LRP is, in
-    onnx_recurrent): the pass runs on the NumPy engine."""
-    raise site.fail("LSTM/GRU gradients run on the NumPy engine (not compiled yet)")
 
 
 def _per_token(site, values: str) -> str:

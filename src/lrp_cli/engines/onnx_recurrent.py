@@ -1,16 +1,16 @@
-"""The LRP step of ONNX LSTM and GRU layers as ONNX ops, unrolled over the (static) time steps.
+"""The LRP and gradient steps of ONNX LSTM and GRU layers as ONNX ops, unrolled over the (static) time steps.
 
-It mirrors `LSTM.lrp` / `GRU.lrp` in `ir/sequence.py` (Arras et al. 2017): the gates are recomputed step by step
-from the layer's weights (the model's own node gives only Y), then relevance walks back in time. A layer with a
-sequence_lens shorter than its input or with layout 1 (which onnxruntime does not run), and the gradient methods,
-are not compiled (the NumPy engine runs them).
+They mirror `lrp` / `backprop` of `LSTM` and `GRU` in `ir/sequence.py` (Arras et al. 2017; back-propagation
+through time): the gates are recomputed step by step from the layer's weights (the model's own node gives only Y),
+then relevance or the gradient walks back in time. A layer with a sequence_lens shorter than its input or with
+layout 1 (which onnxruntime does not run) is not compiled (the NumPy engine runs it).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from lrp_cli.engines.onnx_nodes import RELEVANCE, emitter
+from lrp_cli.engines.onnx_nodes import GRADIENT, RELEVANCE, emitter
 from lrp_cli.ir.sequence import GRU, LSTM, RECURRENT_EPSILON
 
 
@@ -58,9 +58,9 @@ class Unrolled:
                          axis=0)
 
 
-def _relevance(site, backward) -> list[str]:
-    """Returns the input relevance of a recurrent node: each direction's `backward(unrolled, eps)` in time order,
-    summed, in the node's layout."""
+def _backward(site, backward) -> list[str]:
+    """Returns what the input of a recurrent node receives (relevance or gradient): each direction's
+    `backward(unrolled, eps)` in time order, summed, in the node's layout."""
     layer, b = site.layer, site.b
     if layer.lengths is not None:
         raise site.fail("a sequence_lens shorter than the input runs on the NumPy engine")
@@ -92,7 +92,7 @@ def _lstm_steps(u: Unrolled) -> list[dict]:
         g = b.op("Tanh", [zg])
         c_new = b.add(b.mul(f, c), b.mul(i, g))
         h_new = b.mul(o, b.op("Tanh", [c_new]))
-        steps.append({"x": x, "i": i, "f": f, "g": g, "zg": zg, "c_prev": c, "c": c_new, "h_prev": h})
+        steps.append({"x": x, "i": i, "o": o, "f": f, "g": g, "zg": zg, "c_prev": c, "c": c_new, "h_prev": h})
         h, c = h_new, c_new
     return steps
 
@@ -117,7 +117,40 @@ def _lstm(site):
             r_x[s] = b.mul(st["x"], u.matmul(q, w_g, "w_g"))
             r_h = b.mul(st["h_prev"], u.matmul(q, u_g, "u_g"))
         return r_x
-    return _relevance(site, backward)
+    return _backward(site, backward)
+
+
+def _one_minus(b, a: str) -> str:
+    return b.sub(b.scalar(1.0), a)
+
+
+def _sigmoid_slope(b, a: str) -> str:
+    """Returns a (1 - a), the sigmoid's derivative at its output a."""
+    return b.mul(a, _one_minus(b, a))
+
+
+@emitter(GRADIENT, LSTM)
+def _lstm_gradient(site):
+    """As LSTM.backprop: back-propagation through time."""
+    def backward(u: Unrolled, eps: float) -> list[str]:
+        b, states = u.b, _lstm_steps(u)
+        d_h = d_c = None
+        g_x = [None] * len(states)
+        for s in reversed(range(len(states))):
+            st = states[s]
+            d_h = u.r_y[s] if d_h is None else b.add(d_h, u.r_y[s])
+            tc = b.op("Tanh", [st["c"]])
+            d_cell = b.mul(b.mul(d_h, st["o"]), _one_minus(b, b.mul(tc, tc)))
+            d_cell = d_cell if d_c is None else b.add(d_c, d_cell)
+            d_z = b.op("Concat", [b.mul(b.mul(d_cell, st["g"]), _sigmoid_slope(b, st["i"])),
+                                  b.mul(b.mul(d_h, tc), _sigmoid_slope(b, st["o"])),
+                                  b.mul(b.mul(d_cell, st["c_prev"]), _sigmoid_slope(b, st["f"])),
+                                  b.mul(b.mul(d_cell, st["i"]), _one_minus(b, b.mul(st["g"], st["g"])))], axis=1)
+            g_x[s] = u.matmul(d_z, u.w, "w")
+            d_h = u.matmul(d_z, u.r, "r")
+            d_c = b.mul(d_cell, st["f"])
+        return g_x
+    return _backward(site, backward)
 
 
 def _gru_steps(u: Unrolled) -> list[dict]:
@@ -141,7 +174,8 @@ def _gru_steps(u: Unrolled) -> list[dict]:
             zn = b.add(b.add(u.gate_slice(wx, 2, 3), u.matmul(gated, u.rows(u.r, 2).T, "r_t")), rb_n)
         new, keep = b.mul(b.sub(b.scalar(1.0), z), b.op("Tanh", [zn])), b.mul(z, h)
         h_new = b.add(new, keep)
-        steps.append({"x": x, "r": r, "zn": zn, "gated": gated, "h_prev": h, "h": h_new, "new": new, "keep": keep})
+        steps.append({"x": x, "z": z, "r": r, "zn": zn, "gated": gated, "h_prev": h, "h": h_new, "new": new,
+                      "keep": keep})
         h = h_new
     return steps
 
@@ -168,4 +202,32 @@ def _gru(site):
             else:
                 r_h = b.add(r_h, b.mul(st["gated"], u.matmul(q, u_n, "u_n")))
         return r_x
-    return _relevance(site, backward)
+    return _backward(site, backward)
+
+
+@emitter(GRADIENT, GRU)
+def _gru_gradient(site):
+    """As GRU.backprop: back-propagation through time."""
+    def backward(u: Unrolled, eps: float) -> list[str]:
+        b, states = u.b, _gru_steps(u)
+        hsize = u.hidden
+        w_n, u_n = u.rows(u.w, 2), u.rows(u.r, 2)
+        d_h = None
+        g_x = [None] * len(states)
+        for s in reversed(range(len(states))):
+            st = states[s]
+            z, r, h_prev = st["z"], st["r"], st["h_prev"]
+            n = b.op("Tanh", [st["zn"]])
+            d_h = u.r_y[s] if d_h is None else b.add(d_h, u.r_y[s])
+            d_zn = b.mul(b.mul(d_h, _one_minus(b, z)), _one_minus(b, b.mul(n, n)))
+            if u.layer.linear_before_reset:
+                d_r, d_prev = b.mul(d_zn, st["gated"]), u.matmul(b.mul(d_zn, r), u_n, "u_n")
+            else:
+                d_rh = u.matmul(d_zn, u_n, "u_n")
+                d_r, d_prev = b.mul(d_rh, h_prev), b.mul(d_rh, r)
+            d_zr = b.op("Concat", [b.mul(b.mul(d_h, b.sub(h_prev, n)), _sigmoid_slope(b, z)),
+                                   b.mul(d_r, _sigmoid_slope(b, r))], axis=1)
+            g_x[s] = b.add(u.matmul(d_zr, u.w[:2 * hsize], "w_zr"), u.matmul(d_zn, w_n, "w_n"))
+            d_h = b.add(b.add(b.mul(d_h, z), d_prev), u.matmul(d_zr, u.r[:2 * hsize], "r_zr"))
+        return g_x
+    return _backward(site, backward)
