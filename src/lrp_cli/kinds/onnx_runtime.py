@@ -13,7 +13,8 @@ from lrp_cli.errors import ModelLoadError
 from lrp_cli.ir.graph import Graph
 
 #: onnxruntime input types other than float32 that lrp-cli feeds (its own computation stays float32/float64).
-ORT_INPUT_TYPES = {"tensor(float16)": np.float16, "tensor(double)": np.float64}
+ORT_INPUT_TYPES = {"tensor(float16)": np.float16, "tensor(double)": np.float64, "tensor(int64)": np.int64,
+                   "tensor(int32)": np.int32}  # token ids: the IR reads them as (exact) floats
 
 
 def reported_output(model: onnx.ModelProto, graph: Graph | None, output: str | None) -> str:
