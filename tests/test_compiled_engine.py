@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 from onnx import helper
 
+import ort_agreement
 from conftest import onnx_model, save_model
 from lrp_cli import api
 from lrp_cli.cli import main
@@ -176,21 +177,24 @@ def test_inspect_shows_which_nodes_compile_and_auto_falls_back(tmp_path):
 BUNDLED = ["shapes-cnn", "digits-mlp"]
 
 
+@pytest.mark.numeric
 @pytest.mark.parametrize("method", ["epsilon-plus-flat", "epsilon-alpha2-beta1-flat", "epsilon-gamma-box",
                                     "paper-epsilon", "gradient"])
 @pytest.mark.parametrize("name", BUNDLED)
-def test_bundled_models_compiled_float32_match_numpy_float64(name, method):
-    """Bound, as for the zennit fixtures: five times the float32 noise floor of this very case (||numpy32 -
-    numpy64|| / ||numpy64||, which a near-tie of a ReLU or MaxPool can raise to 1e-3 on a random input), never
-    tighter than 1e-4."""
+def test_bundled_models_compiled_float32_match_numpy_float64(name, method, tmp_path):
+    """The compiled float32 run against the NumPy engine's float64 backward on the forward values onnxruntime
+    computed (ort_agreement: 1e-5 relative, measured 1e-7 to 2e-7), its forward against NumPy's float64 forward
+    (1e-5 of each tensor's scale). Against NumPy's own float64 forward no bound holds on every CPU: on this input a
+    pool1 window of shapes-cnn has its two largest inputs 1.3e-6 apart (of 1.9), within onnxruntime's float32
+    round-off there (2.4e-6), and some kernels route that window's relevance to the other pixel (7.7e-4 to 3.6e-3
+    relative L2, docs/testing.md)."""
     from conftest import REPO
     model = api.load_model(REPO / "models" / f"{name}.onnx")
     x = np.random.default_rng(2).uniform(0, 1, model.graph.input_shape).astype(np.float32)
     lrp = method != "gradient"
-    settings = dict(method="lrp" if lrp else method, composite=method if lrp else None)
-    fast = api.explain_array(model, x, api.Settings(engine="onnxruntime", **settings))[0]
-    reference = api.explain_array(model, x, api.Settings(engine="numpy", precision="float64", **settings))[0]
-    numpy32 = api.explain_array(model, x, api.Settings(engine="numpy", **settings))[0]
-    assert fast.target == reference.target
-    floor = relative_l2(numpy32.relevance.astype(np.float64), reference.relevance)
-    assert relative_l2(fast.relevance.astype(np.float64), reference.relevance) <= max(5 * floor, 1e-4)
+    settings = api.Settings(engine="onnxruntime", method="lrp" if lrp else method, composite=method if lrp else None)
+    agreement = ort_agreement.probe(model, x, settings, tmp_path)
+    ort_agreement.assert_agrees(agreement)
+    fast = api.explain_array(model, x, settings)[0]
+    assert fast.extra["engine"] == "onnxruntime" and fast.target["index"] == agreement.target
+    np.testing.assert_array_equal(fast.relevance, agreement.relevance.reshape(fast.relevance.shape))
