@@ -20,6 +20,7 @@ from conftest import onnx_model, save_model
 from lrp_cli import api
 from lrp_cli.cli import main
 from lrp_cli.engines import onnx_engine
+from lrp_cli.rules import Epsilon
 
 RUN = CliRunner()
 BOUND = 1e-5
@@ -198,3 +199,34 @@ def test_bundled_models_compiled_float32_match_numpy_float64(name, method, tmp_p
     fast = api.explain_array(model, x, settings)[0]
     assert fast.extra["engine"] == "onnxruntime" and fast.target["index"] == agreement.target
     np.testing.assert_array_equal(fast.relevance, agreement.relevance.reshape(fast.relevance.shape))
+
+
+def _epsilon_one_percent_too_large(original):
+    return lambda site, rule: original(site, Epsilon(rule.epsilon * 1.01))
+
+
+def _relu_gradient_from_a_shifted_kink(site, x, y):
+    return site.b.indicator(site.b.op("Greater", [x, site.b.scalar(1e-3)]))
+
+
+@pytest.mark.numeric
+@pytest.mark.parametrize("method,breakage", [("paper-epsilon", "epsilon"), ("gradient", "relu")])
+def test_a_slightly_wrong_compiled_rule_fails_the_same_forward_comparison(method, breakage, tmp_path, monkeypatch):
+    """The comparison the numeric tests make is sharp: an epsilon 1 % too large in every compiled epsilon rule
+    (measured 4.5e-4; 0.1 % gives 4.5e-5), or a gradient that switches ReLUs at 1e-3 instead of 0 (3.0e-3), moves
+    the compiled relevance 10x past the 1e-5 bound that the unbroken run of the same case keeps with 1.6e-7
+    (test_bundled_models_compiled_float32_match_numpy_float64)."""
+    from conftest import REPO
+    from lrp_cli.engines import onnx_nodes, onnx_rules
+    if breakage == "epsilon":
+        monkeypatch.setitem(onnx_rules.RULE_EMITTERS, Epsilon,
+                            _epsilon_one_percent_too_large(onnx_rules.RULE_EMITTERS[Epsilon]))
+    else:
+        monkeypatch.setitem(onnx_nodes.SLOPES, "Relu", _relu_gradient_from_a_shifted_kink)
+    model = api.load_model(REPO / "models" / "shapes-cnn.onnx")
+    x = np.random.default_rng(2).uniform(0, 1, model.graph.input_shape).astype(np.float32)
+    lrp = method != "gradient"
+    settings = api.Settings(method="lrp" if lrp else method, composite=method if lrp else None)
+    agreement = ort_agreement.probe(model, x, settings, tmp_path)
+    assert agreement.forward_error <= ort_agreement.FORWARD_BOUND  # the forward is the model's own, unbroken
+    assert agreement.backward_error > 10 * ort_agreement.BACKWARD_BOUND
