@@ -18,7 +18,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
@@ -45,24 +44,15 @@ def cases():
            api.Settings(composite="cp-lrp", layer_rules=VIT_OVERRIDES, target=str(target)), target)
 
 
-def window_gaps(values: np.ndarray, layer) -> tuple[np.ndarray, np.ndarray]:
-    """Returns (first argmax, gap between the two largest inputs) of every window of an unpadded MaxPool."""
-    kernel, strides = layer.window.kernel, layer.window.strides
-    views = sliding_window_view(values, kernel, axis=(2, 3))[:, :, ::strides[0], ::strides[1]]
-    flat = views.reshape(views.shape[:4] + (-1,))
-    top2 = np.sort(flat, axis=-1)[..., -2:]
-    return flat.argmax(-1), top2[..., 1] - top2[..., 0]
-
-
 def flipped_decisions(model, ort_values: dict, own: dict) -> list[str]:
     """Returns one line per MaxPool/ReLU node where onnxruntime's forward decides otherwise than float64's."""
     lines = []
     for node in model.graph.nodes:
         source, mine = ort_values[node.inputs[0]], own[node.inputs[0]]
         noise = float(np.abs(source - mine).max())
-        if isinstance(node.layer, L.MaxPool) and not any(node.layer.window.pads):
-            theirs, _ = window_gaps(source, node.layer)
-            ours, gaps = window_gaps(mine, node.layer)
+        if isinstance(node.layer, L.MaxPool):
+            theirs = ort_agreement.window_gaps(source, node)[0]
+            ours, gaps, _ = ort_agreement.window_gaps(mine, node)
             flips = theirs != ours
         elif isinstance(node.layer, L.Activation) and node.op == "Relu":
             flips, gaps = (source > 0) != (mine > 0), np.abs(mine)
