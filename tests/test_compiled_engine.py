@@ -91,7 +91,8 @@ def test_cache_entry_keeps_its_weights_beside_the_graph_and_runs_as_compiled_in_
     settings = api.Settings(engine="numpy")
     rules = api.rules_for(model, settings, api.preprocess_config(model, settings))
     compiled = onnx_engine.compile_model(model.path, model.graph, "lrp", rules, model.session.get_outputs()[0].name)
-    session = ort.InferenceSession(compiled.model.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(compiled.model.SerializeToString(), onnx_engine.session_options(),
+                                   providers=["CPUExecutionProvider"])  # same kernels under $LRP_CLI_ORT_OPTIONS
     fresh = session.run(["relevance"], {model.graph.input_name: x, "target": np.array([-1])})[0]
     np.testing.assert_array_equal(cached.relevance, fresh.reshape(cached.relevance.shape))
 
