@@ -237,3 +237,24 @@ def test_a_slightly_wrong_compiled_rule_fails_the_same_forward_comparison(method
     agreement = ort_agreement.probe(model, x, settings, tmp_path)
     assert agreement.forward_error <= ort_agreement.FORWARD_BOUND  # the forward is the model's own, unbroken
     assert agreement.backward_error > 10 * ort_agreement.BACKWARD_BOUND
+
+
+def test_ort_options_reach_every_session_and_a_bad_entry_is_a_usage_error(tiny_cnn_path, tmp_path, monkeypatch):
+    monkeypatch.setattr(onnx_engine, "_SESSIONS", {})
+    monkeypatch.setenv("LRP_CLI_ORT_OPTIONS", "threads=1, optimization=basic,session.set_denormal_as_zero=1")
+    model = api.load_model(tiny_cnn_path)
+    compiled = onnx_engine.session_for(model, "gradient", {})
+    assert compiled.session.get_session_options().intra_op_num_threads == 1
+    options = model.session.get_session_options()  # the model's own session
+    assert options.intra_op_num_threads == 1
+    assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    tag = onnx_engine._platform_tag()
+    monkeypatch.setenv("LRP_CLI_ORT_OPTIONS", "optimization=disable")
+    assert onnx_engine._platform_tag() != tag  # an optimized form of other settings is not reused
+    assert onnx_engine.session_for(model, "gradient", {}) is not compiled
+    np.save(tmp_path / "x.npy", np.zeros((1, 3, 16, 16), np.float32))
+    for bad in ("threads=two", "optimization=max", "intra_op=1", "session.log_id"):
+        monkeypatch.setenv("LRP_CLI_ORT_OPTIONS", bad)
+        result = RUN.invoke(main, ["explain", str(tmp_path / "x.npy"), "--model", str(tiny_cnn_path), "--out",
+                                   str(tmp_path / "o")])
+        assert result.exit_code == 2 and f"$LRP_CLI_ORT_OPTIONS: '{bad}'" in result.output, result.output
