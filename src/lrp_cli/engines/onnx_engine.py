@@ -31,11 +31,10 @@ CACHE_ENV = "LRP_CLI_CACHE_DIR"
 #: opens: threads=N (intra-op threads), optimization=disable|basic|extended|layout|all (graph optimization level),
 #: and any onnxruntime session config entry by its dotted key (session.set_denormal_as_zero=1, mlas....=...).
 ORT_OPTIONS_ENV = "LRP_CLI_ORT_OPTIONS"
-OPTIMIZATION_LEVELS = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-                       "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-                       "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-                       "layout": ort.GraphOptimizationLevel.ORT_ENABLE_LAYOUT,
-                       "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+# "layout" (NCHWc blocking, between extended and all) exists only in recent onnxruntime versions.
+OPTIMIZATION_LEVELS = {name: getattr(ort.GraphOptimizationLevel, level) for name, level in (
+    ("disable", "ORT_DISABLE_ALL"), ("basic", "ORT_ENABLE_BASIC"), ("extended", "ORT_ENABLE_EXTENDED"),
+    ("layout", "ORT_ENABLE_LAYOUT"), ("all", "ORT_ENABLE_ALL")) if hasattr(ort.GraphOptimizationLevel, level)}
 DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
 _SESSIONS: dict[tuple, "CompiledSession"] = {}
 _FAILURES: dict[str, CompileError] = {}
