@@ -32,7 +32,7 @@ STEMS = FAST_STEMS + [pytest.param(s, marks=SLOW) for s in (
     "swin_dynamo18", "swinv2_dynamo18")]
 RUN = CliRunner()
 _MODELS = {}
-pytestmark = pytest.mark.numeric  # every test here compares onnxruntime float32 results under a bound
+pytestmark = pytest.mark.numeric  # nearly every test here holds onnxruntime float32 results to a bound
 
 
 def rel_l2(got, want):
