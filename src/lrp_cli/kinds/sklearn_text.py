@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -15,8 +16,9 @@ from lrp_cli.errors import ModelLoadError, OptionError
 from lrp_cli.explanation import Explanation, Settings
 from lrp_cli.kinds.base import InputItem, Kind, LoadOptions, Model, OutputOptions
 from lrp_cli.text import inputs, render
-from lrp_cli.text.explain import explain_text
-from lrp_cli.text.pipeline import TextModel, flat_steps, is_vectorizer, load_text_model, read_model_file
+
+if TYPE_CHECKING:  # scikit-learn is imported only when a scikit-learn model is named: `lrp --help` stays fast
+    from lrp_cli.text.pipeline import TextModel
 
 SUFFIXES = (".joblib", ".pkl", ".skops")
 
@@ -33,6 +35,7 @@ class SklearnTextKind(Kind):
         """Returns True for a .joblib/.pkl/.skops file holding a Pipeline whose first step is a text vectorizer."""
         if path.suffix.lower() not in SUFFIXES:
             return False
+        from lrp_cli.text.pipeline import flat_steps, is_vectorizer, read_model_file
         try:
             content = read_model_file(path)
         except ModelLoadError:
@@ -47,6 +50,7 @@ class SklearnTextKind(Kind):
         """Returns the validated text pipeline (ModelLoadError naming the step that is wrong)."""
         read, self._read = self._read, None
         content = read[-1] if read and read[:-1] == (path, *_signature(path)) else None
+        from lrp_cli.text.pipeline import load_text_model
         return SklearnTextModel(path, load_text_model(path, dict(options.extra).get("vectorizer"), content))
 
 
@@ -95,6 +99,7 @@ class SklearnTextModel(Model):
         """Returns the explanation of one text for the target (--target pred/INDEX/LABEL; --pair for ovo SVMs)."""
         item, text = prepared
         start = time.perf_counter()
+        from lrp_cli.text.explain import explain_text
         ex = explain_text(self.text_model, text, None if settings.target == "pred" else settings.target,
                           settings.kind_options.get("pair"), dict(item.source))
         return [Explanation(input_path=item.path or Path(item.stem), x=ex.relevance, picture=None,
