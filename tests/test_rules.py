@@ -73,9 +73,10 @@ def brute_force(rule, layer, x, r):
     if isinstance(rule, WSquare):
         return messages(m ** 2, stab((m ** 2).sum(0) + b ** 2), r)
     if isinstance(rule, ZBox):
-        low = np.broadcast_to(np.asarray(rule.low).reshape(1, -1, 1, 1) if np.ndim(rule.low) else rule.low,
+        per_channel = (1, -1) + (1,) * (x.ndim - 2)
+        low = np.broadcast_to(np.asarray(rule.low).reshape(per_channel) if np.ndim(rule.low) else rule.low,
                               x.shape).ravel()[:, None]
-        high = np.broadcast_to(np.asarray(rule.high).reshape(1, -1, 1, 1) if np.ndim(rule.high) else rule.high,
+        high = np.broadcast_to(np.asarray(rule.high).reshape(per_channel) if np.ndim(rule.high) else rule.high,
                                x.shape).ravel()[:, None]
         contrib = xf[:, None] * m - low * mp - high * mn
         return messages(contrib, stab(contrib.sum(0)), r)
@@ -140,25 +141,31 @@ def test_rule_matches_brute_force(rule, kind, engine):
     for k, layer in enumerate(layers):
         if isinstance(rule, ZBox) and np.ndim(rule.low) and kind == "dense":
             continue
-        x = rng.standard_normal((1, 7) if kind == "dense" else (1, 3, 6, 7))
-        if isinstance(rule, ZBox):
-            x = np.clip(x, -0.4, 0.9)
-        if engine == "onnxruntime":
-            layer, x = layer.astype(np.float32).astype(np.float64), x.astype(np.float32).astype(np.float64)
-        y = layer.forward(x)
-        if engine == "numpy":
-            r = np.random.default_rng(k).standard_normal(y.shape)
-            got = rule.relevance(layer, x, y, r).ravel()
-            want = brute_force(rule, layer, x, r)
-            np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9 * np.abs(want).max())
-            continue
-        compiled = compiled_relevance(one_layer_model(layer, x.shape), x, rules={"*": rule})
-        for target in np.random.default_rng(k).choice(y.size, 3, replace=False):
-            r = np.zeros(y.size)
-            r[target] = y.ravel()[target]
-            got = compiled(int(target)).ravel()
-            want = brute_force(rule, layer, x, r.reshape(y.shape))
-            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+        check_against_brute_force(rule, layer, rng.standard_normal((1, 7) if kind == "dense" else (1, 3, 6, 7)),
+                                  engine, k, targets=3)
+
+
+def check_against_brute_force(rule, layer, x, engine, seed, targets):
+    """Checks one rule on one layer: NumPy for a random output relevance (1e-9), or the compiled pass for one-hot
+    starts at `targets` outputs (1e-4 of max |R|, float32-rounded weights and input on both sides)."""
+    if isinstance(rule, ZBox):
+        x = np.clip(x, -0.4, 0.9)
+    if engine == "onnxruntime":
+        layer, x = layer.astype(np.float32).astype(np.float64), x.astype(np.float32).astype(np.float64)
+    y = layer.forward(x)
+    if engine == "numpy":
+        r = np.random.default_rng(seed).standard_normal(y.shape)
+        got = rule.relevance(layer, x, y, r).ravel()
+        want = brute_force(rule, layer, x, r)
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9 * np.abs(want).max())
+        return
+    compiled = compiled_relevance(one_layer_model(layer, x.shape), x, rules={"*": rule})
+    for target in np.random.default_rng(seed).choice(y.size, targets, replace=False):
+        r = np.zeros(y.size)
+        r[target] = y.ravel()[target]
+        got = compiled(int(target)).ravel()
+        want = brute_force(rule, layer, x, r.reshape(y.shape))
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
 
 
 def test_epsilon_conserves_on_bias_free_layer():

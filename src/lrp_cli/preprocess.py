@@ -12,6 +12,7 @@ from PIL import Image, UnidentifiedImageError
 
 from lrp_cli.errors import InputError, ModelLoadError, OptionError
 from lrp_cli.rules import COMPOSITES
+from lrp_cli.signals import read_signal_csv
 
 #: Per preset: (scale applied to 0..255 pixels, mean, std, BGR channel order); mean/std in model channel order.
 PRESETS = {
@@ -22,8 +23,10 @@ PRESETS = {
     "none": (1.0, (0.0,), (1.0,), False),
 }
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
+#: Inputs already in the model's tensor form: a `.npy` array, or a `.csv` signal (one column per channel).
+TENSOR_SUFFIXES = (".npy", ".csv")
 SIDECAR_KEYS = {"preset", "size", "resize", "crop", "mean", "std", "bgr", "labels", "composite", "output", "layout",
-                "training"}
+                "training", "text"}
 LAYOUTS = ("nchw", "nhwc")
 
 
@@ -86,6 +89,7 @@ class Sidecar:
     output: str | None = None
     layout: str | None = None
     extra: dict = field(default_factory=dict)
+    text: dict = field(default_factory=dict)  # [text]: padding_id of a token-id input (docs/sequences.md)
 
 
 def sidecar_path(model_path: Path) -> Path:
@@ -126,12 +130,17 @@ def load_sidecar(model_path: Path) -> Sidecar:
     except OptionError as exc:
         raise ModelLoadError(f"{path}: {exc}") from None
     return Sidecar(preprocess, labels, data.get("composite"), data.get("output"), data.get("layout"),
-                   data.get("training", {}))
+                   data.get("training", {}), data.get("text", {}))
 
 
 def _positive_ints(value, count: int) -> bool:
     return (isinstance(value, list) and len(value) == count
             and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value))
+
+
+def _ints(value) -> bool:
+    values = value if isinstance(value, list) else [value]
+    return all(isinstance(v, int) and not isinstance(v, bool) for v in values)
 
 
 def _numbers(value) -> list | None:
@@ -155,6 +164,8 @@ SIDECAR_CHECKS = {
     "output": (lambda v: isinstance(v, str), "the name of a graph output"),
     "layout": (lambda v: isinstance(v, str) and v in LAYOUTS, f"one of {', '.join(LAYOUTS)}"),
     "training": (lambda v: isinstance(v, dict), "a table"),
+    "text": (lambda v: isinstance(v, dict) and set(v) <= {"padding_id"} and _ints(v.get("padding_id", [])),
+             "a table with padding_id = ID or [ID, ...]"),
 }
 
 
@@ -244,8 +255,8 @@ def from_nchw(tensor: np.ndarray, layout: str) -> np.ndarray:
 def load_input(path: Path, config: PreprocessConfig, input_shape: tuple[int, ...],
                layout: str = "nchw") -> tuple[np.ndarray, Image.Image]:
     """Returns (model input float32 tensor in the model's layout, RGB picture at the model input size) for an
-    image or `.npy` file."""
-    if path.suffix.lower() == ".npy":
+    image, a `.npy` file or a `.csv` signal."""
+    if path.suffix.lower() in TENSOR_SUFFIXES:
         tensor = load_tensor(path, input_shape)
         return tensor, tensor_to_display(to_nchw(tensor, layout), config) if len(input_shape) == 4 else None
     if len(input_shape) != 4:
@@ -268,9 +279,9 @@ def fits_shape(shape: tuple[int, ...], model_shape: tuple) -> bool:
 
 
 def load_tensor(path: Path, input_shape: tuple[int, ...]) -> np.ndarray:
-    """Returns a `.npy` tensor as float32 in exactly the model input shape (a missing batch axis is added; a
-    None dimension of the model shape takes the tensor's size)."""
-    array = _open_npy(path)
+    """Returns a `.npy` tensor (or a `.csv` signal, channels x time) as float32 in exactly the model input shape (a
+    missing batch axis is added; a None dimension of the model shape takes the tensor's size)."""
+    array = _open_tensor(path)
     array = array.reshape(_fitted_shape(path, array.shape, input_shape))
     if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
         raise InputError(f"{path}: tensor dtype {array.dtype} is not a real number type")
@@ -280,12 +291,21 @@ def load_tensor(path: Path, input_shape: tuple[int, ...]) -> np.ndarray:
 
 
 def tensor_shape(path: Path, input_shape: tuple[int, ...]) -> tuple[int, ...]:
-    """Returns the shape `load_tensor` gives a `.npy` file, read from its header without loading the data."""
-    return _fitted_shape(path, _open_npy(path).shape, input_shape)
+    """Returns the shape `load_tensor` gives a `.npy` file (read from its header without loading the data) or a
+    `.csv` signal."""
+    return _fitted_shape(path, _open_tensor(path).shape, input_shape)
 
 
-def _open_npy(path: Path) -> np.ndarray:
-    """Returns the `.npy` array memory-mapped, so that reading its shape costs no read of its data."""
+def _open_tensor(path: Path) -> np.ndarray:
+    """Returns the `.npy` array memory-mapped, so that reading its shape costs no read of its data, or a `.csv`
+    signal as a [channels, time] array."""
+    if path.suffix.lower() == ".csv":
+        try:
+            return read_signal_csv(path)
+        except FileNotFoundError:
+            raise InputError(f"{path}: no such file") from None
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{path}: not a readable signal .csv ({exc})") from None
     try:
         return np.load(path, allow_pickle=False, mmap_mode="r")
     except FileNotFoundError:

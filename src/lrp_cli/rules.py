@@ -62,7 +62,7 @@ class Epsilon(Rule):
     """Eq 58: R_i = x_i sum_j w_ij R_j / stab(z_j); epsilon 1e-12 gives LRP-0 (Eq 56)."""
 
     name = "epsilon"
-    kinds = ("linear", "norm")
+    kinds = ("linear", "norm", "recurrent")
 
     def __init__(self, epsilon: float = 1e-6, name: str = "epsilon"):
         self.epsilon = float(epsilon)
@@ -182,9 +182,9 @@ class ZBox(Rule):
             raise RuleError("zbox needs input bounds: give zbox:LOW,HIGH or a preset that implies them")
         value = np.asarray(value, dtype=x.dtype)
         if value.ndim == 1 and value.size > 1:
-            if x.ndim != 4 or x.shape[1] != value.size:
-                raise RuleError(f"zbox per-channel bounds of length {value.size} need a [N,{value.size},H,W] input")
-            value = value.reshape(1, -1, 1, 1)
+            if x.ndim < 3 or x.shape[1] != value.size:
+                raise RuleError(f"zbox per-channel bounds of length {value.size} need a [N,{value.size},...] input")
+            value = value.reshape((1, -1) + (1,) * (x.ndim - 2))
         return np.broadcast_to(value, x.shape)
 
     def relevance(self, layer, x, y, r):
@@ -371,6 +371,7 @@ class Composite:
     attention_product: str | None = None
     maxpool: str = "maxpool:first"
     rms_norm: str | None = None  # an RMSNorm's rule, when it differs from LayerNorm's
+    recurrent: str = "epsilon:0.001"  # LSTM/GRU: Arras et al. 2017's epsilon rule and epsilon
 
     def spec_for(self, layer, first: bool) -> str:
         """Returns the rule spec this composite gives a rule-driven layer (`first`: the first linear layer)."""
@@ -383,7 +384,8 @@ class Composite:
             return self.attention_product if weights and self.attention_product else self.product
         if self.rms_norm and isinstance(layer, RMSNorm):
             return self.rms_norm
-        return {"norm": self.norm, "softmax": self.softmax, "maxpool": self.maxpool}[layer.rule_kind]
+        return {"norm": self.norm, "softmax": self.softmax, "maxpool": self.maxpool,
+                "recurrent": self.recurrent}[layer.rule_kind]
 
 
 COMPOSITES = {
@@ -400,21 +402,28 @@ COMPOSITES = {
     # Taylor rule, QK^T and AV uniform, gamma on the (patch-embedding) convolutions; RMSNorm (no centring) is
     # all element-wise scaling, so the identity rule.
     "attnlrp": Composite(None, "gamma", "epsilon", rms_norm="identity"),
+    # Arras et al. 2017: the epsilon rule (eps = 0.001) on every linear map, recurrent layers included.
+    "sequence-epsilon": Composite(None, "epsilon:0.001", "epsilon:0.001"),
 }
 DEFAULT_COMPOSITE = "epsilon-plus-flat"
 #: The default for a graph with a LayerNorm, an in-graph Softmax or a product of two activations.
 TRANSFORMER_COMPOSITE = "attnlrp"
+#: The default for a graph with an LSTM/GRU layer.
+SEQUENCE_COMPOSITE = "sequence-epsilon"
 #: The layer kinds that make a graph a transformer's.
 TRANSFORMER_KINDS = ("norm", "softmax", "product")
 #: What each layer kind is called in messages.
 KIND_NAMES = {"linear": "Conv/Dense", "maxpool": "MaxPool", "norm": "LayerNorm/RMSNorm", "softmax": "Softmax",
-              "product": "product (MatMul/Einsum of two activations)"}
+              "product": "product (MatMul/Einsum of two activations)", "recurrent": "LSTM/GRU"}
 
 
 def default_composite(nodes: list[tuple[str, object]]) -> str:
-    """Returns the composite used when none is given: attnlrp for a transformer graph, else epsilon-plus-flat."""
+    """Returns the composite used when none is given: attnlrp for a transformer graph, sequence-epsilon for one with
+    an LSTM/GRU, else epsilon-plus-flat."""
     if any(layer.rule_kind in TRANSFORMER_KINDS for _, layer in nodes):
         return TRANSFORMER_COMPOSITE
+    if any(layer.rule_kind == "recurrent" for _, layer in nodes):
+        return SEQUENCE_COMPOSITE
     return DEFAULT_COMPOSITE
 
 

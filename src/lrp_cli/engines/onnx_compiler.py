@@ -23,6 +23,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from lrp_cli import __version__
+from lrp_cli.engines import onnx_recurrent  # noqa: F401  (registers the LSTM/GRU relevance emitters)
 from lrp_cli.engines import onnx_transformer  # noqa: F401  (registers the transformer kinds' emitters)
 from lrp_cli.engines.onnx_builder import CompileError, GraphBuilder
 from lrp_cli.engines.onnx_linear import Weight, linear_ops
@@ -30,6 +31,7 @@ from lrp_cli.engines.onnx_nodes import GRADIENT, RELEVANCE, NodeSite, find_emitt
 from lrp_cli.engines.onnx_rules import RuleSite, emit_rule
 from lrp_cli.ir import layers as L
 from lrp_cli.ir.graph import Graph, Node
+from lrp_cli.ir.sequence import token_embedding
 from lrp_cli.rules import Rule
 
 #: The opset the appended ops are written for; older models are converted up to it.
@@ -83,16 +85,18 @@ def node_errors(proto: onnx.ModelProto, graph: Graph, method: str, rules: dict[s
     return errors
 
 
-def _check_plain_float32(proto: onnx.ModelProto) -> None:
+def _check_plain_float32(proto: onnx.ModelProto, graph: Graph) -> None:
     """Raises CompileError for a quantized (QDQ) or non-float32 model: the compiled graph would run the model's own
-    quantized or half-precision forward, while the rules are defined on the IR's float forward."""
+    quantized or half-precision forward, while the rules are defined on the IR's float forward. Integer token ids
+    read by an embedding are fine: the forward is float from the embedding on."""
     quantized = next((n for n in proto.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")), None)
     if quantized is not None:
         raise CompileError(f"cannot compile node {quantized.name or quantized.op_type} ({quantized.op_type}): "
                            "quantized models run on the NumPy engine")
     for value in proto.graph.input:
         dtype = value.type.tensor_type.elem_type
-        if dtype not in (0, onnx.TensorProto.FLOAT):
+        ids = dtype in (onnx.TensorProto.INT64, onnx.TensorProto.INT32) and token_embedding(graph) is not None
+        if dtype not in (0, onnx.TensorProto.FLOAT) and not ids:
             name = onnx.TensorProto.DataType.Name(dtype).lower()
             raise CompileError(f"cannot compile input {value.name}: {name} models run on the NumPy engine")
 
@@ -104,7 +108,7 @@ def compile_relevance(proto: onnx.ModelProto, graph: Graph, method: str, rules: 
     one ONNX graph built on the model's own forward graph; CompileError names a node that cannot be compiled
     (or, given an `errors` dict, each such node is recorded there and sends zero relevance on). An `owned` proto
     is built on in place instead of copied (the caller hands it over)."""
-    _check_plain_float32(proto)
+    _check_plain_float32(proto, graph)
     model = _forward_model(proto, owned)
     available = {t for n in model.graph.node for t in n.output} | {i.name for i in model.graph.input}
     missing = [t for n in graph.nodes for t in n.inputs + [n.output] if t not in available]
@@ -116,7 +120,7 @@ def compile_relevance(proto: onnx.ModelProto, graph: Graph, method: str, rules: 
     b.know(model.graph.initializer)
     start, target_index = _start_relevance(b, graph, method)
     relevance, layers, sums, in_sums = _walk(b, graph, method, rules, start, params, errors)
-    if method == "gradient-x-input":
+    if method == "gradient-x-input" and token_embedding(graph) is None:  # an embedding multiplies it per token
         relevance = b.mul(relevance, graph.input_name)
     chosen = model_output or model.graph.output[0].name
     outputs = {SCORES: b.reshape(graph.output_name, [batch_size(graph), -1]), RELEVANCE_OUT: relevance,
@@ -191,7 +195,7 @@ def _walk(b: GraphBuilder, graph: Graph, method: str, rules: dict, start: str, p
         in_sums.append(_item_sums(b, r, items))
         rule = rules.get(node.name) if method == "lrp" else None
         site = NodeSite(b, node, list(node.inputs), node.output, r, graph.shapes, params.get(node.name, {}),
-                        nonnegative, rule)
+                        nonnegative, rule, method)
         try:
             lower = _node_backward(site, registry, rule)
         except CompileError as exc:

@@ -16,23 +16,22 @@ from lrp_cli.ir.windows import Window
 
 def window_attrs(window: Window) -> dict:
     """Returns the Conv attributes of a window (kernel, strides, explicit pads, dilations)."""
-    top, left, bottom, right = window.pads
-    return {"kernel_shape": list(window.kernel), "strides": list(window.strides),
-            "pads": [top, left, bottom, right], "dilations": list(window.dilations)}
+    return {"kernel_shape": list(window.kernel), "strides": list(window.strides), "pads": list(window.pads),
+            "dilations": list(window.dilations)}
 
 
-def window_adjoint(b: GraphBuilder, c: str, weight: str, window: Window, group: int, out_hw, in_hw) -> str:
-    """Returns the ConvTranspose of output-shaped c by weight, cropped or zero-extended to the input size in_hw
+def window_adjoint(b: GraphBuilder, c: str, weight: str, window: Window, group: int, out_size, in_size) -> str:
+    """Returns the ConvTranspose of output-shaped c by weight, cropped or zero-extended to the input size in_size
     (the adjoint of the window's gather, explicit pads and any ceil-mode overhang included)."""
     attrs = window_attrs(window)
-    top, left = window.pads[0], window.pads[1]
-    need = [(out_hw[k] - 1) * window.strides[k] + window.extent(k) for k in range(2)]
-    crop = [max(need[k] - (top, left)[k] - in_hw[k], 0) for k in range(2)]
-    attrs["pads"] = [top, left, crop[0], crop[1]]
+    rank, begins = window.rank, window.begins
+    need = [(out_size[k] - 1) * window.strides[k] + window.extent(k) for k in range(rank)]
+    crop = [max(need[k] - begins[k] - in_size[k], 0) for k in range(rank)]
+    attrs["pads"] = list(begins) + crop
     spread = b.op("ConvTranspose", [c, weight], group=group, **attrs)
-    short = [in_hw[k] - (need[k] - (top, left)[k] - crop[k]) for k in range(2)]
+    short = [in_size[k] - (need[k] - begins[k] - crop[k]) for k in range(rank)]
     if any(short):
-        spread = b.pad(spread, [0, 0, 0, 0, 0, 0, short[0], short[1]])
+        spread = b.pad(spread, [0] * (rank + 2) + [0, 0] + short)
     return spread
 
 
@@ -61,11 +60,13 @@ class Weight:
 
 
 def flipped_adjoint_kernel(weight: np.ndarray, group: int) -> np.ndarray:
-    """Returns the kernel [C, O/g, kh, kw] whose stride-1 convolution is the adjoint of one by weight
-    [O, C/g, kh, kw]: input and output channels swapped within each group, spatially flipped."""
+    """Returns the kernel [C, O/g, *kernel] whose stride-1 convolution is the adjoint of one by weight
+    [O, C/g, *kernel]: input and output channels swapped within each group, spatially flipped."""
     out, per_group = weight.shape[:2]
-    grouped = weight.reshape(group, out // group, per_group, *weight.shape[2:]).transpose(0, 2, 1, 3, 4)
-    return grouped.reshape(group * per_group, out // group, *weight.shape[2:])[:, :, ::-1, ::-1]
+    spatial = tuple(range(3, weight.ndim + 1))
+    grouped = weight.reshape(group, out // group, per_group, *weight.shape[2:]).transpose(0, 2, 1, *spatial)
+    flipped = grouped.reshape(group * per_group, out // group, *weight.shape[2:])
+    return np.flip(flipped, axis=tuple(range(2, weight.ndim)))
 
 
 class LinearOps:
@@ -96,8 +97,8 @@ class ConvOps(LinearOps):
 
     def transposed(self, c, weight):
         window, group = self.layer.window, self.layer.group
-        pads = [window.extent(k % 2) - 1 - window.pads[k] for k in range(4)]
-        if window.strides == (1, 1) and min(pads) >= 0:
+        pads = [window.extent(k % window.rank) - 1 - window.pads[k] for k in range(2 * window.rank)]
+        if all(s == 1 for s in window.strides) and min(pads) >= 0:
             attrs = window_attrs(window) | {"pads": pads}
             kernel = weight.name("adjoint", lambda w: flipped_adjoint_kernel(w, group))
             return self.b.op("Conv", [c, kernel], group=group, **attrs)
@@ -110,16 +111,18 @@ class ConvTransposeOps(LinearOps):
     def apply(self, x, weight, bias):
         conv = self.layer.conv
         attrs = window_attrs(conv.window)
-        full = [(self.x_shape[2 + k] - 1) * conv.window.strides[k] + conv.window.extent(k)
-                - conv.window.pads[k] - conv.window.pads[k + 2] for k in range(2)]
-        attrs["output_padding"] = [self.y_shape[2 + k] - full[k] for k in range(2)]
+        window = conv.window
+        full = [(self.x_shape[2 + k] - 1) * window.strides[k] + window.extent(k) - window.begins[k] - window.ends[k]
+                for k in range(window.rank)]
+        attrs["output_padding"] = [self.y_shape[2 + k] - full[k] for k in range(window.rank)]
         inputs = [x, weight.name()] + ([bias] if bias else [])
         return self.b.op("ConvTranspose", inputs, group=conv.group, **attrs)
 
     def transposed(self, c, weight):
         conv = self.layer.conv
         out = self.b.op("Conv", [c, weight.name()], group=conv.group, **window_attrs(conv.window))
-        return self.b.slice(out, [0, 0], list(self.x_shape[2:]), [2, 3])
+        rank = conv.window.rank
+        return self.b.slice(out, [0] * rank, list(self.x_shape[2:]), list(range(2, 2 + rank)))
 
 
 class DenseOps(LinearOps):

@@ -10,11 +10,13 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
+import onnx
 
 from lrp_cli.engines.onnx_builder import CompileError, GraphBuilder, registrar
 from lrp_cli.engines.onnx_linear import window_adjoint
 from lrp_cli.ir import layers as L
 from lrp_cli.ir import windows
+from lrp_cli.ir.sequence import Embedding
 
 RELEVANCE: dict[type, Callable] = {}
 GRADIENT: dict[type, Callable] = {}
@@ -28,8 +30,8 @@ class NodeSite:
     """One IR node in the compiled graph: its input/output tensor names, static shapes, and the incoming r."""
 
     def __init__(self, b: GraphBuilder, node, xs: list[str], y: str, r: str, shapes: dict, params: dict,
-                 nonnegative: set, rule=None):
-        self.b, self.node, self.layer, self.rule = b, node, node.layer, rule
+                 nonnegative: set, rule=None, method: str = "lrp"):
+        self.b, self.node, self.layer, self.rule, self.method = b, node, node.layer, rule, method
         self.xs, self.y, self.r = xs, y, r
         self.x_shapes = [tuple(shapes[t]) for t in node.inputs]
         self.y_shape = tuple(shapes[node.output])
@@ -155,17 +157,19 @@ def _add_gradient(site):
     return [unbroadcast(site.b, site.r, site.y_shape, shape) for shape in site.x_shapes]
 
 
+def _spatial_count(site) -> float:
+    return float(np.prod(site.x_shapes[0][2:]))
+
+
 @emitter(RELEVANCE, L.GlobalAvgPool)
 def _global_avgpool(site):
-    height, width = site.x_shapes[0][2:]
-    c = site.b.div(_proportional(site), site.b.scalar(float(height * width)))
+    c = site.b.div(_proportional(site), site.b.scalar(_spatial_count(site)))
     return [site.b.mul(site.xs[0], c)]
 
 
 @emitter(GRADIENT, L.GlobalAvgPool)
 def _global_avgpool_gradient(site):
-    height, width = site.x_shapes[0][2:]
-    g = site.b.div(site.r, site.b.scalar(float(height * width)))
+    g = site.b.div(site.r, site.b.scalar(_spatial_count(site)))
     return [site.b.op("Expand", [g, site.b.ints(site.x_shapes[0])])]
 
 
@@ -186,14 +190,17 @@ def _reduce_mean_gradient(site):
     return [site.b.op("Expand", [_reduce_mean_spread(site, site.r), site.b.ints(site.x_shapes[0])])]
 
 
+def _window_spread(site, c: str) -> str:
+    """Returns the adjoint of the node's window sum applied to output-shaped c (a grouped ConvTranspose by ones)."""
+    window, channels = site.layer.window, site.x_shapes[0][1]
+    ones = site.b.const(np.ones((channels, 1) + window.kernel), "ones")
+    return window_adjoint(site.b, c, ones, window, channels, site.y_shape[2:], site.x_shapes[0][2:])
+
+
 def _avgpool_adjoint(site, c: str) -> str:
     """Returns the adjoint of the averaging map applied to output-shaped c (as AvgPool._transposed)."""
-    layer, b = site.layer, site.b
-    divisor = layer._divisor(*site.x_shapes[0][2:])
-    c = b.div(c, b.const(divisor, "divisor"))
-    channels = site.x_shapes[0][1]
-    ones = b.const(np.ones((channels, 1) + layer.window.kernel), "ones")
-    return window_adjoint(b, c, ones, layer.window, channels, site.y_shape[2:], site.x_shapes[0][2:])
+    divisor = site.layer._divisor(*site.x_shapes[0][2:])
+    return _window_spread(site, site.b.div(c, site.b.const(divisor, "divisor")))
 
 
 def proportional_kind(kind: type, adjoint) -> None:
@@ -206,38 +213,68 @@ def proportional_kind(kind: type, adjoint) -> None:
 proportional_kind(L.AvgPool, _avgpool_adjoint)
 
 
+def _powers(site) -> str:
+    """Returns |x|^p of an LpPool's input."""
+    return site.b.op("Pow", [site.b.op("Abs", [site.xs[0]]), site.b.scalar(site.layer.p)])
+
+
+@emitter(RELEVANCE, L.LpPool)
+def _lppool(site):
+    """Each input's share of its windows' p-th powers, as LpPool.relevance."""
+    b = site.b
+    total = b.op("Pow", [site.y, b.scalar(site.layer.p)])
+    return [b.mul(_powers(site), _window_spread(site, b.div(site.r, b.stabilize(total, L.NORM_STABILIZER))))]
+
+
+@emitter(GRADIENT, L.LpPool)
+def _lppool_gradient(site):
+    """sign(x) |x|^(p-1) times the spread of g / y^(p-1) (zero where a window is all zero), as LpPool.gradient."""
+    b, p = site.b, site.layer.p
+    y = site.y
+    alive = b.op("Greater", [y, b.scalar(0.0)])
+    safe = b.op("Where", [alive, y, b.scalar(1.0)])
+    scale = b.mul(b.div(site.r, b.op("Pow", [safe, b.scalar(p - 1)])), b.indicator(alive))
+    slope = b.mul(b.op("Sign", [site.xs[0]]), b.op("Pow", [b.op("Abs", [site.xs[0]]), b.scalar(p - 1)]))
+    return [b.mul(slope, _window_spread(site, scale))]
+
+
+def _pooled(site) -> list[int]:
+    """Returns the spatial output size of a max pooling's windows (its output may have dropped those axes)."""
+    return list(site.layer.window.output_size(*site.x_shapes[0][2:]))
+
+
 def _maxpool_windows(site) -> tuple[str, str]:
-    """Returns (the 0/1 mask [N, C, K, Ho, Wo] of window elements equal to the window's maximum, the per-kernel
-    channel one-hot weights [C*K, 1, kh, kw] that scatter such columns back)."""
+    """Returns (the 0/1 mask [N, C, K, *out] of window elements equal to the window's maximum, the per-kernel
+    channel one-hot weights [C*K, 1, *kernel] that scatter such columns back)."""
     b, window = site.b, site.layer.window
-    n, channels, height, width = site.x_shapes[0]
-    out_h, out_w = site.y_shape[2:]
-    full_h, full_w = window.padded_shape(height, width)
-    top, left = window.pads[0], window.pads[1]
+    n, channels = site.x_shapes[0][:2]
+    sizes, out = site.x_shapes[0][2:], _pooled(site)
+    full = window.padded_shape(*sizes)
+    rank = window.rank
     padded = site.xs[0]
-    if (full_h, full_w) != (height, width):
-        padded = b.pad(padded, [0, 0, top, left, 0, 0, full_h - height - top, full_w - width - left],
-                       float("-inf"))
+    if full != tuple(sizes):
+        ends = [full[k] - sizes[k] - window.begins[k] for k in range(rank)]
+        padded = b.pad(padded, [0, 0] + list(window.begins) + [0, 0] + ends, float("-inf"))
     views = []
-    for i, j in windows.offsets(window):
-        ti, tj = i * window.dilations[0], j * window.dilations[1]
-        view = b.slice(padded, [ti, tj], [ti + window.strides[0] * (out_h - 1) + 1,
-                                          tj + window.strides[1] * (out_w - 1) + 1], [2, 3], window.strides)
-        views.append(b.reshape(view, [n, channels, 1, out_h, out_w]))
+    for offset in windows.offsets(window):
+        starts = [i * window.dilations[k] for k, i in enumerate(offset)]
+        ends = [starts[k] + window.strides[k] * (out[k] - 1) + 1 for k in range(rank)]
+        view = b.slice(padded, starts, ends, list(range(2, 2 + rank)), list(window.strides))
+        views.append(b.reshape(view, [n, channels, 1] + out))
     cols = b.op("Concat", views, axis=2)
     kernel = len(views)
-    mask = b.indicator(b.op("Equal", [cols, b.reshape(site.y, [n, channels, 1, out_h, out_w])]))
+    mask = b.indicator(b.op("Equal", [cols, b.reshape(site.y, [n, channels, 1] + out)]))
     scatter = np.zeros((channels * kernel, 1) + window.kernel)
-    for k, (i, j) in enumerate(windows.offsets(window)):
-        scatter[k::kernel, 0, i, j] = 1.0
+    for k, offset in enumerate(windows.offsets(window)):
+        scatter[(slice(k, None, kernel), 0) + tuple(offset)] = 1.0
     return mask, b.const(scatter, "scatter")
 
 
 def _maxpool_scatter(site, cols: str, weights: str) -> str:
     n, channels = site.x_shapes[0][:2]
     kernel = int(np.prod(site.layer.window.kernel))
-    flat = site.b.reshape(cols, [n, channels * kernel] + list(site.y_shape[2:]))
-    return window_adjoint(site.b, flat, weights, site.layer.window, channels, site.y_shape[2:],
+    flat = site.b.reshape(cols, [n, channels * kernel] + _pooled(site))
+    return window_adjoint(site.b, flat, weights, site.layer.window, channels, _pooled(site),
                           site.x_shapes[0][2:])
 
 
@@ -253,7 +290,7 @@ def _maxpool_route(site, split_ties: bool) -> str:
     else:
         running = b.op("CumSum", [mask, b.const(np.array(2), "axis", np.int64)])
         mask = b.mul(mask, b.indicator(b.op("Equal", [running, b.scalar(1.0)])))
-    cols = b.mul(mask, b.reshape(r, [n, channels, 1] + list(site.y_shape[2:])))
+    cols = b.mul(mask, b.reshape(r, [n, channels, 1] + _pooled(site)))
     return _maxpool_scatter(site, cols, weights)
 
 
@@ -381,3 +418,30 @@ def _activation_gradient(site):
     if slope is None:
         raise site.fail("no compiled derivative for this activation")
     return [site.b.mul(site.r, slope(site, site.xs[0], site.y))]
+
+
+def _per_token(site, values: str) -> str:
+    """Returns values [..., T, D] summed over the embedding axis, zero at padding ids (as Embedding.kept)."""
+    b = site.b
+    total = b.reduce_sum(values, [-1], keepdims=False)
+    padding = site.layer.padding
+    if not padding:
+        return total
+    ids = b.op("Cast", [site.xs[0]], to=onnx.TensorProto.INT64)
+    table = b.const(np.asarray(padding).reshape((-1,) + (1,) * len(site.x_shapes[0])), "padding", np.int64)
+    hit = b.reduce_sum(b.indicator(b.op("Equal", [ids, table])), [0], keepdims=False)  # padding ids are distinct
+    return b.mul(total, b.sub(b.scalar(1.0), hit))
+
+
+@emitter(RELEVANCE, Embedding)
+def _embedding(site):
+    """Each token gets the sum of its vector's relevance, a padding id none, as Embedding.relevance."""
+    return [_per_token(site, site.r)]
+
+
+@emitter(GRADIENT, Embedding)
+def _embedding_gradient(site):
+    """The squared norm of each token's vector gradient (Embedding.gradient), or for gradient x input the vector
+    dotted with its gradient (methods.gradient.gradient_x_input)."""
+    values = site.y if site.method == "gradient-x-input" else site.r
+    return [_per_token(site, site.b.mul(values, site.r))]

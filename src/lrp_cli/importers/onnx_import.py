@@ -322,19 +322,20 @@ def _prune(nodes: list[Node], output: str) -> list[Node]:
 # --- converters ---------------------------------------------------------------------------------------------
 
 
-def _window(ctx: ImportContext, node: onnx.NodeProto, kernel, spatial: tuple[int, int]) -> Window:
+def _window(ctx: ImportContext, node: onnx.NodeProto, kernel, spatial: tuple[int, ...]) -> Window:
     a = attributes(node)
     kernel = tuple(int(k) for k in kernel)
-    if len(kernel) != 2:
-        raise ctx.error(node, f"only 2-D windows are supported, got a {len(kernel)}-D kernel")
-    strides = tuple(a.get("strides", (1, 1)))
-    dilations = tuple(a.get("dilations", (1, 1)))
+    rank = len(kernel)
+    if rank != len(spatial) or rank < 1:
+        raise ctx.error(node, f"a {rank}-D kernel does not fit an input with {len(spatial)} spatial axes")
+    strides = tuple(a.get("strides", (1,) * rank))
+    dilations = tuple(a.get("dilations", (1,) * rank))
     auto_pad = a.get("auto_pad", b"NOTSET")
     auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
     if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
         pads = same_pads(spatial, kernel, strides, dilations, upper=auto_pad == "SAME_UPPER")
     elif auto_pad in ("NOTSET", "VALID"):
-        pads = tuple(a.get("pads", (0, 0, 0, 0))) if auto_pad == "NOTSET" else (0, 0, 0, 0)
+        pads = tuple(a.get("pads", (0,) * 2 * rank)) if auto_pad == "NOTSET" else (0,) * 2 * rank
     else:
         raise ctx.error(node, f"unknown auto_pad {auto_pad}")
     return Window(kernel, strides, pads, dilations, bool(a.get("ceil_mode", 0)))
@@ -343,8 +344,8 @@ def _window(ctx: ImportContext, node: onnx.NodeProto, kernel, spatial: tuple[int
 @converter("Conv")
 def _conv(ctx, node):
     weight = ctx.const(node, 1)
-    if weight.ndim != 4:
-        raise ctx.error(node, f"only 2-D convolutions are supported (weight has {weight.ndim} dims)")
+    if weight.ndim < 3:
+        raise ctx.error(node, f"a convolution weight needs a spatial axis (weight has {weight.ndim} dims)")
     a = attributes(node)
     window = _window(ctx, node, a.get("kernel_shape", weight.shape[2:]), ctx.shape(node.input[0])[2:])
     ctx.add(node, L.Conv(weight, ctx.const(node, 2), window, int(a.get("group", 1))))
@@ -577,11 +578,29 @@ def _avgpool(ctx, node):
     ctx.add(node, L.AvgPool(window, bool(a.get("count_include_pad", 0))))
 
 
+@converter("LpPool")
+def _lppool(ctx, node):
+    a = attributes(node)
+    window = _window(ctx, node, a["kernel_shape"], ctx.shape(node.input[0])[2:])
+    ctx.add(node, L.LpPool(window, float(a.get("p", 2))))
+
+
+def _spatial(ctx, node) -> tuple[int, ...]:
+    shape = ctx.shape(node.input[0])
+    if len(shape) < 3:
+        raise ctx.error(node, f"a global pooling needs an [N, C, *spatial] input, got {list(shape)}")
+    return shape[2:]
+
+
 @converter("GlobalAveragePool")
 def _global_avgpool(ctx, node):
-    if len(ctx.shape(node.input[0])) != 4:
-        raise ctx.error(node, "only 4-D GlobalAveragePool is supported")
+    _spatial(ctx, node)
     ctx.add(node, L.GlobalAvgPool())
+
+
+@converter("GlobalMaxPool")
+def _global_maxpool(ctx, node):
+    ctx.add(node, L.MaxPool(L.global_window(_spatial(ctx, node)), "GlobalMaxPool"))
 
 
 def _reshape_to(ctx, node, shape) -> None:
@@ -811,19 +830,19 @@ def _resize(ctx, node):
 @converter("ConvTranspose")
 def _conv_transpose(ctx, node):
     weight = ctx.const(node, 1)
-    if weight.ndim != 4:
-        raise ctx.error(node, "only 2-D transposed convolutions are supported")
+    if weight.ndim < 3:
+        raise ctx.error(node, f"a transposed convolution weight needs a spatial axis (weight has {weight.ndim} dims)")
     a = attributes(node)
     if "output_shape" in a or a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
         raise ctx.error(node, "output_shape/auto_pad of ConvTranspose are not supported; give explicit pads")
+    rank = weight.ndim - 2
     kernel = tuple(a.get("kernel_shape", weight.shape[2:]))
-    window = Window(kernel, tuple(a.get("strides", (1, 1))), tuple(a.get("pads", (0, 0, 0, 0))),
-                    tuple(a.get("dilations", (1, 1))))
-    extra = tuple(a.get("output_padding", (0, 0)))
-    height, width = ctx.shape(node.input[0])[2:]
-    out_hw = tuple(window.strides[k] * ((height, width)[k] - 1) + extra[k] + window.extent(k)
-                   - window.pads[k] - window.pads[k + 2] for k in range(2))
-    ctx.add(node, L.ConvTranspose(weight, ctx.const(node, 2), window, int(a.get("group", 1)), out_hw))
+    window = Window(kernel, a.get("strides"), a.get("pads"), a.get("dilations"))
+    extra = tuple(a.get("output_padding", (0,) * rank))
+    sizes = ctx.shape(node.input[0])[2:]
+    out = tuple(window.strides[k] * (sizes[k] - 1) + extra[k] + window.extent(k) - window.begins[k] - window.ends[k]
+                for k in range(rank))
+    ctx.add(node, L.ConvTranspose(weight, ctx.const(node, 2), window, int(a.get("group", 1)), out))
 
 
 @converter("Cast")
@@ -1081,3 +1100,6 @@ def _fused_l2norm(ctx, nodes) -> L2Normalize | None:
     if len(values) != 1 or values[0].size != 1 or values[0][0] <= 0:
         return None
     return L2Normalize(rank - 1, float(values[0][0]))
+
+
+from lrp_cli.importers import onnx_sequence  # noqa: E402,F401  (registers Gather-by-ids, LSTM, GRU; needs the above)

@@ -173,8 +173,18 @@ class Dense(Linear):
         return f"{self.weight.shape[0]}->{self.weight.shape[1]}"
 
 
+def _channel_shape(rank: int) -> tuple:
+    """Returns the index that broadcasts a per-channel vector against [N, C, *spatial] of the given rank."""
+    return (None, slice(None)) + (None,) * rank
+
+
+def _size_text(values) -> str:
+    return "x".join(map(str, values))
+
+
 class Conv(Linear):
-    """2-D convolution (grouped, strided, padded, dilated); weight is [out, in/group, kh, kw]."""
+    """Convolution over any number of spatial axes (grouped, strided, padded, dilated); weight is
+    [out, in/group, *kernel]."""
 
     op = "Conv"
 
@@ -189,74 +199,103 @@ class Conv(Linear):
         return self.group > 1 and self.weight.shape[0] == self.group and self.weight.shape[1] == 1
 
     def apply(self, x, weight, bias):
-        out_hw = self.window.output_size(*x.shape[2:])
+        out = self.window.output_size(*x.shape[2:])
         xp = windows.pad(x, self.window)
-        if self.depthwise:
-            z = self._depthwise(xp, weight, out_hw)
-        else:
-            z = self._grouped(xp, weight, out_hw)
-        return z if bias is None else z + bias[None, :, None, None]
+        z = self._depthwise(xp, weight, out) if self.depthwise else self._grouped(xp, weight, out)
+        return z if bias is None else z + bias[_channel_shape(self.window.rank)]
 
-    def _depthwise(self, xp, weight, out_hw):
-        z = np.zeros(xp.shape[:2] + tuple(out_hw), dtype=xp.dtype)
-        for i, j in windows.offsets(self.window):
-            z += windows.offset_view(xp, self.window, i, j, *out_hw) * weight[None, :, 0, i, j, None, None]
+    def _kernel_weight(self, weight, offset):
+        """Returns the depthwise weight of one kernel offset, shaped to broadcast against [N, C, *out]."""
+        return weight[(slice(None), 0) + tuple(offset)][_channel_shape(self.window.rank)]
+
+    def _depthwise(self, xp, weight, out):
+        z = np.zeros(xp.shape[:2] + tuple(out), dtype=xp.dtype)
+        for offset in windows.offsets(self.window):
+            z += windows.offset_view(xp, self.window, offset, out) * self._kernel_weight(weight, offset)
         return z
 
-    def _grouped(self, xp, weight, out_hw):
+    def _grouped(self, xp, weight, out):
         n, g = xp.shape[0], self.group
-        cols = windows.gather(xp, self.window, out_hw)
-        cols = cols.reshape(n, g, -1, out_hw[0] * out_hw[1])
+        cols = windows.gather(xp, self.window, out)
+        cols = cols.reshape(n, g, -1, int(np.prod(out)))
         w = weight.reshape(g, weight.shape[0] // g, -1)
         z = np.matmul(w[0], cols[:, 0]) if g == 1 else np.matmul(w[None], cols)
-        return z.reshape(n, weight.shape[0], *out_hw)
+        return z.reshape(n, weight.shape[0], *out)
 
     def apply_transposed(self, c, weight, input_shape):
-        height, width = input_shape[2:]
-        padded_hw = self.window.padded_shape(height, width)
+        sizes = tuple(input_shape[2:])
+        padded = self.window.padded_shape(*sizes)
         if self.depthwise:
-            xp = np.zeros(c.shape[:2] + padded_hw, dtype=c.dtype)
-            for i, j in windows.offsets(self.window):
-                windows.offset_view(xp, self.window, i, j, *c.shape[2:])[...] += (
-                    c * weight[None, :, 0, i, j, None, None])
+            xp = np.zeros(c.shape[:2] + padded, dtype=c.dtype)
+            for offset in windows.offsets(self.window):
+                windows.offset_view(xp, self.window, offset, c.shape[2:])[...] += c * self._kernel_weight(weight,
+                                                                                                       offset)
         else:
-            xp = windows.scatter(self._transposed_cols(c, weight, input_shape[1]), self.window, padded_hw)
-        return windows.unpad(xp, self.window, height, width)
+            xp = windows.scatter(self._transposed_cols(c, weight, input_shape[1]), self.window, padded)
+        return windows.unpad(xp, self.window, *sizes)
 
     def _transposed_cols(self, c, weight, channels):
         n, g = c.shape[0], self.group
-        out_hw = c.shape[2:]
+        out = c.shape[2:]
         w = weight.reshape(g, weight.shape[0] // g, -1).transpose(0, 2, 1)
-        cg = c.reshape(n, g, -1, out_hw[0] * out_hw[1])
+        cg = c.reshape(n, g, -1, int(np.prod(out)))
         cols = np.matmul(w[0], cg[:, 0]) if g == 1 else np.matmul(w[None], cg)
-        return cols.reshape(n, channels, *self.window.kernel, *out_hw)
+        return cols.reshape(n, channels, *self.window.kernel, *out)
 
     def fold_output_affine(self, scale, shift):
         bias = np.zeros(self.weight.shape[0]) if self.bias is None else self.bias
-        self.weight = self.weight * scale[:, None, None, None]
+        self.weight = self.weight * scale.reshape((-1,) + (1,) * (self.weight.ndim - 1))
         self.bias = bias * scale + shift
 
     def describe(self):
-        o, cg, kh, kw = self.weight.shape
+        o, cg = self.weight.shape[:2]
         w = self.window
-        text = f"{cg * self.group}->{o} k{kh}x{kw} s{w.strides[0]}x{w.strides[1]} p{','.join(map(str, w.pads))}"
+        text = f"{cg * self.group}->{o} k{_size_text(w.kernel)} s{_size_text(w.strides)} p{','.join(map(str, w.pads))}"
         return text + (f" g{self.group}" if self.group > 1 else "")
 
 
+def _spatial_axes(x: np.ndarray) -> tuple[int, ...]:
+    return tuple(range(2, x.ndim))
+
+
+def _kernel_axes(window: Window) -> tuple[int, ...]:
+    return tuple(range(2, 2 + window.rank))
+
+
+def _window_sum(xp: np.ndarray, window: Window, out) -> np.ndarray:
+    """Returns the sum of every window of an already padded input."""
+    total = np.zeros(xp.shape[:2] + tuple(out), dtype=xp.dtype)
+    for offset in windows.offsets(window):
+        total += windows.offset_view(xp, window, offset, out)
+    return total
+
+
+def _window_spread(c: np.ndarray, window: Window, x_shape) -> np.ndarray:
+    """Returns the adjoint of the window sum applied to output-shaped c (input-shaped)."""
+    spread = np.zeros(tuple(x_shape[:2]) + window.padded_shape(*x_shape[2:]), dtype=c.dtype)
+    for offset in windows.offsets(window):
+        windows.offset_view(spread, window, offset, c.shape[2:])[...] += c
+    return windows.unpad(spread, window, *x_shape[2:])
+
+
 class MaxPool(Layer):
-    """Max pooling; relevance goes to the winner of each window (Eq 32), ties as the node's MaxPool rule says."""
+    """Max pooling over any number of spatial axes; relevance goes to the winner of each window (Eq 32), ties as
+    the node's MaxPool rule says."""
 
     op = "MaxPool"
     rule_kind = "maxpool"  # the tie policy is a rule (rules.MaxPoolTies)
 
-    def __init__(self, window: Window):
+    def __init__(self, window: Window, op: str = "MaxPool", keepdims: bool = True):
         self.window = window
+        self.op = op
+        self.keepdims = keepdims  # False: a ReduceMax over all spatial axes, which drops them
 
     def forward(self, x):
-        out_hw = self.window.output_size(*x.shape[2:])
+        out = self.window.output_size(*x.shape[2:])
         xp = windows.pad(x, self.window, -np.inf)
-        views = (windows.offset_view(xp, self.window, i, j, *out_hw) for i, j in windows.offsets(self.window))
-        return np.maximum.reduce(list(views))
+        views = (windows.offset_view(xp, self.window, offset, out) for offset in windows.offsets(self.window))
+        y = np.maximum.reduce(list(views))
+        return y if self.keepdims else y.reshape(y.shape[:2])
 
     def relevance(self, xs, y, r, rule):
         # No rule (a direct call outside a composite): the first maximum, as zennit and the gradient.
@@ -271,20 +310,28 @@ class MaxPool(Layer):
     def route(self, x: np.ndarray, y: np.ndarray, r: np.ndarray, split_ties: bool) -> np.ndarray:
         """Returns r sent back to the maxima of each window: all to the first one in flat row-major window order
         (PyTorch's max_pool2d index) or, with split_ties, shared evenly between all tied maxima."""
+        pooled = x.shape[:2] + self.window.output_size(*x.shape[2:])
+        y, r = y.reshape(pooled), r.reshape(pooled)
         xp = windows.pad(x, self.window, -np.inf)
         cols = windows.gather(xp, self.window, y.shape[2:])
+        at_window = (slice(None), slice(None)) + (None,) * self.window.rank  # [N, C, *out] -> [N, C, 1.., *out]
         if split_ties:
-            wins = cols == y[:, :, None, None]
-            spread = wins * (r / wins.sum(axis=(2, 3)))[:, :, None, None]
+            wins = cols == y[at_window]
+            spread = wins * (r / wins.sum(axis=_kernel_axes(self.window)))[at_window]
         else:
-            flat = cols.reshape(cols.shape[:2] + (-1,) + cols.shape[4:])
+            flat = cols.reshape(cols.shape[:2] + (-1,) + y.shape[2:])
             spread = np.zeros_like(flat)
             np.put_along_axis(spread, flat.argmax(axis=2)[:, :, None], r[:, :, None], axis=2)
             spread = spread.reshape(cols.shape)
         return windows.unpad(windows.scatter(spread, self.window, xp.shape[2:]), self.window, *x.shape[2:])
 
     def describe(self):
-        return f"k{self.window.kernel[0]}x{self.window.kernel[1]} s{self.window.strides[0]}"
+        return f"k{_size_text(self.window.kernel)} s{_size_text(self.window.strides)}"
+
+
+def global_window(spatial: tuple[int, ...]) -> Window:
+    """Returns the window covering all spatial positions at once (GlobalMaxPool as a MaxPool)."""
+    return Window(tuple(spatial))
 
 
 class AvgPool(Layer):
@@ -296,32 +343,21 @@ class AvgPool(Layer):
         self.window = window
         self.count_include_pad = count_include_pad
 
-    def _divisor(self, height: int, width: int) -> np.ndarray:
-        ones = np.ones((1, 1, height, width))
+    def _divisor(self, *sizes: int) -> np.ndarray:
+        ones = np.ones((1, 1) + tuple(sizes))
         counted = windows.pad(ones, self.window)
         if self.count_include_pad:
-            top, left, bottom, right = self.window.pads
-            counted[:, :, :top + height + bottom, :left + width + right] = 1.0
-        return self._window_sum(counted, self.window.output_size(height, width))
-
-    def _window_sum(self, xp, out_hw):
-        total = np.zeros(xp.shape[:2] + tuple(out_hw), dtype=xp.dtype)
-        for i, j in windows.offsets(self.window):
-            total += windows.offset_view(xp, self.window, i, j, *out_hw)
-        return total
+            explicit = tuple(slice(0, b + n + e) for b, n, e in zip(self.window.begins, sizes, self.window.ends))
+            counted[(slice(None), slice(None)) + explicit] = 1.0
+        return _window_sum(counted, self.window, self.window.output_size(*sizes))
 
     def forward(self, x):
-        out_hw = self.window.output_size(*x.shape[2:])
-        return self._window_sum(windows.pad(x, self.window), out_hw) / self._divisor(*x.shape[2:]).astype(x.dtype)
+        out = self.window.output_size(*x.shape[2:])
+        return _window_sum(windows.pad(x, self.window), self.window, out) / self._divisor(*x.shape[2:]).astype(x.dtype)
 
     def _transposed(self, c, x_shape):
         """Returns the adjoint of the averaging map applied to output-shaped c."""
-        c = c / self._divisor(*x_shape[2:]).astype(c.dtype)
-        padded_hw = self.window.padded_shape(*x_shape[2:])
-        spread = np.zeros(tuple(x_shape[:2]) + padded_hw, dtype=c.dtype)
-        for i, j in windows.offsets(self.window):
-            windows.offset_view(spread, self.window, i, j, *c.shape[2:])[...] += c
-        return windows.unpad(spread, self.window, *x_shape[2:])
+        return _window_spread(c / self._divisor(*x_shape[2:]).astype(c.dtype), self.window, x_shape)
 
     def relevance(self, xs, y, r, rule):
         return [xs[0] * self._transposed(r / stabilize(y, NORM_STABILIZER), xs[0].shape)]
@@ -330,25 +366,54 @@ class AvgPool(Layer):
         return [self._transposed(g, xs[0].shape)]
 
     def describe(self):
-        return f"k{self.window.kernel[0]}x{self.window.kernel[1]} s{self.window.strides[0]}"
+        return f"k{_size_text(self.window.kernel)} s{_size_text(self.window.strides)}"
+
+
+class LpPool(Layer):
+    """Lp pooling y = (sum over a window of |x|^p)^(1/p); relevance by each input's share of the p-th powers,
+    R_i = |x_i|^p / sum |x|^p R (the p-means decomposition whose p -> infinity limit is max pooling's winner-takes-
+    all, Eq 32, and whose p = 1 case is the z-rule of a sum of non-negative inputs)."""
+
+    op = "LpPool"
+
+    def __init__(self, window: Window, p: float):
+        self.window = window
+        self.p = float(p)
+
+    def forward(self, x):
+        out = self.window.output_size(*x.shape[2:])
+        return _window_sum(windows.pad(np.abs(x) ** self.p, self.window), self.window, out) ** (1.0 / self.p)
+
+    def relevance(self, xs, y, r, rule):
+        powers = np.abs(xs[0]) ** self.p
+        return [powers * _window_spread(r / stabilize(y ** self.p, NORM_STABILIZER), self.window, xs[0].shape)]
+
+    def gradient(self, xs, y, g):
+        x = xs[0]
+        # d y / d x_i = sign(x_i) |x_i|^(p-1) / y^(p-1); an all-zero window (y = 0) has no slope
+        scale = np.divide(g, y ** (self.p - 1), out=np.zeros_like(g), where=y > 0)
+        return [np.sign(x) * np.abs(x) ** (self.p - 1) * _window_spread(scale, self.window, x.shape)]
+
+    def describe(self):
+        return f"p{self.p:g} k{_size_text(self.window.kernel)} s{_size_text(self.window.strides)}"
 
 
 class GlobalAvgPool(Layer):
-    """Mean over the spatial axes; relevance in proportion to each input's share (z-rule)."""
+    """Mean over all spatial axes; relevance in proportion to each input's share (z-rule)."""
 
     op = "GlobalAveragePool"
 
     def forward(self, x):
-        return x.mean(axis=(2, 3), keepdims=True)
+        return x.mean(axis=_spatial_axes(x), keepdims=True)
 
     def relevance(self, xs, y, r, rule):
         x = xs[0]
-        count = x.shape[2] * x.shape[3]
+        count = int(np.prod(x.shape[2:]))
         return [x * (r / stabilize(y, NORM_STABILIZER)) / count]
 
     def gradient(self, xs, y, g):
         x = xs[0]
-        return [np.broadcast_to(g / (x.shape[2] * x.shape[3]), x.shape)]
+        return [np.broadcast_to(g / int(np.prod(x.shape[2:])), x.shape)]
 
 
 class Add(Layer):
@@ -535,32 +600,34 @@ class Resize(Layer):
 
 
 class ConvTranspose(Linear):
-    """Transposed 2-D convolution; weight is [in, out/group, kh, kw]; it runs a Conv's adjoint and vice versa."""
+    """Transposed convolution over any number of spatial axes; weight is [in, out/group, *kernel]; it runs a
+    Conv's adjoint and vice versa."""
 
     op = "ConvTranspose"
 
-    def __init__(self, weight, bias, window: Window, group: int, output_hw: tuple[int, int]):
+    def __init__(self, weight, bias, window: Window, group: int, output_size: tuple[int, ...]):
         super().__init__(weight, bias)
         self.conv = Conv(self.weight, None, window, group)
-        self.output_hw = tuple(output_hw)
+        self.output_size = tuple(output_size)
 
     def apply(self, x, weight, bias):
-        shape = (x.shape[0], weight.shape[1] * self.conv.group) + self.output_hw
+        shape = (x.shape[0], weight.shape[1] * self.conv.group) + self.output_size
         z = self.conv.apply_transposed(x, weight, shape)
-        return z if bias is None else z + bias[None, :, None, None]
+        return z if bias is None else z + bias[_channel_shape(len(self.output_size))]
 
     def apply_transposed(self, c, weight, input_shape):
-        return self.conv.apply(c, weight, None)[:, :, :input_shape[2], :input_shape[3]]
+        crop = tuple(slice(0, n) for n in input_shape[2:])
+        return self.conv.apply(c, weight, None)[(slice(None), slice(None)) + crop]
 
     def fold_output_affine(self, scale, shift):
         bias = np.zeros(self.weight.shape[1] * self.conv.group) if self.bias is None else self.bias
         per_group = self.weight.shape[1]
         groups = self.conv.group
         weight = self.weight.reshape(groups, -1, per_group, *self.weight.shape[2:])
-        weight = weight * scale.reshape(groups, 1, per_group, 1, 1)
+        weight = weight * scale.reshape((groups, 1, per_group) + (1,) * (self.weight.ndim - 2))
         self.weight = weight.reshape(self.weight.shape)
         self.conv = Conv(self.weight, None, self.conv.window, groups)
         self.bias = bias * scale + shift
 
     def describe(self):
-        return f"{self.weight.shape[0]}->{self.weight.shape[1] * self.conv.group} k{self.weight.shape[2]}"
+        return f"{self.weight.shape[0]}->{self.weight.shape[1] * self.conv.group} k{_size_text(self.weight.shape[2:])}"

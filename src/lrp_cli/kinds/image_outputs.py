@@ -70,12 +70,12 @@ def save_image_explanation(model, expl: Explanation, out_dir: Path, stem: str, o
     paths = outputs.output_paths(out_dir, stem, options.save_raw)
     with overflow_reported_per_node():
         heat = pixel_map(model.layout, expl.relevance)
-        images = render.heatmap_images(heat, expl.picture, options.cmap, options.scale)
+        images = model.pictures(expl, heat, options)
         contents = {paths[kind]: outputs.png_bytes(rgb) for kind, rgb in images.items()}
         if options.save_raw:
             contents[paths["raw"]] = outputs.npy_bytes(expl.relevance.astype(np.float32))
         document = explanation_document(model, expl, paths, time.perf_counter() - start) | {
-            "heatmap_scale": options.scale.document(heat)}
+            "heatmap_scale": options.scale.document(heat)} | model.document_extras(heat)
         contents[paths["json"]] = outputs.json_bytes(document)
         outputs.write_all(contents)
     return document
@@ -103,6 +103,14 @@ class ImageOutputs:
     def summary_fields(self, document: dict) -> dict:
         """Returns the summary-row fields of an explanation document."""
         return image_summary_fields(document)
+
+    def pictures(self, expl: Explanation, heat: np.ndarray, options: OutputOptions) -> dict[str, np.ndarray]:
+        """Returns the RGB images to write, by output name: the heatmap and its overlay on the input picture."""
+        return render.heatmap_images(heat, expl.picture, options.cmap, options.scale)
+
+    def document_extras(self, heat: np.ndarray) -> dict:
+        """Returns the JSON fields this kind adds to an explanation document (none for pictures)."""
+        return {}
 
     def conservation_account(self, document: dict) -> str:
         """Returns 'sum R = S of f(x) = F; P % absorbed by biases/stabilisers (most in NODE)' (absorption.py)."""

@@ -44,7 +44,10 @@ def rules_for(model, settings: Settings, config: PreprocessConfig) -> dict:
     except RuleError as exc:
         raise OptionError(str(exc)) from None
     unbounded = [name for name, r in rules.items() if isinstance(r, ZBox) and r.low is None]
-    if unbounded and len(model.graph.input_shape) == 4:  # only z^B reads the preset's box
+    if unbounded and len(model.graph.input_shape) != 4:  # a signal or volume: the preset's box is for pixels
+        raise OptionError(f"rule zbox on node '{unbounded[0]}' needs input bounds for a non-image input: give "
+                          f"--layer-rule '{unbounded[0]}=zbox:LOW,HIGH'")
+    if unbounded:  # only z^B reads the preset's box
         low, high = config.input_bounds(to_nchw(model.graph.input_shape, model.layout)[1])
         rules |= {name: rules[name].with_bounds(low, high) for name in unbounded}
     return rules
@@ -145,7 +148,7 @@ def compiled_session(model, settings: Settings, rules: dict):
     """Returns the compiled onnxruntime session the settings call for, or None to run the NumPy engine
     (`--engine auto` falls back to NumPy when the model does not compile; `onnxruntime` makes that an error)."""
     engine = onnx_engine.choose(settings.engine, settings.precision, model.kind, settings.method)
-    if engine == "numpy":
+    if engine == "numpy" or (engine == "auto" and onnx_engine.numpy_preferred(model.graph)):
         return None
     try:
         return onnx_engine.session_for(model, settings.method, rules, settings.providers)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lrp_cli.engines import onnx_engine
 from lrp_cli.errors import ModelLoadError
 from lrp_cli.explanation import Settings
 from lrp_cli.importers.onnx_import import load_onnx, supported_ops
@@ -39,7 +40,8 @@ def describe(kind, path: Path, settings: Settings, verify: bool = False) -> dict
     graph = model.graph
     compile_errors = compiled_engine_errors(proto, model, rules)
     report.update({
-        "engine": "numpy" if compile_errors else "onnxruntime",
+        "engine": "numpy" if compile_errors or onnx_engine.numpy_preferred(graph) else "onnxruntime",
+        "engine_note": onnx_engine.numpy_preferred(graph),
         "input": {"name": graph.input_name, "shape": list(graph.input_shape)},
         "output": {"name": graph.output_name, "shape": list(graph.shapes[graph.output_name])},
         "composite": model.composite_name(settings),
@@ -86,6 +88,7 @@ def format_report(report: dict) -> str:
     lines += [f"note: {note}" for note in report["notes"]]
     lines.append(f"engine under --engine auto: {report['engine']}")
     lines += [f"not compiled: {why}" for why in report["compile_errors"].values()]
+    lines += [f"numpy preferred: {report['engine_note']}"] if report.get("engine_note") else []
     header = f"{'node':<36} {'op':<20} {'input shapes':<26} {'output':<18} {'rule':<16} {'ort':<4} details"
     lines += [header, "-" * len(header)]
     for n in report["nodes"]:

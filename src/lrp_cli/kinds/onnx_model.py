@@ -17,18 +17,19 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from lrp_cli import outputs
+from lrp_cli import outputs, signals
 from lrp_cli.engines import onnx_engine
 from lrp_cli.errors import InputError, LrpError, OptionError
 from lrp_cli.explanation import METHOD_NAMES, PRECISIONS, Explanation, Settings
 from lrp_cli.importers.onnx_import import SymbolicInputError, import_onnx, load_onnx
 from lrp_cli.ir.graph import Graph
+from lrp_cli.ir.sequence import token_embedding
 from lrp_cli.kinds import image_outputs, onnx_explain, onnx_inspect, onnx_runtime, onnx_scoring
 from lrp_cli.kinds.base import FlipInput, InputItem, Kind, LoadOptions, Model, Subject
 from lrp_cli.memory import release_freed_memory
 from lrp_cli.methods import METHODS
-from lrp_cli.preprocess import (IMAGE_SUFFIXES, PreprocessConfig, Sidecar, from_nchw, load_input, load_sidecar,
-                                read_labels, shape_text, tensor_shape, to_nchw)
+from lrp_cli.preprocess import (IMAGE_SUFFIXES, TENSOR_SUFFIXES, PreprocessConfig, Sidecar, from_nchw, load_input,
+                                load_sidecar, read_labels, shape_text, tensor_shape, to_nchw)
 
 _SESSION_LOCK = threading.Lock()  # threads of one batch share a model: its session is built once
 
@@ -270,13 +271,19 @@ class OnnxModel(image_outputs.ImageOutputs, Model):
         model = self.bind(self._input_shape(input_path, config)) if self.unbound is not None else self
         model.check_size(config)
         x, picture = load_input(input_path, config, model.graph.input_shape, model.layout)
+        embedding = token_embedding(model.graph)
+        if embedding is not None:  # before onnxruntime sees them: it fails on an id beyond the table with no file name
+            try:
+                embedding.layer.ids(x)
+            except ValueError as exc:
+                raise InputError(f"{input_path}: {exc}") from None
         return model, x, picture
 
     def _input_shape(self, input_path: Path, config: PreprocessConfig) -> tuple[int, ...]:
         """Returns the input shape an input fixes for a model with symbolic input dimensions: a tensor's own
         shape, or for an image the --size (or sidecar size) height and width."""
         shape = self.unbound.shape
-        if input_path.suffix.lower() == ".npy":
+        if input_path.suffix.lower() in TENSOR_SUFFIXES:
             return tensor_shape(input_path, shape)
         if len(shape) != 4 or not config.size:
             raise InputError(f"{input_path}: the model input {shape_text(shape)} has symbolic dimensions; an image "
@@ -289,6 +296,17 @@ class OnnxModel(image_outputs.ImageOutputs, Model):
     def prepare(self, item: InputItem, settings: Settings) -> tuple:
         """Returns (the model bound to the input's shape, its model-input tensor, its picture, its path)."""
         return (*self.load_input(item.path, settings), item.path)
+
+    def pictures(self, expl: Explanation, heat: np.ndarray, options) -> dict[str, np.ndarray]:
+        """Returns the heatmap and overlay of an image input, or of a signal ([1, C, T] read by a Conv): the
+        channels x time raster and the channels' traces coloured by their relevance."""
+        if signals.is_signal(self.graph):
+            return signals.signal_images(expl.x, heat, options.cmap, options.scale)
+        return super().pictures(expl, heat, options)
+
+    def document_extras(self, heat: np.ndarray) -> dict:
+        """Returns the relevance per channel and per time window of a signal's explanation ({} for images)."""
+        return {"signal": signals.signal_summary(heat)} if signals.is_signal(self.graph) else {}
 
     def view(self, item: InputItem, settings: Settings):
         """Returns the RGB picture of an input as the model sees it (resized and cropped), None for a tensor."""

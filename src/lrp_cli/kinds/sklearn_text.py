@@ -8,15 +8,17 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from lrp_cli.errors import InputError, ModelLoadError, OptionError
 from lrp_cli.explanation import Explanation, Settings
 from lrp_cli.kinds.base import InputItem, Kind, LoadOptions, Model, OutputOptions, UnitInput, Units
-from lrp_cli.text import inputs, render, units
-from lrp_cli.text.explain import explain_text
-from lrp_cli.text.pipeline import TextModel, flat_steps, is_vectorizer, load_text_model, read_model_file
+from lrp_cli.text import inputs, render
+
+if TYPE_CHECKING:  # scikit-learn is imported only when a scikit-learn model is named: `lrp --help` stays fast
+    from lrp_cli.text.pipeline import TextModel
 
 SUFFIXES = (".joblib", ".pkl", ".skops")
 
@@ -33,6 +35,7 @@ class SklearnTextKind(Kind):
         """Returns True for a .joblib/.pkl/.skops file holding a Pipeline whose first step is a text vectorizer."""
         if path.suffix.lower() not in SUFFIXES:
             return False
+        from lrp_cli.text.pipeline import flat_steps, is_vectorizer, read_model_file
         try:
             content = read_model_file(path)
         except ModelLoadError:
@@ -47,6 +50,7 @@ class SklearnTextKind(Kind):
         """Returns the validated text pipeline (ModelLoadError naming the step that is wrong)."""
         read, self._read = self._read, None
         content = read[-1] if read and read[:-1] == (path, *_signature(path)) else None
+        from lrp_cli.text.pipeline import load_text_model
         return SklearnTextModel(path, load_text_model(path, dict(options.extra).get("vectorizer"), content))
 
 
@@ -65,7 +69,7 @@ class SklearnTextModel(Model):
     load_seconds: float = 0.0
     kind = "sklearn-text"
     input_suffixes = inputs.TEXT_SUFFIXES | inputs.TABLE_SUFFIXES
-    unit_perturbations = units.PERTURBATIONS
+    unit_perturbations = ("delete", "unk")  # text.units.replacement: the characters removed, or UNKWORDZ
     unit_name = "word"
 
     @property
@@ -98,6 +102,7 @@ class SklearnTextModel(Model):
         """Returns the explanation of one text for the target (--target pred/INDEX/LABEL; --pair for ovo SVMs)."""
         item, text = prepared
         start = time.perf_counter()
+        from lrp_cli.text.explain import explain_text
         ex = explain_text(self.text_model, text, None if settings.target == "pred" else settings.target,
                           settings.kind_options.get("pair"), dict(item.source))
         return [Explanation(input_path=item.path or Path(item.stem), x=ex.relevance, picture=None,
@@ -128,6 +133,7 @@ class SklearnTextModel(Model):
         """Returns the text's words as `lrp evaluate` deletes them (or replaces them by an unknown word), scored
         by one vectorizer + pipeline call per batch of copies; the target resolved on the whole text, the true
         class from the row's --label-field."""
+        from lrp_cli.text import units
         from lrp_cli.text.explain import resolve_class
         prepared = self.prepare(item, settings)
         text = prepared[1]
@@ -150,7 +156,8 @@ class SklearnTextModel(Model):
 
     def units(self, expl: Explanation) -> Units:
         """Returns the relevance of the explanation's words (whitespace runs left out), with their spans."""
+        from lrp_cli.text.units import words
         ex = expl.extra["text"]
-        names, spans = units.words([(t["text"], t["start"], t["end"]) for t in ex.tokens])
+        names, spans = words([(t["text"], t["start"], t["end"]) for t in ex.tokens])
         relevance = np.asarray([t["relevance"] for t in ex.tokens if not t["text"].isspace()], dtype=np.float64)
         return Units(names, relevance, ex.text, spans)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from lrp_cli.ir.graph import Graph
+from lrp_cli.ir.sequence import token_embedding
 from lrp_cli.methods.base import Method, MethodInput
 from lrp_cli.propagate import LayerRecord, Propagation, backward, one_hot, target_scores
 
@@ -31,7 +32,14 @@ def input_gradient(graph: Graph, values: dict[str, np.ndarray], target) -> Propa
 
 
 def gradient_x_input(graph: Graph, values: dict[str, np.ndarray], target) -> Propagation:
-    """Returns input * gradient of the target's score (the first-order Taylor terms around 0)."""
+    """Returns input * gradient of the target's score (the first-order Taylor terms around 0); for token ids read
+    by an embedding, each token's vector dotted with the gradient w.r.t. it (ids have no gradient)."""
+    embedding = token_embedding(graph)
+    if embedding is not None:
+        gradient, records = tensor_gradient(graph, values, target, embedding.output)
+        x = values[graph.input_name]
+        per_token = (values[embedding.output] * gradient).sum(axis=-1) * embedding.layer.kept(x)
+        return Propagation(per_token, target_scores(values[graph.output_name], target), records)
     result = input_gradient(graph, values, target)
     return Propagation(result.relevance * values[graph.input_name], result.f_x, result.layers)
 

@@ -15,7 +15,6 @@ from lrp_cli.text.pipeline import TextModel
 
 #: What `--perturbation unk` puts in a word's place: LimeTextExplainer's mask word, checked to be no feature.
 UNK = "UNKWORDZ"
-PERTURBATIONS = ("delete", "unk")
 
 
 def words(tokens: list) -> tuple[list[str], np.ndarray]:

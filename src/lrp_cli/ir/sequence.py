@@ -1,0 +1,384 @@
+"""Sequence layer kinds: an embedding lookup of integer token ids, and the ONNX LSTM and GRU.
+
+Embedding: the relevance of a token is the sum of the relevance of its embedding vector; padding ids get none.
+LSTM and GRU follow Arras et al. 2017 ("Explaining recurrent neural network predictions in sentiment analysis"):
+the epsilon rule (stabilizer epsilon * sign(z)) on every linear map, biases and initial states absorbing their
+share; a sum of two terms (the cell update c_t = f * c_{t-1} + i * g, GRU's h_t = (1 - z) * n + z * h_{t-1}) split
+between them by epsilon; a product of a gate and a signal sends all relevance to the signal (signal-take-all);
+the element-wise tanh passes relevance unchanged. Their rule is a `--layer-rule` (`rule_kind` "recurrent"): the
+epsilon rule with its own epsilon.
+
+Shapes follow ONNX: X is [T, N, I] (layout 0) or [N, T, I] (layout 1); Y is [T, D, N, H] or [N, T, D, H] with D = 2
+for a bidirectional layer. Internally one direction runs over time-major arrays in its processing order (the
+reverse direction on X flipped in time), vectorised over batch and hidden units with a loop over time steps.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+
+import numpy as np
+
+from lrp_cli.ir.layers import Layer, stabilize
+
+#: Arras et al. 2017's epsilon (their code's default), used when a recurrent layer is run without a rule object.
+RECURRENT_EPSILON = 1e-3
+
+
+class Embedding(Layer):
+    """Rows of a constant table gathered by integer ids (ONNX Gather on axis 0 of an initializer, nn.Embedding).
+
+    The ids arrive as floats (the IR computes in float; ids below 2^24 are exact in float32). Relevance: each
+    token gets the sum of its vector's relevance, a padding id none. Gradient: each token gets the squared L2 norm
+    of the gradient w.r.t. its vector (sensitivity analysis as Arras et al. 2017 compare it); gradient x input
+    is computed at the embedding output by `methods.gradient` (the vector dotted with its gradient).
+    """
+
+    op = "Gather"
+    params = ("table",)
+
+    def __init__(self, table: np.ndarray, padding: tuple[int, ...] = ()):
+        self.table = np.asarray(table, dtype=np.float64)
+        self.padding = tuple(int(p) for p in padding)
+
+    def ids(self, x: np.ndarray) -> np.ndarray:
+        """Returns the float ids as int64 indices into the table (ValueError for a non-integer or out-of-range id)."""
+        ids = np.asarray(x).astype(np.int64)
+        if not np.array_equal(ids, x) or ids.size and (ids.min() < -len(self.table) or ids.max() >= len(self.table)):
+            raise ValueError(f"token ids must be integers in [0, {len(self.table)}) for an embedding of "
+                             f"{len(self.table)} rows")
+        return ids
+
+    def forward(self, x):
+        return self.table.astype(x.dtype, copy=False)[self.ids(x)]
+
+    def kept(self, x: np.ndarray) -> np.ndarray:
+        """Returns 1 at the positions of non-padding tokens and 0 at padding ones, in x's shape and dtype."""
+        return (~np.isin(self.ids(x) % len(self.table), self.padding)).astype(x.dtype)
+
+    def relevance(self, xs, y, r, rule):
+        return [r.sum(axis=-1) * self.kept(xs[0])]
+
+    def gradient(self, xs, y, g):
+        return [(g * g).sum(axis=-1) * self.kept(xs[0])]
+
+    def describe(self):
+        pad = f" padding {','.join(map(str, self.padding))}" if self.padding else ""
+        return f"{self.table.shape[0]}x{self.table.shape[1]}{pad}"
+
+
+def token_embedding(graph):
+    """Returns the Embedding node that reads the graph's input (token ids), or None."""
+    return next((n for n in graph.nodes if graph.input_name in n.inputs and isinstance(n.layer, Embedding)), None)
+
+
+@dataclass
+class Weights:
+    """One direction's parameters: input weights W [G*H, I], recurrent weights R [G*H, H], input and recurrent
+    biases [G*H] each, initial states [N, H] (zero when the model gives none), and with sequence_lens the
+    [T, N, 1] boolean mask of the processing steps each batch item really has (None: all of them)."""
+
+    w: np.ndarray
+    r: np.ndarray
+    wb: np.ndarray
+    rb: np.ndarray
+    h0: np.ndarray | None
+    c0: np.ndarray | None = None
+    mask: np.ndarray | None = None
+
+    def step(self, t: int) -> np.ndarray | None:
+        """Returns the [N, 1] mask of processing step t (None: every item has it)."""
+        return None if self.mask is None else self.mask[t]
+
+    def gate(self, k: int, hidden: int):
+        """Returns (W, R, Wb, Rb) rows of gate k."""
+        rows = slice(k * hidden, (k + 1) * hidden)
+        return self.w[rows], self.r[rows], self.wb[rows], self.rb[rows]
+
+
+def _carry(valid: np.ndarray | None, new: np.ndarray, old: np.ndarray) -> np.ndarray:
+    """Returns new where a batch item has this step, old (carried unchanged) where its sequence has ended."""
+    return new if valid is None else np.where(valid, new, old)
+
+
+def _sigmoid(z):
+    return 0.5 * (np.tanh(0.5 * z) + 1.0)  # exact sigmoid without overflow in exp
+
+
+class Recurrent(Layer):
+    """An ONNX LSTM or GRU layer (one or two directions) writing the sequence output Y."""
+
+    rule_kind = "recurrent"
+    params = ("w", "r", "b", "h0", "c0")
+    gates = 0
+
+    def __init__(self, w, r, b, h0, c0, hidden: int, direction: str, layout: int, lengths=None):
+        self.lengths = None if lengths is None else np.asarray(lengths, dtype=np.int64)  # [N], sequence_lens
+        self.w = np.asarray(w, dtype=np.float64)
+        self.r = np.asarray(r, dtype=np.float64)
+        self.b = np.zeros((self.w.shape[0], 2 * self.w.shape[1])) if b is None else np.asarray(b, np.float64)
+        self.h0 = None if h0 is None else np.asarray(h0, dtype=np.float64)
+        self.c0 = None if c0 is None else np.asarray(c0, dtype=np.float64)
+        self.hidden = hidden
+        self.direction = direction
+        self.layout = layout
+
+    @property
+    def directions(self) -> int:
+        """Returns the number of directions D."""
+        return 2 if self.direction == "bidirectional" else 1
+
+    def _weights(self, d: int, steps: int, batch: int, dtype) -> Weights:
+        gh = self.gates * self.hidden
+        zeros = np.zeros((batch, self.hidden), dtype=dtype)
+        h0 = zeros if self.h0 is None else self.h0[d].astype(dtype)
+        c0 = zeros if self.c0 is None else self.c0[d].astype(dtype)
+        cast = [a.astype(dtype, copy=False) for a in (self.w[d], self.r[d], self.b[d, :gh], self.b[d, gh:])]
+        mask = None if self.lengths is None else (np.arange(steps)[:, None] < self.lengths[None, :])[:, :, None]
+        return Weights(*cast, h0, c0, mask)
+
+    def order(self, d: int, steps: int) -> np.ndarray:
+        """Returns the [T, N] time index of each processing step of direction d for each batch item: a reverse
+        direction starts at the item's last step (steps beyond an item's length stay in place, masked)."""
+        batch = 1 if self.lengths is None else len(self.lengths)
+        s = np.broadcast_to(np.arange(steps)[:, None], (steps, batch))
+        if not self.reverse(d):
+            return s
+        last = np.full(batch, steps) if self.lengths is None else self.lengths
+        return np.where(s < last[None, :], last[None, :] - 1 - s, s)
+
+    def reverse(self, d: int) -> bool:
+        """Returns True when direction d runs backwards in time."""
+        return self.direction == "reverse" or d == 1
+
+    def _time_major(self, x: np.ndarray) -> np.ndarray:
+        return x if self.layout == 0 else x.transpose(1, 0, 2)
+
+    def _directions(self, x: np.ndarray):
+        """Yields (d, X of direction d in processing order [T, N, I], its weights)."""
+        xt = self._time_major(x)
+        for d in range(self.directions):
+            yield d, self._process(d, xt), self._weights(d, *xt.shape[:2], x.dtype)
+
+    def _process(self, d: int, seq: np.ndarray) -> np.ndarray:
+        """Returns a time-major [T, N, ...] array in direction d's processing order."""
+        if self.lengths is None:
+            return seq[::-1] if self.reverse(d) else seq
+        return seq[self.order(d, len(seq)), np.arange(seq.shape[1])[None, :]]
+
+    def _unprocess(self, d: int, seq: np.ndarray) -> np.ndarray:
+        """Returns a processing-order array back in time order (the inverse of _process)."""
+        if self.lengths is None:
+            return seq[::-1] if self.reverse(d) else seq
+        out = np.empty_like(seq)
+        out[self.order(d, len(seq)), np.arange(seq.shape[1])[None, :]] = seq
+        return out
+
+    def _output(self, per_direction: list[np.ndarray]) -> np.ndarray:
+        """Returns Y in the layer's layout from each direction's [T, N, H] outputs in time order."""
+        y = np.stack(per_direction, axis=1)  # [T, D, N, H]
+        return y if self.layout == 0 else y.transpose(2, 0, 1, 3)
+
+    def _per_direction(self, y: np.ndarray, d: int, p: Weights) -> np.ndarray:
+        """Returns direction d's [T, N, H] slice of a Y-shaped array in that direction's processing order, zero at
+        the steps beyond an item's length (Y is the constant 0 there)."""
+        ytm = y if self.layout == 0 else y.transpose(1, 2, 0, 3)
+        seq = self._process(d, ytm[:, d])
+        return seq if p.mask is None else seq * p.mask
+
+    def _input(self, per_direction: list[np.ndarray]) -> np.ndarray:
+        total = sum(per_direction)
+        return total if self.layout == 0 else total.transpose(1, 0, 2)
+
+    def forward(self, x):
+        runs = [(d, p, self.run(xd, p)) for d, xd, p in self._directions(x)]
+        y = self._output([self._unprocess(d, s["h"][1:] if p.mask is None else s["h"][1:] * p.mask)
+                          for d, p, s in runs])
+        _remember(y, x, [s for _, _, s in runs])
+        return y
+
+    def _states(self, x, y) -> list[dict]:
+        """Returns each direction's forward states: those the forward pass that wrote y kept, else recomputed."""
+        kept = _STATES.get(id(y))
+        if kept is not None and kept[0]() is y and kept[1]() is x:
+            return kept[2]
+        return [self.run(xd, p) for _, xd, p in self._directions(x)]
+
+    def relevance(self, xs, y, r, rule):
+        eps = RECURRENT_EPSILON if rule is None else rule.epsilon
+        states = self._states(xs[0], y)
+        return [self._input([self._unprocess(d, self.lrp(xd, p, states[d], self._per_direction(r, d, p), eps))
+                             for d, xd, p in self._directions(xs[0])])]
+
+    def gradient(self, xs, y, g):
+        states = self._states(xs[0], y)
+        return [self._input([self._unprocess(d, self.backprop(xd, p, states[d], self._per_direction(g, d, p)))
+                             for d, xd, p in self._directions(xs[0])])]
+
+    def run(self, x: np.ndarray, p: Weights) -> dict:
+        """Returns the forward states of one direction over X [T, N, I] in processing order: "h" [T+1, N, H]
+        (initial state first) and whatever the cell's backward passes need."""
+        raise NotImplementedError
+
+    def lrp(self, x, p: Weights, s: dict, r_y: np.ndarray, eps: float) -> np.ndarray:
+        """Returns the relevance of X [T, N, I] given the relevance of the direction's outputs r_y [T, N, H]."""
+        raise NotImplementedError
+
+    def backprop(self, x, p: Weights, s: dict, g_y: np.ndarray) -> np.ndarray:
+        """Returns the gradient w.r.t. X [T, N, I] given that w.r.t. the direction's outputs g_y [T, N, H]."""
+        raise NotImplementedError
+
+    def describe(self):
+        return f"{self.w.shape[2]}->{self.hidden} {self.direction} layout {self.layout}"
+
+
+#: id(Y) -> (weak Y, weak X, per-direction states) of recent forward passes, so that the backward pass that reads
+#: the same Y does not run the recurrence again; an entry goes when its Y is garbage collected. Module-level (not
+#: on the layer) so that layers stay picklable; ids are unique among live arrays, and the weak references guard
+#: against a reused id.
+_STATES: dict[int, tuple] = {}
+
+
+def _remember(y: np.ndarray, x: np.ndarray, states: list[dict]) -> None:
+    key = id(y)
+    _STATES[key] = (weakref.ref(y), weakref.ref(x), states)
+    weakref.finalize(y, _STATES.pop, key, None)
+
+
+def _epsilon_share(term: np.ndarray, total: np.ndarray, r: np.ndarray, eps: float) -> np.ndarray:
+    """Returns the epsilon-rule share of one summand of an element-wise sum: term / stab(total) * r."""
+    return term / stabilize(total, eps) * r
+
+
+class LSTM(Recurrent):
+    """ONNX LSTM (gates i, o, f, c; sigmoid gates, tanh cell and output activations, no peepholes)."""
+
+    op = "LSTM"
+    gates = 4
+
+    def run(self, x, p):
+        hsize, steps = self.hidden, x.shape[0]
+        wx = x @ p.w.T + (p.wb + p.rb)  # [T, N, 4H]: every step's input part and both biases at once
+        h, c = [p.h0], [p.c0]
+        keys = ("i", "o", "f", "g", "zg")
+        s = {k: [] for k in keys}
+        for t in range(steps):
+            z = wx[t] + h[-1] @ p.r.T
+            gates = _sigmoid(z[:, :3 * hsize])
+            i, o, f = gates[:, :hsize], gates[:, hsize:2 * hsize], gates[:, 2 * hsize:]
+            zg = z[:, 3 * hsize:]
+            g = np.tanh(zg)
+            c_new = f * c[-1] + i * g
+            valid = p.step(t)
+            h.append(_carry(valid, o * np.tanh(c_new), h[-1]))
+            c.append(_carry(valid, c_new, c[-1]))
+            for k, v in zip(keys, (i, o, f, g, zg)):
+                s[k].append(v)
+        return {k: np.stack(v) for k, v in s.items()} | {"h": np.stack(h), "c": np.stack(c)}
+
+    def lrp(self, x, p, s, r_y, eps):
+        w_g, u_g, _, _ = p.gate(3, self.hidden)
+        r_x = np.zeros_like(x)
+        r_h = np.zeros_like(r_y[0])
+        r_c = np.zeros_like(r_y[0])
+        for t in reversed(range(x.shape[0])):
+            total = r_c + r_y[t] + r_h  # h = o * tanh(c): the gate o passes R_h to c
+            c = s["c"][t + 1]
+            r_g = _epsilon_share(s["i"][t] * s["g"][t], c, total, eps)  # i * g: the signal g takes all
+            r_prev = _epsilon_share(s["f"][t] * s["c"][t], c, total, eps)  # f * c_{t-1}: c_{t-1} takes all
+            q = r_g / stabilize(s["zg"][t], eps)  # g's pre-activation over [x_t, h_{t-1}], biases absorbing
+            valid = p.step(t)  # past an item's length h and c carry over unchanged, and so does their relevance
+            r_x[t] = _carry(valid, x[t] * (q @ w_g), 0.0)
+            r_h = _carry(valid, s["h"][t] * (q @ u_g), r_h)
+            r_c = _carry(valid, r_prev, r_c)
+        return r_x
+
+    def backprop(self, x, p, s, g_y):
+        g_x = np.zeros_like(x)
+        d_h = np.zeros_like(g_y[0])
+        d_c = np.zeros_like(g_y[0])
+        for t in reversed(range(x.shape[0])):
+            i, o, f, g = s["i"][t], s["o"][t], s["f"][t], s["g"][t]
+            d_h = d_h + g_y[t]
+            tc = np.tanh(s["c"][t + 1])
+            d_cell = d_c + d_h * o * (1 - tc * tc)
+            d_z = np.concatenate([d_cell * g * i * (1 - i), d_h * tc * o * (1 - o),
+                                  d_cell * s["c"][t] * f * (1 - f), d_cell * i * (1 - g * g)], axis=-1)
+            valid = p.step(t)
+            g_x[t] = _carry(valid, d_z @ p.w, 0.0)
+            d_h = _carry(valid, d_z @ p.r, d_h)
+            d_c = _carry(valid, d_cell * f, d_c)
+        return g_x
+
+
+class GRU(Recurrent):
+    """ONNX GRU (gates z, r, h; sigmoid gates, tanh candidate), either linear_before_reset form."""
+
+    op = "GRU"
+    gates = 3
+
+    def __init__(self, w, r, b, h0, hidden, direction, layout, linear_before_reset: bool, lengths=None):
+        super().__init__(w, r, b, h0, None, hidden, direction, layout, lengths)
+        self.linear_before_reset = bool(linear_before_reset)
+
+    def run(self, x, p):
+        hsize = self.hidden
+        wx = x @ p.w.T + p.wb
+        w_n, r_n, _, rb_n = p.gate(2, hsize)
+        h = [p.h0]
+        keys = ("z", "r", "n", "zn", "u")
+        s = {k: [] for k in keys}
+        for t in range(x.shape[0]):
+            zr = wx[t, :, :2 * hsize] + h[-1] @ p.r[:2 * hsize].T + p.rb[:2 * hsize]
+            z, r = _sigmoid(zr[:, :hsize]), _sigmoid(zr[:, hsize:])
+            # u: what the reset gate multiplies (U h + b_Rh, or h itself without linear_before_reset)
+            u = h[-1] @ r_n.T + rb_n if self.linear_before_reset else r * h[-1]
+            zn = wx[t, :, 2 * hsize:] + (r * u if self.linear_before_reset else u @ r_n.T + rb_n)
+            n = np.tanh(zn)
+            h.append(_carry(p.step(t), (1 - z) * n + z * h[-1], h[-1]))
+            for k, v in zip(keys, (z, r, n, zn, u)):
+                s[k].append(v)
+        return {k: np.stack(v) for k, v in s.items()} | {"h": np.stack(h)}
+
+    def lrp(self, x, p, s, r_y, eps):
+        w_n, r_n, _, _ = p.gate(2, self.hidden)
+        r_x = np.zeros_like(x)
+        r_h = np.zeros_like(r_y[0])
+        for t in reversed(range(x.shape[0])):
+            r_out = r_y[t] + r_h
+            h_prev, z, n, zn, u = s["h"][t], s["z"][t], s["n"][t], s["zn"][t], s["u"][t]
+            h = s["h"][t + 1]
+            r_n_out = _epsilon_share((1 - z) * n, h, r_out, eps)  # (1 - z) * n: the signal n takes all
+            r_prev = _epsilon_share(z * h_prev, h, r_out, eps)  # z * h_{t-1}: the signal h_{t-1} takes all
+            q = r_n_out / stabilize(zn, eps)
+            if self.linear_before_reset:
+                # r * (U h + b): the gate passes the term's share to U h + b, itself split by epsilon
+                share = s["r"][t] * u * q
+                r_prev = r_prev + h_prev * ((share / stabilize(u, eps)) @ r_n)
+            else:
+                r_prev = r_prev + u * (q @ r_n)  # (r * h) U^T: the gated input r * h passes all to h
+            valid = p.step(t)  # past an item's length h carries over unchanged, and so does its relevance
+            r_x[t] = _carry(valid, x[t] * (q @ w_n), 0.0)
+            r_h = _carry(valid, r_prev, r_out)
+        return r_x
+
+    def backprop(self, x, p, s, g_y):
+        hsize = self.hidden
+        w_n, r_n, _, _ = p.gate(2, hsize)
+        g_x = np.zeros_like(x)
+        d_h = np.zeros_like(g_y[0])
+        for t in reversed(range(x.shape[0])):
+            h_prev, z, r, n, u = s["h"][t], s["z"][t], s["r"][t], s["n"][t], s["u"][t]
+            d_h = d_h + g_y[t]
+            d_zn = d_h * (1 - z) * (1 - n * n)
+            if self.linear_before_reset:
+                d_r, d_prev = d_zn * u, (d_zn * r) @ r_n
+            else:
+                d_rh = d_zn @ r_n
+                d_r, d_prev = d_rh * h_prev, d_rh * r
+            d_zr = np.concatenate([d_h * (h_prev - n) * z * (1 - z), d_r * r * (1 - r)], axis=-1)
+            valid = p.step(t)
+            g_x[t] = _carry(valid, d_zr @ p.w[:2 * hsize] + d_zn @ w_n, 0.0)
+            d_h = _carry(valid, d_h * z + d_prev + d_zr @ p.r[:2 * hsize], d_h)
+        return g_x
