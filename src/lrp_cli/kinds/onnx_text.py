@@ -22,11 +22,15 @@ from lrp_cli import absorption
 from lrp_cli.errors import InputError, LrpError, ModelLoadError, OptionError
 from lrp_cli.explanation import Explanation, Settings
 from lrp_cli.ir.sequence import token_embedding
+from lrp_cli.kinds import onnx_inspect
 from lrp_cli.kinds.base import InputItem, Kind, LoadOptions, Model, OutputOptions
 from lrp_cli.preprocess import load_sidecar, sidecar_path
 from lrp_cli.text import inputs, render
 from lrp_cli.text.document import TextExplanation
 from lrp_cli.text.vocabulary import Encoded, Tokenizer
+
+#: The token count `lrp inspect` binds a model with a symbolic token axis to.
+INSPECT_LENGTH = 16
 
 
 class OnnxTextKind(Kind):
@@ -55,18 +59,31 @@ class OnnxTextKind(Kind):
         if len(shape) != 2:
             raise ModelLoadError(f"{path}: a [text] model reads token ids [N, T]; its input is {list(shape)}")
         fixed = shape[1] if isinstance(shape[1], int) else None
-        tokenizer = Tokenizer.from_sidecar(onnx.sidecar.text, sidecar_path(path).parent, fixed)
+        tokenizer = Tokenizer.from_sidecar(onnx.sidecar.text, sidecar_path(path), fixed)
         return OnnxTextModel(path, onnx, tokenizer)
 
     def describe(self, path: Path, settings: Settings, verify: bool = False) -> dict:
-        """Returns the ONNX kind's `lrp inspect` report with this kind's name and the [text] settings."""
-        report = self.onnx_kind.describe(path, settings, verify)
+        """Returns the ONNX kind's `lrp inspect` report of the model bound to INSPECT_LENGTH ids (or its fixed
+        length), with this kind's name and the [text] settings."""
+        report = onnx_inspect.describe(_Bound(self), path, settings, verify)
         return report | {"kind": self.name, "text": load_sidecar(path).text}
 
     def format_description(self, report: dict) -> str:
         """Returns the ONNX kind's text of the report, then the [text] settings."""
         text = {k: v for k, v in report.items() if k != "text"}
-        return self.onnx_kind.format_description(text) + f"\n[text]: {report.get('text')}"
+        return onnx_inspect.format_report(text) + f"\n[text]: {report.get('text')}"
+
+
+class _Bound:
+    """What `onnx_inspect.describe` loads through: the text kind's ONNX model with its token axis bound (a text
+    fixes it per input; inspect shows the graph at INSPECT_LENGTH ids)."""
+
+    def __init__(self, kind: OnnxTextKind):
+        self.kind = kind
+
+    def load(self, path: Path, options: LoadOptions):
+        model = self.kind.load(path, options)
+        return model.onnx.bind((1, model.tokenizer.length or INSPECT_LENGTH)) if model.onnx.unbound else model.onnx
 
 
 @dataclass

@@ -61,12 +61,13 @@ class Tokenizer:
     padding_side: str = "right"
 
     @classmethod
-    def from_sidecar(cls, table: dict, folder: Path, model_length: int | None) -> "Tokenizer":
-        """Returns the tokenizer of a sidecar [text] table whose files are in `folder`; `model_length` is the
-        model's fixed number of ids, if it has one (the sidecar's `length` must then agree)."""
+    def from_sidecar(cls, table: dict, sidecar: Path, model_length: int | None) -> "Tokenizer":
+        """Returns the tokenizer of the [text] table of the sidecar file (its vocabulary file is beside it);
+        `model_length` is the model's fixed number of ids, if it has one (the sidecar's `length` must agree)."""
         length = table.get("length", model_length)
         if model_length is not None and length != model_length:
-            raise ModelLoadError(f"{folder}: [text] length = {length}, but the model reads {model_length} ids")
+            raise ModelLoadError(f"{sidecar}: [text] length = {length}, but the model reads {model_length} ids")
+        folder = sidecar.parent
         padding = table.get("padding_id", 0)
         return cls(read_vocabulary(folder / table["vocabulary"]), re.compile(table.get("token_pattern",
                                                                                        DEFAULT_PATTERN)),
