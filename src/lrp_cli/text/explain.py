@@ -129,6 +129,13 @@ def _targets(model: TextModel, target, pair, predicted: int):
     return index, pair
 
 
+def _class_score(model: TextModel, u, index: int, pair) -> float | None:
+    """Return the decision value of class `index` at u (None for a one-vs-one prediction outside the pair)."""
+    if pair and index not in pair:
+        return None
+    return decompose(model.classifier, u, index, pair, model.cache).f_x
+
+
 def _top_features(model: TextModel, features, cols, x0, r_x0, groups, top: int) -> list:
     """Return the `top` features of largest |relevance|: name, vectorizer value, count and relevance."""
     present, inverse, _ = groups
@@ -195,6 +202,8 @@ def explain_text(model: TextModel, text: str, target=None, pair=None, source: di
     if t is None:  # the winner of the pair: the pair's decision oriented for its first class is positive
         t = pair[0] if decompose(model.classifier, u, pair[0], pair, model.cache).f_x >= 0 else pair[1]
     dec = decompose(model.classifier, u, t, pair, model.cache)
+    pred = {"index": pred["index"], "label": pred["label"],
+            "score": dec.f_x if t == pred["index"] else _class_score(model, u, pred["index"], pair), **pred}
     r_x0 = steps.backward(model.steps, acts, dec.relevance)
     r_occ, absent = occurrence_relevance(r_x0, cols, signs, groups)
     method = {"name": "lrp", "decision": dec.decision, "rule": dec.rule,

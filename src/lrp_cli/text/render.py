@@ -94,6 +94,19 @@ def html_page(ex: TextExplanation, cmap: str = DEFAULT_CMAP, scale: Scale = Scal
             f"<table><tr><th>feature</th><th>value</th><th>relevance</th></tr>{feats}</table></body></html>\n")
 
 
+SNIPPET_CHARS = 80
+
+
+def snippet(document: dict) -> str:
+    """Return the first words of a JSON document's text (its tokens), at most SNIPPET_CHARS characters."""
+    out = ""
+    for token in document.get("tokens", []):  # stops after SNIPPET_CHARS characters
+        if len(out) + len(token["text"]) >= SNIPPET_CHARS:
+            return out + " ..."
+        out = f"{out} {token['text']}" if out else token["text"]
+    return out
+
+
 def _ansi_piece(text: str, bg, fg, relevance) -> str:
     if bg is None:
         return text
@@ -179,7 +192,7 @@ def write_outputs(ex: TextExplanation, out_dir, stem: str, cmap: str = DEFAULT_C
     """Write STEM.json and, among `formats`, STEM.html and STEM.png, all or none (outputs.write_all); return the
     JSON document."""
     paths = output_paths(Path(out_dir), stem, set(formats) | {"json"})
-    doc = to_json(ex, {k: p.name for k, p in paths.items()})
+    doc = to_json(ex, {k: str(p) for k, p in paths.items()})
     contents = {paths["json"]: outputs.json_bytes(doc)}
     if "html" in paths:
         contents[paths["html"]] = html_page(ex, cmap, scale).encode("utf-8")
