@@ -144,12 +144,12 @@ def _top_features(model: TextModel, features, cols, x0, r_x0, groups, top: int) 
     counts = np.zeros(len(r_x0), np.int64)
     counts[present] = np.bincount(inverse, minlength=len(present))
     value = dict(zip(x0.indices.tolist(), x0.data.tolist()))
-    out = []
-    for c in order.tolist():  # the top features only
-        names = list(dict.fromkeys(features[i] for i in np.flatnonzero(cols == c)))  # hashing: several strings
-        out.append({"feature": " | ".join(names) or _feature_name(model, c), "column": c, "count": int(counts[c]),
-                    "value": value.get(c, 0.0), "relevance": float(r_x0[c])})
-    return out
+    names: dict[int, dict] = {int(c): {} for c in order}  # hashing: several strings may share a column
+    for feature, c in zip(features, cols.tolist()):  # one pass over the document's features, not one per column
+        if c in names:
+            names[c][feature] = None
+    return [{"feature": " | ".join(names[c]) or _feature_name(model, c), "column": c, "count": int(counts[c]),
+             "value": value.get(c, 0.0), "relevance": float(r_x0[c])} for c in order.tolist()]
 
 
 def _feature_name(model: TextModel, column: int) -> str:
