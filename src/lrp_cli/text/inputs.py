@@ -27,9 +27,12 @@ class TextItem:
     path: Path | None = None
     text: str | None = None
     source: tuple = ()  # what the JSON says about the input, as (key, value) pairs (hashable, picklable)
+    error: str | None = None  # why this row or file has no text: its explanation fails, the batch goes on
 
     def load(self) -> str:
         """Return the text (read from the file, UTF-8, on first use); InputError when it cannot be read."""
+        if self.error is not None:
+            raise InputError(self.error)
         if self.text is not None:
             return self.text
         try:
@@ -66,13 +69,19 @@ def table_items(path: Path, text_field: str | None, id_field: str | None) -> lis
     """Return one item per row of a .jsonl/.csv file; stems are FILE/ID (id_field) or FILE/ROW (1-based)."""
     if not text_field:
         raise OptionError(f"{path}: a {path.suffix} input needs --text-field NAME (the column holding the text)")
+    try:
+        rows = table_rows(path)
+    except InputError as exc:  # the whole file fails as one input
+        return [TextItem(path.stem, path=path, source=(("path", str(path)),), error=str(exc))]
     items = []
-    for number, row in enumerate(table_rows(path), start=1):  # one step per row
-        if text_field not in row or not isinstance(row[text_field], str):
-            raise InputError(f"{path}: row {number} has no text field {text_field!r}")
+    for number, row in enumerate(rows, start=1):  # one step per row
         key = row.get(id_field, number) if id_field else number
         source = (("path", str(path)), ("row", number)) + ((("id", str(key)),) if id_field else ())
-        items.append(TextItem(f"{path.stem}/{_safe(key)}", text=row[text_field], source=source))
+        error = None
+        if text_field not in row or not isinstance(row[text_field], str):
+            error = f"{path}: row {number} has no text field {text_field!r}"
+        items.append(TextItem(f"{path.stem}/{_safe(key)}", text=row.get(text_field) if error is None else None,
+                              source=source, error=error))
     return items
 
 
@@ -110,5 +119,5 @@ def _distinct(items: list[TextItem]) -> list[TextItem]:
         while stem in seen:
             stem, k = f"{item.stem}~{k}", k + 1
         seen.add(stem)
-        out.append(TextItem(stem, item.path, item.text, item.source))
+        out.append(TextItem(stem, item.path, item.text, item.source, item.error))
     return out
