@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from lrp_cli import kinds
 from lrp_cli.cli import main
-from lrp_cli.errors import InputError, ModelLoadError
+from lrp_cli.errors import InputError, ModelLoadError, OptionError
 from lrp_cli.explanation import Settings
 from lrp_cli.kinds.onnx_explain import explain_array
 from lrp_cli.kinds.onnx_model import OnnxKind
@@ -186,10 +186,25 @@ def test_a_length_the_model_does_not_read_and_a_missing_vocabulary_are_load_erro
         kinds.load_model(tmp_path / "m.onnx")
 
 
-def test_methods_without_a_meaning_on_ids_are_usage_errors(tmp_path):
+def test_methods_without_a_meaning_on_ids_and_image_options_are_usage_errors(tmp_path):
     model = kinds.load_model(text_model(tmp_path, ""))
-    with pytest.raises(Exception, match="--method occlusion: a text model reading token ids"):
+    with pytest.raises(OptionError, match="--method occlusion: a text model reading token ids"):
         model.check_settings(Settings(method="occlusion"))
+    with pytest.raises(OptionError, match="--size: not an option of text models"):
+        model.check_settings(Settings(preprocess={"size": (3, 3), "preset": None}))
+
+
+def test_cli_text_rows_and_print(tmp_path):
+    path = text_model(tmp_path, "")
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"id": "r1", "review": "good movie"}\n')
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["explain", "--text", "the plot is bad", str(rows), "--text-field", "review",
+                                       "--id-field", "id", "--model", str(path), "--out", str(out), "--print",
+                                       "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert (out / "text.json").is_file() and (out / "rows" / "r1.png").is_file()
+    assert "\nthe plot is bad\nm.onnx: target" in result.output  # --print: the words (colours off without a tty)
 
 
 # -- the bundled demo ---------------------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ and padding positions are not words and are not shown. The outputs are the text 
 (lrp-cli/text-explanation/1), STEM.html and STEM.png.
 
 The registry hands this kind the ONNX kind that loads the model (the kinds stay independent modules). Kind
-options read from settings.kind_options: text, text_field, id_field.
+options read from settings.kind_options (and OutputOptions.extra): text, text_field, id_field, print,
+text_formats.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from lrp_cli.errors import InputError, LrpError, ModelLoadError, OptionError
 from lrp_cli.explanation import Explanation, Settings
 from lrp_cli.ir.sequence import token_embedding
 from lrp_cli.kinds import onnx_inspect
-from lrp_cli.kinds.base import InputItem, Kind, LoadOptions, Model, OutputOptions
+from lrp_cli.kinds.base import InputItem, Kind, LoadOptions, Model
+from lrp_cli.kinds.text_outputs import TextOutputs
 from lrp_cli.preprocess import load_sidecar, sidecar_path
-from lrp_cli.text import inputs, render
+from lrp_cli.text import inputs
 from lrp_cli.text.document import TextExplanation
 from lrp_cli.text.vocabulary import Encoded, Tokenizer
 
@@ -87,7 +89,7 @@ class _Bound:
 
 
 @dataclass
-class OnnxTextModel(Model):
+class OnnxTextModel(TextOutputs, Model):
     """An ONNX token-id model and the tokenizer that feeds it text."""
 
     path: Path
@@ -97,6 +99,7 @@ class OnnxTextModel(Model):
     kind = "onnx-text"
     methods = ("lrp", "gradient", "gradient-x-input")
     input_suffixes = inputs.TEXT_SUFFIXES | inputs.TABLE_SUFFIXES
+    kind_options = frozenset({"text", "text_field", "id_field", "print", "text_formats"})
 
     @property
     def sha256(self) -> str:
@@ -109,10 +112,15 @@ class OnnxTextModel(Model):
         return self.onnx.labels
 
     def check_settings(self, settings: Settings) -> None:
-        """Raises OptionError for a method that does not explain token ids, then the ONNX model's own checks."""
+        """Raises OptionError for a method that does not explain token ids or image preprocessing options, then
+        the ONNX model's own checks."""
         if settings.method not in self.methods:
             raise OptionError(f"--method {settings.method}: a text model reading token ids is explained by "
                               f"{', '.join(self.methods)}")
+        pictures = sorted(name for name, value in settings.preprocess.items() if value is not None)
+        if pictures:
+            raise OptionError(f"{', '.join('--' + name for name in pictures)}: not an option of text models (the "
+                              "sidecar's [text] section says how text becomes ids)")
         self.onnx.check_settings(settings)
 
     def expand(self, specs: list[str], settings: Settings) -> list[InputItem]:
@@ -150,30 +158,12 @@ class OnnxTextModel(Model):
         item, text, _, encoded = prepared
         return replace(expl, extra=expl.extra | {"text": text_explanation(self, expl, item, text, encoded)})
 
-    def save(self, expl: Explanation, out_dir: Path, stem: str, options: OutputOptions) -> dict:
-        """Writes STEM.json, STEM.html and STEM.png (all or none); returns the JSON document."""
-        cmap = options.extra.get("text_cmap", render.DEFAULT_CMAP)
-        formats = options.extra.get("text_formats", render.FORMATS)
-        return render.write_outputs(expl.extra["text"], out_dir, stem, cmap, options.scale, formats)
-
-    def summary_fields(self, document: dict) -> dict:
-        """Returns the summary columns of a text explanation's JSON document."""
-        return {"target": document["target"]["index"], "label": document["target"]["label"],
-                "score": document["prediction"].get("score"), "f_x": document["f_x"],
-                "relevance_sum": document["relevance"]["sum"],
-                "conservation_error": document["conservation"]["relative_error"],
-                "heatmap": document.get("outputs", {}).get("png")}
-
     def conservation_account(self, document: dict) -> str:
         """Returns 'sum R over the words = S of f(x) = F; B kept apart (biases, stabilisers, start/end tokens)'."""
         c = document["conservation"]
         kept = "not separable (not LRP)" if c["intercept"] is None else f"{c['intercept']:.4g} kept apart"
         return (f"sum R over the words = {c['tokens_sum']:.4g} of f(x) = {c['f_x']:.4g}; {kept} (biases, "
                 f"stabilisers, start/end tokens); residual {c['residual']:.2g}")
-
-    def heat(self, expl: Explanation) -> np.ndarray:
-        """Returns the word relevances, which the word colours scale."""
-        return expl.extra["text"].relevance
 
 
 def text_explanation(model: OnnxTextModel, expl: Explanation, item: InputItem, text: str,

@@ -14,8 +14,9 @@ import numpy as np
 
 from lrp_cli.errors import ModelLoadError, OptionError
 from lrp_cli.explanation import Explanation, Settings
-from lrp_cli.kinds.base import InputItem, Kind, LoadOptions, Model, OutputOptions
-from lrp_cli.text import inputs, render
+from lrp_cli.kinds.base import InputItem, Kind, LoadOptions, Model
+from lrp_cli.kinds.text_outputs import TextOutputs
+from lrp_cli.text import inputs
 from lrp_cli.text.explain import explain_text, resolve_class
 from lrp_cli.text.pipeline import TextModel, flat_steps, is_vectorizer, load_text_model, read_model_file
 
@@ -83,7 +84,7 @@ def _signature(path: Path) -> tuple:
 
 
 @dataclass
-class SklearnTextModel(Model):
+class SklearnTextModel(TextOutputs, Model):
     """A scikit-learn text pipeline; its inputs are texts (files, rows, --text, stdin)."""
 
     path: Path
@@ -92,7 +93,6 @@ class SklearnTextModel(Model):
     kind = "sklearn-text"
     input_suffixes = inputs.TEXT_SUFFIXES | inputs.TABLE_SUFFIXES
     kind_options = frozenset({"text", "text_field", "id_field", "print", "text_formats", "vectorizer"})
-    default_cmap = render.DEFAULT_CMAP
 
     @property
     def sha256(self) -> str:
@@ -145,29 +145,3 @@ class SklearnTextModel(Model):
                             model_output=np.asarray([ex.f_x]), prediction=ex.prediction, target=ex.target,
                             propagation=None, rules={}, composite=None, ir_max_abs_diff=0.0, ir_diff_relative=0.0,
                             timing={"explain": time.perf_counter() - start}, extra={"text": ex})]
-
-    def save(self, expl: Explanation, out_dir: Path, stem: str, options: OutputOptions) -> dict:
-        """Writes STEM.json, STEM.html and STEM.png (all or none; options.extra["text_formats"] may leave out the
-        HTML and PNG); returns the JSON document."""
-        formats = options.extra.get("text_formats") or render.FORMATS
-        return render.write_outputs(expl.extra["text"], out_dir, stem, options.cmap, options.scale, formats)
-
-    def summary_fields(self, document: dict) -> dict:
-        """Returns the summary columns of a text explanation's JSON document (score: the predicted class's
-        decision value; heatmap: STEM.png, else STEM.json; text: the first words, for the HTML report)."""
-        files = document.get("outputs", {})
-        return {"target": document["target"]["index"], "label": document["target"]["label"],
-                "score": document["prediction"].get("score"), "f_x": document["f_x"],
-                "relevance_sum": document["relevance"]["sum"],
-                "conservation_error": document["conservation"]["relative_error"],
-                "heatmap": files.get("png") or files.get("json"), "text": render.snippet(document)}
-
-    def printed(self, expl: Explanation, options: OutputOptions) -> list[str]:
-        """Returns the text on its relevance colours (ANSI 24-bit) when --print asked for it."""
-        if not options.extra.get("print"):
-            return []
-        return [render.ansi(expl.extra["text"], options.cmap, options.scale).rstrip("\n")]
-
-    def heat(self, expl: Explanation) -> np.ndarray:
-        """Returns the token relevances, which the word colours scale."""
-        return expl.extra["text"].relevance
