@@ -8,7 +8,7 @@ MODELS_VENV ?= .venv-models
 EFFNET := models/efficientnet-lite0.onnx
 DEMO_OUT ?= demo_out
 
-.PHONY: demo test test-fast bench models lint mutation clean
+.PHONY: demo test test-fast test-portability bench models lint mutation clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,26 @@ test: $(INSTALLED)
 
 test-fast: $(INSTALLED)
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# The numeric tests (marker "numeric": onnxruntime float32 against a stated bound) under other kernels and summation
+# orders (docs/testing.md): each LRP_CLI_ORT_OPTIONS setting below, then a representative subset on emulated CPUs
+# without AVX-512 (Haswell: AVX2+FMA) and without AVX (Nehalem: SSE4.2) under qemu-x86_64 (Debian: apt-get install
+# qemu-user; ~50x slower, hence the subset). Skips the emulation with a note when qemu-x86_64 is absent.
+PORTABILITY_OPTIONS ?= threads=1 threads=2 optimization=disable optimization=basic threads=1,optimization=extended
+QEMU_CPUS ?= Haswell Nehalem
+QEMU_TESTS ?= tests/test_compiled_engine.py::test_bundled_models_compiled_float32_match_numpy_float64 \
+	tests/test_compiled_engine.py::test_a_slightly_wrong_compiled_rule_fails_the_same_forward_comparison \
+	"tests/test_compiled_transformers.py::test_layer_rules_on_norm_softmax_and_product_compile_as_numpy_computes_them[vit_legacy17-overrides1]"
+test-portability: $(INSTALLED)
+	@for options in "" $(PORTABILITY_OPTIONS); do \
+		echo "== LRP_CLI_ORT_OPTIONS=$$options"; \
+		LRP_CLI_ORT_OPTIONS=$$options $(BIN)/python -m pytest -q -p no:cacheprovider -m numeric || exit 1; \
+	done
+	@if ! command -v qemu-x86_64 >/dev/null; then echo "qemu-x86_64 absent: emulated CPUs skipped"; exit 0; fi; \
+	for cpu in $(QEMU_CPUS); do \
+		echo "== qemu-x86_64 -cpu $$cpu"; \
+		qemu-x86_64 -cpu $$cpu $(BIN)/python -m pytest -q -p no:cacheprovider $(QEMU_TESTS) || exit 1; \
+	done
 
 bench: $(INSTALLED) $(EFFNET)
 	$(BIN)/python benchmarks/bench.py

@@ -10,6 +10,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
+import ort_agreement
 
 from lrp_cli import api
 from lrp_cli.cli import main
@@ -40,6 +41,7 @@ def counted(monkeypatch):
     return counts
 
 
+@pytest.mark.numeric
 def test_compiled_explanation_builds_no_plain_session_and_no_ir_copy(tiny_cnn_path, tmp_path, monkeypatch,
                                                                     counted):
     monkeypatch.setenv("LRP_CLI_CACHE_DIR", str(tmp_path / "cache"))
@@ -54,6 +56,7 @@ def test_compiled_explanation_builds_no_plain_session_and_no_ir_copy(tiny_cnn_pa
     api.explain_array(model, x, api.Settings(engine="numpy"))
     assert counted == {"session": 1, "astype": 1}  # built on first use, then kept
     scale = np.abs(numpy_expl.relevance).max()
+    assert ort_agreement.decision_margin(model, x) >= ort_agreement.DECISION_MARGIN  # both engines decide alike
     np.testing.assert_allclose(expl.relevance, numpy_expl.relevance, rtol=0, atol=1e-5 * scale)
 
 

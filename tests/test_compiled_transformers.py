@@ -4,8 +4,11 @@ of the norm/softmax/product rules, `lrp compile` of a tiny ViT in a bare onnxrun
 
 Bounds: the compiled float32 relevance is within 5x the fixture's recorded float32 floor (the PyTorch reference's
 own float32/float64 relative L2, 3e-7 to 1.2e-6) of its float64 reference; measured 0.7x to 2.1x. Gradient methods
-and overrides (no PyTorch reference): within 5x the NumPy engine's float32/float64 difference of the same case
-(measured up to 2.3x), never tighter than 1e-6.
+and overrides (no PyTorch reference): within 1e-5 of the NumPy engine's float64 backward on onnxruntime's own
+forward values (ort_agreement.py; measured up to 2.7e-7). Not against NumPy's own float64 forward: `*=epsilon:0.001`
+on vit_legacy17 puts denominators z + eps sign(z) of 11 layers within 1e-3 while z's float32 round-off is 1e-7 of a
+scale of 0.5 to 2.5, so the relevance moves by 2e-4 (NumPy float32) to 2.3e-3 (onnxruntime on AVX-512) with the
+summation order (docs/testing.md).
 """
 
 import json
@@ -29,6 +32,7 @@ STEMS = FAST_STEMS + [pytest.param(s, marks=SLOW) for s in (
     "swin_dynamo18", "swinv2_dynamo18")]
 RUN = CliRunner()
 _MODELS = {}
+pytestmark = pytest.mark.numeric  # nearly every test here holds onnxruntime float32 results to a bound
 
 
 def rel_l2(got, want):
@@ -60,16 +64,17 @@ def test_compiled_engine_matches_the_pytorch_golden_relevance(stem, composite):
 
 
 def assert_matches_numpy_float64(model, x, **settings):
-    """The compiled float32 result against the NumPy engine's float64 one, relevance and per-node sums: 5x the
-    NumPy engine's own float32 deviation."""
-    fast = explain(model, x, engine="onnxruntime", **settings)
-    reference = explain(model, x, engine="numpy", precision="float64", **settings)
-    numpy32 = explain(model, x, engine="numpy", **settings)
-    assert fast.extra["engine"] == "onnxruntime" and fast.target == reference.target
-    floor = rel_l2(numpy32.relevance, reference.relevance)
-    assert rel_l2(fast.relevance, reference.relevance) <= max(5 * floor, 1e-6)
-    sums = [np.array([r.relevance_sum for r in e.propagation.layers]) for e in (fast, numpy32, reference)]
-    assert np.abs(sums[0] - sums[2]).max() <= max(5 * np.abs(sums[1] - sums[2]).max(), 1e-5 * np.abs(sums[2]).max())
+    """The compiled float32 run against the NumPy engine's float64 backward on onnxruntime's own forward values,
+    relevance and per-node sums, and the engine's own session against that run (ort_agreement bounds)."""
+    import tempfile
+
+    import ort_agreement
+    target = int(settings.pop("target", -1))
+    settings = api.Settings(engine="onnxruntime", target=str(target) if target >= 0 else "pred", **settings)
+    with tempfile.TemporaryDirectory() as folder:
+        agreement = ort_agreement.probe(model, x, settings, Path(folder), target)
+    fast = api.explain_array(model, x, settings)[0]
+    ort_agreement.assert_agrees(agreement, fast)
     return fast
 
 

@@ -28,6 +28,14 @@ from lrp_cli.rules import Rule
 
 ENGINES = ("auto", "onnxruntime", "numpy")
 CACHE_ENV = "LRP_CLI_CACHE_DIR"
+#: Test and diagnosis hook (docs/testing.md): comma-separated onnxruntime session settings for every session lrp-cli
+#: opens: threads=N (intra-op threads), optimization=disable|basic|extended|layout|all (graph optimization level),
+#: and any onnxruntime session config entry by its dotted key (session.set_denormal_as_zero=1, mlas....=...).
+ORT_OPTIONS_ENV = "LRP_CLI_ORT_OPTIONS"
+# "layout" (NCHWc blocking, between extended and all) exists only in recent onnxruntime versions.
+OPTIMIZATION_LEVELS = {name: getattr(ort.GraphOptimizationLevel, level) for name, level in (
+    ("disable", "ORT_DISABLE_ALL"), ("basic", "ORT_ENABLE_BASIC"), ("extended", "ORT_ENABLE_EXTENDED"),
+    ("layout", "ORT_ENABLE_LAYOUT"), ("all", "ORT_ENABLE_ALL")) if hasattr(ort.GraphOptimizationLevel, level)}
 DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
 _SESSIONS: dict[tuple, "CompiledSession"] = {}
 _FAILURES: dict[str, CompileError] = {}
@@ -93,6 +101,37 @@ class CompiledSession:
                 for (name, op, rule), total, received in zip(self.layers, run.layer_sums, run.layer_in_sums)]
 
 
+def ort_overrides() -> dict[str, str]:
+    """Returns the session settings $LRP_CLI_ORT_OPTIONS asks for (key -> value, empty when unset); OptionError
+    names a malformed entry."""
+    overrides = {}
+    for entry in filter(None, (part.strip() for part in os.environ.get(ORT_OPTIONS_ENV, "").split(","))):
+        key, equals, value = (part.strip() for part in entry.partition("="))
+        valid = (key == "threads" and value.isdigit() or key == "optimization" and value in OPTIMIZATION_LEVELS
+                 or "." in key and value != "")
+        if not (equals and valid):
+            raise OptionError(f"${ORT_OPTIONS_ENV}: '{entry}' is not threads=N, optimization="
+                              f"{'|'.join(OPTIMIZATION_LEVELS)} or <onnxruntime config key>=<value>")
+        overrides[key] = value
+    return overrides
+
+
+def session_options(threads: int = 0, level=None) -> ort.SessionOptions:
+    """Returns the options of an lrp-cli onnxruntime session: `threads` intra-op threads (0: every core), graph
+    optimization `level` (None: all), both overridden by $LRP_CLI_ORT_OPTIONS, which also adds its config entries;
+    an explicit level stays (a saved optimized form is opened without optimizing again)."""
+    overrides = ort_overrides()
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.intra_op_num_threads = int(overrides.get("threads", threads))
+    options.graph_optimization_level = level if level is not None else OPTIMIZATION_LEVELS[
+        overrides.get("optimization", "all")]
+    for key, value in overrides.items():
+        if "." in key:
+            options.add_session_config_entry(key, value)
+    return options
+
+
 def cache_dir() -> Path:
     """Returns the folder of compiled graphs: $LRP_CLI_CACHE_DIR, else the user cache dir (platformdirs)."""
     if os.environ.get(CACHE_ENV):
@@ -150,8 +189,9 @@ def session_for(model, method: str, rules: dict[str, Rule], providers=()) -> Com
         raise OptionError(f"--providers {','.join(providers)}: onnxruntime has no {unknown[0]} here; available: "
                           f"{', '.join(ort.get_available_providers())}")
     threads = _INTRA_OP_THREADS[0]
-    if (key, providers, threads) in _SESSIONS:
-        return _SESSIONS[(key, providers, threads)]
+    opened = (key, providers, threads, os.environ.get(ORT_OPTIONS_ENV, ""))
+    if opened in _SESSIONS:
+        return _SESSIONS[opened]
     if key in _FAILURES:
         raise _FAILURES[key]
     path = cache_dir() / f"{key}.lrp.onnx"
@@ -167,9 +207,9 @@ def session_for(model, method: str, rules: dict[str, Rule], providers=()) -> Com
         session = _open_cached(path, providers, threads)
     layers = [tuple(entry) for entry in json.loads(session.get_modelmeta().custom_metadata_map["lrp_cli.layers"])]
     kind = next(i.type for i in session.get_inputs() if i.name == model.graph.input_name)
-    _SESSIONS[(key, providers, threads)] = CompiledSession(session, model.graph.input_name, layers, seconds, path,
-                                                           INPUT_TYPES.get(kind, np.float32))
-    return _SESSIONS[(key, providers, threads)]
+    _SESSIONS[opened] = CompiledSession(session, model.graph.input_name, layers, seconds, path,
+                                        INPUT_TYPES.get(kind, np.float32))
+    return _SESSIONS[opened]
 
 
 def _compile_into(path: Path, model, method: str, rules: dict[str, Rule], output: str | None, key: str) -> float:
@@ -201,11 +241,8 @@ def _discard_entry(folder: Path, key: str) -> None:
             stale.unlink()
 
 
-def _options(threads: int = 0, level=ort.GraphOptimizationLevel.ORT_ENABLE_ALL) -> ort.SessionOptions:
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.intra_op_num_threads = threads
-    options.graph_optimization_level = level
+def _options(threads: int = 0, level=None) -> ort.SessionOptions:
+    options = session_options(threads, level)
     options.enable_mem_pattern = False  # it pre-plans one block for every tensor the backward keeps: a higher peak
     return options
 
@@ -240,11 +277,13 @@ def _open_optimized(path: Path, threads: int = 0) -> ort.InferenceSession:
 
 def _platform_tag() -> str:
     """Returns a short hash of what an optimized graph is specific to: the onnxruntime version, the machine and its
-    CPU's instruction-set flags (the kernels' weight layouts follow the vector width)."""
+    CPU's instruction-set flags (the kernels' weight layouts follow the vector width), and the optimization level and
+    config entries of $LRP_CLI_ORT_OPTIONS."""
     flags = platform.processor()
     with suppress(OSError):
         flags = next((line for line in open("/proc/cpuinfo", encoding="utf-8") if line.startswith("flags")), flags)
-    content = json.dumps([ort.__version__, platform.machine(), flags])
+    settings = sorted((key, value) for key, value in ort_overrides().items() if key != "threads")
+    content = json.dumps([ort.__version__, platform.machine(), flags] + ([settings] if settings else []))
     return hashlib.sha256(content.encode()).hexdigest()[:12]
 
 

@@ -10,6 +10,7 @@ import onnx
 import onnxruntime as ort
 
 from lrp_cli.errors import ModelLoadError
+from lrp_cli.engines import onnx_engine
 from lrp_cli.ir.graph import Graph
 
 #: onnxruntime input types other than float32 that lrp-cli feeds (its own computation stays float32/float64).
@@ -36,8 +37,7 @@ def onnx_session(path: Path, model: onnx.ModelProto, graph: Graph, output: str |
     model.graph.output.extend(keep)
     if graph.output_name != chosen:
         model.graph.output.append(onnx.helper.make_empty_tensor_value_info(graph.output_name))
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options = onnx_engine.session_options()
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # batch jobs share the cores
     try:
         return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -17,8 +18,9 @@ from lrp_cli.explanation import Explanation, Settings
 from lrp_cli.kinds.base import InputItem, Kind, LoadOptions, Model
 from lrp_cli.kinds.text_outputs import TextOutputs
 from lrp_cli.text import inputs
-from lrp_cli.text.explain import explain_text, resolve_class
-from lrp_cli.text.pipeline import TextModel, flat_steps, is_vectorizer, load_text_model, read_model_file
+
+if TYPE_CHECKING:  # scikit-learn is imported only when a scikit-learn model is named: `lrp --help` stays fast
+    from lrp_cli.text.pipeline import TextModel
 
 SUFFIXES = (".joblib", ".pkl", ".skops")
 
@@ -37,6 +39,7 @@ class SklearnTextKind(Kind):
         other pipeline, which `load` then accepts or refuses naming the step."""
         if path.suffix.lower() not in SUFFIXES:
             return False
+        from lrp_cli.text.pipeline import flat_steps, is_vectorizer, read_model_file
         try:
             content = read_model_file(path)
         except ModelLoadError:
@@ -61,6 +64,7 @@ class SklearnTextKind(Kind):
                               "come from the classifier)")
         read, self._read = self._read, None
         content = read[-1] if read and read[:-1] == (path, *_signature(path)) else None
+        from lrp_cli.text.pipeline import load_text_model
         return SklearnTextModel(path, load_text_model(path, dict(options.extra).get("vectorizer"), content))
 
 
@@ -112,6 +116,8 @@ class SklearnTextModel(TextOutputs, Model):
         if given:
             raise OptionError(f"{', '.join(given)}: not an option of scikit-learn text pipelines (they are "
                               "explained by LRP, the decision value onto the words)")
+        from lrp_cli.text.explain import resolve_class
+
         if settings.target.startswith("top:"):
             raise OptionError(f"--target {settings.target}: text pipelines take pred, a class index or a label")
         if settings.target != "pred":
@@ -139,6 +145,7 @@ class SklearnTextModel(TextOutputs, Model):
         """Returns the explanation of one text for the target (--target pred/INDEX/LABEL; --pair for ovo SVMs)."""
         item, text = prepared
         start = time.perf_counter()
+        from lrp_cli.text.explain import explain_text
         ex = explain_text(self.text_model, text, None if settings.target == "pred" else settings.target,
                           settings.tiling.get("pair"), dict(item.source))
         return [Explanation(input_path=item.path or Path(item.stem), x=ex.relevance, picture=None,
