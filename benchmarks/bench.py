@@ -597,13 +597,15 @@ def bench_bilstm_text(runs: int = 20, tokens: int = 50) -> dict:
 
 
 def bilstm_text(runs: int) -> str:
-    """Returns the Markdown paragraph of bench_bilstm_text."""
-    b = bench_bilstm_text(max(runs, 20))
-    return (f"\nText through an ONNX LSTM: a {b['tokens']}-token sentence, 2-layer bidirectional LSTM (hidden 256, "
-            f"embeddings 128, random weights), LRP (sequence-epsilon, NumPy engine), float32, one thread each, median "
-            f"of {max(runs, 20)} runs in turn with the onnxruntime forward ({b['forward_ms']:.1f} ms): explaining "
-            f"the text (tokenise, forward, LRP, words) {b['explain_ms']:.1f} ms, ratio {b['ratio']:.2f}x; the id "
-            f"tensor alone {b['ids_ms']:.1f} ms, {b['ids_ratio']:.2f}x (target: at most 5x).\n")
+    """Returns the Markdown paragraph of bench_bilstm_text (at least 20 runs: one run takes tens of ms)."""
+    runs = max(runs, 20)
+    b = bench_bilstm_text(runs)
+    setup = (f"a {b['tokens']}-token sentence, 2-layer bidirectional LSTM (hidden 256, embeddings 128, random "
+             "weights), LRP (sequence-epsilon, NumPy engine), float32, one thread each")
+    return (f"\nText through an ONNX LSTM: {setup}, median of {runs} runs in turn with the onnxruntime forward "
+            f"({b['forward_ms']:.1f} ms): explaining the text (tokenise, forward, LRP, words) {b['explain_ms']:.1f} "
+            f"ms, ratio {b['ratio']:.2f}x; the id tensor alone {b['ids_ms']:.1f} ms, {b['ids_ratio']:.2f}x (target: "
+            "at most 5x).\n")
 
 
 def machine() -> str:
