@@ -218,3 +218,32 @@ def test_the_lstm_demo_reads_a_review_of_any_length_and_finds_the_sentiment_word
         words.update({t["text"]: t["relevance"] for t in expl.extra["text"].tokens})
     assert words["reliable"] == max(words.values())  # the positive word carries the most positive evidence
     assert min(words, key=words.get) in ("flimsy", "cheap")
+
+
+def test_a_text_sidecar_on_a_model_that_does_not_read_ids_is_a_load_error(tmp_path):
+    path = tmp_path / "eeg.onnx"
+    shutil.copy(ROOT / "tests" / "fixtures" / "sequences" / "eeg_legacy.onnx", path)
+    (tmp_path / "v.txt").write_text("a\nb\n")
+    (tmp_path / "eeg.lrp.toml").write_text('[text]\nvocabulary = "v.txt"\n')
+    with pytest.raises(ModelLoadError, match=r"eeg.onnx: a \[text\] model reads token ids \[N, T\]; its input is "
+                                             r"\[1, 4, 16\]"):
+        kinds.load_model(path)
+
+
+def test_texts_explained_in_one_batch_get_what_they_get_alone(tmp_path):
+    path = text_model(tmp_path, "")
+    texts = ["the good movie", "bad plot", "the plot is not very good"]
+    for k, text in enumerate(texts):
+        (tmp_path / "in").mkdir(exist_ok=True)
+        (tmp_path / "in" / f"t{k}.txt").write_text(text)
+    words = {}
+    for size in ("1", "3"):
+        out = tmp_path / f"out{size}"
+        result = CliRunner().invoke(main, ["explain", str(tmp_path / "in"), "--model", str(path), "--out", str(out),
+                                           "--batch-size", size, "--no-progress"])
+        assert result.exit_code == 0, result.output
+        words[size] = [[t["relevance"] for t in json.loads((out / f"t{k}.json").read_text())["tokens"]]
+                       for k in range(3)]
+    assert [len(w) for w in words["3"]] == [3, 2, 6]
+    for alone, batched in zip(words["1"], words["3"]):  # float32, the same products in another order
+        np.testing.assert_allclose(batched, alone, rtol=1e-4, atol=1e-6)
