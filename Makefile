@@ -24,6 +24,7 @@ demo: $(INSTALLED) $(EFFNET)
 	$(BIN)/lrp explain sample_images/digits --model models/digits-mlp.onnx --out $(DEMO_OUT)/digits
 	$(BIN)/lrp explain sample_images/polygons_scene.png --model models/polygons-bow-svm.joblib --target positive \
 		--out $(DEMO_OUT)
+	$(BIN)/lrp explain sample_texts/mixed.txt --model models/text-lstm.onnx --target positive --out $(DEMO_OUT)/text-lstm
 	@echo "heatmaps written to $(DEMO_OUT)/"
 
 # The fast suite, then the slow one (real models); pytest exits 5 when a marker selects nothing.
@@ -60,11 +61,13 @@ bench: $(INSTALLED) $(EFFNET)
 
 models:
 	$(PYTHON) -m venv $(MODELS_VENV)
-	$(MODELS_VENV)/bin/python -m pip install --quiet torch==2.13.0 numpy onnx onnxruntime pillow scikit-learn
+	$(MODELS_VENV)/bin/python -m pip install --quiet torch==2.13.0 numpy onnx onnxruntime pillow scikit-learn click
 	$(MODELS_VENV)/bin/python -m pip install --quiet --no-deps -e .
 	$(MODELS_VENV)/bin/python scripts/build_models.py
+	$(MODELS_VENV)/bin/python scripts/build_text_lstm.py
 	$(MAKE) $(INSTALLED)
 	$(BIN)/python scripts/build_polygons_bow.py
+	$(BIN)/python scripts/build_text_lstm.py --figure
 
 lint: $(INSTALLED)
 	$(BIN)/python -m pip install --quiet ruff

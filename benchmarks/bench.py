@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+import bilstm_onnx
 import resnet50_onnx
 import vgg16_onnx
 from tables import markdown
@@ -610,6 +611,56 @@ def text_text(runs: int) -> str:
             f"{b['json_per_s']:.0f} docs/s, with .json, .html and .png {b['all_per_s']:.0f} docs/s.\n")
 
 
+def bench_bilstm_text(runs: int = 20, tokens: int = 50) -> dict:
+    """Returns {forward_ms, explain_ms, ratio, ids_ms, ids_ratio}: explaining a `tokens`-word sentence with the
+    2-layer bidirectional LSTM of hidden size 256 (bilstm_onnx, random weights) through the ONNX text kind (text
+    -> ids -> LRP -> words; engine auto, which runs LSTMs on NumPy), and the id tensor alone through the ONNX kind,
+    each timed in turn with the model's onnxruntime forward on the same ids (issue 20: at most 5x)."""
+    import onnxruntime as ort
+    from threadpoolctl import threadpool_limits
+
+    from lrp_cli.explanation import Settings
+    from lrp_cli.kinds import load_model
+
+    words = [f"w{k}" for k in range(bilstm_onnx.VOCAB)]
+    sentence = " ".join(np.random.default_rng(1).choice(words, tokens))
+    settings = Settings(kind_options={"text": sentence})
+    with tempfile.TemporaryDirectory() as folder:  # the session is built from the file on first use
+        path = Path(folder) / "bilstm.onnx"
+        onnx.save(bilstm_onnx.build(tokens), str(path))
+        (Path(folder) / "words.txt").write_text("\n".join(words) + "\n", encoding="utf-8")
+        path.with_name("bilstm.lrp.toml").write_text('[text]\nvocabulary = "words.txt"\n', encoding="utf-8")
+        model = load_model(path)
+        item = model.expand([], settings)[0]
+        ids = model.prepare(item, settings)[3].ids
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1  # one thread each: the NumPy pass runs with one BLAS thread below
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+        def forward():
+            return session.run(None, {"ids": ids})
+
+        with threadpool_limits(1):
+            forward_s, explain_s, ratio = interleaved_ratio(
+                forward, lambda: model.explain(model.prepare(item, settings), settings), runs)
+            _, ids_s, ids_ratio = interleaved_ratio(
+                forward, lambda: model.onnx.explain((model.onnx, ids, None, path), settings), runs)
+    return {"forward_ms": forward_s * 1e3, "explain_ms": explain_s * 1e3, "ratio": ratio, "ids_ms": ids_s * 1e3,
+            "ids_ratio": ids_ratio, "tokens": tokens}
+
+
+def bilstm_text(runs: int) -> str:
+    """Returns the Markdown paragraph of bench_bilstm_text (at least 20 runs: one run takes tens of ms)."""
+    runs = max(runs, 20)
+    b = bench_bilstm_text(runs)
+    setup = (f"a {b['tokens']}-token sentence, 2-layer bidirectional LSTM (hidden 256, embeddings 128, random "
+             "weights), LRP (sequence-epsilon, NumPy engine), float32, one thread each")
+    return (f"\nText through an ONNX LSTM: {setup}, median of {runs} runs in turn with the onnxruntime forward "
+            f"({b['forward_ms']:.1f} ms): explaining the text (tokenise, forward, LRP, words) {b['explain_ms']:.1f} "
+            f"ms, ratio {b['ratio']:.2f}x; the id tensor alone {b['ids_ms']:.1f} ms, {b['ids_ratio']:.2f}x (target: "
+            "at most 5x).\n")
+
+
 def machine() -> str:
     """Returns a one-line description of this machine."""
     cpu = platform.processor() or platform.machine()
@@ -662,7 +713,11 @@ def main():
                         help="Only the peak RSS of both engines (compiled: cold and warm cache) on four models")
     parser.add_argument("--text-only", action="store_true",
                         help="Only the text pipeline's explanation against its decision_function")
+    parser.add_argument("--lstm-only", action="store_true",
+                        help="Only a 50-token sentence through a 2-layer bidirectional LSTM against its forward")
     args = parser.parse_args()
+    if args.lstm_only:
+        return _emit(f"## {datetime.date.today().isoformat()}: {machine()}\n{bilstm_text(args.runs)}", args.write)
     if args.text_only:
         return _emit(f"## {datetime.date.today().isoformat()}: {machine()}\n{text_text(args.runs)}", args.write)
     if args.memory_only:
@@ -709,7 +764,7 @@ def main():
             f"{checked['explain_cpu']:.2f} s ({checked['check_cpu'] / checked['explain_cpu'] - 1:+.0%}).\n"
             + (f"\nEvery method, median of {max(1, args.runs // 2)} runs, each method's "
                f"defaults:\n\n{methods}\n" if methods else "") + evaluate_text() + jobs_text + vit
-            + text_text(args.runs) + ("\n" + batch_text(args.runs) if effnet.exists() else ""))
+            + text_text(args.runs) + bilstm_text(args.runs) + ("\n" + batch_text(args.runs) if effnet.exists() else ""))
     _emit(text, args.write)
 
 

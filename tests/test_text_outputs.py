@@ -96,8 +96,9 @@ def test_input_errors_are_one_line(tmp_path):
     (tmp_path / "rows.jsonl").write_text('{"x": "one"}\n')
     with pytest.raises(OptionError, match="--text-field"):
         inputs.text_items([str(tmp_path / "rows.jsonl")])
+    (row,) = inputs.text_items([str(tmp_path / "rows.jsonl")], text_field="body")  # its error comes with its text
     with pytest.raises(InputError, match="row 1 has no text field 'body'"):
-        inputs.text_items([str(tmp_path / "rows.jsonl")], text_field="body")
+        row.load()
     (missing,) = inputs.text_items([str(tmp_path / "nope.txt")])
     with pytest.raises(InputError, match="nope.txt: cannot read"):
         missing.load()

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from lrp_cli import pipeline
 from lrp_cli.explanation import (IR_DIFF_WARNING, METHOD_NAMES, PRECISIONS, Explanation, Settings, class_index,
                                  label_of, resolve_targets)
 from lrp_cli.kinds.bow_model import BowModel as LoadedBowModel
@@ -32,7 +33,7 @@ __all__ = ["IR_DIFF_WARNING", "METHOD_NAMES", "PRECISIONS", "Explanation", "Load
 
 def check_settings(model, settings: Settings) -> None:
     """Raises OptionError when the settings do not fit the model (bad rule, options of another model kind)."""
-    model.check_settings(settings)
+    pipeline.check_settings(model, settings)
 
 
 def explain_array(model: LoadedModel, x: np.ndarray, settings: Settings, input_path: Path = Path("<array>"),

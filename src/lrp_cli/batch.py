@@ -58,16 +58,17 @@ class ModelSpec:
     labels: Path | None = None
     layout: str | None = None
     sha256: str = ""
+    extra: tuple = ()  # LoadOptions.extra: the load options of one kind, (name, value) pairs
 
 
 _MODELS: dict[ModelSpec, object] = {}  # the models this process has loaded, kept for its later tasks
 
 
 def load_model(path: Path, output: str | None = None, labels: Path | None = None,
-               layout: str | None = None) -> tuple[object, ModelSpec]:
+               layout: str | None = None, extra: tuple = ()) -> tuple[object, ModelSpec]:
     """Returns (the loaded model, the spec that finds it again): the model is kept for this process's tasks."""
-    model = pipeline.load_model(path, output, labels, layout)
-    spec = ModelSpec(Path(path), output, None if labels is None else Path(labels), layout, model.sha256)
+    model = pipeline.load_model(path, output, labels, layout, extra)
+    spec = ModelSpec(Path(path), output, None if labels is None else Path(labels), layout, model.sha256, extra)
     _MODELS[spec] = model
     return model, spec
 
@@ -83,7 +84,7 @@ def model_spec(model) -> ModelSpec:
 def cached_model(spec: ModelSpec):
     """Returns the model of a spec, loaded on this process's first call and kept (keyed by the file's sha256)."""
     if spec not in _MODELS:
-        model = pipeline.load_model(spec.path, spec.output, spec.labels, spec.layout)
+        model = pipeline.load_model(spec.path, spec.output, spec.labels, spec.layout, spec.extra)
         if spec.sha256 and model.sha256 != spec.sha256:
             raise ModelLoadError(f"{spec.path}: this worker's file differs from the client's (sha256 "
                                  f"{model.sha256[:12]}, expected {spec.sha256[:12]})")
@@ -99,7 +100,7 @@ class ExplainTask:
     spec: ModelSpec
     settings: Settings
     out_dir: Path
-    cmap: str = "jet"
+    cmap: str | None = None  # None: the model kind's default colormap
     save_raw: bool = False
     json_lines: bool = False
     batch_size: int = 1  # inputs explained in one pass (Model.explain_many); jobs, workers and --scheduler take batches
@@ -163,8 +164,9 @@ class ExplainTask:
         for expl in explanations:
             stem = item.stem if len(explanations) == 1 else f"{item.stem}.class{expl.target['index']}"
             try:
-                document = pipeline.save_explanation(model, expl, self.out_dir, stem, self.cmap, self.save_raw,
-                                                     scale or self.scale)
+                options = pipeline.output_options(model, self.cmap, self.save_raw, scale or self.scale,
+                                                  self.settings.kind_options)
+                document = model.save(expl, self.out_dir, stem, options)
                 row = summary_row(item, model.summary_fields(document))
                 if self.thumbnails:
                     from lrp_cli import report
@@ -174,6 +176,7 @@ class ExplainTask:
                 result.rows.append(summary_row(item, error=str(exc)))
                 continue
             result.lines.extend(self._report(model, item, expl, document, row))
+            result.lines.extend((text, False) for text in model.printed(expl, options))
             result.rows.append(row)
         return result
 
@@ -184,8 +187,9 @@ class ExplainTask:
         target = expl.target
         label = f" ({target['label']})" if target["label"] else ""
         pred = expl.prediction
+        score = "n/a" if pred["score"] is None else f"{pred['score']:.4g}"
         lines = [(f"{item.path}: target {target['index']}{label}, predicted {pred['index']} score "
-                  f"{pred['score']:.4g}, {model.conservation_account(document)} -> {row['heatmap']}", False)]
+                  f"{score}, {model.conservation_account(document)} -> {row['heatmap']}", False)]
         if expl.ir_diff_relative is not None and expl.ir_diff_relative > IR_DIFF_WARNING:
             lines.append((f"warning: {item.path}: IR output differs from onnxruntime by "
                           f"{expl.ir_max_abs_diff:.3g} (relative {expl.ir_diff_relative:.2e})", True))

@@ -57,7 +57,7 @@ MODEL_OPTIONS = [
     click.option("--tile", type=click.IntRange(min=0), help="BoW models: explain tiles of N px and average them "
                  "(Fig 6); 0 explains the whole image [default: the training image size]."),
     click.option("--tile-stride", type=click.IntRange(min=1), help="BoW models: tile stride in px."),
-    click.option("--pair", help="BoW one-vs-one models: the two classes A,B whose decision is explained."),
+    click.option("--pair", help="One-vs-one SVMs (BoW, text): the two classes A,B whose decision is explained."),
     click.option("--engine", type=click.Choice(list(ENGINES)), default="auto", show_default=True,
                  help="auto: the compiled onnxruntime graph when the model compiles (float32), else NumPy."),
     click.option("--providers", help="onnxruntime execution providers of the compiled engine, comma-separated "
@@ -93,15 +93,15 @@ def main():
 
 
 @main.command()
-@click.argument("inputs", nargs=-1, required=True)
+@click.argument("inputs", nargs=-1)
 @click.option("--model", "model_path", required=True, type=click.Path(path_type=Path),
-              help="ONNX model (a MODEL.lrp.toml sidecar beside it supplies defaults).")
+              help="ONNX model (a MODEL.lrp.toml sidecar beside it supplies defaults), BoW or text .joblib/.skops.")
 @click.option("--out", "out_dir", default="lrp-out", type=click.Path(path_type=Path), show_default=True,
               help="Output folder.")
 @click.option("--method", type=click.Choice(list(api.METHOD_NAMES)), default="lrp", show_default=True,
               help="lrp; gradient / gradient x input of the target score; gradcam, occlusion, lime, random.")
 @_model_options
-@click.option("--cmap", type=click.Choice(render.COLORMAPS), default="jet", show_default=True)
+@click.option("--cmap", type=click.Choice(render.COLORMAPS), help="Colormap [default: jet; bwr for text].")
 @click.option("--normalize", type=click.Choice(["image", "global"]), default="image", show_default=True,
               help="Scale each heatmap by its own --scale statistic, or by that statistic over all inputs' pixels.")
 @click.option("--scale", "scale_spec", default="max", show_default=True, metavar="max|percentile:P",
@@ -124,20 +124,36 @@ def main():
 @click.option("--stride", type=click.IntRange(min=1), help="occlusion: patch stride in px [default: half the patch].")
 @click.option("--samples", type=click.IntRange(min=2), help="lime: perturbed samples [default: 1000].")
 @click.option("--seed", type=int, help="lime, random: random seed [default: 0].")
+@click.option("--text", "text", metavar="TEXT", help="Text models: explain this text (INPUT then optional).")
+@click.option("--text-field", metavar="NAME", help="Text models: the field of .jsonl/.csv rows holding the text.")
+@click.option("--id-field", metavar="NAME", help="Text models: the field naming each row's outputs "
+              "[default: the row number].")
+@click.option("--vectorizer", type=click.Path(path_type=Path), help="Text models: the vectorizer (or pipeline "
+              "before the classifier) of a model file holding a bare classifier.")
+@click.option("--print", "print_text", is_flag=True, help="Text models: also print the coloured words.")
 @interrupts.exit_on_signal
 def explain(inputs, model_path, out_dir, method, cmap, normalize, scale_spec, save_raw, jobs, batch_size,
-            skip_existing, scheduler, no_progress, json_lines, html, cam_layer, patch, stride, samples, seed, **shared):
-    """Explain the prediction for each INPUT (image, .npy tensor, folder or glob)."""
+            skip_existing, scheduler, no_progress, json_lines, html, cam_layer, patch, stride, samples, seed, text,
+            text_field, id_field, vectorizer, print_text, **shared):
+    """Explain the prediction for each INPUT (image, .npy tensor, .txt, .jsonl/.csv rows, `-` for stdin,
+    folder or glob)."""
     try:
+        if not inputs and text is None:
+            raise OptionError("give an INPUT (file, folder, glob, - for stdin) or --text")
         scale = render.parse_scale(scale_spec)
         settings = _settings(method, shared)
         settings.method_options = {k: v for k, v in {"layer": cam_layer, "patch": patch, "stride": stride,
                                                      "samples": samples, "seed": seed}.items() if v is not None}
-        model, model_spec = batch.load_model(model_path, shared["output_name"], shared["labels"], shared["layout"])
+        settings.kind_options = {k: v for k, v in {"text": text, "text_field": text_field, "id_field": id_field,
+                                                   "print": print_text or None, "vectorizer": vectorizer}.items()
+                                 if v is not None}  # vectorizer: loaded with the model, listed so others refuse it
+        load_extra = (("vectorizer", vectorizer),) if vectorizer is not None else ()
+        model, model_spec = batch.load_model(model_path, shared["output_name"], shared["labels"], shared["layout"],
+                                             load_extra)
         api.check_settings(model, settings)
+        items = batch.expand_inputs(list(inputs), model, settings)
     except LrpError as exc:
         _fail(exc)
-    items = batch.expand_inputs(list(inputs), model, settings)
     runner = batch.BatchRunner(batch.ExplainTask(model_spec, settings, out_dir, cmap, save_raw, json_lines,
                                                  batch_size, thumbnails=html, scale=scale),
                                normalize == "global")
@@ -162,7 +178,8 @@ def explain(inputs, model_path, out_dir, method, cmap, normalize, scale_spec, sa
 def _write_html(out_dir, rows, model, settings, cmap, scale, global_scale):
     from lrp_cli import report
     try:
-        path = report.write_explain_report(out_dir, rows, model, settings, cmap, global_scale, scale)
+        path = report.write_explain_report(out_dir, rows, model, settings, cmap or model.default_cmap, global_scale,
+                                           scale)
     except OSError as exc:
         _fail(InputError(f"{out_dir}: cannot write the HTML report ({exc})"))
     click.echo(f"report: {path}", err=True)

@@ -13,9 +13,17 @@ from lrp_cli.kinds import InputItem, LoadOptions, Model, OutputOptions
 
 
 def load_model(path: str | Path, output: str | None = None, labels: str | Path | None = None,
-               layout: str | None = None) -> Model:
-    """Returns the loaded model of whichever kind claims the file (an ONNX classifier, a BoW pipeline, ...)."""
-    return kinds.load_model(path, LoadOptions(output, None if labels is None else Path(labels), layout))
+               layout: str | None = None, extra: tuple = ()) -> Model:
+    """Returns the loaded model of whichever kind claims the file (an ONNX classifier, a BoW pipeline, ...);
+    `extra`: the load options of one kind, as (name, value) pairs."""
+    return kinds.load_model(path, LoadOptions(output, None if labels is None else Path(labels), layout, extra))
+
+
+def check_settings(model: Model, settings: Settings) -> None:
+    """Raises OptionError when the settings do not fit the model: options of another kind, then the kind's own
+    checks."""
+    model.check_kind_options(settings)
+    model.check_settings(settings)
 
 
 def item_of(input_path: str | Path) -> InputItem:
@@ -34,11 +42,18 @@ def explain(model: Model, input_path: str | Path, settings: Settings) -> list[Ex
     return explain_item(model, item_of(input_path), settings)
 
 
-def save_explanation(model: Model, expl: Explanation, out_dir: Path, stem: str, cmap: str = "jet",
-                     save_raw: bool = False, scale: Scale = Scale()) -> dict:
+def output_options(model: Model, cmap: str | None = None, save_raw: bool = False, scale: Scale = Scale(),
+                   extra: dict | None = None) -> OutputOptions:
+    """Returns the OutputOptions of a request (cmap None: the model kind's default colormap; extra: the kind
+    options, passed through unread)."""
+    return OutputOptions(cmap or model.default_cmap, save_raw, scale, dict(extra or {}))
+
+
+def save_explanation(model: Model, expl: Explanation, out_dir: Path, stem: str, cmap: str | None = None,
+                     save_raw: bool = False, scale: Scale = Scale(), extra: dict | None = None) -> dict:
     """Writes the files of one explanation all-or-nothing (images: heatmap, overlay, JSON, raw relevance),
     coloured as `scale` says; returns the JSON document."""
-    return model.save(expl, Path(out_dir), stem, OutputOptions(cmap, save_raw, scale))
+    return model.save(expl, Path(out_dir), stem, output_options(model, cmap, save_raw, scale, extra))
 
 
 def global_scale(model: Model, explanations: list[Explanation], scale: Scale = Scale()) -> Scale:

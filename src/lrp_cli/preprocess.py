@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 import warnings
 from dataclasses import dataclass, field, fields, replace
@@ -89,7 +90,7 @@ class Sidecar:
     output: str | None = None
     layout: str | None = None
     extra: dict = field(default_factory=dict)
-    text: dict = field(default_factory=dict)  # [text]: padding_id of a token-id input (docs/sequences.md)
+    text: dict = field(default_factory=dict)  # [text]: the tokens of a token-id input (docs/sequences.md)
 
 
 def sidecar_path(model_path: Path) -> Path:
@@ -121,6 +122,7 @@ def load_sidecar(model_path: Path) -> Sidecar:
         check, expected = SIDECAR_CHECKS[key]
         if not check(value):
             raise ModelLoadError(f"{path}: {key} = {value!r}: expected {expected}")
+    _check_text(path, data.get("text", {}))
     names = {f.name for f in fields(PreprocessConfig)}
     config = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in names}
     labels = data.get("labels")
@@ -131,6 +133,24 @@ def load_sidecar(model_path: Path) -> Sidecar:
         raise ModelLoadError(f"{path}: {exc}") from None
     return Sidecar(preprocess, labels, data.get("composite"), data.get("output"), data.get("layout"),
                    data.get("training", {}), data.get("text", {}))
+
+
+def _check_text(path: Path, table: dict) -> None:
+    """Raises the one-line ModelLoadError of the first [text] key that is unknown or has a value of the wrong
+    kind."""
+    for key, value in table.items():
+        if key not in TEXT_CHECKS:
+            raise ModelLoadError(f"{path}: unknown [text] key {key!r}; known: {sorted(TEXT_CHECKS)}")
+        check, expected = TEXT_CHECKS[key]
+        if not check(value):
+            raise ModelLoadError(f"{path}: [text] {key} = {value!r}: expected {expected}")
+
+
+def _regex(value) -> bool:
+    try:
+        return isinstance(value, str) and re.compile(value).pattern != ""
+    except re.error:
+        return False
 
 
 def _positive_ints(value, count: int) -> bool:
@@ -164,8 +184,21 @@ SIDECAR_CHECKS = {
     "output": (lambda v: isinstance(v, str), "the name of a graph output"),
     "layout": (lambda v: isinstance(v, str) and v in LAYOUTS, f"one of {', '.join(LAYOUTS)}"),
     "training": (lambda v: isinstance(v, dict), "a table"),
-    "text": (lambda v: isinstance(v, dict) and set(v) <= {"padding_id"} and _ints(v.get("padding_id", [])),
-             "a table with padding_id = ID or [ID, ...]"),
+    "text": (lambda v: isinstance(v, dict), "a table (docs/sequences.md)"),
+}
+
+#: [text] key -> (test of its value, what the error says is expected): how text becomes token ids.
+TEXT_CHECKS = {
+    "padding_id": (_ints, "ID or [ID, ...], integers"),
+    "vocabulary": (lambda v: isinstance(v, str) and v != "",
+                   "a file beside the sidecar: one token per line (id = line number from 0) or JSON token -> id"),
+    "lowercase": (lambda v: isinstance(v, bool), "true or false"),
+    "token_pattern": (_regex, "a non-empty regular expression (Python re)"),
+    "unknown_id": (lambda v: _ints(v) and not isinstance(v, list), "an integer"),
+    "start_id": (lambda v: _ints(v) and not isinstance(v, list), "an integer"),
+    "end_id": (lambda v: _ints(v) and not isinstance(v, list), "an integer"),
+    "length": (lambda v: _positive_ints([v], 1), "a positive integer"),
+    "padding_side": (lambda v: v in ("right", "left"), "right or left"),
 }
 
 

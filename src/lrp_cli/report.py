@@ -71,7 +71,8 @@ def write_report(path: Path, title: str, rows: list[dict], columns: list[Column]
 
 
 EXPLAIN_COLUMNS = [
-    Column("input", "input"), Column("image", "image", "image"), Column("heatmap", "heatmap", "image"),
+    Column("input", "input"), Column("text", "text"), Column("image", "image", "image"),
+    Column("heatmap", "heatmap", "image"),
     Column("overlay", "overlay", "image"), Column("target", "target", "number"),
     Column("class", "class", filter=True), Column("score", "score", "number"), Column("f_x", "f(x)", "number"),
     Column("conservation_error", "conservation error", "number"), Column("status", "status", filter=True),
@@ -115,17 +116,20 @@ def write_thumbnail(model, settings, row: dict) -> Path | None:
 
 
 def explain_rows(out_dir: Path, summary_rows: list[dict], model, settings) -> list[dict]:
-    """Returns the report rows of `lrp explain` summary rows, writing each explained input's thumbnail."""
+    """Returns the report rows of `lrp explain` summary rows, writing each explained image's thumbnail. A row
+    whose heatmap is not an image's STEM.heatmap.png (a text's STEM.png, which draws the words, or its STEM.json)
+    has no thumbnail nor overlay, and its `text` (first words) in the text column."""
     rows = []
     for row in summary_rows:
         heatmap = row.get("heatmap")
-        stem = heatmap[:-len(HEATMAP_SUFFIX)] if heatmap else None
-        thumbnail = write_thumbnail(model, settings, row) if heatmap else None
+        image = bool(heatmap) and heatmap.endswith(HEATMAP_SUFFIX)
+        stem = heatmap[:-len(HEATMAP_SUFFIX)] if image else heatmap and str(Path(heatmap).with_suffix(""))
+        thumbnail = write_thumbnail(model, settings, row) if image else None
         label = row.get("label")
         rows.append({
-            "input": row["input"], "image": relative_url(thumbnail, out_dir),
-            "heatmap": relative_url(heatmap, out_dir),
-            "overlay": relative_url(stem and stem + ".overlay.png", out_dir),
+            "input": row["input"], "text": row.get("text"), "image": relative_url(thumbnail, out_dir),
+            "heatmap": relative_url(heatmap if heatmap and heatmap.endswith(".png") else None, out_dir),
+            "overlay": relative_url(stem + ".overlay.png" if image else None, out_dir),
             "target": row.get("target"), "class": label if label is not None else _text(row.get("target")),
             "score": row.get("score"), "f_x": row.get("f_x"), "conservation_error": row.get("conservation_error"),
             "status": row["status"], "error": row.get("error"), "json": relative_url(stem and stem + ".json", out_dir),
@@ -143,7 +147,8 @@ def write_explain_report(out_dir: Path, summary_rows: list[dict], model, setting
     path = out_dir / "index.html"
     rows = explain_rows(out_dir, summary_rows, model, settings)
     caption = scale.caption(global_scale)
-    write_report(path, f"lrp explain: {model.path.name}", rows, EXPLAIN_COLUMNS, {"cmap": cmap, "caption": caption})
+    columns = [c for c in EXPLAIN_COLUMNS if c.key != "text" or any(row["text"] for row in rows)]
+    write_report(path, f"lrp explain: {model.path.name}", rows, columns, {"cmap": cmap, "caption": caption})
     return path
 
 

@@ -102,6 +102,11 @@ def _carry(valid: np.ndarray | None, new: np.ndarray, old: np.ndarray) -> np.nda
     return new if valid is None else np.where(valid, new, old)
 
 
+def _masked(p: Weights, per_step: np.ndarray) -> np.ndarray:
+    """Returns a [T, N, ...] array of every step with 0 at the steps beyond each item's length."""
+    return per_step if p.mask is None else np.where(p.mask, per_step, 0.0)
+
+
 def _sigmoid(z):
     return 0.5 * (np.tanh(0.5 * z) + 1.0)  # exact sigmoid without overflow in exp
 
@@ -260,11 +265,12 @@ class LSTM(Recurrent):
     def run(self, x, p):
         hsize, steps = self.hidden, x.shape[0]
         wx = x @ p.w.T + (p.wb + p.rb)  # [T, N, 4H]: every step's input part and both biases at once
+        rt = np.ascontiguousarray(p.r.T)  # read row by row at every step: faster than the transposed view
         h, c = [p.h0], [p.c0]
         keys = ("i", "o", "f", "g", "zg")
         s = {k: [] for k in keys}
         for t in range(steps):
-            z = wx[t] + h[-1] @ p.r.T
+            z = wx[t] + h[-1] @ rt
             gates = _sigmoid(z[:, :3 * hsize])
             i, o, f = gates[:, :hsize], gates[:, hsize:2 * hsize], gates[:, 2 * hsize:]
             zg = z[:, 3 * hsize:]
@@ -279,7 +285,7 @@ class LSTM(Recurrent):
 
     def lrp(self, x, p, s, r_y, eps):
         w_g, u_g, _, _ = p.gate(3, self.hidden)
-        r_x = np.zeros_like(x)
+        qs = np.zeros(x.shape[:2] + (self.hidden,), dtype=np.result_type(r_y, s["zg"]))
         r_h = np.zeros_like(r_y[0])
         r_c = np.zeros_like(r_y[0])
         for t in reversed(range(x.shape[0])):
@@ -287,15 +293,14 @@ class LSTM(Recurrent):
             c = s["c"][t + 1]
             r_g = _epsilon_share(s["i"][t] * s["g"][t], c, total, eps)  # i * g: the signal g takes all
             r_prev = _epsilon_share(s["f"][t] * s["c"][t], c, total, eps)  # f * c_{t-1}: c_{t-1} takes all
-            q = r_g / stabilize(s["zg"][t], eps)  # g's pre-activation over [x_t, h_{t-1}], biases absorbing
+            qs[t] = r_g / stabilize(s["zg"][t], eps)  # g's pre-activation over [x_t, h_{t-1}], biases absorbing
             valid = p.step(t)  # past an item's length h and c carry over unchanged, and so does their relevance
-            r_x[t] = _carry(valid, x[t] * (q @ w_g), 0.0)
-            r_h = _carry(valid, s["h"][t] * (q @ u_g), r_h)
+            r_h = _carry(valid, s["h"][t] * (qs[t] @ u_g), r_h)
             r_c = _carry(valid, r_prev, r_c)
-        return r_x
+        return _masked(p, x * (qs @ w_g)).astype(x.dtype, copy=False)  # x_t's share feeds nothing back: one product
 
     def backprop(self, x, p, s, g_y):
-        g_x = np.zeros_like(x)
+        d_zs = np.zeros(x.shape[:2] + (4 * self.hidden,), dtype=np.result_type(g_y, s["i"]))
         d_h = np.zeros_like(g_y[0])
         d_c = np.zeros_like(g_y[0])
         for t in reversed(range(x.shape[0])):
@@ -305,11 +310,11 @@ class LSTM(Recurrent):
             d_cell = d_c + d_h * o * (1 - tc * tc)
             d_z = np.concatenate([d_cell * g * i * (1 - i), d_h * tc * o * (1 - o),
                                   d_cell * s["c"][t] * f * (1 - f), d_cell * i * (1 - g * g)], axis=-1)
+            d_zs[t] = d_z
             valid = p.step(t)
-            g_x[t] = _carry(valid, d_z @ p.w, 0.0)
             d_h = _carry(valid, d_z @ p.r, d_h)
             d_c = _carry(valid, d_cell * f, d_c)
-        return g_x
+        return _masked(p, d_zs @ p.w).astype(x.dtype, copy=False)  # the input's gradient feeds nothing back
 
 
 class GRU(Recurrent):

@@ -13,12 +13,14 @@ from lrp_cli.errors import ModelLoadError
 from lrp_cli.kinds.base import InputItem, Kind, LoadOptions, Model, OutputOptions
 from lrp_cli.kinds.bow_model import BowKind
 from lrp_cli.kinds.onnx_model import OnnxKind
+from lrp_cli.kinds.onnx_text import OnnxTextKind
 from lrp_cli.kinds.sklearn_text import SklearnTextKind
 
 #: Tried in order by `load_model`.
 KINDS: list[Kind] = [
     SklearnTextKind(),  # before BowKind: both take .joblib/.pkl/.skops, this one opens the file to tell
     BowKind(),
+    OnnxTextKind(OnnxKind()),  # before OnnxKind: an ONNX file whose sidecar has a [text] vocabulary reads text
     OnnxKind(),  # last: it takes any file the others leave (ONNX files have no fixed suffix)
 ]
 

@@ -13,6 +13,7 @@ The life of one input, as the batch runs it:
     items = model.expand(specs, settings)                      # INPUT arguments -> InputItems (stem = output name)
     prepared = model.prepare(item, settings)                   # decode one item (its error: that input fails)
     explanations = model.explain(prepared, settings)           # one Explanation per target --target selects
+                                                               # (its prediction: {index, label, score, ...})
     document = model.save(expl, out_dir, stem, OutputOptions)  # its files, atomically; returns the JSON document
     row = model.summary_fields(document)                       # its summary.json/.csv columns
 
@@ -165,6 +166,11 @@ class Model(ABC):
     `load_seconds`, `labels` (class names or None)."""
 
     kind: ClassVar[str]
+    #: The names in Settings.kind_options this kind reads (the CLI's options of one kind); any other is a usage
+    #: error (check_kind_options), so that e.g. --text on an image model is refused, not ignored.
+    kind_options: ClassVar[frozenset[str]] = frozenset()
+    #: The colormap of the kind's pictures when --cmap is not given.
+    default_cmap: ClassVar[str] = "jet"
     #: The --method names this kind explains with (`lrp evaluate` compares them all by default).
     methods: ClassVar[tuple[str, ...]] = ("lrp",)
     #: File suffixes (lower case) a folder or glob of inputs yields for this kind.
@@ -184,6 +190,13 @@ class Model(ABC):
         """Raises OptionError when the settings do not fit this model (a method, rule or option it cannot use,
         an option of another kind). Called once before the first input."""
 
+    def check_kind_options(self, settings: Settings) -> None:
+        """Raises OptionError naming the kind options (as --options) in `settings` that this kind does not read."""
+        foreign = sorted(set(settings.kind_options) - self.kind_options)
+        if foreign:
+            names = ", ".join("--" + name.replace("_", "-") for name in foreign)
+            raise OptionError(f"{names}: not an option of {self.kind} models")
+
     def expand(self, specs: list[str], settings: Settings) -> list[InputItem]:
         """Returns the items that the INPUT arguments name, in order, output stems distinct.
 
@@ -202,7 +215,9 @@ class Model(ABC):
     @abstractmethod
     def explain(self, prepared, settings: Settings) -> list[Explanation]:
         """Returns the explanations of one prepared item: one per target `settings.target` selects (pred, an
-        index or label, top:K), by `settings.method` with its `settings.method_options`."""
+        index or label, top:K), by `settings.method` with its `settings.method_options`. Each Explanation's
+        `prediction` holds at least `index`, `label` and `score` (the predicted class's score on the kind's own
+        scale, a float, or None where the kind has none), and its `target` `index` and `label`."""
 
     def explain_many(self, prepared: list, settings: Settings, batch_size: int) -> list[list[Explanation] | LrpError]:
         """Returns, per prepared item, its explanations or its LrpError; `batch_size` > 1 allows explaining items
@@ -233,6 +248,11 @@ class Model(ABC):
         """Returns the summary.json/.csv fields of one of this kind's JSON documents (it may be read back from
         an earlier run): target, label, score, f_x, relevance_sum, conservation_error, heatmap (the main
         picture's path)."""
+
+    def printed(self, expl: Explanation, options: OutputOptions) -> list[str]:
+        """Returns the lines printed on stdout for one explanation beyond the batch's own line (e.g. a text's
+        coloured words with --print, an option in options.extra). Default: none."""
+        return []
 
     def conservation_account(self, document: dict) -> str:
         """Returns the printed words on where the relevance of one of this kind's JSON documents went: its f(x)

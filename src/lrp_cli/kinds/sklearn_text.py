@@ -1,7 +1,8 @@
 """The scikit-learn text-pipeline kind (issue 19) behind the model-kind protocol of lrp_cli.kinds.base. The
 registry lists it before the BoW kind, whose suffixes it shares: `claims` opens the file to tell them apart.
-Kind options read from settings.kind_options: text, text_field, id_field, label_field, pair; from LoadOptions.extra:
-vectorizer."""
+Kind options read from settings.kind_options (and OutputOptions.extra, the same dict): text, text_field,
+id_field, label_field, print, text_formats; from settings.tiling: pair (the CLI's --pair, shared with the BoW
+kind); from LoadOptions.extra: vectorizer."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ import numpy as np
 
 from lrp_cli.errors import InputError, ModelLoadError, OptionError
 from lrp_cli.explanation import Explanation, Settings
-from lrp_cli.kinds.base import InputItem, Kind, LoadOptions, Model, OutputOptions, UnitInput, Units
-from lrp_cli.text import inputs, render
+from lrp_cli.kinds.base import InputItem, Kind, LoadOptions, Model, UnitInput, Units
+from lrp_cli.kinds.text_outputs import TextOutputs
+from lrp_cli.text import inputs
 
 if TYPE_CHECKING:  # scikit-learn is imported only when a scikit-learn model is named: `lrp --help` stays fast
     from lrp_cli.text.pipeline import TextModel
@@ -32,7 +34,9 @@ class SklearnTextKind(Kind):
         self._read = None  # (path, size, mtime, content) of the file claims last read, so load need not again
 
     def claims(self, path: Path) -> bool:
-        """Returns True for a .joblib/.pkl/.skops file holding a Pipeline whose first step is a text vectorizer."""
+        """Returns True for a .joblib/.pkl/.skops file holding a scikit-learn estimator that is not a BoW image
+        pipeline: a Pipeline whose first step is a text vectorizer, or a bare classifier (--vectorizer FILE) or
+        other pipeline, which `load` then accepts or refuses naming the step."""
         if path.suffix.lower() not in SUFFIXES:
             return False
         from lrp_cli.text.pipeline import flat_steps, is_vectorizer, read_model_file
@@ -40,18 +44,41 @@ class SklearnTextKind(Kind):
             content = read_model_file(path)
         except ModelLoadError:
             return False
+        from sklearn.base import BaseEstimator
+
         steps = flat_steps(content)
-        if steps and is_vectorizer(steps[0][1]):
+        first = steps[0][1] if steps else None
+        if is_vectorizer(first) or isinstance(first, BaseEstimator) and not type(first).__module__.startswith(
+                "lrp_cli.bow"):
             self._read = (path, *_signature(path), content)
             return True
         return False
 
     def load(self, path: Path, options: LoadOptions) -> "SklearnTextModel":
-        """Returns the validated text pipeline (ModelLoadError naming the step that is wrong)."""
+        """Returns the validated text pipeline (ModelLoadError naming the step that is wrong; OptionError for the
+        load options of image models)."""
+        given = [flag for flag, value in (("--output", options.output), ("--labels", options.labels),
+                                          ("--layout", options.layout)) if value is not None]
+        if given:
+            raise OptionError(f"{', '.join(given)}: not an option of scikit-learn text pipelines (class names "
+                              "come from the classifier)")
         read, self._read = self._read, None
         content = read[-1] if read and read[:-1] == (path, *_signature(path)) else None
         from lrp_cli.text.pipeline import load_text_model
         return SklearnTextModel(path, load_text_model(path, dict(options.extra).get("vectorizer"), content))
+
+
+def _foreign_options(settings: Settings) -> list[tuple[str, object]]:
+    """Returns (--option, its value) of every option of the image kinds a text pipeline cannot take."""
+    pre = settings.preprocess
+    return [("--method " + settings.method, settings.method != "lrp"), ("--rule", settings.rule),
+            ("--composite", settings.composite), ("--layer-rule", settings.layer_rules),
+            ("--precision " + settings.precision, settings.precision != "float32"),
+            ("--engine " + settings.engine, settings.engine != "auto"), ("--providers", settings.providers),
+            ("--tile/--tile-stride", set(settings.tiling) - {"pair"}),
+            *((f"--{name}", pre.get(name) is not None) for name in ("preset", "size", "resize", "mean", "std")),
+            ("--bgr/--rgb", pre.get("bgr") is not None),
+            *((f"--{name}", True) for name in sorted(settings.method_options))]
 
 
 def _signature(path: Path) -> tuple:
@@ -61,7 +88,7 @@ def _signature(path: Path) -> tuple:
 
 
 @dataclass
-class SklearnTextModel(Model):
+class SklearnTextModel(TextOutputs, Model):
     """A scikit-learn text pipeline; its inputs are texts (files, rows, --text, stdin)."""
 
     path: Path
@@ -71,6 +98,8 @@ class SklearnTextModel(Model):
     input_suffixes = inputs.TEXT_SUFFIXES | inputs.TABLE_SUFFIXES
     unit_perturbations = ("delete", "unk")  # text.units.replacement: the characters removed, or UNKWORDZ
     unit_name = "word"
+    kind_options = frozenset({"text", "text_field", "id_field", "label_field", "print", "text_formats",
+                              "vectorizer"})
 
     @property
     def sha256(self) -> str:
@@ -83,9 +112,27 @@ class SklearnTextModel(Model):
         return self.text_model.classes
 
     def check_settings(self, settings: Settings) -> None:
-        """Raises OptionError for methods and rules of other kinds (a text pipeline is explained by LRP only)."""
-        if settings.method != "lrp" or settings.rule or settings.composite or settings.layer_rules:
-            raise OptionError("--method/--rule/--composite/--layer-rule do not apply to scikit-learn text pipelines")
+        """Raises OptionError (one line naming the option) for the options of other kinds (a text pipeline is
+        explained by LRP only, without image preprocessing or engines), a --target top:K or unknown class, and a
+        --pair that is missing (one-vs-one SVM) or not wanted."""
+        given = [flag for flag, value in _foreign_options(settings) if value]
+        if given:
+            raise OptionError(f"{', '.join(given)}: not an option of scikit-learn text pipelines (they are "
+                              "explained by LRP, the decision value onto the words)")
+        from lrp_cli.text.explain import resolve_class
+
+        if settings.target.startswith("top:"):
+            raise OptionError(f"--target {settings.target}: text pipelines take pred, a class index or a label")
+        if settings.target != "pred":
+            resolve_class(self.text_model, settings.target, "--target")
+        pair = settings.tiling.get("pair")
+        if pair is not None and not self.text_model.one_vs_one:
+            raise OptionError("--pair applies to one-vs-one multi-class SVMs; this model needs none")
+        if self.text_model.one_vs_one and pair is None:
+            raise OptionError(f"{self.path}: a one-vs-one multi-class SVM: give the two classes to compare "
+                              f"(--pair A,B; classes: {', '.join(self.labels)})")
+        for value in pair or ():
+            resolve_class(self.text_model, value, "--pair class")
 
     def expand(self, specs: list[str], settings: Settings) -> list[InputItem]:
         """Returns one item per text: files, folders and globs of .txt, `-`, --text, rows of .jsonl/.csv."""
@@ -104,30 +151,11 @@ class SklearnTextModel(Model):
         start = time.perf_counter()
         from lrp_cli.text.explain import explain_text
         ex = explain_text(self.text_model, text, None if settings.target == "pred" else settings.target,
-                          settings.kind_options.get("pair"), dict(item.source))
+                          settings.tiling.get("pair"), dict(item.source))
         return [Explanation(input_path=item.path or Path(item.stem), x=ex.relevance, picture=None,
                             model_output=np.asarray([ex.f_x]), prediction=ex.prediction, target=ex.target,
                             propagation=None, rules={}, composite=None, ir_max_abs_diff=0.0, ir_diff_relative=0.0,
                             timing={"explain": time.perf_counter() - start}, extra={"text": ex})]
-
-    def save(self, expl: Explanation, out_dir: Path, stem: str, options: OutputOptions) -> dict:
-        """Writes STEM.json, STEM.html and STEM.png (all or none; options.extra["text_formats"] may leave out the
-        HTML and PNG); returns the JSON document."""
-        cmap = options.extra.get("text_cmap", render.DEFAULT_CMAP)
-        formats = options.extra.get("text_formats", render.FORMATS)
-        return render.write_outputs(expl.extra["text"], out_dir, stem, cmap, options.scale, formats)
-
-    def summary_fields(self, document: dict) -> dict:
-        """Returns the summary columns of a text explanation's JSON document."""
-        return {"target": document["target"]["index"], "label": document["target"]["label"],
-                "score": document["prediction"].get("probability"), "f_x": document["f_x"],
-                "relevance_sum": document["relevance"]["sum"],
-                "conservation_error": document["conservation"]["relative_error"],
-                "heatmap": document.get("outputs", {}).get("png")}
-
-    def heat(self, expl: Explanation) -> np.ndarray:
-        """Returns the token relevances, which the word colours scale."""
-        return expl.extra["text"].relevance
 
     def unit_input(self, item: InputItem, settings: Settings, perturbation: str) -> UnitInput:
         """Returns the text's words as `lrp evaluate` deletes them (or replaces them by an unknown word), scored

@@ -129,6 +129,13 @@ def _targets(model: TextModel, target, pair, predicted: int):
     return index, pair
 
 
+def _class_score(model: TextModel, u, index: int, pair) -> float | None:
+    """Return the decision value of class `index` at u (None for a one-vs-one prediction outside the pair)."""
+    if pair and index not in pair:
+        return None
+    return decompose(model.classifier, u, index, pair, model.cache).f_x
+
+
 def _top_features(model: TextModel, features, cols, x0, r_x0, groups, top: int) -> list:
     """Return the `top` features of largest |relevance|: name, vectorizer value, count and relevance."""
     present, inverse, _ = groups
@@ -137,12 +144,12 @@ def _top_features(model: TextModel, features, cols, x0, r_x0, groups, top: int) 
     counts = np.zeros(len(r_x0), np.int64)
     counts[present] = np.bincount(inverse, minlength=len(present))
     value = dict(zip(x0.indices.tolist(), x0.data.tolist()))
-    out = []
-    for c in order.tolist():  # the top features only
-        names = list(dict.fromkeys(features[i] for i in np.flatnonzero(cols == c)))  # hashing: several strings
-        out.append({"feature": " | ".join(names) or _feature_name(model, c), "column": c, "count": int(counts[c]),
-                    "value": value.get(c, 0.0), "relevance": float(r_x0[c])})
-    return out
+    names: dict[int, dict] = {int(c): {} for c in order}  # hashing: several strings may share a column
+    for feature, c in zip(features, cols.tolist()):  # one pass over the document's features, not one per column
+        if c in names:
+            names[c][feature] = None
+    return [{"feature": " | ".join(names[c]) or _feature_name(model, c), "column": c, "count": int(counts[c]),
+             "value": value.get(c, 0.0), "relevance": float(r_x0[c])} for c in order.tolist()]
 
 
 def _feature_name(model: TextModel, column: int) -> str:
@@ -195,6 +202,8 @@ def explain_text(model: TextModel, text: str, target=None, pair=None, source: di
     if t is None:  # the winner of the pair: the pair's decision oriented for its first class is positive
         t = pair[0] if decompose(model.classifier, u, pair[0], pair, model.cache).f_x >= 0 else pair[1]
     dec = decompose(model.classifier, u, t, pair, model.cache)
+    pred = {"index": pred["index"], "label": pred["label"],
+            "score": dec.f_x if t == pred["index"] else _class_score(model, u, pred["index"], pair), **pred}
     r_x0 = steps.backward(model.steps, acts, dec.relevance)
     r_occ, absent = occurrence_relevance(r_x0, cols, signs, groups)
     method = {"name": "lrp", "decision": dec.decision, "rule": dec.rule,

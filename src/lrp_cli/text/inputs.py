@@ -27,9 +27,12 @@ class TextItem:
     path: Path | None = None
     text: str | None = None
     source: tuple = ()  # what the JSON says about the input, as (key, value) pairs (hashable, picklable)
+    error: str | None = None  # why this row or file has no text: its explanation fails, the batch goes on
 
     def load(self) -> str:
         """Return the text (read from the file, UTF-8, on first use); InputError when it cannot be read."""
+        if self.error is not None:
+            raise InputError(self.error)
         if self.text is not None:
             return self.text
         try:
@@ -68,17 +71,23 @@ def table_items(path: Path, text_field: str | None, id_field: str | None,
     row's label_field value, when asked for, goes into the source as `label`."""
     if not text_field:
         raise OptionError(f"{path}: a {path.suffix} input needs --text-field NAME (the column holding the text)")
+    try:
+        rows = table_rows(path)
+    except InputError as exc:  # the whole file fails as one input
+        return [TextItem(path.stem, path=path, source=(("path", str(path)),), error=str(exc))]
     items = []
-    for number, row in enumerate(table_rows(path), start=1):  # one step per row
-        if text_field not in row or not isinstance(row[text_field], str):
-            raise InputError(f"{path}: row {number} has no text field {text_field!r}")
+    for number, row in enumerate(rows, start=1):  # one step per row
         key = row.get(id_field, number) if id_field else number
         source = (("path", str(path)), ("row", number)) + ((("id", str(key)),) if id_field else ())
-        if label_field:
-            if label_field not in row:
-                raise InputError(f"{path}: row {number} has no label field {label_field!r}")
+        error = None
+        if text_field not in row or not isinstance(row[text_field], str):
+            error = f"{path}: row {number} has no text field {text_field!r}"
+        elif label_field and label_field not in row:
+            error = f"{path}: row {number} has no label field {label_field!r}"
+        elif label_field:
             source += (("label", str(row[label_field])),)
-        items.append(TextItem(f"{path.stem}/{_safe(key)}", text=row[text_field], source=source))
+        items.append(TextItem(f"{path.stem}/{_safe(key)}", text=row.get(text_field) if error is None else None,
+                              source=source, error=error))
     return items
 
 
@@ -117,5 +126,5 @@ def _distinct(items: list[TextItem]) -> list[TextItem]:
         while stem in seen:
             stem, k = f"{item.stem}~{k}", k + 1
         seen.add(stem)
-        out.append(TextItem(stem, item.path, item.text, item.source))
+        out.append(TextItem(stem, item.path, item.text, item.source, item.error))
     return out

@@ -207,7 +207,7 @@ def split_pipeline(steps: list, name: str, vectorizer_steps: list | None):
     if not steps or not is_vectorizer(steps[0][1]):
         first = type(steps[0][1]).__name__ if steps else "nothing"
         raise TextModelError(f"{name}: step 1 ({first}) must be a vectorizer ({VECTORIZERS}); "
-                             "for a bare classifier give the vectorizer file too")
+                             "for a bare classifier give the vectorizer file too (--vectorizer FILE)")
     if len(steps) < 2:
         raise TextModelError(f"{name}: the pipeline has no classifier after its vectorizer")
     check_vectorizer(steps[0][1], f"{name}: step 1 ({steps[0][0]})")

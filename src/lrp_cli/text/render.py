@@ -9,7 +9,9 @@ the others are available.
 from __future__ import annotations
 
 import html
+import json
 import re
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +96,19 @@ def html_page(ex: TextExplanation, cmap: str = DEFAULT_CMAP, scale: Scale = Scal
             f"<table><tr><th>feature</th><th>value</th><th>relevance</th></tr>{feats}</table></body></html>\n")
 
 
+SNIPPET_CHARS = 80
+
+
+def snippet(document: dict) -> str:
+    """Return the first words of a JSON document's text (its tokens), at most SNIPPET_CHARS characters."""
+    out = ""
+    for token in document.get("tokens", []):  # stops after SNIPPET_CHARS characters
+        if len(out) + len(token["text"]) >= SNIPPET_CHARS:
+            return out + " ..."
+        out = f"{out} {token['text']}" if out else token["text"]
+    return out
+
+
 def _ansi_piece(text: str, bg, fg, relevance) -> str:
     if bg is None:
         return text
@@ -105,23 +120,49 @@ def ansi(ex: TextExplanation, cmap: str = DEFAULT_CMAP, scale: Scale = Scale()) 
     return "".join(_ansi_piece(*piece) for piece in coloured(ex, cmap, scale)) + "\n" + headline(ex) + "\n"
 
 
-def _layout(draw, font, items: list) -> list:
-    """Return [(x, y, width, string, palette index or None)] placing the items word by word, wrapped at
-    PNG_WIDTH."""
+def _layout(items: list) -> list:
+    """Return [(x, y, glyph mask, palette index or None)] placing the items word by word, wrapped at PNG_WIDTH."""
     placed, x, y = [], MARGIN, MARGIN
     for text, colour in items:
         for part in _words(text):  # one step per word or space of one text
             if part == "\n":
                 x, y = MARGIN, y + LINE_HEIGHT
                 continue
-            width = draw.textlength(part, font=font)
+            mask = glyph(part)
+            width = mask.shape[1]
             if x + width > PNG_WIDTH - MARGIN and x > MARGIN:
                 x, y = MARGIN, y + LINE_HEIGHT
                 if part.isspace():
                     continue
-            placed.append((x, y, width, part, colour))
+            placed.append((x, y, mask, colour))
             x += width
     return placed
+
+
+#: Drawn words kept (a batch of reviews repeats its vocabulary: drawing a word once makes the PNG several times
+#: faster); the cache is emptied when it holds this many.
+GLYPH_CACHE = 100_000
+_GLYPHS: dict[str, np.ndarray] = {}
+
+
+@lru_cache(maxsize=1)
+def _font():
+    return ImageFont.load_default_imagefont()
+
+
+def glyph(word: str) -> np.ndarray:
+    """Return the bool [LINE_HEIGHT, advance width] ink mask of a Latin-1 word in Pillow's bitmap font, drawn once
+    and cached."""
+    mask = _GLYPHS.get(word)
+    if mask is None:
+        font = _font()
+        img = Image.new("L", (int(font.getlength(word)), LINE_HEIGHT), 0)
+        ImageDraw.Draw(img).text((0, 0), word, fill=255, font=font)
+        mask = np.asarray(img) > 0
+        if len(_GLYPHS) >= GLYPH_CACHE:
+            _GLYPHS.clear()
+        _GLYPHS[word] = mask
+    return mask
 
 
 def _words(text: str) -> list:
@@ -134,39 +175,63 @@ def _latin1(text: str) -> str:
     return text.encode("latin-1", "replace").decode("latin-1")
 
 
+@lru_cache(maxsize=16)
 def palette(cmap: str = DEFAULT_CMAP) -> np.ndarray:
     """Return the PNG's (256, 3) palette: the colormap at LEVELS values from -1 to 1, then paper white and ink
     black (an indexed image encodes several times faster than RGB, and smaller)."""
     rgb = np.zeros((256, 3), np.uint8)
     rgb[:LEVELS] = colorize(np.linspace(-1.0, 1.0, LEVELS), cmap)
     rgb[WHITE] = 255
+    rgb.setflags(write=False)
     return rgb
+
+
+@lru_cache(maxsize=16)
+def _inks(cmap: str) -> np.ndarray:
+    """Return per palette entry the index of the ink (black or white) that reads best on it."""
+    return np.array([BLACK if _ink(rgb) == (0, 0, 0) else WHITE for rgb in palette(cmap)], np.uint8)
 
 
 def png_image(ex: TextExplanation, cmap: str = DEFAULT_CMAP, scale: Scale = Scale()) -> Image.Image:
     """Return the indexed image of the headline and the text heatmap, wrapped, in Pillow's bitmap font; token
     colours are the colormap at the nearest of LEVELS values."""
-    font = ImageFont.load_default_imagefont()
-    pal = palette(cmap)
     levels = np.rint((normalize(ex.relevance, scale) + 1.0) / 2.0 * (LEVELS - 1)).astype(int) if ex.tokens else []
     items = [(_latin1(headline(ex)) + "\n\n", None)]
     items += [(_latin1(text), None if i is None else int(levels[i])) for text, i in pieces(ex)]
-    placed = _layout(ImageDraw.Draw(Image.new("P", (1, 1))), font, items)
-    height = max((y for _, y, _, _, _ in placed), default=MARGIN) + LINE_HEIGHT + MARGIN
-    img = Image.new("P", (PNG_WIDTH, height), WHITE)
-    img.putpalette(pal.ravel().tolist())
-    draw = ImageDraw.Draw(img)
-    for x, y, width, part, level in placed:  # one step per placed word
+    placed = _layout(items)
+    height = max((y for _, y, _, _ in placed), default=MARGIN) + LINE_HEIGHT + MARGIN
+    canvas = np.full((height, PNG_WIDTH), WHITE, np.uint8)
+    inks = _inks(cmap)
+    for x, y, mask, level in placed:  # one step per placed word
         if level is not None:
-            draw.rectangle([x, y - 1, x + width - 1, y + LINE_HEIGHT - 3], fill=level)
-        ink = BLACK if level is None or _ink(pal[level]) == (0, 0, 0) else WHITE
-        draw.text((x, y), part, fill=ink, font=font)
-    return img.resize((img.width * PNG_SCALE, img.height * PNG_SCALE), Image.NEAREST)
+            canvas[y - 1:y + LINE_HEIGHT - 2, x:x + mask.shape[1]] = level
+        region = canvas[y:y + LINE_HEIGHT, x:x + mask.shape[1]]  # clipped at the right edge for an overlong word
+        region[mask[:region.shape[0], :region.shape[1]]] = BLACK if level is None else inks[level]
+    img = Image.fromarray(canvas.repeat(PNG_SCALE, axis=0).repeat(PNG_SCALE, axis=1), "P")
+    img.putpalette(palette(cmap).ravel().tolist())
+    return img
 
 
 FORMATS = ("json", "html", "png")
 #: zlib level of the text PNGs: 1 encodes in under half the time of the default 6, for files of a few KB.
 PNG_COMPRESSION = 1
+
+
+def json_bytes(doc: dict) -> bytes:
+    """Return the UTF-8 JSON of a text document: a key a line, and a line per element of its lists of objects
+    (tokens, top features, steps), written by json's C encoder (the indented encoder is pure Python, and several
+    times slower than explaining a short text); NaN and Inf as null, as outputs.json_bytes writes them."""
+    try:
+        lines = [f"  {json.dumps(key)}: {_json_value(value)}" for key, value in doc.items()]
+    except ValueError:  # a NaN or Inf somewhere: the general writer replaces them
+        return outputs.json_bytes(doc)
+    return ("{\n" + ",\n".join(lines) + "\n}\n").encode("utf-8")
+
+
+def _json_value(value) -> str:
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        return "[\n" + ",\n".join("    " + json.dumps(v, allow_nan=False) for v in value) + "\n  ]"
+    return json.dumps(value, allow_nan=False)
 
 
 def output_paths(out_dir: Path, stem: str, formats=FORMATS) -> dict[str, Path]:
@@ -179,8 +244,8 @@ def write_outputs(ex: TextExplanation, out_dir, stem: str, cmap: str = DEFAULT_C
     """Write STEM.json and, among `formats`, STEM.html and STEM.png, all or none (outputs.write_all); return the
     JSON document."""
     paths = output_paths(Path(out_dir), stem, set(formats) | {"json"})
-    doc = to_json(ex, {k: p.name for k, p in paths.items()})
-    contents = {paths["json"]: outputs.json_bytes(doc)}
+    doc = to_json(ex, {k: str(p) for k, p in paths.items()})
+    contents = {paths["json"]: json_bytes(doc)}
     if "html" in paths:
         contents[paths["html"]] = html_page(ex, cmap, scale).encode("utf-8")
     if "png" in paths:

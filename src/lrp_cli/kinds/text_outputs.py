@@ -1,0 +1,45 @@
+"""The outputs of text explanations, for every kind whose inputs are texts (the scikit-learn text pipelines, ONNX
+models fed with text): an Explanation whose extra["text"] is a text.document.TextExplanation, written by
+text.render (STEM.json, STEM.html, STEM.png), its summary row, its --print lines and its heat."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from lrp_cli.explanation import Explanation
+from lrp_cli.kinds.base import OutputOptions
+from lrp_cli.text import render
+
+
+class TextOutputs:
+    """The output methods of the protocol (kinds.base.Model) for a text kind, mixed in before Model."""
+
+    default_cmap = render.DEFAULT_CMAP
+
+    def save(self, expl: Explanation, out_dir: Path, stem: str, options: OutputOptions) -> dict:
+        """Writes STEM.json, STEM.html and STEM.png (all or none; options.extra["text_formats"] may leave out the
+        HTML and PNG); returns the JSON document."""
+        formats = options.extra.get("text_formats") or render.FORMATS
+        return render.write_outputs(expl.extra["text"], out_dir, stem, options.cmap, options.scale, formats)
+
+    def summary_fields(self, document: dict) -> dict:
+        """Returns the summary columns of a text explanation's JSON document (score: the predicted class's
+        score; heatmap: STEM.png, else STEM.json; text: the first words, for the HTML report)."""
+        files = document.get("outputs", {})
+        return {"target": document["target"]["index"], "label": document["target"]["label"],
+                "score": document["prediction"].get("score"), "f_x": document["f_x"],
+                "relevance_sum": document["relevance"]["sum"],
+                "conservation_error": document["conservation"]["relative_error"],
+                "heatmap": files.get("png") or files.get("json"), "text": render.snippet(document)}
+
+    def printed(self, expl: Explanation, options: OutputOptions) -> list[str]:
+        """Returns the text on its relevance colours (ANSI 24-bit) when --print asked for it."""
+        if not options.extra.get("print"):
+            return []
+        return [render.ansi(expl.extra["text"], options.cmap, options.scale).rstrip("\n")]
+
+    def heat(self, expl: Explanation) -> np.ndarray:
+        """Returns the token relevances, which the word colours scale."""
+        return expl.extra["text"].relevance
