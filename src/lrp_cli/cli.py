@@ -211,7 +211,7 @@ def _write_html(out_dir, rows, model, settings, cmap, scale, global_scale):
 @click.option("--units", "prefix_units", type=click.IntRange(min=1),
               help="Curves and AOPC over the first N units only; the full-range AOPC beside it.")
 @click.option("--seed", type=int, default=0, show_default=True,
-              help="Seed of the uniform perturbation and of lime and random.")
+              help="Seed of the uniform and road noise, of lime and random, and of the ranking's bootstrap.")
 @click.option("--out", "out_dir", default="lrp-eval", type=click.Path(path_type=Path), show_default=True,
               help="Output folder.")
 @click.option("--save-maps", is_flag=True, help="Also write STEM.METHOD.relevance.npy.")
