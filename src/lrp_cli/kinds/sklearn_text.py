@@ -124,6 +124,9 @@ class SklearnTextModel(Model):
                               f"(--pair A,B; classes: {', '.join(self.labels)})")
         for value in pair or ():
             resolve_class(self.text_model, value, "--pair class")
+        unknown = set(settings.kind_options.get("text_formats") or ()) - set(render.FORMATS)
+        if unknown:
+            raise OptionError(f"--text-formats: {', '.join(sorted(unknown))} is not one of {', '.join(render.FORMATS)}")
 
     def expand(self, specs: list[str], settings: Settings) -> list[InputItem]:
         """Returns one item per text: files, folders and globs of .txt, `-`, --text, rows of .jsonl/.csv."""
