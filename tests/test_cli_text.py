@@ -244,7 +244,8 @@ def test_jobs_skip_existing_and_html_report(model_path, docs, tmp_path):
 
 
 @pytest.mark.slow
-def test_rows_on_a_dask_cluster_give_the_local_files(model_path, tmp_path, local_two):
+@pytest.mark.usefixtures("local_two")
+def test_rows_on_a_dask_cluster_give_the_local_files(model_path, tmp_path):
     rows = "".join(json.dumps({"id": f"r{i}", "body": text}) + "\n" for i, text in enumerate(TEXTS))
     (tmp_path / "rows.jsonl").write_text(rows + '{"id": "bad"}\n', encoding="utf-8")
     runs = {}
