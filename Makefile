@@ -24,6 +24,7 @@ demo: $(INSTALLED) $(EFFNET)
 	$(BIN)/lrp explain sample_images/digits --model models/digits-mlp.onnx --out $(DEMO_OUT)/digits
 	$(BIN)/lrp explain sample_images/polygons_scene.png --model models/polygons-bow-svm.joblib --target positive \
 		--out $(DEMO_OUT)
+	$(BIN)/lrp explain sample_texts/mixed.txt --model models/text-sentiment.joblib --out $(DEMO_OUT)/text
 	$(BIN)/lrp explain sample_texts/mixed.txt --model models/text-lstm.onnx --target positive --out $(DEMO_OUT)/text-lstm
 	@echo "heatmaps written to $(DEMO_OUT)/"
 

@@ -601,6 +601,61 @@ def short_documents_per_s(pipe, model, docs: list) -> dict:
                 "all_per_s": rate(lambda k, d: render.write_outputs(explain_text(model, d), out, f"a{k}"))}
 
 
+TEXT_MODEL = REPO / "models" / "text-sentiment.joblib"
+TEXT_BATCH_RUNS = (("--jobs 1", []), ("--jobs 2", ["--jobs", "2"]), ("--scheduler local:2", ["--scheduler", "local:2"]))
+
+
+def write_reviews(folder: Path, count: int) -> list[Path]:
+    """Returns `count` short generated reviews (scripts/build_text_models.py's generator, seed 0) written as
+    folder/rNNNNN.txt."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("build_text_models", REPO / "scripts" / "build_text_models.py")
+    builder = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(builder)
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"r{i:05d}.txt" for i in range(count)]
+    for path in paths:
+        path.write_text(builder.review(rng)[0], encoding="utf-8")
+    return paths
+
+
+def bench_text_batch(count: int = 10_000, model: Path = TEXT_MODEL, runs=TEXT_BATCH_RUNS,
+                     formats=("json,html,png", "json")) -> dict:
+    """Returns documents per second of a folder of `count` short reviews: a plain decision_function loop over the
+    files (read included, one process) and `lrp explain FOLDER` as a command (start-up and the summary included)
+    for each of `runs` (name, extra arguments) and --text-formats in `formats`; with the load average at the end
+    (the bound, issue 19: at least half the loop's rate)."""
+    import joblib
+    pipe = joblib.load(model)
+    with tempfile.TemporaryDirectory() as root:
+        files = write_reviews(Path(root) / "docs", count)
+        start = time.perf_counter()
+        for path in files:
+            pipe.decision_function([path.read_text(encoding="utf-8")])
+        rates = {"decision_loop": count / (time.perf_counter() - start)}
+        for fmt in formats:
+            for name, extra in runs:
+                out = Path(root) / "out"
+                start = time.perf_counter()
+                subprocess.run([sys.executable, "-m", "lrp_cli", "explain", str(Path(root) / "docs"), "--model",
+                                str(model), "--out", str(out), "--no-progress", "--text-formats", fmt, *extra],
+                               check=True, stdout=subprocess.DEVNULL, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+                rates[f"{name}, {fmt}"] = count / (time.perf_counter() - start)
+                shutil.rmtree(out)
+    return {"count": count, "docs_per_s": rates, "load": os.getloadavg()[0]}
+
+
+def text_batch_text(count: int) -> str:
+    """Returns the Markdown table of bench_text_batch."""
+    b = bench_text_batch(count)
+    loop = b["docs_per_s"]["decision_loop"]
+    rows = [[name, f"{rate:.0f}", f"{rate / loop:.2f}"] for name, rate in b["docs_per_s"].items()]
+    return (f"\n{b['count']} short generated reviews in a folder, {TEXT_MODEL.name}: a decision_function loop over the "
+            f"files against `lrp explain FOLDER` (a command: start-up included), load average {b['load']:.1f} at "
+            f"the end (target: at least 0.5 of the loop).\n\n{markdown(['run', 'docs/s', 'of the loop'], rows)}\n")
+
+
 def text_text(runs: int) -> str:
     """Returns the Markdown paragraph of bench_text."""
     b = bench_text(max(runs, 20))
@@ -715,9 +770,14 @@ def main():
                         help="Only the text pipeline's explanation against its decision_function")
     parser.add_argument("--lstm-only", action="store_true",
                         help="Only a 50-token sentence through a 2-layer bidirectional LSTM against its forward")
+    parser.add_argument("--text-batch", type=int, metavar="N",
+                        help="Only the documents/s of a folder of N short reviews (10000 in the issue)")
     args = parser.parse_args()
     if args.lstm_only:
         return _emit(f"## {datetime.date.today().isoformat()}: {machine()}\n{bilstm_text(args.runs)}", args.write)
+    if args.text_batch:
+        return _emit(f"## {datetime.date.today().isoformat()}: {machine()}\n{text_batch_text(args.text_batch)}",
+                     args.write)
     if args.text_only:
         return _emit(f"## {datetime.date.today().isoformat()}: {machine()}\n{text_text(args.runs)}", args.write)
     if args.memory_only:

@@ -244,7 +244,8 @@ def test_jobs_skip_existing_and_html_report(model_path, docs, tmp_path):
 
 
 @pytest.mark.slow
-def test_rows_on_a_dask_cluster_give_the_local_files(model_path, tmp_path, local_two):
+@pytest.mark.usefixtures("local_two")
+def test_rows_on_a_dask_cluster_give_the_local_files(model_path, tmp_path):
     rows = "".join(json.dumps({"id": f"r{i}", "body": text}) + "\n" for i, text in enumerate(TEXTS))
     (tmp_path / "rows.jsonl").write_text(rows + '{"id": "bad"}\n', encoding="utf-8")
     runs = {}
@@ -256,3 +257,12 @@ def test_rows_on_a_dask_cluster_give_the_local_files(model_path, tmp_path, local
         runs[name] = {p.name: p.read_bytes().replace(str(out).encode(), b"OUT") for p in (out / "rows").iterdir()}
     assert len(runs["local"]) == 3 * len(TEXTS) and runs["cluster"] == runs["local"]
 
+
+
+def test_text_formats_choose_the_files_and_refuse_others(pipe, model_path, tmp_path):
+    result = explain("--text", "great film", "--text-formats", "json", "--model", model_path, "--out", tmp_path / "j")
+    assert result.exit_code == 0, result.output
+    assert [p.name for p in (tmp_path / "j").iterdir()] == ["text.json"]
+    check_document(json.loads((tmp_path / "j" / "text.json").read_text()), pipe, "great film")
+    result = explain("--text", "great", "--text-formats", "json,pdf", "--model", model_path, "--out", tmp_path / "p")
+    assert result.exit_code == 2 and "--text-formats: pdf" in result.output and not (tmp_path / "p").exists()

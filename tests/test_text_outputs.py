@@ -21,6 +21,7 @@ from sklearn.svm import SVC, LinearSVC
 from lrp_cli.errors import InputError, ModelLoadError, OptionError
 from lrp_cli.render import colorize
 from lrp_cli.text import inputs, render
+from lrp_cli.text.document import to_json
 from lrp_cli.text.explain import explain_text
 from lrp_cli.text.pipeline import load_text_model
 
@@ -142,3 +143,51 @@ def test_skops_file_and_bare_classifier_with_vectorizer_file(tmp_path):
         load_text_model(tmp_path / "clf.joblib")
     sio.dump(make_pipeline(TfidfVectorizer(), SVC()).fit(TEXTS, LABELS), tmp_path / "svc.skops")  # sparse SVs
     assert load_text_model(tmp_path / "svc.skops").classes == ["neg", "pos"]
+
+
+def _drawn_by_pillow(ex, cmap):
+    """The text PNG as ImageDraw draws it, word by word (the reference of the cached-mask drawing)."""
+    from PIL import ImageDraw, ImageFont
+    font = ImageFont.load_default_imagefont()
+    levels = np.rint((ex.relevance / np.abs(ex.relevance).max() + 1) / 2 * (render.LEVELS - 1)).astype(int)
+    items = [(render._latin1(render.headline(ex)) + "\n\n", None)]
+    items += [(render._latin1(t), None if i is None else int(levels[i])) for t, i in render.pieces(ex)]
+    pal, x, y, placed = render.palette(cmap), render.MARGIN, render.MARGIN, []
+    for text, level in items:
+        for part in render._words(text):
+            if part == "\n":
+                x, y = render.MARGIN, y + render.LINE_HEIGHT
+                continue
+            width = font.getlength(part)
+            if x + width > render.PNG_WIDTH - render.MARGIN and x > render.MARGIN:
+                x, y = render.MARGIN, y + render.LINE_HEIGHT
+                if part.isspace():
+                    continue
+            placed.append((x, y, width, part, level))
+            x += width
+    img = Image.new("P", (render.PNG_WIDTH, max(p[1] for p in placed) + render.LINE_HEIGHT + render.MARGIN),
+                    render.WHITE)
+    draw = ImageDraw.Draw(img)
+    for x, y, width, part, level in placed:
+        if level is not None:
+            draw.rectangle([x, y - 1, x + width - 1, y + render.LINE_HEIGHT - 3], fill=level)
+        dark = level is None or render._ink(pal[level]) == (0, 0, 0)
+        draw.text((x, y), part, fill=render.BLACK if dark else render.WHITE, font=font)
+    return np.asarray(img).repeat(render.PNG_SCALE, 0).repeat(render.PNG_SCALE, 1)
+
+
+@pytest.mark.parametrize("cmap", ["bwr", "jet"])
+def test_png_words_from_the_glyph_cache_are_what_pillow_draws(model, cmap):
+    text = "Good film,\n\nbad  plot. Ünïcode — " + "x" * 150 + " good " * 30  # a paragraph, an overlong word
+    ex = explain_text(model, text, target="pos")
+    for _ in range(2):  # drawn, then from the cache
+        assert np.array_equal(np.asarray(render.png_image(ex, cmap)), _drawn_by_pillow(ex, cmap))
+
+
+def test_text_json_is_the_general_writers_document(model):
+    ex = explain_text(model, 'a "good" </script> film', target="pos")
+    doc = to_json(ex, {"json": "x.json"})
+    assert json.loads(render.json_bytes(doc)) == json.loads(render.outputs.json_bytes(doc))
+    assert render.json_bytes(doc).decode().count("\n") > len(doc) + len(doc["tokens"])  # a line per token
+    doc["f_x"] = float("nan")
+    assert json.loads(render.json_bytes(doc))["f_x"] is None

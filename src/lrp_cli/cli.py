@@ -92,6 +92,14 @@ def main():
     """Explain image classifiers with Layer-wise Relevance Propagation (Bach et al. 2015)."""
 
 
+def _text_options(text, text_field, id_field, vectorizer, print_text, text_formats) -> dict:
+    """Returns the kind options (Settings.kind_options) of the text options given; the vectorizer is loaded with
+    the model, and listed here too so that a kind without it refuses it."""
+    given = {"text": text, "text_field": text_field, "id_field": id_field, "vectorizer": vectorizer,
+             "print": print_text or None, "text_formats": text_formats and tuple(text_formats.split(","))}
+    return {name: value for name, value in given.items() if value is not None}
+
+
 @main.command()
 @click.argument("inputs", nargs=-1)
 @click.option("--model", "model_path", required=True, type=click.Path(path_type=Path),
@@ -131,10 +139,12 @@ def main():
 @click.option("--vectorizer", type=click.Path(path_type=Path), help="Text models: the vectorizer (or pipeline "
               "before the classifier) of a model file holding a bare classifier.")
 @click.option("--print", "print_text", is_flag=True, help="Text models: also print the coloured words.")
+@click.option("--text-formats", metavar="json,html,png", help="Text models: the files to write per text (STEM.json "
+              "always) [default: json,html,png].")
 @interrupts.exit_on_signal
 def explain(inputs, model_path, out_dir, method, cmap, normalize, scale_spec, save_raw, jobs, batch_size,
             skip_existing, scheduler, no_progress, json_lines, html, cam_layer, patch, stride, samples, seed, text,
-            text_field, id_field, vectorizer, print_text, **shared):
+            text_field, id_field, vectorizer, print_text, text_formats, **shared):
     """Explain the prediction for each INPUT (image, .npy tensor, .txt, .jsonl/.csv rows, `-` for stdin,
     folder or glob)."""
     try:
@@ -144,9 +154,7 @@ def explain(inputs, model_path, out_dir, method, cmap, normalize, scale_spec, sa
         settings = _settings(method, shared)
         settings.method_options = {k: v for k, v in {"layer": cam_layer, "patch": patch, "stride": stride,
                                                      "samples": samples, "seed": seed}.items() if v is not None}
-        settings.kind_options = {k: v for k, v in {"text": text, "text_field": text_field, "id_field": id_field,
-                                                   "print": print_text or None, "vectorizer": vectorizer}.items()
-                                 if v is not None}  # vectorizer: loaded with the model, listed so others refuse it
+        settings.kind_options = _text_options(text, text_field, id_field, vectorizer, print_text, text_formats)
         load_extra = (("vectorizer", vectorizer),) if vectorizer is not None else ()
         model, model_spec = batch.load_model(model_path, shared["output_name"], shared["labels"], shared["layout"],
                                              load_extra)

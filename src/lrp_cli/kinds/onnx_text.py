@@ -121,6 +121,7 @@ class OnnxTextModel(TextOutputs, Model):
         if pictures:
             raise OptionError(f"{', '.join('--' + name for name in pictures)}: not an option of text models (the "
                               "sidecar's [text] section says how text becomes ids)")
+        self.check_text_formats(settings)
         self.onnx.check_settings(settings)
 
     def expand(self, specs: list[str], settings: Settings) -> list[InputItem]:

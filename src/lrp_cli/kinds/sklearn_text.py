@@ -17,6 +17,7 @@ from lrp_cli.errors import InputError, ModelLoadError, OptionError
 from lrp_cli.explanation import Explanation, Settings
 from lrp_cli.kinds.base import InputItem, Kind, LoadOptions, Model, UnitInput, Units
 from lrp_cli.kinds.text_outputs import TextOutputs
+from lrp_cli.methods import METHODS
 from lrp_cli.text import inputs
 
 if TYPE_CHECKING:  # scikit-learn is imported only when a scikit-learn model is named: `lrp --help` stays fast
@@ -68,17 +69,17 @@ class SklearnTextKind(Kind):
         return SklearnTextModel(path, load_text_model(path, dict(options.extra).get("vectorizer"), content))
 
 
-def _foreign_options(settings: Settings) -> list[tuple[str, object]]:
-    """Returns (--option, its value) of every option of the image kinds a text pipeline cannot take."""
+def _foreign_options(settings: Settings, methods) -> list[tuple[str, object]]:
+    """Returns (--option, its value) of every option of the image kinds a text pipeline cannot take (`methods`:
+    those the kind explains with)."""
     pre = settings.preprocess
-    return [("--method " + settings.method, settings.method != "lrp"), ("--rule", settings.rule),
+    return [("--method " + settings.method, settings.method not in methods), ("--rule", settings.rule),
             ("--composite", settings.composite), ("--layer-rule", settings.layer_rules),
             ("--precision " + settings.precision, settings.precision != "float32"),
             ("--engine " + settings.engine, settings.engine != "auto"), ("--providers", settings.providers),
             ("--tile/--tile-stride", set(settings.tiling) - {"pair"}),
             *((f"--{name}", pre.get(name) is not None) for name in ("preset", "size", "resize", "mean", "std")),
-            ("--bgr/--rgb", pre.get("bgr") is not None),
-            *((f"--{name}", True) for name in sorted(settings.method_options))]
+            ("--bgr/--rgb", pre.get("bgr") is not None)]
 
 
 def _signature(path: Path) -> tuple:
@@ -115,10 +116,11 @@ class SklearnTextModel(TextOutputs, Model):
         """Raises OptionError (one line naming the option) for the options of other kinds (a text pipeline is
         explained by LRP only, without image preprocessing or engines), a --target top:K or unknown class, and a
         --pair that is missing (one-vs-one SVM) or not wanted."""
-        given = [flag for flag, value in _foreign_options(settings) if value]
+        given = [flag for flag, value in _foreign_options(settings, self.methods) if value]
         if given:
             raise OptionError(f"{', '.join(given)}: not an option of scikit-learn text pipelines (they are "
-                              "explained by LRP, the decision value onto the words)")
+                              f"explained by {', '.join(self.methods)}, the decision value onto the words)")
+        METHODS[settings.method].resolve(settings.method_options)
         from lrp_cli.text.explain import resolve_class
 
         if settings.target.startswith("top:"):
@@ -133,6 +135,7 @@ class SklearnTextModel(TextOutputs, Model):
                               f"(--pair A,B; classes: {', '.join(self.labels)})")
         for value in pair or ():
             resolve_class(self.text_model, value, "--pair class")
+        self.check_text_formats(settings)
 
     def expand(self, specs: list[str], settings: Settings) -> list[InputItem]:
         """Returns one item per text: files, folders and globs of .txt, `-`, --text, rows of .jsonl/.csv."""

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lrp_cli.errors import OptionError
 from lrp_cli.explanation import Explanation
 from lrp_cli.kinds.base import OutputOptions
 from lrp_cli.text import render
@@ -17,6 +18,12 @@ class TextOutputs:
     """The output methods of the protocol (kinds.base.Model) for a text kind, mixed in before Model."""
 
     default_cmap = render.DEFAULT_CMAP
+
+    def check_text_formats(self, settings) -> None:
+        """Raises the OptionError of a --text-formats value that names no text output."""
+        unknown = set(settings.kind_options.get("text_formats") or ()) - set(render.FORMATS)
+        if unknown:
+            raise OptionError(f"--text-formats: {', '.join(sorted(unknown))} is not one of {', '.join(render.FORMATS)}")
 
     def save(self, expl: Explanation, out_dir: Path, stem: str, options: OutputOptions) -> dict:
         """Writes STEM.json, STEM.html and STEM.png (all or none; options.extra["text_formats"] may leave out the

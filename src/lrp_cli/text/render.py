@@ -222,16 +222,19 @@ def json_bytes(doc: dict) -> bytes:
     (tokens, top features, steps), written by json's C encoder (the indented encoder is pure Python, and several
     times slower than explaining a short text); NaN and Inf as null, as outputs.json_bytes writes them."""
     try:
-        lines = [f"  {json.dumps(key)}: {_json_value(value)}" for key, value in doc.items()]
+        lines = [f"  {_JSON.encode(key)}: {_json_value(value)}" for key, value in doc.items()]
     except ValueError:  # a NaN or Inf somewhere: the general writer replaces them
         return outputs.json_bytes(doc)
     return ("{\n" + ",\n".join(lines) + "\n}\n").encode("utf-8")
 
 
+_JSON = json.JSONEncoder(allow_nan=False)  # one encoder: json.dumps with options builds one per call
+
+
 def _json_value(value) -> str:
     if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-        return "[\n" + ",\n".join("    " + json.dumps(v, allow_nan=False) for v in value) + "\n  ]"
-    return json.dumps(value, allow_nan=False)
+        return "[\n" + ",\n".join("    " + _JSON.encode(v) for v in value) + "\n  ]"
+    return _JSON.encode(value)
 
 
 def output_paths(out_dir: Path, stem: str, formats=FORMATS) -> dict[str, Path]:
