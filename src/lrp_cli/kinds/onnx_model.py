@@ -166,8 +166,7 @@ class OnnxModel(image_outputs.ImageOutputs, Model):
     def run_onnxruntime(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Returns (the model's own output, the tensor the IR explains) computed by onnxruntime on x cast to the
         model's input type (float16 models take float16)."""
-        kind = next(i.type for i in self.session.get_inputs() if i.name == self.graph.input_name)
-        x = x.astype(onnx_runtime.ORT_INPUT_TYPES.get(kind, np.float32))
+        x = x.astype(onnx_runtime.input_dtype(self.session, self.graph.input_name))
         results = self.session.run(None, {self.graph.input_name: x})
         return results[0], results[-1]
 

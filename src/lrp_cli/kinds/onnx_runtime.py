@@ -18,6 +18,12 @@ ORT_INPUT_TYPES = {"tensor(float16)": np.float16, "tensor(double)": np.float64, 
                    "tensor(int32)": np.int32}  # token ids: the IR reads them as (exact) floats
 
 
+def input_dtype(session: ort.InferenceSession, name: str) -> type:
+    """Returns the NumPy type the session's input `name` is fed in (float32 unless ORT_INPUT_TYPES names it)."""
+    kind = next(i.type for i in session.get_inputs() if i.name == name)
+    return ORT_INPUT_TYPES.get(kind, np.float32)
+
+
 def reported_output(model: onnx.ModelProto, graph: Graph | None, output: str | None) -> str:
     """Returns the first output of `onnx_session`'s session: the chosen graph output, else the IR's explained
     tensor."""

@@ -25,8 +25,11 @@ BATCH_CHECK_RTOL = 1e-4
 
 
 def as_item_batch(xs: np.ndarray, input_shape: tuple[int, ...]) -> np.ndarray:
-    """Returns xs as [N, *input_shape[1:]] float32 (accepts a batch of batch-1 tensors too)."""
-    xs = np.asarray(xs, dtype=np.float32)
+    """Returns xs as [N, *input_shape[1:]], float32 unless integer (token ids stay ids; accepts a batch of batch-1
+    tensors too)."""
+    xs = np.asarray(xs)
+    if not np.issubdtype(xs.dtype, np.integer):
+        xs = xs.astype(np.float32)
     if xs.shape[1:] == input_shape and input_shape[0] == 1:
         xs = xs[:, 0]
     if xs.shape[1:] != input_shape[1:]:
@@ -51,6 +54,7 @@ class Scorer:
         """Returns the [len(xs), K] scores of a chunk."""
         if self.session is None:
             return np.stack([_single_score(self.model, x) for x in xs])
+        xs = xs.astype(onnx_runtime.input_dtype(self.session, self.model.graph.input_name), copy=False)
         explained = self.session.run(None, {self.model.graph.input_name: xs})[-1]
         return explained.reshape(len(xs), -1)
 
@@ -60,7 +64,13 @@ def _single_score(model, x: np.ndarray) -> np.ndarray:
 
 
 def build_scorer(model) -> Scorer:
-    probe = np.random.default_rng(0).standard_normal((2,) + tuple(model.graph.input_shape[1:])).astype(np.float32)
+    """Returns the batched Scorer when its scores of two probe inputs match the per-input session's, else the
+    per-input one."""
+    shape = (2,) + tuple(model.graph.input_shape[1:])
+    rng = np.random.default_rng(0)
+    # token ids: 0 and 1 are rows of any embedding table; other inputs: Gaussian values
+    ids = np.issubdtype(onnx_runtime.input_dtype(model.session, model.graph.input_name), np.integer)
+    probe = rng.integers(0, 2, shape) if ids else rng.standard_normal(shape).astype(np.float32)
     expected = np.stack([_single_score(model, x) for x in probe])
     scorer = Scorer(model, None, expected.shape[1])
     try:
