@@ -6,9 +6,12 @@ explains it (LRP, gradient, gradient x input), and each word gets the relevance 
 and padding positions are not words and are not shown. The outputs are the text kind's (text.render): STEM.json
 (lrp-cli/text-explanation/1), STEM.html and STEM.png.
 
+`lrp evaluate` deletes its words (text.units.id_copies: their ids removed, or replaced by the unknown_id) and
+scores each length's copies as one batch of the ONNX model bound to that length.
+
 The registry hands this kind the ONNX kind that loads the model (the kinds stay independent modules). Kind
-options read from settings.kind_options (and OutputOptions.extra): text, text_field, id_field, print,
-text_formats.
+options read from settings.kind_options (and OutputOptions.extra): text, text_field, id_field, label_field,
+print, text_formats.
 """
 
 from __future__ import annotations
@@ -21,10 +24,10 @@ import numpy as np
 
 from lrp_cli import absorption
 from lrp_cli.errors import InputError, LrpError, ModelLoadError, OptionError
-from lrp_cli.explanation import Explanation, Settings
+from lrp_cli.explanation import Explanation, Settings, class_index, resolve_targets
 from lrp_cli.ir.sequence import token_embedding
 from lrp_cli.kinds import onnx_inspect
-from lrp_cli.kinds.base import InputItem, Kind, LoadOptions, Model
+from lrp_cli.kinds.base import InputItem, Kind, LoadOptions, Model, UnitInput
 from lrp_cli.kinds.text_outputs import TextOutputs
 from lrp_cli.preprocess import load_sidecar, sidecar_path
 from lrp_cli.text import inputs
@@ -33,6 +36,8 @@ from lrp_cli.text.vocabulary import Encoded, Tokenizer
 
 #: The token count `lrp inspect` binds a model with a symbolic token axis to.
 INSPECT_LENGTH = 16
+#: Perturbed id copies per onnxruntime run in `lrp evaluate` (a step's copies of one text are far fewer).
+EVALUATE_CHUNK = 1024
 
 
 class OnnxTextKind(Kind):
@@ -99,7 +104,9 @@ class OnnxTextModel(TextOutputs, Model):
     kind = "onnx-text"
     methods = ("lrp", "gradient", "gradient-x-input")
     input_suffixes = inputs.TEXT_SUFFIXES | inputs.TABLE_SUFFIXES
-    kind_options = frozenset({"text", "text_field", "id_field", "print", "text_formats"})
+    unit_perturbations = ("delete", "unk")  # text.units.id_fill: the word's id removed, or the unknown_id
+    unit_name = "word"
+    kind_options = frozenset({"text", "text_field", "id_field", "label_field", "print", "text_formats"})
 
     @property
     def sha256(self) -> str:
@@ -127,7 +134,8 @@ class OnnxTextModel(TextOutputs, Model):
     def expand(self, specs: list[str], settings: Settings) -> list[InputItem]:
         """Returns one item per text: files, folders and globs of .txt, `-`, --text, rows of .jsonl/.csv."""
         opts = settings.kind_options
-        items = inputs.text_items(specs, opts.get("text"), opts.get("text_field"), opts.get("id_field"))
+        items = inputs.text_items(specs, opts.get("text"), opts.get("text_field"), opts.get("id_field"),
+                                  label_field=opts.get("label_field"))
         return [InputItem(it.path or Path(it.stem), it.stem, it) for it in items]
 
     def prepare(self, item: InputItem, settings: Settings) -> tuple:
@@ -158,6 +166,46 @@ class OnnxTextModel(TextOutputs, Model):
         """Returns the explanation with extra["text"]: its TextExplanation."""
         item, text, _, encoded = prepared
         return replace(expl, extra=expl.extra | {"text": text_explanation(self, expl, item, text, encoded)})
+
+    def unit_input(self, item: InputItem, settings: Settings, perturbation: str) -> UnitInput:
+        """Returns the text's words read (positions in its ids) as `lrp evaluate` deletes them or replaces them by
+        the unknown id, scored by one batched onnxruntime run per length of the copies; the target resolved on
+        the whole text, the true class from the row's --label-field."""
+        from lrp_cli.text import units
+        if settings.target.startswith("top:"):
+            raise OptionError(f"--target {settings.target}: lrp evaluate follows one class (pred, an index or a "
+                              "label)")
+        prepared = self.prepare(item, settings)
+        encoded = prepared[3]
+        names, _ = units.words([word[:3] for word in encoded.words])
+        fill = units.id_fill(self.tokenizer, perturbation, sidecar_path(self.path))
+
+        def score(keep: np.ndarray) -> np.ndarray:
+            return self._score_copies(units.id_copies(encoded, self.tokenizer, keep, fill), len(keep))
+
+        full = score(np.ones((1, len(names)), dtype=bool))[0]
+        target = resolve_targets(settings.target, full, self.labels)[0]
+        label = units.row_label(item.source.source, lambda value: self._class(value, full.size, item.path))
+        return UnitInput(names, target, score, prepared, label)
+
+    def _score_copies(self, groups: dict, rows: int) -> np.ndarray:
+        """Returns the [rows, K] scores of id copies grouped by length (text.units.id_copies), each group scored
+        by the ONNX model bound to its length."""
+        out = None
+        for length, (index, ids) in groups.items():
+            model = self.onnx.bind((1, length)) if self.onnx.unbound is not None else self.onnx
+            values = model.score_batch(ids, chunk=EVALUATE_CHUNK)
+            out = np.empty((rows, values.shape[1]), dtype=values.dtype) if out is None else out
+            out[index] = values
+        return out
+
+    def _class(self, value, count: int, name) -> int:
+        """Returns the class index a row's label names (a label or an index); OptionError naming the row."""
+        try:
+            return class_index(str(value), count, self.labels)
+        except OptionError:
+            raise OptionError(f"{name}: label {value!r}: not a class of the model (classes: "
+                              f"{', '.join(self.labels or map(str, range(count)))})") from None
 
     def conservation_account(self, document: dict) -> str:
         """Returns 'sum R over the words = S of f(x) = F; B kept apart (biases, stabilisers, start/end tokens)'."""

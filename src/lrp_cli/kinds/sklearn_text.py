@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from lrp_cli.errors import InputError, ModelLoadError, OptionError
+from lrp_cli.errors import ModelLoadError, OptionError
 from lrp_cli.explanation import Explanation, Settings
-from lrp_cli.kinds.base import InputItem, Kind, LoadOptions, Model, UnitInput, Units
+from lrp_cli.kinds.base import InputItem, Kind, LoadOptions, Model, UnitInput
 from lrp_cli.kinds.text_outputs import TextOutputs
 from lrp_cli.methods import METHODS
 from lrp_cli.text import inputs
@@ -177,18 +177,6 @@ class SklearnTextModel(TextOutputs, Model):
         full = units.scores(self.text_model, [text])[0]
         target = (int(np.argmax(full)) if settings.target == "pred"
                   else resolve_class(self.text_model, settings.target, "--target"))
-        label = dict(item.source.source).get("label")
-        if label is not None:
-            try:
-                label = resolve_class(self.text_model, label, f"{item.path}: label")
-            except OptionError as exc:  # one row's label: that input fails, the batch goes on
-                raise InputError(str(exc)) from None
+        label = units.row_label(item.source.source,
+                                lambda value: resolve_class(self.text_model, value, f"{item.path}: label"))
         return UnitInput(names, target, score, prepared, label)
-
-    def units(self, expl: Explanation) -> Units:
-        """Returns the relevance of the explanation's words (whitespace runs left out), with their spans."""
-        from lrp_cli.text.units import words
-        ex = expl.extra["text"]
-        names, spans = words([(t["text"], t["start"], t["end"]) for t in ex.tokens])
-        relevance = np.asarray([t["relevance"] for t in ex.tokens if not t["text"].isspace()], dtype=np.float64)
-        return Units(names, relevance, ex.text, spans)

@@ -1,6 +1,7 @@
 """The outputs of text explanations, for every kind whose inputs are texts (the scikit-learn text pipelines, ONNX
 models fed with text): an Explanation whose extra["text"] is a text.document.TextExplanation, written by
-text.render (STEM.json, STEM.html, STEM.png), its summary row, its --print lines and its heat."""
+text.render (STEM.json, STEM.html, STEM.png), its summary row, its --print lines, its heat and its words as
+units (`lrp evaluate`, `lrp check`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 
 from lrp_cli.errors import OptionError
 from lrp_cli.explanation import Explanation
-from lrp_cli.kinds.base import OutputOptions
+from lrp_cli.kinds.base import OutputOptions, Units
 from lrp_cli.text import render
 
 
@@ -50,3 +51,11 @@ class TextOutputs:
     def heat(self, expl: Explanation) -> np.ndarray:
         """Returns the token relevances, which the word colours scale."""
         return expl.extra["text"].relevance
+
+    def units(self, expl: Explanation) -> Units:
+        """Returns the relevance of the explanation's words (whitespace runs left out), with their spans."""
+        from lrp_cli.text.units import words
+        ex = expl.extra["text"]
+        names, spans = words([(t["text"], t["start"], t["end"]) for t in ex.tokens])
+        relevance = np.asarray([t["relevance"] for t in ex.tokens if not t["text"].isspace()], dtype=np.float64)
+        return Units(names, relevance, ex.text, spans)

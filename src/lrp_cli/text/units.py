@@ -1,17 +1,28 @@
-"""A text's words as deletable units (`lrp evaluate`'s word deletion, `lrp check`'s word regions): the words are
-the tokens an explanation places (the vectorizer's tokens, or a char analyzer's words), with their character
-spans; a perturbed copy of the text has some of them deleted or replaced by a token outside the vocabulary, and
-the copies are scored by one vectorizer + pipeline call."""
+"""A text's words as deletable units (`lrp evaluate`'s word deletion, `lrp check`'s word regions), for both text
+kinds: the words are the tokens an explanation places, with their character spans, and a row's --label-field
+names the true class.
+
+- scikit-learn pipelines: the vectorizer's tokens (or a char analyzer's words); a perturbed copy of the text has
+  some of them deleted or replaced by a token outside the vocabulary, and the copies are scored by one
+  vectorizer + pipeline call (scikit-learn is imported by these functions only).
+- token-id models (an ONNX embedding): the words read are positions in the id sequence; a perturbed copy has
+  their ids removed (a fixed length padded again) or replaced by the sidecar's unknown_id, and the copies come
+  grouped by their length, each group one batch.
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Callable
+
 import numpy as np
-from sklearn.feature_extraction.text import HashingVectorizer
 
 from lrp_cli.errors import InputError, OptionError
-from lrp_cli.text import analysis, steps
+from lrp_cli.text import analysis
 from lrp_cli.text.decision import decision_values
-from lrp_cli.text.pipeline import TextModel
+from lrp_cli.text.vocabulary import Encoded, Tokenizer
+
+if TYPE_CHECKING:
+    from lrp_cli.text.pipeline import TextModel
 
 #: What `--perturbation unk` puts in a word's place: LimeTextExplainer's mask word, checked to be no feature.
 UNK = "UNKWORDZ"
@@ -35,6 +46,7 @@ def text_words(model: TextModel, text: str, name: str) -> tuple[list[str], np.nd
 def replacement(model: TextModel, perturbation: str) -> str:
     """Return what a perturbed word becomes: '' (delete) or UNK, an OptionError when UNK is not outside the
     vocabulary (hashed features and character n-grams have no outside)."""
+    from sklearn.feature_extraction.text import HashingVectorizer
     if perturbation == "delete":
         return ""
     vec = model.vectorizer
@@ -62,7 +74,59 @@ def perturbed_texts(text: str, spans: np.ndarray, keep: np.ndarray, fill: str) -
 
 def scores(model: TextModel, texts: list[str]) -> np.ndarray:
     """Return the [M, K] decision values of the texts: one vectorizer transform and one pass of the pipeline."""
+    from lrp_cli.text import steps
     if model.one_vs_one:
         raise OptionError(f"{model.path}: a one-vs-one SVM has no decision value per class; lrp evaluate needs one")
     u = steps.forward(model.steps, model.vectorizer.transform(texts))[-1]
     return decision_values(model.classifier, u)
+
+
+def row_label(source, resolve: Callable[[str], int]) -> int | None:
+    """Return the class index of the true class a row names (its --label-field value, resolved by `resolve`), None
+    without one; InputError when it names no class (that row fails, the batch goes on)."""
+    label = dict(source).get("label")
+    if label is None:
+        return None
+    try:
+        return resolve(label)
+    except OptionError as exc:
+        raise InputError(str(exc)) from None
+
+
+def id_fill(tokenizer: Tokenizer, perturbation: str, sidecar) -> int | None:
+    """Return the id a perturbed word takes: None (delete: its id is removed) or the [text] unknown_id; OptionError
+    when the sidecar has none."""
+    if perturbation == "delete":
+        return None
+    if tokenizer.unknown_id is None:
+        raise OptionError(f"--perturbation unk: {sidecar} has no [text] unknown_id to put in a word's place; use "
+                          "--perturbation delete")
+    return tokenizer.unknown_id
+
+
+def id_copies(encoded: Encoded, tokenizer: Tokenizer, keep: np.ndarray,
+              fill: int | None) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Return length -> (rows of the [M, n] keep mask, their [m, length] ids): per row, the ids of the words where
+    it is False replaced by `fill`, or removed (fill None) with the start/end tokens kept, then padded on the
+    tokenizer's side to its fixed length (or to one id when nothing is left: a model reads no empty sequence).
+    Words that the length cut off stay cut off."""
+    ids = encoded.ids[0]
+    positions = np.asarray([p for *_, p in encoded.words], dtype=np.int64)
+    keep = np.asarray(keep, dtype=bool).reshape(-1, positions.size)
+    if fill is not None:
+        copies = np.repeat(ids[None], len(keep), axis=0)
+        copies[:, positions] = np.where(keep, ids[positions], fill)
+        return {ids.size: (np.arange(len(keep)), copies)}
+    read = np.zeros((len(keep), ids.size), dtype=bool)  # padding is dropped, then added again
+    read[:, encoded.specials] = True
+    read[:, positions] = keep
+    counts = read.sum(axis=1)
+    groups: dict[int, list] = {}
+    for count in np.unique(counts):  # at most n + 1 counts; a fixed length makes them one group
+        rows = np.flatnonzero(counts == count)
+        kept = np.broadcast_to(ids, read[rows].shape)[read[rows]].reshape(rows.size, count)
+        pad = np.full((rows.size, max(tokenizer.length or 0, 1, count) - count), tokenizer.padding_id, ids.dtype)
+        copies = np.hstack([pad, kept] if tokenizer.padding_side == "left" else [kept, pad])
+        groups.setdefault(copies.shape[1], []).append((rows, copies))
+    return {length: (np.concatenate([rows for rows, _ in parts]), np.vstack([copies for _, copies in parts]))
+            for length, parts in groups.items()}
