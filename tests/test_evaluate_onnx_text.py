@@ -42,7 +42,8 @@ def symbolic_lstm(path: Path, seed: int = 0, emb: int = 4, hidden: int = 6, clas
     """Writes ids [1, T] -> Gather -> Transpose -> LSTM -> last state -> Gemm -> logits [1, 3] (T symbolic)."""
     rng = np.random.default_rng(seed)
     weights = {"table": rng.normal(size=(len(WORDS), emb)), "W": rng.normal(scale=0.6, size=(1, 4 * hidden, emb)),
-               "R": rng.normal(scale=0.4, size=(1, 4 * hidden, hidden)), "B": rng.normal(scale=0.2, size=(1, 8 * hidden)),
+               "R": rng.normal(scale=0.4, size=(1, 4 * hidden, hidden)),
+               "B": rng.normal(scale=0.2, size=(1, 8 * hidden)),
                "dense": rng.normal(size=(classes, hidden)), "bias": rng.normal(scale=0.1, size=classes),
                "axes": np.asarray([0], dtype=np.int64)}
     inits = [numpy_helper.from_array(v if v.dtype == np.int64 else v.astype(np.float32), k) for k, v in weights.items()]
