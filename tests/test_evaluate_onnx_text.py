@@ -211,3 +211,21 @@ def test_unk_without_an_unknown_id_top_k_and_a_bad_label_are_reported(tmp_path):
     assert result.exit_code == 1 and "label 'z': not a class of the model (classes: a, b, c)" in result.output
     doc = json.loads((tmp_path / "out" / "evaluation.json").read_text())
     assert doc["errors"][0]["input"].endswith("d1") and {r["input"] for r in doc["runs"]} == {doc["runs"][0]["input"]}
+
+
+def test_lrp_check_measures_word_regions_on_the_words_read(tmp_path):
+    model_path = text_model(tmp_path, "symbolic")
+    text = "the good movie is not bad"
+    (tmp_path / "review.txt").write_text(text, encoding="utf-8")
+    (tmp_path / "spec.toml").write_text(f'model = "{model_path.name}"\n[[case]]\nname = "good"\n'
+                                        'inputs = ["review.txt"]\ntarget = "a"\n  [[case.region]]\n'
+                                        '  name = "good"\n  words = ["good", "bad"]\n  min_positive_share = 0.0\n')
+    result = RUN.invoke(main, ["check", str(tmp_path / "spec.toml")])
+    assert result.exit_code == 0, result.output
+    model = kinds.load_model(model_path)
+    settings = Settings(target="a")
+    (expl,) = model.explain(model.prepare(model.expand([], Settings(kind_options={"text": text}))[0], settings),
+                            settings)
+    positive = np.maximum([t["relevance"] for t in expl.extra["text"].tokens], 0.0)  # the, good, ..., bad
+    share = float(re.search(r"share\[good\]=([0-9.]+)", result.output).group(1))
+    assert share == pytest.approx((positive[1] + positive[5]) / positive.sum(), abs=1e-3)  # printed to 3 decimals
