@@ -91,8 +91,8 @@ class Weights:
     mask: np.ndarray | None = None
 
     def step(self, t: int) -> np.ndarray | None:
-        """Returns the [1, N, 1] mask of processing step t (None: every item has it)."""
-        return None if self.mask is None else self.mask[t]
+        """Returns the [N, 1] mask of processing step t (None: every item has it), the same for each direction."""
+        return None if self.mask is None else self.mask[t, 0]
 
     def gate(self, k: int, hidden: int):
         """Returns (W, R, Wb, Rb) rows of gate k, each direction's on the leading axis."""
@@ -281,27 +281,40 @@ def _remember(y: np.ndarray, x: np.ndarray, states: dict) -> None:
 
 
 class LSTM(Recurrent):
-    """ONNX LSTM (gates i, o, f, c; sigmoid gates, tanh cell and output activations, no peepholes)."""
+    """ONNX LSTM (gates i, o, f, c; sigmoid gates, tanh cell and output activations, no peepholes).
+
+    The element-wise work of every step that does not depend on the recurrence runs over all steps and both
+    directions at once; the time loops run one direction after the other, because one direction's R (1 MB at
+    hidden size 256 in float32) stays in cache through its loop and both directions' together do not."""
 
     op = "LSTM"
     gates = 4
 
     def run(self, x, p):
-        hsize, steps = self.hidden, x.shape[0]
+        hsize = self.hidden
         # every step's input part and both biases at once; the loop then writes each step's gates over it
         act = _all_steps(x, p.w.transpose(0, 2, 1))
         act += p.wb + p.rb
-        h = np.empty((steps + 1,) + p.h0.shape, dtype=act.dtype)
+        h = np.empty((x.shape[0] + 1,) + p.h0.shape, dtype=act.dtype)
         c = np.empty_like(h)
         zg = np.empty(act.shape[:-1] + (hsize,), dtype=act.dtype)
         h[0], c[0] = p.h0, p.c0
-        for t in range(steps):
+        for d in range(x.shape[1]):
+            self._forward_steps(p, p.rt[d], act[:, d], zg[:, d], h[:, d], c[:, d])
+        gates = {k: act[..., j * hsize:(j + 1) * hsize] for j, k in enumerate("iofg")}
+        return gates | {"zg": zg, "h": h, "c": c}
+
+    def _forward_steps(self, p, rt, act, zg, h, c) -> None:
+        """Runs one direction's recurrence in place over its [T, N, ...] arrays: act holds each step's input part
+        and becomes its gate activations (i, o, f, g), zg gets g's pre-activation, h and c [T+1, N, H] the states."""
+        hsize = self.hidden
+        for t in range(len(act)):
             z = act[t]
-            z += h[t] @ p.rt
-            zg[t] = z[..., 3 * hsize:]
-            _sigmoid_(z[..., :3 * hsize])
-            np.tanh(z[..., 3 * hsize:], out=z[..., 3 * hsize:])
-            i, o, f, g = (z[..., k * hsize:(k + 1) * hsize] for k in range(4))
+            z += h[t] @ rt
+            zg[t] = z[:, 3 * hsize:]
+            _sigmoid_(z[:, :3 * hsize])
+            np.tanh(z[:, 3 * hsize:], out=z[:, 3 * hsize:])
+            i, o, f, g = z[:, :hsize], z[:, hsize:2 * hsize], z[:, 2 * hsize:3 * hsize], z[:, 3 * hsize:]
             valid = p.step(t)
             if valid is None:
                 np.multiply(f, c[t], out=c[t + 1])
@@ -312,8 +325,6 @@ class LSTM(Recurrent):
                 c_new = f * c[t] + i * g
                 h[t + 1] = np.where(valid, o * np.tanh(c_new), h[t])
                 c[t + 1] = np.where(valid, c_new, c[t])
-        gates = {k: act[..., j * hsize:(j + 1) * hsize] for j, k in enumerate("iofg")}
-        return gates | {"zg": zg, "h": h, "c": c}
 
     def lrp(self, x, p, s, r_y, eps):
         w_g, u_g, _, _ = p.gate(3, self.hidden)
@@ -324,14 +335,15 @@ class LSTM(Recurrent):
         take_prev = s["f"] * s["c"][:-1] / c
         zg = stabilize(s["zg"], eps)
         qs = np.empty(r_y.shape, dtype=np.result_type(r_y, zg))
-        r_h = np.zeros_like(r_y[0])
-        r_c = np.zeros_like(r_y[0])
-        for t in reversed(range(x.shape[0])):
-            total = r_c + r_y[t] + r_h  # h = o * tanh(c): the gate o passes R_h to c
-            np.divide(take_g[t] * total, zg[t], out=qs[t])
-            valid = p.step(t)  # past an item's length h and c carry over unchanged, and so does their relevance
-            r_h = _carry(valid, s["h"][t] * (qs[t] @ u_g), r_h)
-            r_c = _carry(valid, take_prev[t] * total, r_c)
+        for d in range(x.shape[1]):
+            r_h = np.zeros_like(r_y[0, d])
+            r_c = np.zeros_like(r_y[0, d])
+            for t in reversed(range(x.shape[0])):
+                total = r_c + r_y[t, d] + r_h  # h = o * tanh(c): the gate o passes R_h to c
+                np.divide(take_g[t, d] * total, zg[t, d], out=qs[t, d])
+                valid = p.step(t)  # past an item's length h and c carry over unchanged, and so does their relevance
+                r_h = _carry(valid, s["h"][t, d] * (qs[t, d] @ u_g[d]), r_h)
+                r_c = _carry(valid, take_prev[t, d] * total, r_c)
         # x_t's share feeds nothing back: one product over all steps
         return _masked(p, x * _all_steps(qs, w_g)).astype(x.dtype, copy=False)
 
@@ -343,17 +355,18 @@ class LSTM(Recurrent):
         k_i, k_o, k_f, k_g = g * i * (1 - i), tc * o * (1 - o), s["c"][:-1] * f * (1 - f), i * (1 - g * g)
         k_cell = o * (1 - tc * tc)
         d_zs = np.empty(x.shape[:3] + (4 * hsize,), dtype=np.result_type(g_y, i))
-        d_h = np.zeros_like(g_y[0])
-        d_c = np.zeros_like(g_y[0])
-        for t in reversed(range(x.shape[0])):
-            d_h = d_h + g_y[t]
-            d_cell = d_c + d_h * k_cell[t]
-            d_z = d_zs[t]
-            for k, (gain, by) in enumerate(((k_i, d_cell), (k_o, d_h), (k_f, d_cell), (k_g, d_cell))):
-                np.multiply(by, gain[t], out=d_z[..., k * hsize:(k + 1) * hsize])
-            valid = p.step(t)
-            d_h = _carry(valid, d_z @ p.r, d_h)
-            d_c = _carry(valid, d_cell * f[t], d_c)
+        for d in range(x.shape[1]):
+            d_h = np.zeros_like(g_y[0, d])
+            d_c = np.zeros_like(g_y[0, d])
+            for t in reversed(range(x.shape[0])):
+                d_h = d_h + g_y[t, d]
+                d_cell = d_c + d_h * k_cell[t, d]
+                d_z = d_zs[t, d]
+                for k, (gain, by) in enumerate(((k_i, d_cell), (k_o, d_h), (k_f, d_cell), (k_g, d_cell))):
+                    np.multiply(by, gain[t, d], out=d_z[:, k * hsize:(k + 1) * hsize])
+                valid = p.step(t)
+                d_h = _carry(valid, d_z @ p.r[d], d_h)
+                d_c = _carry(valid, d_cell * f[t, d], d_c)
         return _masked(p, _all_steps(d_zs, p.w)).astype(x.dtype, copy=False)  # the input's gradient feeds nothing back
 
 
