@@ -120,12 +120,8 @@ def _all_steps(a: np.ndarray, m: np.ndarray) -> np.ndarray:
     return out
 
 
-def _sigmoid(z):
-    return 0.5 * (np.tanh(0.5 * z) + 1.0)  # exact sigmoid without overflow in exp
-
-
 def _sigmoid_(z: np.ndarray) -> None:
-    """Applies _sigmoid to z in place (the same operations in the same order)."""
+    """Applies the logistic sigmoid to z in place, as 0.5 * (tanh(0.5 * z) + 1): exact, no overflow in exp."""
     z *= 0.5
     np.tanh(z, out=z)
     z += 1.0
@@ -390,7 +386,8 @@ class GRU(Recurrent):
         s = {k: [] for k in keys}
         for t in range(x.shape[0]):
             zr = wx[t, ..., :2 * hsize] + h[-1] @ r_zr + p.rb[..., :2 * hsize]
-            z, r = _sigmoid(zr[..., :hsize]), _sigmoid(zr[..., hsize:])
+            _sigmoid_(zr)
+            z, r = zr[..., :hsize], zr[..., hsize:]
             # u: what the reset gate multiplies (U h + b_Rh, or h itself without linear_before_reset)
             u = h[-1] @ r_n + rb_n if self.linear_before_reset else r * h[-1]
             zn = wx[t, ..., 2 * hsize:] + (r * u if self.linear_before_reset else u @ r_n + rb_n)
