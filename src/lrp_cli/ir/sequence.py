@@ -293,32 +293,31 @@ class LSTM(Recurrent):
         act += p.wb + p.rb
         h = np.empty((x.shape[0] + 1,) + p.h0.shape, dtype=act.dtype)
         c = np.empty_like(h)
-        zg = np.empty(act.shape[:-1] + (hsize,), dtype=act.dtype)
+        g = np.empty(act.shape[:-1] + (hsize,), dtype=act.dtype)
         h[0], c[0] = p.h0, p.c0
         for d in range(x.shape[1]):
-            self._forward_steps(p, p.rt[d], act[:, d], zg[:, d], h[:, d], c[:, d])
-        gates = {k: act[..., j * hsize:(j + 1) * hsize] for j, k in enumerate("iofg")}
-        return gates | {"zg": zg, "h": h, "c": c}
+            self._forward_steps(p, p.rt[d], act[:, d], g[:, d], h[:, d], c[:, d])
+        gates = {k: act[..., j * hsize:(j + 1) * hsize] for j, k in enumerate("iof")}
+        return gates | {"g": g, "zg": act[..., 3 * hsize:], "h": h, "c": c}
 
-    def _forward_steps(self, p, rt, act, zg, h, c) -> None:
-        """Runs one direction's recurrence in place over its [T, N, ...] arrays: act holds each step's input part
-        and becomes its gate activations (i, o, f, g), zg gets g's pre-activation, h and c [T+1, N, H] the states."""
+    def _forward_steps(self, p, rt, act, g, h, c) -> None:
+        """Runs one direction's recurrence in place over its [T, N, ...] arrays: act holds each step's input part,
+        then its gate activations i, o, f and g's pre-activation; g gets g, h and c [T+1, N, H] the states."""
         hsize = self.hidden
         for t in range(len(act)):
             z = act[t]
             z += h[t] @ rt
-            zg[t] = z[:, 3 * hsize:]
             _sigmoid_(z[:, :3 * hsize])
-            np.tanh(z[:, 3 * hsize:], out=z[:, 3 * hsize:])
-            i, o, f, g = z[:, :hsize], z[:, hsize:2 * hsize], z[:, 2 * hsize:3 * hsize], z[:, 3 * hsize:]
+            np.tanh(z[:, 3 * hsize:], out=g[t])
+            i, o, f = z[:, :hsize], z[:, hsize:2 * hsize], z[:, 2 * hsize:3 * hsize]
             valid = p.step(t)
             if valid is None:
                 np.multiply(f, c[t], out=c[t + 1])
-                c[t + 1] += i * g
+                c[t + 1] += i * g[t]
                 np.tanh(c[t + 1], out=h[t + 1])
                 h[t + 1] *= o
             else:
-                c_new = f * c[t] + i * g
+                c_new = f * c[t] + i * g[t]
                 h[t + 1] = np.where(valid, o * np.tanh(c_new), h[t])
                 c[t + 1] = np.where(valid, c_new, c[t])
 
@@ -332,16 +331,22 @@ class LSTM(Recurrent):
         zg = stabilize(s["zg"], eps)
         qs = np.empty(r_y.shape, dtype=np.result_type(r_y, zg))
         for d in range(x.shape[1]):
-            r_h = np.zeros_like(r_y[0, d])
-            r_c = np.zeros_like(r_y[0, d])
-            for t in reversed(range(x.shape[0])):
-                total = r_c + r_y[t, d] + r_h  # h = o * tanh(c): the gate o passes R_h to c
-                np.divide(take_g[t, d] * total, zg[t, d], out=qs[t, d])
-                valid = p.step(t)  # past an item's length h and c carry over unchanged, and so does their relevance
-                r_h = _carry(valid, s["h"][t, d] * (qs[t, d] @ u_g[d]), r_h)
-                r_c = _carry(valid, take_prev[t, d] * total, r_c)
+            self._lrp_steps(p, u_g[d], r_y[:, d], take_g[:, d], take_prev[:, d], zg[:, d], s["h"][:, d], qs[:, d])
         # x_t's share feeds nothing back: one product over all steps
         return _masked(p, x * _all_steps(qs, w_g)).astype(x.dtype, copy=False)
+
+    @staticmethod
+    def _lrp_steps(p, u_g, r_y, take_g, take_prev, zg, h, qs) -> None:
+        """Runs one direction's relevance back through time over its [T, N, H] arrays, writing into qs each step's
+        relevance of g's pre-activation per unit of it (what x_t and h_{t-1} share by their contributions)."""
+        r_h = np.zeros_like(r_y[0])
+        r_c = np.zeros_like(r_y[0])
+        for t in reversed(range(len(r_y))):
+            total = r_c + r_y[t] + r_h  # h = o * tanh(c): the gate o passes R_h to c
+            np.divide(take_g[t] * total, zg[t], out=qs[t])
+            valid = p.step(t)  # past an item's length h and c carry over unchanged, and so does their relevance
+            r_h = _carry(valid, h[t] * (qs[t] @ u_g), r_h)
+            r_c = _carry(valid, take_prev[t] * total, r_c)
 
     def backprop(self, x, p, s, g_y):
         hsize = self.hidden
