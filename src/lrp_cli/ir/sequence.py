@@ -9,8 +9,11 @@ the element-wise tanh passes relevance unchanged. Their rule is a `--layer-rule`
 epsilon rule with its own epsilon.
 
 Shapes follow ONNX: X is [T, N, I] (layout 0) or [N, T, I] (layout 1); Y is [T, D, N, H] or [N, T, D, H] with D = 2
-for a bidirectional layer. Internally one direction runs over time-major arrays in its processing order (the
-reverse direction on X flipped in time), vectorised over batch and hidden units with a loop over time steps.
+for a bidirectional layer. Internally both directions are stacked on a leading axis D of time-major arrays in
+their processing order ([T, D, N, ...]; the reverse direction on X flipped in time), so that what does not depend
+on the recurrence (input projections, biases, the LRP shares of each step) is one vectorised operation for all steps
+and directions; the loop over time steps is vectorised over batch and hidden units (LSTM: one direction after the
+other; GRU: both directions in one loop with batched products).
 """
 
 from __future__ import annotations
