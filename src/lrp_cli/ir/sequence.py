@@ -172,6 +172,10 @@ class Recurrent(Layer):
             kept = self._kept_r_t = (self.r, np.ascontiguousarray(self.r.transpose(0, 2, 1), dtype=dtype))
         return kept[1]
 
+    def __getstate__(self):
+        """Returns the layer's state without the transposed R, which a worker rebuilds rather than receives."""
+        return {k: v for k, v in self.__dict__.items() if k != "_kept_r_t"}
+
     def order(self, d: int, steps: int) -> np.ndarray:
         """Returns the [T, N] time index of each processing step of direction d for each batch item: a reverse
         direction starts at the item's last step (steps beyond an item's length stay in place, masked)."""
