@@ -8,8 +8,9 @@ mnist and photos evaluate every method lrp-cli knows (whatever `api.METHOD_NAMES
 times: the paper's epsilon = 0.01 everywhere, z everywhere, and the default composite. shapes-vit evaluates LRP
 with the attnlrp and the cp-lrp composite against gradient x input and random. Writes evaluation.json/.csv and
 curves.png (and a strip for the first input) to --out, copies curves.png and the strip into docs/, and prints the
-AOPC table as Markdown. Equivalent to one `lrp evaluate` run per LRP rule set; one run here keeps every method in
-the same figure.
+AOPC table as Markdown. Equivalent to one `lrp evaluate --perturbation flip --steps 100` run per LRP rule set
+(the paper's settings, passed here explicitly: the command's own default is ROAD's fill in 10 steps); one run here
+keeps every method in the same figure.
 """
 
 from __future__ import annotations

@@ -204,7 +204,7 @@ def test_nhwc_model_is_perturbed_in_its_own_layout(rgb_image, tmp_path):
     path = nhwc_model(tmp_path)
     out = tmp_path / "out"
     result = evaluate(rgb_image, "--model", path, "--preset", "tf", "--methods", "gradient", "--steps", "1",
-                      "--target", "0", "--out", out)
+                      "--target", "0", "--perturbation", "flip", "--out", out)
     assert result.exit_code == 0, result.output
     run = json.loads((out / "evaluation.json").read_text())["runs"][0]
     model = api.load_model(path)
@@ -212,7 +212,33 @@ def test_nhwc_model_is_perturbed_in_its_own_layout(rgb_image, tmp_path):
     assert x.shape == (1, 12, 10, 3)
     # step 1 flips every pixel: x -> -x in the tf preset's range [-1, 1]
     expected = [float(model.run_onnxruntime(v)[1].ravel()[0]) for v in (x, -x)]
+    assert run["scores"] == pytest.approx(expected, rel=1e-5)  # float32 model: rel 1e-5 is its rounding
+    # the default fill, ROAD: with every pixel removed there is nothing to interpolate from, so each takes the
+    # preset's mean (0 under tf) plus the seed-0 noise field drawn in NCHW, std 0.01 * 0.226 * (hi - lo)
+    result = evaluate(rgb_image, "--model", path, "--preset", "tf", "--methods", "gradient", "--steps", "1",
+                      "--target", "0", "--out", tmp_path / "road")
+    assert result.exit_code == 0, result.output
+    run = json.loads((tmp_path / "road" / "evaluation.json").read_text())["runs"][0]
+    noise = np.random.default_rng(0).standard_normal((1, 3, 12, 10)) * 0.01 * 0.226 * 2
+    imputed = noise.transpose(0, 2, 3, 1).astype(np.float32)
+    expected = [float(model.run_onnxruntime(v)[1].ravel()[0]) for v in (x, imputed)]
     assert run["scores"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_the_default_measure_is_roads_fill_in_ten_steps_headlined_by_the_morf_lerf_area(tiny_cnn_path, two_images,
+                                                                                          tmp_path):
+    """The defaults docs/evaluate-protocols.md chose: MoRF and LeRF, ROAD's fill, 10 steps over all pixels; the
+    printed table leads with the MoRF-LeRF area and the verdicts rank by it."""
+    out = tmp_path / "out"
+    result = evaluate(*two_images, "--model", tiny_cnn_path, "--methods", "lrp,random", "--out", out)
+    assert result.exit_code == 0, result.output
+    settings = json.loads((out / "evaluation.json").read_text())["settings"]
+    assert (settings["orders"], settings["perturbation"], settings["steps"], settings["patch"]) == \
+        (["morf", "lerf"], "road", 10, 1)
+    assert (settings["protocol"], settings["prefix_units"], settings["max_fraction"]) == (None, None, None)
+    header = result.output.splitlines()[0].split()
+    assert header[:3] == ["method", "MoRF-LeRF", "area"]
+    assert "ranking by morf_lerf_area" in result.output
 
 
 def test_jobs_give_the_same_runs_as_one_at_a_time(tiny_cnn_path, two_images, tmp_path):

@@ -151,6 +151,18 @@ def test_bad_flip_settings_are_option_errors(kwargs, word):
         FlipSettings(**kwargs)
 
 
+@pytest.mark.parametrize("perturbation, protocol, steps, expected", [
+    (None, None, None, ("road", 10)),  # the command's default: ROAD's fill in ROAD's 10 steps
+    ("flip", None, None, ("flip", 100)),  # the paper's pixel flipping, today's numbers before the change
+    ("uniform", None, None, ("uniform", 100)), ("road", None, 25, ("road", 25)),
+    (None, "samek2017", None, ("uniform", 100)), ("road", "samek2017", None, ("road", 100)),
+])
+def test_the_commands_defaults(perturbation, protocol, steps, expected):
+    settings = evaluate.flip_settings("morf,lerf", protocol, perturbation, None, steps, None, None)
+    assert (settings.perturbation, settings.steps) == expected and settings.orders == ("morf", "lerf")
+    assert (settings.patch, settings.units, settings.max_fraction) == (1, None, None)
+
+
 def test_a_map_of_the_wrong_shape_or_not_finite_is_an_input_error():
     s = subject(np.zeros((1, 1, 4, 4)), [0], [1])
     with pytest.raises(InputError, match="does not match"):

@@ -207,13 +207,14 @@ def _write_html(out_dir, rows, model, settings, cmap, scale, global_scale):
               "regions, one a step (sets --patch, --steps and the prefix).")
 @click.option("--perturbation", type=click.Choice(list(evaluate.PERTURBATIONS + evaluate.UNIT_PERTURBATIONS)),
               help="flip: lo + hi - x in the preset's range; mean: the preset's mean; uniform: seeded U(lo, hi); "
-              "blur: Gaussian; road: noisy linear imputation (ROAD) [default: flip; uniform with --protocol]. "
+              "blur: Gaussian; road: noisy linear imputation (ROAD) [default: road; uniform with --protocol]. "
               "Text: delete the words, or unk: replace them by a word outside the vocabulary [default: delete].")
 @click.option("--blur-sigma", type=float, help="Blur std in pixels [default: max(H, W) / 32].")
 @click.option("--patch", type=click.IntRange(min=1),
               help="Perturb P x P patches (relevance summed over the patch) instead of single pixels [default: 1].")
 @click.option("--steps", type=click.IntRange(min=1),
-              help="N equal steps from none to all units (or to the prefix) [default: 100].")
+              help="N equal steps from none to all units (or to the prefix) [default: 10 with road, as ROAD; "
+              "else 100].")
 @click.option("--max-fraction", type=float,
               help="Curves and AOPC over the first F of the units only (0 < F <= 1); the full-range AOPC beside it.")
 @click.option("--units", "prefix_units", type=click.IntRange(min=1),
@@ -235,7 +236,8 @@ def evaluate_command(inputs, model_path, methods, orders, protocol, perturbation
                      max_fraction, prefix_units, seed, out_dir, save_maps, strip, text_field, id_field, label_field,
                      jobs, scheduler, **shared):
     """Pixel flipping (paper Figs 18-24): perturb each INPUT in the order of each method's relevance and record
-    the target score; writes evaluation.json/.csv, curves.png and prints AOPC per method and order."""
+    the target score; writes evaluation.json/.csv, curves.png and prints per method the MoRF-LeRF area (the
+    headline: by default ROAD's fill, 10 steps, MoRF and LeRF), AOPC per order and the ranking's verdicts."""
     from lrp_cli import evaluation_files
     try:
         base = _settings("lrp", shared)

@@ -35,6 +35,10 @@ PROTOCOLS = ("samek2017",)
 #: Samek et al. 2017: 9 x 9 regions of a 224 x 224 input, uniform noise, AOPC over the first L = 100 regions (a
 #: step each); smaller inputs get regions scaled by their side / 224, so about as many of them tile the input.
 SAMEK_REGION, SAMEK_SIDE, SAMEK_STEPS = 9, 224, 100
+#: The command's defaults, chosen by the measurements in docs/evaluate-protocols.md: ROAD's fill (the random order's
+#: MoRF-LeRF area ~0, LRP separated from random by the widest margins) over all pixels in ROAD's 10 steps (each
+#: step one sparse solve); the other fills keep the paper's 100 steps.
+DEFAULT_PERTURBATION, ROAD_STEPS, STEPS = "road", 10, 100
 #: Scores a stack of model inputs [N, ...] (model layout): returns [N, classes] pre-softmax scores.
 Scorer = Callable[[np.ndarray], np.ndarray]
 
@@ -43,7 +47,8 @@ Scorer = Callable[[np.ndarray], np.ndarray]
 class FlipSettings:
     """How to perturb: the orders, the perturbation, the unit size, the number of steps, the seed, blur width; the
     prefix of the units the curve covers (a count or a fraction; None: all) and whether a full-range curve is
-    scored beside a prefix; the protocol that fixes these per input size (`for_image`)."""
+    scored beside a prefix; the protocol that fixes these per input size (`for_image`). The field defaults are
+    the paper's pixel flipping; the command's defaults are flip_settings'."""
 
     orders: tuple[str, ...] = ("morf", "lerf")
     perturbation: str = "flip"
@@ -96,16 +101,18 @@ class FlipSettings:
 def flip_settings(orders: str, protocol: str | None, perturbation: str | None, patch: int | None,
                   steps: int | None, max_fraction: float | None, units: int | None, seed: int = 0,
                   blur_sigma: float | None = None) -> FlipSettings:
-    """Returns the FlipSettings of the command's options (None: not given); a protocol sets the patch, steps and
+    """Returns the FlipSettings of the command's options (None: not given): by default ROAD's fill in ROAD_STEPS
+    steps (uniform noise under a protocol; STEPS steps for the other fills); a protocol sets the patch, steps and
     prefix itself, so giving one of those beside it is an OptionError."""
     if protocol is not None:
         given = [name for name, value in (("--patch", patch), ("--steps", steps), ("--max-fraction", max_fraction),
                                           ("--units", units)) if value is not None]
         if given:
             raise OptionError(f"--protocol {protocol} sets the regions, steps and prefix: drop {', '.join(given)}")
-    default = "uniform" if protocol is not None else "flip"
-    return FlipSettings(tuple(o.strip() for o in orders.split(",")), perturbation or default, patch or 1,
-                        steps or 100, seed, blur_sigma, units, max_fraction, True, protocol)
+    perturbation = perturbation or ("uniform" if protocol is not None else DEFAULT_PERTURBATION)
+    steps = steps or (ROAD_STEPS if perturbation == "road" and protocol is None else STEPS)
+    return FlipSettings(tuple(o.strip() for o in orders.split(",")), perturbation, patch or 1, steps, seed,
+                        blur_sigma, units, max_fraction, True, protocol)
 
 
 def samek_region(image_shape: tuple[int, int]) -> int:

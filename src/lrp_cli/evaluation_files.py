@@ -132,22 +132,23 @@ def range_label(settings: dict) -> str:
 
 
 def summary_table(summary: list[dict], settings: dict | None = None) -> str:
-    """Returns the summary as a text table: a row per method; per order the AOPC (over the prefix when one is set,
-    then the full-range AOPC beside it), and the MoRF-LeRF area, each mean ± sem."""
+    """Returns the summary as a text table: a row per method; first the headline, the MoRF-LeRF area (when MoRF and
+    LeRF ran), then per order the AOPC (over the prefix when one is set, then the full-range AOPC beside it), each
+    mean ± sem."""
     prefix = range_label(settings or {})
     orders = list(dict.fromkeys(s["order"] for s in summary))
     methods = list(dict.fromkeys(s["method"] for s in summary))
     cells = {(s["method"], s["order"]): s for s in summary}
     full = any("aopc_full_range_mean" in s for s in summary)
     areas = {s["method"]: s["morf_lerf_area"] for s in summary if "morf_lerf_area" in s}
-    columns = [(f"AOPC {o}{prefix}", lambda m, o=o: cells.get((m, o)) and _mean_sem(
+    area = ("MoRF-LeRF area", lambda m: m in areas and _mean_sem(areas[m]["mean"], areas[m]["sem"]))
+    columns = [area] if areas else []
+    columns += [(f"AOPC {o}{prefix}", lambda m, o=o: cells.get((m, o)) and _mean_sem(
         cells[m, o]["aopc_mean"], cells[m, o]["aopc_sem"], cells[m, o]["n"])) for o in orders]
     if full:
         columns += [(f"full-range AOPC {o}", lambda m, o=o: cells.get((m, o)) and "aopc_full_range_mean" in
                      cells[m, o] and _mean_sem(cells[m, o]["aopc_full_range_mean"], cells[m, o]["aopc_full_range_sem"]))
                     for o in orders]
-    if areas:
-        columns.append(("MoRF-LeRF area", lambda m: m in areas and _mean_sem(areas[m]["mean"], areas[m]["sem"])))
     width = max(len(m) for m in methods + ["method"])
     widths = [max(26, len(title) + 2) for title, _ in columns]
     lines = [f"{'method':<{width}}  " + "".join(f"{title:<{w}}" for (title, _), w in zip(columns, widths))]
