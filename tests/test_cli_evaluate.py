@@ -250,3 +250,15 @@ def test_jobs_give_the_same_runs_as_one_at_a_time(tiny_cnn_path, two_images, tmp
         assert result.exit_code == 0, result.output
         documents.append(json.loads((out / "evaluation.json").read_text()))
     assert documents[0]["runs"] == documents[1]["runs"] and documents[0]["settings"]["seed"] == 7
+
+
+def test_the_default_methods_leave_out_what_the_model_cannot_take_and_naming_it_is_an_error(tmp_path):
+    # The bundled digits MLP has no Conv layer: Grad-CAM is not among the defaults, and named it is a usage error.
+    digits = sorted((REPO / "sample_images" / "digits").iterdir())[:2]
+    args = ["evaluate", *map(str, digits), "--model", str(REPO / "models" / "digits-mlp.onnx"), "--steps", "2"]
+    result = RUN.invoke(main, [*args, "--out", str(tmp_path / "default")])
+    assert result.exit_code == 0, result.output
+    methods = {run["method"] for run in json.loads((tmp_path / "default" / "evaluation.json").read_text())["runs"]}
+    assert methods == {"lrp", "gradient", "gradient-x-input", "occlusion", "lime", "random"}
+    result = RUN.invoke(main, [*args, "--methods", "gradcam", "--out", str(tmp_path / "named")])
+    assert result.exit_code == 2 and "no Conv layer" in result.output and not (tmp_path / "named").exists()

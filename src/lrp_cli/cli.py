@@ -246,7 +246,7 @@ def evaluate_command(inputs, model_path, methods, orders, protocol, perturbation
         model, spec = batch.load_model(model_path, shared["output_name"], shared["labels"], shared["layout"])
         flip = evaluate.flip_settings(orders, protocol, perturbation or evaluate.default_perturbation(model),
                                       patch, steps, max_fraction, prefix_units, seed, blur_sigma)
-        names = methods.split(",") if methods is not None else evaluate.default_methods(model)
+        names = methods.split(",") if methods is not None else evaluate.default_methods(model, base)
         variants = evaluate.method_variants(model, base, names, {"seed": seed})
         items = batch.expand_inputs(list(inputs), model, base)
         document, files = evaluate.run_evaluation(model, items, variants, flip, out_dir, strip, save_maps, jobs,

@@ -15,6 +15,7 @@ from typing import Callable
 import numpy as np
 
 from lrp_cli.errors import InputError, OptionError
+from lrp_cli.explanation import Settings
 from lrp_cli.kinds.base import Subject, UnitInput, Unsupported
 from lrp_cli.kinds.bow_model import bow_subject as bow_subject  # the kinds' Subjects, by their former names here
 from lrp_cli.kinds.onnx_model import onnx_subject as onnx_subject
@@ -567,10 +568,24 @@ def method_variants(model, base, names: list[str], options: dict | None = None) 
     return variants
 
 
-def default_methods(model) -> list[str]:
+def default_methods(model, base: Settings) -> list[str]:
     """Returns the methods evaluated when none are named: every method the model's kind explains with (all for
-    ONNX models, lrp for BoW pipelines), and for a kind with deletable units the unit methods beside its own."""
-    return list(model.methods) + [m for m in UNIT_METHODS if model.unit_perturbations and m not in model.methods]
+    ONNX models, lrp for BoW pipelines) that fits this model, and for a kind with deletable units the unit methods
+    beside its own. A method that does not fit (Grad-CAM on a model without a Conv layer) is left out: it is an
+    error only when --methods names it. Settings that fit no method (a bad --rule) are the error of the first."""
+    names = list(model.methods) + [m for m in UNIT_METHODS if model.unit_perturbations and m not in model.methods]
+    model.check_settings(replace(base, method=names[0]))
+    return [names[0]] + [name for name in names[1:] if _fits(model, replace(base, method=name))]
+
+
+def _fits(model, settings: Settings) -> bool:
+    if model.unit_perturbations and settings.method in UNIT_METHODS:
+        return True
+    try:
+        model.check_settings(settings)
+    except OptionError:
+        return False
+    return True
 
 
 def default_perturbation(model) -> str | None:
