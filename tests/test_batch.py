@@ -153,3 +153,11 @@ def test_explanations_run_on_one_blas_thread_whatever_jobs():
     assert len(seen) == 8 and before and all(set(pools.values()) == {batch.BLAS_THREADS} for pools in seen)
     assert {pool["internal_api"]: pool["num_threads"] for pool in threadpool_info()
             if pool["user_api"] == "blas"} == before  # restored after the run
+
+
+@pytest.mark.slow  # starts two worker processes
+def test_worker_processes_take_chunks_and_give_every_result_in_input_order(monkeypatch):
+    monkeypatch.setattr(batch, "CHUNKS_PER_JOB", 2)  # 4 chunks of 5, 5, 5 and 4 inputs
+    items = [f"in{k}" for k in range(19)]
+    assert list(batch.map_local(str.upper, items, 2, "loky")) == list(enumerate(item.upper() for item in items))
+

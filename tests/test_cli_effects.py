@@ -490,16 +490,16 @@ def test_json_lines_print_the_saved_documents(tmp_path):
 def test_a_failing_write_leaves_none_of_the_inputs_files(tmp_path, monkeypatch):
     np.save(tmp_path / "t.npy", np.full((1, 3, 4, 4), 1.0, np.float32))
     out = tmp_path / "o"
-    real = outputs.tempfile.mkstemp
+    real = outputs._write_temporary
     calls = []
 
-    def disk_full_at_the_third_file(*args, **kwargs):
-        calls.append(kwargs.get("dir"))
+    def disk_full_at_the_third_file(path, data):
+        calls.append(path.parent)
         if len(calls) == 3:
             raise OSError(28, "No space left on device")
-        return real(*args, **kwargs)
+        return real(path, data)
 
-    monkeypatch.setattr(outputs.tempfile, "mkstemp", disk_full_at_the_third_file)
+    monkeypatch.setattr(outputs, "_write_temporary", disk_full_at_the_third_file)
     result = explain(tmp_path / "t.npy", "--model", probe_model(tmp_path), "--out", out)
     assert result.exit_code == 1 and calls == [out] * 3  # beside their final names: the rename is atomic
     assert result.stderr.strip().splitlines()[0].startswith(f"error: {tmp_path / 't.npy'}: cannot write outputs "

@@ -8,7 +8,6 @@ import signal
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 import zlib
 
@@ -194,22 +193,22 @@ def two_images(rgb_image, tmp_path):
 
 def test_full_disk_leaves_no_partial_or_temporary_files(tiny_cnn_path, rgb_image, tmp_path, monkeypatch):
     data = two_images(rgb_image, tmp_path)
-    real_fdopen = os.fdopen
+    real_write, temporaries = os.write, set()
+    real_open = os.open
 
-    class FullDisk:
-        def __init__(self, fd, mode):
-            self.handle = real_fdopen(fd, mode)
+    def opened(path, *args, **kwargs):  # the descriptors of write_all's temporaries, whose writes then fail
+        fd = real_open(path, *args, **kwargs)
+        if str(path).endswith(".tmp"):
+            temporaries.add(fd)
+        return fd
 
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.handle.close()
-
-        def write(self, data):
+    def full_disk(fd, data):
+        if fd in temporaries:
             raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
 
-    monkeypatch.setattr(os, "fdopen", FullDisk)
+    monkeypatch.setattr(os, "open", opened)
+    monkeypatch.setattr(os, "write", full_disk)
     out = tmp_path / "out"
     result = explain(data, "--model", tiny_cnn_path, "--out", out)
     assert_clean_failure(result, 1, "in0.png", "No space left on device")
@@ -220,10 +219,14 @@ def test_full_disk_leaves_no_partial_or_temporary_files(tiny_cnn_path, rgb_image
 def test_read_only_output_folder(tiny_cnn_path, rgb_image, tmp_path, monkeypatch):
     data = two_images(rgb_image, tmp_path)
 
-    def refuse(*args, **kwargs):
-        raise PermissionError(errno.EACCES, "Permission denied")
+    real_open = os.open
 
-    monkeypatch.setattr(tempfile, "mkstemp", refuse)  # root ignores chmod, so the refusal is simulated
+    def refuse(path, *args, **kwargs):  # write_all's temporaries: root ignores chmod, so the refusal is simulated
+        if str(path).endswith(".tmp"):
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refuse)
     out = tmp_path / "out"
     result = explain(data, "--model", tiny_cnn_path, "--out", out)
     assert_clean_failure(result, 1, "in1.png", "Permission denied")

@@ -182,6 +182,9 @@ def test_png_words_from_the_glyph_cache_are_what_pillow_draws(model, cmap):
     ex = explain_text(model, text, target="pos")
     for _ in range(2):  # drawn, then from the cache
         assert np.array_equal(np.asarray(render.png_image(ex, cmap)), _drawn_by_pillow(ex, cmap))
+    written = Image.open(io.BytesIO(render.png_bytes(ex, cmap)))  # the file's own encoder: the same pixels
+    assert np.array_equal(np.asarray(written), _drawn_by_pillow(ex, cmap))
+    assert written.mode == "P" and written.getpalette() == render.png_image(ex, cmap).getpalette()
 
 
 def test_text_json_is_the_general_writers_document(model):

@@ -219,16 +219,17 @@ class ExplainTask:
 
 
 def run_inputs(task, items: list[InputItem], jobs: int = 1, scheduler: str | None = None,
-               show_progress: bool = False, echo=click.echo) -> list[list[dict]]:
+               show_progress: bool = False, echo=click.echo, backend: str | None = None) -> list[list[dict]]:
     """Returns, for each item in input order, the summary rows of `task(item)` (a picklable callable returning an
-    InputResult), run in this process, in `jobs` threads, or on the Dask cluster at `scheduler`.
+    InputResult), run in this process, `jobs` at a time (map_local's `backend`), or on the Dask cluster at
+    `scheduler`.
 
     Each input's lines are printed with `echo(text, err=...)` as it completes; a run-level error is raised."""
     if scheduler:
         from lrp_cli import distributed
         completed = distributed.map_inputs(task, items, scheduler)
     else:
-        completed = map_local(task, items, jobs)
+        completed = map_local(task, items, jobs, backend)
     with limit_threads(), outputs.batch_writes(task_folder(task)):
         return _collect(completed, len(items), show_progress, echo)
 
@@ -252,40 +253,48 @@ def _progress_bar(count: int, show: bool):
     return click.progressbar(length=count, label="explaining", file=sys.stderr, hidden=not show)
 
 
-#: How `--jobs N` runs N inputs at once: joblib's "threading" (one model shared by N threads) or "loky" (N worker
-#: processes, each loading the model once); benchmarks/RESULTS.md compares them.
-JOBS_BACKEND = "threading"
+#: How `--jobs N` runs N inputs at once for every kind, when set: joblib's "threading" (one model shared by N
+#: threads) or "loky" (N worker processes, each loading the model once); None: the model kind's own jobs_backend.
+#: benchmarks/RESULTS.md compares them.
+JOBS_BACKEND: str | None = None
+#: Chunks of inputs per worker process: one call (and one worker preamble) per chunk, not per input, and still
+#: enough chunks to keep every worker busy to the end.
+CHUNKS_PER_JOB = 8
 
 
 def map_local(task, items, jobs, backend: str | None = None):
-    """Yields (index, task(item)) for every item in input order, computed `jobs` at a time (threads, or the
-    JOBS_BACKEND given)."""
+    """Yields (index, task(item)) for every item in input order, computed `jobs` at a time on the joblib backend
+    given (else JOBS_BACKEND, else threads); worker processes take the items in chunks."""
     if jobs == 1:
         yield from ((index, task(item)) for index, item in enumerate(items))
         return
     from joblib import Parallel, delayed
 
     from lrp_cli.engines import onnx_engine
-    backend = backend or JOBS_BACKEND
+    backend = backend or JOBS_BACKEND or "threading"
     threads = max(1, CORES // jobs)
-    if backend != "threading":
-        task = _InWorkerProcess(task, threads)
     with onnx_engine.intra_op_threads(threads):
-        yield from enumerate(Parallel(n_jobs=jobs, backend=backend, return_as="generator")(
-            delayed(task)(item) for item in items))
+        if backend == "threading":
+            yield from enumerate(Parallel(n_jobs=jobs, backend=backend, return_as="generator")(
+                delayed(task)(item) for item in items))
+            return
+        chunks = in_batches(items, max(1, -(-len(items) // (jobs * CHUNKS_PER_JOB))))
+        results = Parallel(n_jobs=jobs, backend=backend, return_as="generator")(
+            delayed(_InWorkerProcess(task, threads))(chunk) for chunk in chunks)
+        yield from enumerate(result for chunk_results in results for result in chunk_results)
 
 
 @dataclass
 class _InWorkerProcess:
-    """A task run in a worker process (loky), whose BLAS pools are set to BLAS_THREADS for good, and whose
-    compiled sessions get `threads` onnxruntime threads."""
+    """The tasks of a chunk of inputs run in a worker process (loky), whose BLAS pools are set to BLAS_THREADS for
+    good, and whose compiled sessions get `threads` onnxruntime threads."""
 
     task: object
     threads: int = 0
 
-    def __call__(self, item):
+    def __call__(self, chunk: list) -> list:
         with in_worker_process(self.task, self.threads):
-            return self.task(item)
+            return [self.task(item) for item in chunk]
 
 
 def in_batches(items: list, size: int) -> list[list]:
@@ -312,8 +321,9 @@ class BatchRunner:
                 raise OptionError("--normalize global keeps every explanation in one process: not with --scheduler")
             new_rows = self._run_global(todo, batches, jobs, show_progress)
         else:
+            backend = JOBS_BACKEND or cached_model(self.task.spec).jobs_backend
             new_rows = [rows for batch_rows in run_inputs(self.task.run_batch, batches, jobs, scheduler,
-                                                          show_progress, self.echo) for rows in batch_rows]
+                                                          show_progress, self.echo, backend) for rows in batch_rows]
         for index, rows in zip(pending, new_rows):
             earlier[index] = rows
         return [row for rows in earlier for row in rows]

@@ -9,7 +9,7 @@ import json
 import math
 import os
 import re
-import tempfile
+import secrets
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -76,32 +76,41 @@ def write_all(contents: dict[Path, bytes]) -> None:
         _write_renamed(contents)
 
 
-def _file_mode() -> int:
-    """Returns the mode a plain open() would give a new file: 0o666 less the umask (mkstemp's files are 0o600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-FILE_MODE = _file_mode()
-
-
 def _write_renamed(contents: dict[Path, bytes]) -> None:
     temporary: list[tuple[str, Path]] = []
     try:
+        for folder in {path.parent for path in contents}:
+            folder.mkdir(parents=True, exist_ok=True)
         for path, data in contents.items():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-            temporary.append((tmp, path))
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-            os.chmod(tmp, FILE_MODE)
+            temporary.append((_write_temporary(path, data), path))
         for tmp, path in temporary:
             os.replace(tmp, path)
+        temporary.clear()
     finally:
-        for tmp, _ in temporary:
+        for tmp, _ in temporary:  # after an error only: those not renamed yet
             if os.path.exists(tmp):
                 os.unlink(tmp)
+
+
+def _write_temporary(path: Path, data: bytes) -> str:
+    """Returns the name of a new file .NAME.XXXXXXXX.tmp next to `path` holding `data`, made with the mode a plain
+    open() gives (four system calls: open, write, close, rename later; mkstemp adds a chmod and more)."""
+    while True:
+        tmp = os.path.join(path.parent, f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        except FileExistsError:  # another writer's temporary of the same name: draw another
+            continue
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        except BaseException:
+            os.close(fd)
+            os.unlink(tmp)
+            raise
+        os.close(fd)
+        return tmp
 
 
 def remove_stale_temporaries(paths) -> None:

@@ -175,6 +175,9 @@ class Model(ABC):
     methods: ClassVar[tuple[str, ...]] = ("lrp",)
     #: File suffixes (lower case) a folder or glob of inputs yields for this kind.
     input_suffixes: ClassVar[frozenset[str]] = frozenset()
+    #: How `--jobs N` runs this kind's inputs (joblib backend): "threading" when most of an input's work releases
+    #: the GIL (onnxruntime, NumPy on large arrays), "loky" (N worker processes) when it holds it.
+    jobs_backend: ClassVar[str] = "threading"
     path: Path
     sha256: str
     load_seconds: float

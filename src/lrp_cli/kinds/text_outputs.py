@@ -19,6 +19,9 @@ class TextOutputs:
     """The output methods of the protocol (kinds.base.Model) for a text kind, mixed in before Model."""
 
     default_cmap = render.DEFAULT_CMAP
+    #: A short text's work (scikit-learn's validation, the layout of its words, its JSON and HTML) holds the GIL:
+    #: threads ran --jobs 2 at 1.3x one job, processes near 2x (benchmarks/RESULTS.md, 2026-12-06).
+    jobs_backend = "loky"
 
     def check_text_formats(self, settings) -> None:
         """Raises the OptionError of a --text-formats value that names no text output."""
