@@ -90,6 +90,15 @@ def test_literal_text_needs_no_input_and_stdin_is_a_dash(pipe, model_path, tmp_p
     assert doc["input"]["kind"] == "stdin"
 
 
+def test_save_raw_writes_the_tokens_relevance_beside_the_json(model_path, tmp_path):
+    result = explain("--text", "a dull film, great actors", "--model", model_path, "--out", tmp_path, "--save-raw")
+    assert result.exit_code == 0, result.output
+    doc = json.loads((tmp_path / "text.json").read_text())
+    raw = np.load(tmp_path / "text.relevance.npy")
+    assert raw.dtype == np.float32 and doc["outputs"]["raw"] == str(tmp_path / "text.relevance.npy")
+    np.testing.assert_allclose(raw, [t["relevance"] for t in doc["tokens"]], rtol=1e-6, atol=1e-12)  # float32
+
+
 def test_no_input_and_no_text_is_a_usage_error(model_path, tmp_path):
     result = explain("--model", model_path, "--out", tmp_path / "o")
     assert result.exit_code == 2 and "--text" in result.output and not (tmp_path / "o").exists()

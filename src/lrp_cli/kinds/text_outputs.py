@@ -31,9 +31,10 @@ class TextOutputs:
 
     def save(self, expl: Explanation, out_dir: Path, stem: str, options: OutputOptions) -> dict:
         """Writes STEM.json, STEM.html and STEM.png (all or none; options.extra["text_formats"] may leave out the
-        HTML and PNG); returns the JSON document."""
+        HTML and PNG; --save-raw adds STEM.relevance.npy, the tokens' relevance); returns the JSON document."""
         formats = options.extra.get("text_formats") or render.FORMATS
-        return render.write_outputs(expl.extra["text"], out_dir, stem, options.cmap, options.scale, formats)
+        return render.write_outputs(expl.extra["text"], out_dir, stem, options.cmap, options.scale, formats,
+                                    options.save_raw)
 
     def summary_fields(self, document: dict) -> dict:
         """Returns the summary columns of a text explanation's JSON document (score: the predicted class's

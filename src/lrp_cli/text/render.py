@@ -272,15 +272,20 @@ def output_paths(out_dir: Path, stem: str, formats=FORMATS) -> dict[str, Path]:
 
 
 def write_outputs(ex: TextExplanation, out_dir, stem: str, cmap: str = DEFAULT_CMAP,
-                  scale: Scale = Scale(), formats=FORMATS) -> dict:
-    """Write STEM.json and, among `formats`, STEM.html and STEM.png, all or none (outputs.write_all); return the
+                  scale: Scale = Scale(), formats=FORMATS, save_raw: bool = False) -> dict:
+    """Write STEM.json and, among `formats`, STEM.html and STEM.png (with `save_raw` also STEM.relevance.npy, the
+    tokens' relevance as float32 in the order of the JSON's tokens), all or none (outputs.write_all); return the
     JSON document."""
     paths = output_paths(Path(out_dir), stem, set(formats) | {"json"})
+    if save_raw:
+        paths["raw"] = Path(out_dir) / f"{stem}.relevance.npy"
     doc = to_json(ex, {k: str(p) for k, p in paths.items()})
     contents = {paths["json"]: json_bytes(doc)}
     if "html" in paths:
         contents[paths["html"]] = html_page(ex, cmap, scale).encode("utf-8")
     if "png" in paths:
         contents[paths["png"]] = png_bytes(ex, cmap, scale)
+    if save_raw:
+        contents[paths["raw"]] = outputs.npy_bytes(np.asarray(ex.relevance, dtype=np.float32))
     outputs.write_all(contents)
     return doc
