@@ -166,9 +166,9 @@ def test_the_commands_defaults(perturbation, protocol, steps, expected):
 def test_a_map_of_the_wrong_shape_or_not_finite_is_an_input_error():
     s = subject(np.zeros((1, 1, 4, 4)), [0], [1])
     with pytest.raises(InputError, match="does not match"):
-        evaluate.flip_stack(s, np.zeros((3, 3)), "morf", FlipSettings(), np.ones((1, 1, 4, 4)))
+        evaluate.unit_ranks(s, np.zeros((3, 3)), "morf", FlipSettings())
     with pytest.raises(InputError, match="not finite"):
-        evaluate.flip_stack(s, np.full((4, 4), np.nan), "morf", FlipSettings(), np.ones((1, 1, 4, 4)))
+        evaluate.unit_ranks(s, np.full((4, 4), np.nan), "morf", FlipSettings())
 
 
 def test_summary_mean_and_standard_error():
@@ -223,3 +223,14 @@ def test_strip_frames_are_the_perturbed_inputs_with_the_predicted_label_and_scor
     (order, frames), = rows
     assert order == "morf" and [f[1] for f in frames] == [0.0, 1.0, 2.0, 3.0, 4.0]  # the k-th perturbed input
     assert frames[2][2] == "0 (ant)\nyp=1 y=0.50" and frames[4][2].startswith("1 (bee)")
+
+
+def test_summary_table_keeps_long_cells_apart():
+    # Cells wider than the table's minimum column (26) must not run into the next column.
+    from lrp_cli.evaluation_files import summary_table
+    summary = [{"method": "lrp", "order": o, "aopc_mean": -0.03231, "aopc_sem": 0.003651, "n": 100}
+               for o in ("morf", "lerf")]
+    header, row = summary_table(summary).splitlines()
+    cell = "-0.03231 ± 0.003651 (n=100)"
+    assert row.split("  ") == ["lrp", cell, cell] or row.count(cell + "  ") == 1
+    assert row.index(cell, row.index(cell) + 1) == header.index("AOPC lerf")

@@ -267,13 +267,6 @@ def ranked_stack(subject: Subject, ranks: np.ndarray, counts: np.ndarray, settin
     return perturbed_inputs(subject.x, fill, ranks, counts)
 
 
-def flip_stack(subject: Subject, pixel_map: np.ndarray, order: str, settings: FlipSettings,
-               fill: np.ndarray) -> np.ndarray:
-    """Returns the [N+1, C, H, W] inputs perturbed unit by unit over all units in the order the map gives."""
-    ranks, total = unit_ranks(subject, pixel_map, order, settings)
-    return ranked_stack(subject, ranks, flip_counts(total, settings.steps), settings, fill)
-
-
 def _curve(columns: tuple, scored: np.ndarray, counts: np.ndarray, fractions: np.ndarray) -> Curve:
     index = np.searchsorted(scored, counts)
     return Curve(fractions, *(column[index] for column in columns))
@@ -563,7 +556,7 @@ def method_variants(model, base, names: list[str], options: dict | None = None) 
     variants = [MethodVariant(name, replace(base, method=name, method_options={
         k: v for k, v in (options or {}).items() if k in METHODS[name].defaults})) for name in names]
     for variant in variants:
-        if not (model.unit_perturbations and variant.name in UNIT_METHODS):  # those evaluate computes from the scores
+        if not _from_unit_scores(model, variant.name):
             model.check_settings(variant.settings)
     return variants
 
@@ -578,8 +571,13 @@ def default_methods(model, base: Settings) -> list[str]:
     return [names[0]] + [name for name in names[1:] if _fits(model, replace(base, method=name))]
 
 
+def _from_unit_scores(model, method: str) -> bool:
+    """Returns True for a method evaluate computes from a unit kind's scores alone (it needs no model check)."""
+    return bool(model.unit_perturbations) and method in UNIT_METHODS
+
+
 def _fits(model, settings: Settings) -> bool:
-    if model.unit_perturbations and settings.method in UNIT_METHODS:
+    if _from_unit_scores(model, settings.method):
         return True
     try:
         model.check_settings(settings)

@@ -150,7 +150,8 @@ def summary_table(summary: list[dict], settings: dict | None = None) -> str:
                      cells[m, o] and _mean_sem(cells[m, o]["aopc_full_range_mean"], cells[m, o]["aopc_full_range_sem"]))
                     for o in orders]
     width = max(len(m) for m in methods + ["method"])
-    widths = [max(26, len(title) + 2) for title, _ in columns]
+    # a column is as wide as its title and its longest cell, plus two spaces, so cells never run together
+    widths = [max(26, len(title) + 2, *(len(cell(m) or "") + 2 for m in methods)) for title, cell in columns]
     lines = [f"{'method':<{width}}  " + "".join(f"{title:<{w}}" for (title, _), w in zip(columns, widths))]
     lines += [f"{m:<{width}}  " + "".join(f"{(cell(m) or ''):<{w}}" for (_, cell), w in zip(columns, widths))
               for m in methods]

@@ -16,11 +16,11 @@ from typing import Callable
 
 import numpy as np
 
-from lrp_cli.methods.lime import fit_weights
+from lrp_cli.methods.lime import Lime, fit_weights
 
 #: The methods this module computes, with the options they take (the CLI's --seed; LIME's sample count).
 UNIT_METHODS = ("occlusion", "lime", "random")
-LIME_SAMPLES = 1000
+LIME_SAMPLES = Lime.defaults["samples"]
 
 KeepScorer = Callable[[np.ndarray], np.ndarray]
 
