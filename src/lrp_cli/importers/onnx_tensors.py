@@ -54,8 +54,27 @@ def _named(tensor: onnx.TensorProto, name: str) -> onnx.TensorProto:
     return named
 
 
+#: Element types stored two to a byte, whose raw length is not elements x itemsize.
+PACKED_TYPES = {getattr(onnx.TensorProto, name) for name in ("INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2")
+                if hasattr(onnx.TensorProto, name)}
+
+
+def _raw_data_fits(tensor: onnx.TensorProto) -> bool:
+    """Returns True when the tensor's raw data holds exactly its declared elements of a byte-sized type (packed
+    types such as int4 always take the full check)."""
+    if not tensor.HasField("raw_data") or tensor.data_type in PACKED_TYPES:
+        return False
+    try:
+        itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+    except Exception:  # an element type number onnx does not know: the full check names it
+        return False
+    return len(tensor.raw_data) == math.prod(tensor.dims) * itemsize
+
+
 def tensor_problem(tensor: onnx.TensorProto) -> str | None:
     """Returns why a stored tensor cannot be read as an array of its declared shape, or None when it can."""
+    if _raw_data_fits(tensor):  # the common case, decided without copying the weights into an array
+        return None
     try:
         numpy_helper.to_array(tensor)
         return None

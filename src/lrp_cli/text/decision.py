@@ -210,5 +210,5 @@ def decision_values(clf, U) -> np.ndarray:
     if all(f is not None for f in forms):
         W = np.stack([f[0] for f in forms], axis=1)
         return np.asarray(U @ W, dtype=np.float64) + np.asarray([f[1] for f in forms])
-    d = np.asarray(clf.decision_function(U), dtype=np.float64)
-    return np.stack([-d, d], axis=1) if d.ndim == 1 else d
+    from lrp_cli.bow.classifier import class_scores
+    return class_scores(clf, U)
