@@ -17,13 +17,10 @@ from lrp_cli import outputs, pipeline, render
 from lrp_cli.errors import LrpError, ModelLoadError, OptionError
 from lrp_cli.explanation import IR_DIFF_WARNING, Settings
 from lrp_cli.kinds.base import InputItem, expand_files
-from lrp_cli.preprocess import IMAGE_SUFFIXES
+from lrp_cli.preprocess import IMAGE_INPUT_SUFFIXES
 from lrp_cli.tasks import BLAS_THREADS as BLAS_THREADS  # the batch's public names, whose home is tasks.py
 from lrp_cli.tasks import CORES, SUMMARY_FIELDS, InputResult, in_worker_process, limit_threads, summary_row, task_folder
 from lrp_cli.tasks import failed_result as failed_result
-
-#: What a folder of inputs yields when no model is given to expand it (the image kinds' inputs).
-INPUT_SUFFIXES = IMAGE_SUFFIXES | {".npy"}
 
 def expand_inputs(specs: list[str], model=None, settings: Settings | None = None) -> list[InputItem]:
     """Returns the input items named by the INPUT arguments, as the model's kind expands them (without a model:
@@ -32,7 +29,7 @@ def expand_inputs(specs: list[str], model=None, settings: Settings | None = None
     A name that matches nothing is kept as is, so that the explain step reports it as a missing file.
     """
     if model is None:
-        return expand_files(specs, INPUT_SUFFIXES)
+        return expand_files(specs, IMAGE_INPUT_SUFFIXES)
     return model.expand(specs, settings or Settings())
 
 

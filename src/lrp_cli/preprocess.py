@@ -24,6 +24,8 @@ PRESETS = {
     "none": (1.0, (0.0,), (1.0,), False),
 }
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
+#: What a folder of an image model's inputs yields: images and preprocessed `.npy` tensors.
+IMAGE_INPUT_SUFFIXES = IMAGE_SUFFIXES | {".npy"}
 #: Inputs already in the model's tensor form: a `.npy` array, or a `.csv` signal (one column per channel).
 TENSOR_SUFFIXES = (".npy", ".csv")
 SIDECAR_KEYS = {"preset", "size", "resize", "crop", "mean", "std", "bgr", "labels", "composite", "output", "layout",

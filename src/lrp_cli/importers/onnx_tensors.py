@@ -54,7 +54,7 @@ def _named(tensor: onnx.TensorProto, name: str) -> onnx.TensorProto:
     return named
 
 
-#: Element types stored two to a byte, whose raw length is not elements x itemsize.
+#: Element types packed below a byte, whose raw length is not elements x itemsize.
 PACKED_TYPES = {getattr(onnx.TensorProto, name) for name in ("INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2")
                 if hasattr(onnx.TensorProto, name)}
 

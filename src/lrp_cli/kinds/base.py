@@ -42,6 +42,10 @@ from lrp_cli.render import Scale
 GLOB_CHARS = set("*?[")
 
 
+#: The model files of scikit-learn kinds (BoW and text pipelines claim them by suffix, then by content).
+SKLEARN_SUFFIXES = (".joblib", ".pkl", ".skops")
+
+
 @dataclass(frozen=True)
 class InputItem:
     """One input and the output stem it maps to (for a file: its relative path without extension).

@@ -14,13 +14,10 @@ from lrp_cli import outputs
 from lrp_cli.errors import ModelLoadError, OptionError
 from lrp_cli.explanation import Explanation, Settings, label_of, prediction, resolve_targets
 from lrp_cli.kinds import image_outputs
-from lrp_cli.kinds.base import FlipInput, InputItem, Kind, LoadOptions, Model, Subject
+from lrp_cli.kinds.base import SKLEARN_SUFFIXES, FlipInput, InputItem, Kind, LoadOptions, Model, Subject
 from lrp_cli.methods import METHODS
-from lrp_cli.preprocess import IMAGE_SUFFIXES, open_image, read_labels
+from lrp_cli.preprocess import IMAGE_INPUT_SUFFIXES, open_image, read_labels
 from lrp_cli.propagate import LayerRecord, Propagation
-
-BOW_SUFFIXES = (".joblib", ".pkl", ".skops")
-
 
 def bow_subject(image: np.ndarray) -> Subject:
     """Returns the Subject of an RGB image in [0, 1] for a BoW pipeline: range [0, 1], mean fill mid-grey."""
@@ -35,7 +32,7 @@ class BowKind(Kind):
 
     def claims(self, path: Path) -> bool:
         """Returns True for the suffixes of scikit-learn model files."""
-        return path.suffix.lower() in BOW_SUFFIXES
+        return path.suffix.lower() in SKLEARN_SUFFIXES
 
     def load(self, path: Path, options: LoadOptions) -> BowModel:
         """Returns the validated pipeline (ModelLoadError naming the step that is wrong)."""
@@ -50,13 +47,15 @@ class BowKind(Kind):
     def describe(self, path: Path, settings: Settings, verify: bool = False) -> dict:
         """Returns the `lrp inspect` report: the classes, the pipeline's steps, the training image size and
         whether a decision needs --pair (one-vs-one SVMs); the load error instead when it does not load."""
-        report = super().describe(path, settings, verify)
-        if report["error"] is None:
-            bow = self.load(path, LoadOptions()).bow
-            report.update({"steps": [type(step).__name__ for _, step in bow.pipeline.steps],
-                           "input_size": list(bow.input_size) if bow.input_size else None,
-                           "needs_pair": bool(bow.one_vs_one)})
-        return report
+        report = {"model": str(path), "kind": self.name, "error": None}
+        try:
+            model = self.load(path, LoadOptions())
+        except ModelLoadError as exc:
+            return report | {"error": str(exc)}
+        bow = model.bow
+        return report | {"classes": model.labels, "steps": [type(step).__name__ for _, step in bow.pipeline.steps],
+                         "input_size": list(bow.input_size) if bow.input_size else None,
+                         "needs_pair": bool(bow.one_vs_one)}
 
 
 @dataclass
@@ -70,7 +69,7 @@ class BowModel(image_outputs.ImageOutputs, Model):
     class_names: list[str] | None
     kind = "sklearn-bow"
     layout = "nchw"
-    input_suffixes = IMAGE_SUFFIXES | {".npy"}
+    input_suffixes = IMAGE_INPUT_SUFFIXES
 
     @property
     def labels(self) -> list[str] | None:

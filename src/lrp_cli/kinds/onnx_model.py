@@ -28,7 +28,7 @@ from lrp_cli.kinds import image_outputs, onnx_explain, onnx_inspect, onnx_runtim
 from lrp_cli.kinds.base import FlipInput, InputItem, Kind, LoadOptions, Model, Subject
 from lrp_cli.memory import release_freed_memory
 from lrp_cli.methods import METHODS
-from lrp_cli.preprocess import (IMAGE_SUFFIXES, TENSOR_SUFFIXES, PreprocessConfig, Sidecar, from_nchw, load_input,
+from lrp_cli.preprocess import (IMAGE_INPUT_SUFFIXES, TENSOR_SUFFIXES, PreprocessConfig, Sidecar, from_nchw, load_input,
                                 load_sidecar, read_labels, shape_text, tensor_shape, to_nchw)
 
 _SESSION_LOCK = threading.Lock()  # threads of one batch share a model: its session is built once
@@ -133,7 +133,7 @@ class OnnxModel(image_outputs.ImageOutputs, Model):
     _batch_proto: bytes | None = field(default=None, repr=False)
     kind = "onnx"
     methods = METHOD_NAMES
-    input_suffixes = IMAGE_SUFFIXES | {".npy"}
+    input_suffixes = IMAGE_INPUT_SUFFIXES
 
     @property
     def labels(self) -> list[str] | None:
@@ -270,13 +270,18 @@ class OnnxModel(image_outputs.ImageOutputs, Model):
         model = self.bind(self._input_shape(input_path, config)) if self.unbound is not None else self
         model.check_size(config)
         x, picture = load_input(input_path, config, model.graph.input_shape, model.layout)
-        embedding = token_embedding(model.graph)
-        if embedding is not None:  # before onnxruntime sees them: it fails on an id beyond the table with no file name
+        model.check_ids(x, input_path)
+        return model, x, picture
+
+    def check_ids(self, x: np.ndarray, input_path: Path, what: str = "") -> None:
+        """Raises the InputError of token ids outside the model's embedding table (nothing for other models):
+        before onnxruntime sees them, since it fails on such an id without naming the input."""
+        embedding = token_embedding(self.graph)
+        if embedding is not None:
             try:
                 embedding.layer.ids(x)
             except ValueError as exc:
-                raise InputError(f"{input_path}: {exc}") from None
-        return model, x, picture
+                raise InputError(f"{input_path}: {what}{exc}") from None
 
     def _input_shape(self, input_path: Path, config: PreprocessConfig) -> tuple[int, ...]:
         """Returns the input shape an input fixes for a model with symbolic input dimensions: a tensor's own

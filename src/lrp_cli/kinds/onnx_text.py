@@ -23,14 +23,12 @@ from pathlib import Path
 import numpy as np
 
 from lrp_cli import absorption
-from lrp_cli.errors import InputError, LrpError, ModelLoadError, OptionError
+from lrp_cli.errors import LrpError, ModelLoadError, OptionError
 from lrp_cli.explanation import Explanation, Settings, class_index, resolve_targets
-from lrp_cli.ir.sequence import token_embedding
 from lrp_cli.kinds import onnx_inspect
 from lrp_cli.kinds.base import InputItem, Kind, LoadOptions, Model, UnitInput
 from lrp_cli.kinds.text_outputs import TextOutputs
 from lrp_cli.preprocess import load_sidecar, sidecar_path
-from lrp_cli.text import inputs
 from lrp_cli.text.document import TextExplanation
 from lrp_cli.text.vocabulary import Encoded, Tokenizer
 
@@ -90,7 +88,7 @@ class _Bound:
 
     def load(self, path: Path, options: LoadOptions):
         model = self.kind.load(path, options)
-        return model.onnx.bind((1, model.tokenizer.length or INSPECT_LENGTH)) if model.onnx.unbound else model.onnx
+        return model.onnx.bind((1, model.tokenizer.length or INSPECT_LENGTH))
 
 
 @dataclass
@@ -103,9 +101,7 @@ class OnnxTextModel(TextOutputs, Model):
     load_seconds: float = 0.0
     kind = "onnx-text"
     methods = ("lrp", "gradient", "gradient-x-input")
-    input_suffixes = inputs.TEXT_SUFFIXES | inputs.TABLE_SUFFIXES
     unit_perturbations = ("delete", "unk")  # text.units.id_fill: the word's id removed, or the unknown_id
-    unit_name = "word"
     kind_options = frozenset({"text", "text_field", "id_field", "label_field", "print", "text_formats"})
 
     @property
@@ -131,24 +127,12 @@ class OnnxTextModel(TextOutputs, Model):
         self.check_text_formats(settings)
         self.onnx.check_settings(settings)
 
-    def expand(self, specs: list[str], settings: Settings) -> list[InputItem]:
-        """Returns one item per text: files, folders and globs of .txt, `-`, --text, rows of .jsonl/.csv."""
-        opts = settings.kind_options
-        items = inputs.text_items(specs, opts.get("text"), opts.get("text_field"), opts.get("id_field"),
-                                  label_field=opts.get("label_field"))
-        return [InputItem(it.path or Path(it.stem), it.stem, it) for it in items]
-
     def prepare(self, item: InputItem, settings: Settings) -> tuple:
         """Returns (item, text, the ONNX model bound to the ids' length, the Encoded text)."""
         text = item.source.load()
         encoded = self.tokenizer.encode(text, str(item.path))
-        model = self.onnx.bind(encoded.ids.shape) if self.onnx.unbound is not None else self.onnx
-        embedding = token_embedding(model.graph)
-        if embedding is not None:  # an id beyond the table: onnxruntime would fail without naming the input
-            try:
-                embedding.layer.ids(encoded.ids)
-            except ValueError as exc:
-                raise InputError(f"{item.path}: the vocabulary gives {exc}") from None
+        model = self.onnx.bind(encoded.ids.shape)
+        model.check_ids(encoded.ids, item.path, "the vocabulary gives ")
         return item, text, model, encoded
 
     def explain(self, prepared, settings: Settings) -> list[Explanation]:
@@ -193,7 +177,7 @@ class OnnxTextModel(TextOutputs, Model):
         by the ONNX model bound to its length."""
         out = None
         for length, (index, ids) in groups.items():
-            model = self.onnx.bind((1, length)) if self.onnx.unbound is not None else self.onnx
+            model = self.onnx.bind((1, length))
             values = model.score_batch(ids, chunk=EVALUATE_CHUNK)
             out = np.empty((rows, values.shape[1]), dtype=values.dtype) if out is None else out
             out[index] = values

@@ -15,15 +15,13 @@ import numpy as np
 
 from lrp_cli.errors import ModelLoadError, OptionError
 from lrp_cli.explanation import Explanation, Settings
-from lrp_cli.kinds.base import InputItem, Kind, LoadOptions, Model, UnitInput
+from lrp_cli.kinds.base import SKLEARN_SUFFIXES, InputItem, Kind, LoadOptions, Model, UnitInput
 from lrp_cli.kinds.text_outputs import TextOutputs
 from lrp_cli.methods import METHODS
-from lrp_cli.text import inputs
 
 if TYPE_CHECKING:  # scikit-learn is imported only when a scikit-learn model is named: `lrp --help` stays fast
     from lrp_cli.text.pipeline import TextModel
 
-SUFFIXES = (".joblib", ".pkl", ".skops")
 
 
 class SklearnTextKind(Kind):
@@ -38,7 +36,7 @@ class SklearnTextKind(Kind):
         """Returns True for a .joblib/.pkl/.skops file holding a scikit-learn estimator that is not a BoW image
         pipeline: a Pipeline whose first step is a text vectorizer, or a bare classifier (--vectorizer FILE) or
         other pipeline, which `load` then accepts or refuses naming the step."""
-        if path.suffix.lower() not in SUFFIXES:
+        if path.suffix.lower() not in SKLEARN_SUFFIXES:
             return False
         from lrp_cli.text.pipeline import flat_steps, is_vectorizer, read_model_file
         try:
@@ -96,9 +94,7 @@ class SklearnTextModel(TextOutputs, Model):
     text_model: TextModel
     load_seconds: float = 0.0
     kind = "sklearn-text"
-    input_suffixes = inputs.TEXT_SUFFIXES | inputs.TABLE_SUFFIXES
     unit_perturbations = ("delete", "unk")  # text.units.replacement: the characters removed, or UNKWORDZ
-    unit_name = "word"
     kind_options = frozenset({"text", "text_field", "id_field", "label_field", "print", "text_formats",
                               "vectorizer"})
 
@@ -136,13 +132,6 @@ class SklearnTextModel(TextOutputs, Model):
         for value in pair or ():
             resolve_class(self.text_model, value, "--pair class")
         self.check_text_formats(settings)
-
-    def expand(self, specs: list[str], settings: Settings) -> list[InputItem]:
-        """Returns one item per text: files, folders and globs of .txt, `-`, --text, rows of .jsonl/.csv."""
-        opts = settings.kind_options
-        items = inputs.text_items(specs, opts.get("text"), opts.get("text_field"), opts.get("id_field"),
-                                  label_field=opts.get("label_field"))
-        return [InputItem(it.path or Path(it.stem), it.stem, it) for it in items]
 
     def prepare(self, item: InputItem, settings: Settings):
         """Returns (text item, its text)."""

@@ -1,7 +1,7 @@
-"""The outputs of text explanations, for every kind whose inputs are texts (the scikit-learn text pipelines, ONNX
-models fed with text): an Explanation whose extra["text"] is a text.document.TextExplanation, written by
-text.render (STEM.json, STEM.html, STEM.png), its summary row, its --print lines, its heat and its words as
-units (`lrp evaluate`, `lrp check`)."""
+"""The inputs and outputs of text explanations, for every kind whose inputs are texts (the scikit-learn text
+pipelines, ONNX models fed with text): the items of text arguments (text.inputs), an Explanation whose
+extra["text"] is a text.document.TextExplanation, written by text.render (STEM.json, STEM.html, STEM.png), its
+summary row, its --print lines, its heat and its words as units (`lrp evaluate`, `lrp check`)."""
 
 from __future__ import annotations
 
@@ -10,18 +10,27 @@ from pathlib import Path
 import numpy as np
 
 from lrp_cli.errors import OptionError
-from lrp_cli.explanation import Explanation
-from lrp_cli.kinds.base import OutputOptions, Units
-from lrp_cli.text import render
+from lrp_cli.explanation import Explanation, Settings
+from lrp_cli.kinds.base import InputItem, OutputOptions, Units
+from lrp_cli.text import inputs, render
 
 
 class TextOutputs:
-    """The output methods of the protocol (kinds.base.Model) for a text kind, mixed in before Model."""
+    """The input and output methods of the protocol (kinds.base.Model) for a text kind, mixed in before Model."""
 
     default_cmap = render.DEFAULT_CMAP
+    input_suffixes = inputs.TEXT_SUFFIXES | inputs.TABLE_SUFFIXES
+    unit_name = "word"
     #: A short text's work (scikit-learn's validation, the layout of its words, its JSON and HTML) holds the GIL:
     #: threads ran --jobs 2 at 1.3x one job, processes near 2x (benchmarks/RESULTS.md, 2026-12-06).
     jobs_backend = "loky"
+
+    def expand(self, specs: list[str], settings: Settings) -> list[InputItem]:
+        """Returns one item per text: files, folders and globs of .txt, `-`, --text, rows of .jsonl/.csv."""
+        opts = settings.kind_options
+        items = inputs.text_items(specs, opts.get("text"), opts.get("text_field"), opts.get("id_field"),
+                                  label_field=opts.get("label_field"))
+        return [InputItem(it.path or Path(it.stem), it.stem, it) for it in items]
 
     def check_text_formats(self, settings) -> None:
         """Raises the OptionError of a --text-formats value that names no text output."""
